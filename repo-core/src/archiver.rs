@@ -1,0 +1,733 @@
+//! Backup: turning file trees and streams into blobs, trees and a snapshot.
+//!
+//! Strategy. Directories are walked depth-first in name order; each directory becomes one
+//! tree blob once its entries are saved, so memory holds one listing per level of depth. A
+//! file whose (path, inode, mtime, ctime, size) matches the files cache, and whose blobs are
+//! all still indexed, is not read at all. Other files are read through a buffer of at least
+//! 8 MiB; the chunker cuts it, and the chunks of one buffer are hashed, looked up,
+//! compressed and sealed in parallel on the rayon pool before being packed in order.
+//!
+//! Failure. A file or directory that cannot be read (permissions, vanished mid-walk) is
+//! reported as a warning and left out; the snapshot is then marked incomplete. Any other
+//! error (repository, cache, upload) aborts the backup before the snapshot is written: what
+//! was uploaded stays unreferenced until garbage collection, and the repository is unchanged
+//! from the point of view of every reader.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::cache::{CacheReader, FileRecord};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::blob::{self, SealedBlob};
+use crate::format::snapshot::{Snapshot, SnapshotKind, Summary};
+use crate::format::to_cbor;
+use crate::format::tree::{ContentList, Node, NodeKind, Time, Tree, INLINE_CONTENT_MAX};
+use crate::id::{BlobKind, Id};
+use crate::repository::Repository;
+use crate::sys;
+use crate::walk::{name_bytes, node_from_metadata, Excludes};
+use crate::writer::BlobWriter;
+
+/// Content ids per spilled content-list blob.
+const CONTENT_LIST_LEN: usize = 8192;
+/// Files-cache records are written in batches of this many.
+const FILES_CACHE_BATCH: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub excludes: Excludes,
+    pub one_file_system: bool,
+    pub tags: Vec<String>,
+    pub host: String,
+    /// The snapshot's time; now when `None`.
+    pub time: Option<jiff::Timestamp>,
+    /// zstd level for data blobs; `None` uses the repository's default.
+    pub compression: Option<i32>,
+    /// Whether to trust the files cache to skip unchanged files.
+    pub use_files_cache: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            excludes: Excludes::default(),
+            one_file_system: false,
+            tags: Vec::new(),
+            host: sys::hostname(),
+            time: None,
+            compression: None,
+            use_files_cache: true,
+        }
+    }
+}
+
+/// Progress callbacks; every method may be called from several threads.
+pub trait Progress: Sync {
+    fn file(&self, _path: &Path) {}
+    fn bytes(&self, _n: u64) {}
+    fn warn(&self, _message: &str) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+#[derive(Debug, Clone)]
+pub struct BackupResult {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    pub warnings: Vec<String>,
+}
+
+struct Archiver<'a> {
+    repo: &'a Repository,
+    writer: BlobWriter,
+    chunker: cairn_chunker::Chunker,
+    opts: &'a BackupOptions,
+    progress: &'a dyn Progress,
+    summary: Summary,
+    warnings: Vec<String>,
+    reader: Option<CacheReader>,
+    file_records: Vec<(Vec<u8>, FileRecord)>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Archiver<'a> {
+    fn new(
+        repo: &'a Repository,
+        opts: &'a BackupOptions,
+        progress: &'a dyn Progress,
+    ) -> Result<Self> {
+        repo.sync_index()?;
+        let chunker = repo.chunker()?;
+        let level = opts.compression.unwrap_or(repo.config().compression);
+        let reader = if opts.use_files_cache {
+            Some(repo.cache().reader()?)
+        } else {
+            None
+        };
+        let cap = (8 << 20).max(2 * chunker.params().max);
+        Ok(Archiver {
+            repo,
+            writer: BlobWriter::new(repo, level),
+            chunker,
+            opts,
+            progress,
+            summary: Summary::default(),
+            warnings: Vec::new(),
+            reader,
+            file_records: Vec::new(),
+            buf: vec![0u8; cap],
+        })
+    }
+
+    fn warn(&mut self, message: String) {
+        self.progress.warn(&message);
+        self.summary.errors += 1;
+        self.warnings.push(message);
+    }
+
+    /// Reads a stream to its end, saving its chunks. Returns the ids in order and the length.
+    fn save_content(&mut self, r: &mut dyn Read) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        let mut filled = 0usize;
+        let mut eof = false;
+        let cap = self.buf.len();
+        loop {
+            while !eof && filled < cap {
+                match r.read(&mut self.buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut cuts = Vec::new();
+            let mut start = 0;
+            while let Some(n) = self.chunker.next_cut(&self.buf[start..filled], eof) {
+                cuts.push((start, n));
+                start += n;
+            }
+            let keys = self.writer.keys();
+            let level = self.writer.level();
+            let writer = &self.writer;
+            let buf = &self.buf;
+            let sealed: Vec<Result<(Id, Option<SealedBlob>)>> = cuts
+                .par_iter()
+                .map(|&(s, n)| {
+                    let data = &buf[s..s + n];
+                    let id = keys.blob_id(data);
+                    if writer.contains(&id)? {
+                        return Ok((id, None));
+                    }
+                    Ok((id, Some(blob::seal(keys, BlobKind::Data, id, data, level)?)))
+                })
+                .collect();
+            for r in sealed {
+                let (id, blob) = match r {
+                    Ok(x) => x,
+                    Err(e) => return Ok(Err(e)),
+                };
+                ids.push(id);
+                if let Some(b) = blob {
+                    if let Err(e) = self.writer.add(b) {
+                        return Ok(Err(e));
+                    }
+                }
+            }
+            total += start as u64;
+            self.progress.bytes(start as u64);
+            self.buf.copy_within(start..filled, 0);
+            filled -= start;
+            if eof && filled == 0 {
+                break;
+            }
+        }
+        Ok(Ok((ids, total)))
+    }
+
+    /// Stores the content ids on the node, spilling long lists into content-list blobs.
+    fn set_content(&mut self, node: &mut Node, ids: Vec<Id>) -> Result<()> {
+        if ids.len() <= INLINE_CONTENT_MAX {
+            node.content = ids;
+            return Ok(());
+        }
+        for part in ids.chunks(CONTENT_LIST_LEN) {
+            let list = to_cbor(&ContentList { ids: part.to_vec() })?;
+            node.content_lists
+                .push(self.writer.add_plain(BlobKind::Tree, &list)?);
+        }
+        Ok(())
+    }
+
+    fn cached_content(
+        &self,
+        path_key: &[u8],
+        meta: &std::fs::Metadata,
+    ) -> Result<Option<FileRecord>> {
+        let Some(reader) = &self.reader else {
+            return Ok(None);
+        };
+        let Some(rec) = reader.file(path_key)? else {
+            return Ok(None);
+        };
+        let same = rec.inode == meta.ino()
+            && rec.size == meta.size()
+            && rec.mtime == (meta.mtime(), meta.mtime_nsec() as u32)
+            && rec.ctime == (meta.ctime(), meta.ctime_nsec() as u32);
+        if !same {
+            return Ok(None);
+        }
+        // The blobs must still exist (a prune may have removed them).
+        for id in rec.content.iter().chain(rec.content_lists.iter()) {
+            if !self.writer.contains(id)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    fn save_file(
+        &mut self,
+        path: &Path,
+        mut node: Node,
+        meta: &std::fs::Metadata,
+    ) -> Result<Option<Node>> {
+        let key = path.as_os_str().as_bytes().to_vec();
+        self.summary.total_bytes += meta.size();
+        if let Some(rec) = self.cached_content(&key, meta)? {
+            node.content = rec.content;
+            node.content_lists = rec.content_lists;
+            self.summary.files_unmodified += 1;
+            self.progress.bytes(meta.size());
+            return Ok(Some(node));
+        }
+        self.progress.file(path);
+        let known = match &self.reader {
+            Some(r) => r.file(&key)?.is_some(),
+            None => false,
+        };
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.summary.total_bytes -= meta.size();
+                self.warn(format!("{}: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        let (ids, len) = match self.save_content(&mut f) {
+            Ok(r) => r?,
+            Err(e) => {
+                self.summary.total_bytes -= meta.size();
+                self.warn(format!("{}: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        self.summary.bytes_read += len;
+        // The size recorded is the size read, so a file that grew or shrank while it was
+        // read restores to exactly the bytes saved.
+        self.summary.total_bytes = self.summary.total_bytes - meta.size() + len;
+        node.size = len;
+        self.set_content(&mut node, ids)?;
+        if known {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
+        if self.reader.is_some() && len == meta.size() {
+            self.file_records.push((
+                key,
+                FileRecord {
+                    inode: meta.ino(),
+                    mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+                    ctime: (meta.ctime(), meta.ctime_nsec() as u32),
+                    size: len,
+                    content: node.content.clone(),
+                    content_lists: node.content_lists.clone(),
+                },
+            ));
+            if self.file_records.len() >= FILES_CACHE_BATCH {
+                self.flush_file_records()?;
+            }
+        }
+        Ok(Some(node))
+    }
+
+    fn flush_file_records(&mut self) -> Result<()> {
+        let records = std::mem::take(&mut self.file_records);
+        self.repo.cache().put_files(&records)
+    }
+
+    /// Saves one entry (recursively for directories). `Ok(None)` means it was left out.
+    fn save_path(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        root_dev: Option<u64>,
+    ) -> Result<Option<Node>> {
+        if self.opts.excludes.excluded(path) {
+            return Ok(None);
+        }
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        let mut node = node_from_metadata(name, path, &meta);
+        match node.kind {
+            NodeKind::File => {
+                self.summary.files += 1;
+                return self.save_file(path, node, &meta).map(|n| {
+                    if n.is_none() {
+                        self.summary.files -= 1;
+                    }
+                    n
+                });
+            }
+            NodeKind::Symlink => {
+                self.summary.others += 1;
+                match std::fs::read_link(path) {
+                    Ok(t) => node.link_target = Some(t.as_os_str().as_bytes().to_vec()),
+                    Err(e) => {
+                        self.summary.others -= 1;
+                        self.warn(format!("{}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                }
+            }
+            NodeKind::Dir => {
+                for marker in &self.opts.excludes.if_present {
+                    if path
+                        .join(std::ffi::OsStr::from_bytes(marker))
+                        .symlink_metadata()
+                        .is_ok()
+                    {
+                        return Ok(None);
+                    }
+                }
+                self.summary.dirs += 1;
+                let root_dev = root_dev.unwrap_or(meta.dev());
+                let descend = !self.opts.one_file_system || meta.dev() == root_dev;
+                let tree = if descend {
+                    self.save_dir_contents(path, root_dev)?
+                } else {
+                    Tree::default()
+                };
+                node.subtree = Some(self.save_tree(tree)?);
+            }
+            _ => self.summary.others += 1,
+        }
+        Ok(Some(node))
+    }
+
+    fn save_dir_contents(&mut self, path: &Path, root_dev: u64) -> Result<Tree> {
+        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(path) {
+            Ok(rd) => {
+                let mut v = Vec::new();
+                for entry in rd {
+                    match entry {
+                        Ok(e) => v.push(e.file_name()),
+                        Err(e) => self.warn(format!("{}: {e}", path.display())),
+                    }
+                }
+                v
+            }
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()));
+                Vec::new()
+            }
+        };
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut tree = Tree::default();
+        for name in names {
+            let child = path.join(&name);
+            if let Some(node) = self.save_path(&child, &name_bytes(&name), Some(root_dev))? {
+                tree.nodes.push(node);
+            }
+        }
+        Ok(tree)
+    }
+
+    fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
+        tree.canonicalize()?;
+        let bytes = to_cbor(&tree)?;
+        self.writer.add_plain(BlobKind::Tree, &bytes)
+    }
+
+    /// Builds the root tree for several absolute paths, keeping their places: backing up
+    /// `/srv/a` yields root -> `srv` -> `a`, with the real metadata of `/srv`.
+    fn save_roots(&mut self, roots: &Trie, prefix: &Path) -> Result<Tree> {
+        let mut tree = Tree::default();
+        for (name, child) in &roots.children {
+            let path = prefix.join(std::ffi::OsStr::from_bytes(name));
+            let node = if child.whole {
+                self.save_path(&path, name, None)?
+            } else {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(meta) => {
+                        let mut node = node_from_metadata(name, &path, &meta);
+                        let sub = self.save_roots(child, &path)?;
+                        node.subtree = Some(self.save_tree(sub)?);
+                        Some(node)
+                    }
+                    Err(e) => {
+                        self.warn(format!("{}: {e}", path.display()));
+                        None
+                    }
+                }
+            };
+            if let Some(n) = node {
+                tree.nodes.push(n);
+            }
+        }
+        Ok(tree)
+    }
+
+    fn commit(
+        mut self,
+        kind: SnapshotKind,
+        paths: Vec<String>,
+        root: Id,
+        started: Instant,
+        command: Vec<String>,
+    ) -> Result<BackupResult> {
+        self.flush_file_records()?;
+        let stats = self.writer.finish()?;
+        self.summary.blobs_added = stats.blobs_added;
+        self.summary.bytes_added = stats.bytes_added;
+        self.summary.bytes_stored = stats.bytes_stored;
+        self.summary.duration_secs = started.elapsed().as_secs_f64();
+        let parent = find_parent(self.repo, &self.opts.host, &paths, kind)?;
+        let snapshot = Snapshot {
+            version: 1,
+            time: self
+                .opts
+                .time
+                .unwrap_or_else(jiff::Timestamp::now)
+                .to_string(),
+            host: self.opts.host.clone(),
+            user: sys::username(),
+            tenant: self.repo.tenant().to_string(),
+            kind,
+            paths,
+            tags: self.opts.tags.clone(),
+            parent,
+            tree: root,
+            incomplete: self.summary.errors > 0,
+            summary: self.summary,
+            program_version: env!("CARGO_PKG_VERSION").to_string(),
+            command,
+            pg: None,
+            original: None,
+        };
+        let id = self.repo.save_snapshot(&snapshot)?;
+        Ok(BackupResult {
+            id,
+            snapshot,
+            warnings: self.warnings,
+        })
+    }
+}
+
+fn find_parent(
+    repo: &Repository,
+    host: &str,
+    paths: &[String],
+    kind: SnapshotKind,
+) -> Result<Option<Id>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.host == host && s.paths == paths && s.kind == kind)
+        .map(|(id, _)| id))
+}
+
+/// Path components of the roots to back up.
+#[derive(Default, Debug)]
+struct Trie {
+    whole: bool,
+    children: BTreeMap<Vec<u8>, Trie>,
+}
+
+/// Makes a path absolute and removes `.` and `..` lexically (symlinks are not followed).
+pub fn normalize(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Backs up files and directories. Paths must exist; missing ones are an error before
+/// anything is written.
+pub fn backup_paths(
+    repo: &Repository,
+    paths: &[PathBuf],
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    let started = Instant::now();
+    if paths.is_empty() {
+        return Err(Error::invalid("nothing to back up: give at least one path"));
+    }
+    let mut trie = Trie::default();
+    let mut names = Vec::new();
+    for p in paths {
+        let abs = normalize(p)?;
+        std::fs::symlink_metadata(&abs).map_err(|e| Error::io(format!("{}", p.display()), e))?;
+        names.push(abs.to_string_lossy().into_owned());
+        let mut node = &mut trie;
+        for c in abs.components().skip(1) {
+            node = node
+                .children
+                .entry(c.as_os_str().as_bytes().to_vec())
+                .or_default();
+        }
+        node.whole = true;
+    }
+    names.sort();
+    names.dedup();
+    prune_trie(&mut trie);
+    let mut a = Archiver::new(repo, opts, progress)?;
+    let root_tree = if trie.whole {
+        a.save_dir_contents(
+            Path::new("/"),
+            std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0),
+        )?
+    } else {
+        a.save_roots(&trie, Path::new("/"))?
+    };
+    let root = a.save_tree(root_tree)?;
+    a.commit(SnapshotKind::Files, names, root, started, Vec::new())
+}
+
+/// A root that is saved whole covers everything below it.
+fn prune_trie(t: &mut Trie) {
+    if t.whole {
+        t.children.clear();
+    }
+    for c in t.children.values_mut() {
+        prune_trie(c);
+    }
+}
+
+fn stream_node(name: &str, size: u64) -> Node {
+    let now = jiff::Timestamp::now();
+    let t = Time(now.as_second(), now.subsec_nanosecond().max(0) as u32);
+    Node {
+        name: name.as_bytes().to_vec(),
+        kind: NodeKind::File,
+        mode: 0o600,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        user: Some(sys::username()),
+        group: sys::group_name(nix::unistd::getgid().as_raw()),
+        mtime: t,
+        atime: t,
+        ctime: t,
+        size,
+        inode: 0,
+        device: 0,
+        links: 1,
+        rdev: 0,
+        link_target: None,
+        xattrs: Vec::new(),
+        content: Vec::new(),
+        content_lists: Vec::new(),
+        subtree: None,
+    }
+}
+
+fn validate_stream_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "stdin file name {name:?} must be a plain file name"
+        )));
+    }
+    Ok(())
+}
+
+/// Backs up a stream as one file named `name`. `before_commit` runs after the stream ended
+/// and before the snapshot is written; an error from it means no snapshot.
+fn backup_reader(
+    repo: &Repository,
+    reader: &mut dyn Read,
+    name: &str,
+    kind: SnapshotKind,
+    command: Vec<String>,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    before_commit: &mut dyn FnMut() -> Result<()>,
+) -> Result<BackupResult> {
+    let started = Instant::now();
+    validate_stream_name(name)?;
+    let mut a = Archiver::new(repo, opts, progress)?;
+    let (ids, len) = a.save_content(reader).map_err(|e| {
+        Error::io(
+            format!(
+                "reading {}",
+                if command.is_empty() {
+                    "standard input".to_string()
+                } else {
+                    format!("the output of `{}`", command.join(" "))
+                }
+            ),
+            e,
+        )
+    })??;
+    before_commit()?;
+    let mut node = stream_node(name, len);
+    a.set_content(&mut node, ids)?;
+    a.summary.files = 1;
+    a.summary.files_new = 1;
+    a.summary.total_bytes = len;
+    a.summary.bytes_read = len;
+    let root = a.save_tree(Tree { nodes: vec![node] })?;
+    a.commit(kind, vec![format!("/{name}")], root, started, command)
+}
+
+/// Backs up standard input (or any reader) as one file.
+pub fn backup_stream(
+    repo: &Repository,
+    reader: &mut dyn Read,
+    name: &str,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    backup_reader(
+        repo,
+        reader,
+        name,
+        SnapshotKind::Stdin,
+        Vec::new(),
+        opts,
+        progress,
+        &mut || Ok(()),
+    )
+}
+
+/// Runs a command and backs up its standard output as one file. The snapshot is written
+/// only if the command exits with status 0; otherwise the error names the exit status and
+/// nothing is committed. The command's standard error passes through.
+pub fn backup_command(
+    repo: &Repository,
+    argv: &[String],
+    name: &str,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::invalid("no command given after --"))?;
+    validate_stream_name(name)?;
+    let shown = argv.join(" ");
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            Error::with_source(ErrorKind::Command, format!("cannot start `{shown}`"), e)
+        })?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::new(ErrorKind::Command, "no stdout pipe"))?;
+    let mut wait = || -> Result<()> {
+        let status = child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for `{shown}`"), e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            let how = match (
+                status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+            ) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (None, Some(s)) => format!("was killed by signal {s}"),
+                _ => "failed".to_string(),
+            };
+            Err(Error::new(
+                ErrorKind::Command,
+                format!("command `{shown}` {how}; no snapshot was saved"),
+            ))
+        }
+    };
+    let result = backup_reader(
+        repo,
+        &mut stdout,
+        name,
+        SnapshotKind::Command,
+        argv.to_vec(),
+        opts,
+        progress,
+        &mut wait,
+    );
+    if result.is_err() {
+        // Do not leave the child blocked on a full pipe.
+        drop(stdout);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}

@@ -1,0 +1,165 @@
+//! The conformance suite that every [`Backend`] must pass (fs, memory, and later S3 and the
+//! HTTP client). Each backend's tests call [`run`] on an empty namespace.
+
+use bytes::Bytes;
+
+use super::{Backend, FileType};
+use crate::error::ErrorKind;
+use crate::id::Id;
+
+fn check(cond: bool, what: &str) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("conformance: {what}"))
+    }
+}
+
+/// Runs every contract check on an empty namespace; returns the first violation.
+pub async fn run(b: &dyn Backend) -> Result<(), String> {
+    let e = |x: crate::Error| format!("conformance: unexpected error: {x}");
+    for ft in FileType::ALL {
+        check(
+            b.list(ft).await.map_err(e)?.is_empty(),
+            "a fresh namespace lists nothing",
+        )?;
+    }
+
+    let data = Bytes::from(
+        (0..100_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let name = Id::of_bytes(&data).to_hex();
+    b.create(FileType::Pack, &name, data.clone())
+        .await
+        .map_err(e)?;
+
+    // Create-only.
+    match b
+        .create(FileType::Pack, &name, Bytes::from_static(b"other"))
+        .await
+    {
+        Err(x) if x.kind() == ErrorKind::AlreadyExists => {}
+        other => return Err(format!("conformance: second create gave {other:?}")),
+    }
+    check(
+        b.read(FileType::Pack, &name).await.map_err(e)? == data,
+        "read returns what was created and a refused create changes nothing",
+    )?;
+
+    check(
+        b.read_range(FileType::Pack, &name, 1000, 500)
+            .await
+            .map_err(e)?
+            == data.slice(1000..1500),
+        "ranged read",
+    )?;
+    check(
+        b.read_range(FileType::Pack, &name, 99_990, 10)
+            .await
+            .map_err(e)?
+            == data.slice(99_990..),
+        "ranged read to the end",
+    )?;
+    match b.read_range(FileType::Pack, &name, 99_990, 20).await {
+        Err(x) if x.kind() == ErrorKind::Corrupt => {}
+        other => {
+            return Err(format!(
+                "conformance: read past the end gave {:?}",
+                other.map(|b| b.len())
+            ))
+        }
+    }
+    check(
+        b.stat(FileType::Pack, &name).await.map_err(e)? == 100_000,
+        "stat gives the size",
+    )?;
+
+    let listed = b.list(FileType::Pack).await.map_err(e)?;
+    check(
+        listed.len() == 1 && listed[0].name == name && listed[0].size == 100_000,
+        "list shows the pack with its size",
+    )?;
+    check(
+        b.list(FileType::Index).await.map_err(e)?.is_empty(),
+        "types are separate",
+    )?;
+
+    // Same name under different types are different objects.
+    b.create(FileType::Snapshot, &name, Bytes::from_static(b"snap"))
+        .await
+        .map_err(e)?;
+    check(
+        b.read(FileType::Snapshot, &name).await.map_err(e)? == Bytes::from_static(b"snap"),
+        "types do not collide",
+    )?;
+
+    let missing = Id::of_bytes(b"missing").to_hex();
+    for result in [
+        b.read(FileType::Index, &missing).await.map(|_| ()),
+        b.stat(FileType::Index, &missing).await.map(|_| ()),
+        b.read_range(FileType::Index, &missing, 0, 1)
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Err(x) if x.kind() == ErrorKind::NotFound => {}
+            other => return Err(format!("conformance: missing object gave {other:?}")),
+        }
+    }
+    match b.create(FileType::Pack, "../escape", Bytes::new()).await {
+        Err(x) if x.kind() == ErrorKind::InvalidInput => {}
+        other => return Err(format!("conformance: invalid name gave {other:?}")),
+    }
+
+    // Config has a fixed name.
+    b.create(FileType::Config, "config", Bytes::from_static(b"cfg"))
+        .await
+        .map_err(e)?;
+    check(
+        b.list(FileType::Config).await.map_err(e)?.len() == 1,
+        "config is listed",
+    )?;
+
+    // Many objects, listed completely.
+    let mut names = Vec::new();
+    for i in 0..300u32 {
+        let d = Bytes::from(i.to_le_bytes().to_vec());
+        let n = Id::of_bytes(&d).to_hex();
+        b.create(FileType::Index, &n, d).await.map_err(e)?;
+        names.push(n);
+    }
+    let mut listed: Vec<String> = b
+        .list(FileType::Index)
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    listed.sort();
+    names.sort();
+    check(listed == names, "list returns every object")?;
+
+    // Remove is idempotent.
+    b.remove(FileType::Pack, &name).await.map_err(e)?;
+    b.remove(FileType::Pack, &name).await.map_err(e)?;
+    check(
+        b.list(FileType::Pack).await.map_err(e)?.is_empty(),
+        "removed objects are not listed",
+    )?;
+    match b.read(FileType::Pack, &name).await {
+        Err(x) if x.kind() == ErrorKind::NotFound => {}
+        other => return Err(format!("conformance: read after remove gave {other:?}")),
+    }
+    // Empty objects are objects.
+    let empty = Id::of_bytes(b"").to_hex();
+    b.create(FileType::Lock, &empty, Bytes::new())
+        .await
+        .map_err(e)?;
+    check(
+        b.read(FileType::Lock, &empty).await.map_err(e)?.is_empty(),
+        "empty object",
+    )?;
+    Ok(())
+}

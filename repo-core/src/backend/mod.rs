@@ -1,0 +1,124 @@
+//! Storage backends: where objects are kept.
+//!
+//! A [`Backend`] stores the objects of one tenant namespace, keyed by ([`FileType`], name).
+//! It knows nothing of encryption or formats. Contracts every implementation must meet, and
+//! that [`conformance`] checks:
+//!
+//! - `create` is create-only and atomic: when it returns `Ok` the object is durable and
+//!   complete under its name; a failed or interrupted `create` leaves either nothing or a
+//!   complete object under the name, never a partial one. Creating a name that exists fails
+//!   with [`ErrorKind::AlreadyExists`](crate::ErrorKind::AlreadyExists); since objects are
+//!   content-addressed, callers treat that as success.
+//! - `read`/`read_range` of a missing object fail with `NotFound`. A range that extends past
+//!   the end of the object is an error (`Corrupt`): a truncated pack must never look like a
+//!   short, valid read.
+//! - `list` returns every complete object of a type with its size, in no particular order;
+//!   names that are not valid object names (stray files) are left out.
+//! - `remove` is idempotent: removing a missing object succeeds.
+//!
+//! The library's synchronous code reaches backends through [`Store`], which owns the tokio
+//! runtime; async callers (the server) use the trait directly.
+
+pub mod conformance;
+mod opendal_backend;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+pub use crate::layout::FileType;
+pub use opendal_backend::{OpendalBackend, RootLocation};
+
+/// A stored object's name and size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where this namespace is, for messages.
+    fn location(&self) -> String;
+    async fn create(&self, ft: FileType, name: &str, data: Bytes) -> Result<()>;
+    async fn read(&self, ft: FileType, name: &str) -> Result<Bytes>;
+    async fn read_range(&self, ft: FileType, name: &str, offset: u64, len: u64) -> Result<Bytes>;
+    /// The size of an object in bytes.
+    async fn stat(&self, ft: FileType, name: &str) -> Result<u64>;
+    async fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>>;
+    async fn remove(&self, ft: FileType, name: &str) -> Result<()>;
+}
+
+/// Blocking access to a backend for the library's synchronous code (archiver, restorer).
+///
+/// Must not be called from inside an async context: it blocks on the runtime it owns.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Store {
+    pub fn new(backend: Arc<dyn Backend>, rt: Arc<tokio::runtime::Runtime>) -> Self {
+        Store { backend, rt }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn runtime(&self) -> &Arc<tokio::runtime::Runtime> {
+        &self.rt
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Creates an object, treating an existing object of the same name as success (names
+    /// are content hashes, so an existing object holds the same bytes).
+    pub fn put(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
+        match self.rt.block_on(self.backend.create(ft, name, data)) {
+            Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    pub fn create(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
+        self.rt.block_on(self.backend.create(ft, name, data))
+    }
+
+    pub fn read(&self, ft: FileType, name: &str) -> Result<Bytes> {
+        self.rt.block_on(self.backend.read(ft, name))
+    }
+
+    pub fn read_range(&self, ft: FileType, name: &str, offset: u64, len: u64) -> Result<Bytes> {
+        self.rt
+            .block_on(self.backend.read_range(ft, name, offset, len))
+    }
+
+    pub fn stat(&self, ft: FileType, name: &str) -> Result<u64> {
+        self.rt.block_on(self.backend.stat(ft, name))
+    }
+
+    pub fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>> {
+        self.rt.block_on(self.backend.list(ft))
+    }
+
+    pub fn remove(&self, ft: FileType, name: &str) -> Result<()> {
+        self.rt.block_on(self.backend.remove(ft, name))
+    }
+}
+
+/// A runtime for the blocking facade: few threads, since backend calls are I/O-bound.
+pub fn new_runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cairn-io")
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| crate::Error::io("starting the I/O runtime", e))
+}

@@ -1,0 +1,239 @@
+//! Backends over opendal operators: the local filesystem and memory (S3 later uses the same
+//! code with another operator).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use opendal::{services, ErrorKind as OdKind, Operator};
+
+use super::{Backend, FileType, ObjectInfo};
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout;
+
+fn map_err(what: impl std::fmt::Display, e: opendal::Error) -> Error {
+    let kind = match e.kind() {
+        OdKind::NotFound => ErrorKind::NotFound,
+        OdKind::AlreadyExists | OdKind::ConditionNotMatch => ErrorKind::AlreadyExists,
+        OdKind::RangeNotSatisfied => ErrorKind::Corrupt,
+        _ => ErrorKind::Io,
+    };
+    Error::with_source(kind, what.to_string(), e)
+}
+
+/// A repository root: the place that holds the marker and one namespace per tenant.
+#[derive(Debug, Clone)]
+pub struct RootLocation {
+    op: Operator,
+    description: String,
+}
+
+impl RootLocation {
+    /// A local folder. Uploads are staged in `<root>/tmp` and renamed into place after an
+    /// fsync, so a partial upload is never visible under its final name. The folder need not
+    /// exist yet; it is created by the first write.
+    pub fn local(path: &std::path::Path) -> Result<Self> {
+        let root = std::path::absolute(path)
+            .map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
+        let root_str = root.to_str().ok_or_else(|| {
+            Error::invalid(format!("repository path {} is not UTF-8", root.display()))
+        })?;
+        let tmp = root.join(layout::TMP_DIR);
+        let tmp_str = tmp.to_string_lossy().to_string();
+        // opendal canonicalises the staging folder when it is built, so it must exist then;
+        // it is only created when the root itself exists (init creates the root first).
+        let builder = if root.is_dir() {
+            std::fs::create_dir_all(&tmp)
+                .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+            services::Fs::default()
+                .root(root_str)
+                .atomic_write_dir(&tmp_str)
+        } else {
+            services::Fs::default().root(root_str)
+        };
+        let op = Operator::new(builder)
+            .map_err(|e| map_err(format!("opening {}", root.display()), e))?;
+        Ok(RootLocation {
+            op,
+            description: root.display().to_string(),
+        })
+    }
+
+    /// An in-memory root, for tests and benchmarks. Objects live as long as the value.
+    pub fn memory() -> Result<Self> {
+        let op = Operator::new(services::Memory::default())
+            .map_err(|e| map_err("opening memory store", e))?;
+        Ok(RootLocation {
+            op,
+            description: "memory".to_string(),
+        })
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub async fn has_marker(&self) -> Result<bool> {
+        self.op.exists(layout::MARKER).await.map_err(|e| {
+            map_err(
+                format!("looking for a repository at {}", self.description),
+                e,
+            )
+        })
+    }
+
+    pub async fn write_marker(&self, contents: Bytes) -> Result<()> {
+        self.op
+            .write(layout::MARKER, contents)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(format!("creating repository at {}", self.description), e))
+    }
+
+    /// Tenant namespaces: top-level folders that hold a config.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
+        let entries = self
+            .op
+            .list("")
+            .await
+            .map_err(|e| map_err(format!("listing {}", self.description), e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let name = entry.name().trim_end_matches('/');
+            if entry.metadata().is_dir() && layout::validate_tenant(name).is_ok() {
+                let config = format!("{name}/config");
+                if self
+                    .op
+                    .exists(&config)
+                    .await
+                    .map_err(|e| map_err("listing tenants", e))?
+                {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn tenant(&self, tenant: &str) -> Result<OpendalBackend> {
+        layout::validate_tenant(tenant)?;
+        Ok(OpendalBackend {
+            op: self.op.clone(),
+            prefix: format!("{tenant}/"),
+            description: format!("{} (tenant {tenant})", self.description),
+        })
+    }
+}
+
+/// One tenant namespace over an opendal operator.
+#[derive(Debug, Clone)]
+pub struct OpendalBackend {
+    op: Operator,
+    prefix: String,
+    description: String,
+}
+
+impl OpendalBackend {
+    fn path(&self, ft: FileType, name: &str) -> Result<String> {
+        layout::validate_name(ft, name)?;
+        Ok(format!("{}{}", self.prefix, layout::path(ft, name)))
+    }
+}
+
+#[async_trait]
+impl Backend for OpendalBackend {
+    fn location(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn create(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
+        let path = self.path(ft, name)?;
+        self.op
+            .write_with(&path, data)
+            .if_not_exists(true)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(format!("writing {path}"), e))
+    }
+
+    async fn read(&self, ft: FileType, name: &str) -> Result<Bytes> {
+        let path = self.path(ft, name)?;
+        self.op
+            .read(&path)
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| map_err(format!("reading {path}"), e))
+    }
+
+    async fn read_range(&self, ft: FileType, name: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let path = self.path(ft, name)?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::invalid("read range overflows"))?;
+        let buf = self
+            .op
+            .read_with(&path)
+            .range(offset..end)
+            .await
+            .map_err(|e| map_err(format!("reading {path} at {offset}+{len}"), e))?;
+        if buf.len() as u64 != len {
+            return Err(Error::corrupt(format!(
+                "{path} is truncated: wanted {len} bytes at offset {offset}, got {}",
+                buf.len()
+            )));
+        }
+        Ok(buf.to_bytes())
+    }
+
+    async fn stat(&self, ft: FileType, name: &str) -> Result<u64> {
+        let path = self.path(ft, name)?;
+        self.op
+            .stat(&path)
+            .await
+            .map(|m| m.content_length())
+            .map_err(|e| map_err(format!("stat {path}"), e))
+    }
+
+    async fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>> {
+        if ft == FileType::Config {
+            let size = match self.stat(ft, "config").await {
+                Ok(size) => size,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            return Ok(vec![ObjectInfo {
+                name: "config".into(),
+                size,
+            }]);
+        }
+        let dir = format!("{}{}", self.prefix, layout::list_dir(ft));
+        let entries = match self.op.list_with(&dir).recursive(true).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == OdKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(map_err(format!("listing {dir}"), e)),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if !entry.metadata().is_file() {
+                continue;
+            }
+            let name = entry.name();
+            if layout::validate_name(ft, name).is_err() {
+                continue;
+            }
+            out.push(ObjectInfo {
+                name: name.to_string(),
+                size: entry.metadata().content_length(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, ft: FileType, name: &str) -> Result<()> {
+        let path = self.path(ft, name)?;
+        match self.op.delete(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == OdKind::NotFound => Ok(()),
+            Err(e) => Err(map_err(format!("removing {path}"), e)),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The local cache: a redb database per (repository, tenant), derived entirely from the
+//! backend and rebuildable at any time.
+//!
+//! Tables:
+//! - `blobs`: blob id -> location (kind, pack, offset, length, raw length);
+//! - `index_files`: the index files whose entries `blobs` holds;
+//! - `snapshots`: snapshot id -> decoded manifest (CBOR), so listing does not decrypt them all;
+//! - `files`: absolute path -> (inode, mtime, ctime, size, content ids), which lets backup
+//!   skip unchanged files without reading them.
+//!
+//! Invariant: an id in `blobs` is in a pack that some present index file lists. When an
+//! ingested index file disappears from the backend (compaction, prune), the blob table is
+//! rebuilt from scratch (see `Repository::sync_index`). Lookups read redb on disk, so memory
+//! stays bounded whatever the repository size.
+//!
+//! redb allows one process per database file. A second process finding the cache busy works
+//! with a private temporary cache instead (slower, never wrong).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::pack::PackEntry;
+use crate::format::snapshot::Snapshot;
+use crate::format::{from_cbor, to_cbor};
+use crate::id::{BlobKind, Id};
+
+const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+const INDEX_FILES: TableDefinition<&[u8], u64> = TableDefinition::new("index_files");
+const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
+const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Bumped when the cache layout changes; a cache of another version is discarded.
+const CACHE_VERSION: &[u8] = b"cairn-cache-1";
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub kind: BlobKind,
+    pub pack: Id,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+impl BlobLocation {
+    fn encode(&self) -> [u8; 49] {
+        let mut b = [0u8; 49];
+        b[0] = self.kind.as_u8();
+        b[1..33].copy_from_slice(&self.pack.0);
+        b[33..41].copy_from_slice(&self.offset.to_le_bytes());
+        b[41..45].copy_from_slice(&self.length.to_le_bytes());
+        b[45..49].copy_from_slice(&self.raw_length.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != 49 {
+            return Err(Error::corrupt(
+                "cache: bad blob record (delete the cache to rebuild it)",
+            ));
+        }
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&b[33..41]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[41..45]);
+        let mut raw = [0u8; 4];
+        raw.copy_from_slice(&b[45..49]);
+        Ok(BlobLocation {
+            kind: BlobKind::from_u8(b[0])?,
+            pack: Id::from_slice(&b[1..33])?,
+            offset: u64::from_le_bytes(off),
+            length: u32::from_le_bytes(len),
+            raw_length: u32::from_le_bytes(raw),
+        })
+    }
+
+    pub fn from_entry(pack: Id, e: &PackEntry) -> Self {
+        BlobLocation {
+            kind: e.kind,
+            pack,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+        }
+    }
+}
+
+/// What the files cache remembers of a file it saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub inode: u64,
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+    pub size: u64,
+    #[serde(default)]
+    pub content: Vec<Id>,
+    #[serde(default)]
+    pub content_lists: Vec<Id>,
+}
+
+pub struct Cache {
+    db: Database,
+    path: PathBuf,
+    /// Keeps a temporary cache's folder alive; removed on drop.
+    _temp: Option<TempDir>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cache({})", self.path.display())
+    }
+}
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn redb_err(what: &str, e: impl Into<redb::Error>) -> Error {
+    Error::from(e.into()).context(what)
+}
+
+impl Cache {
+    /// Opens or creates the cache at `path`. A busy cache (another process) or one of an
+    /// older layout falls back as described in the module docs.
+    pub fn open(path: &Path) -> Result<Cache> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating cache folder {}", parent.display()), e))?;
+        }
+        let db = match Database::builder().set_cache_size(64 << 20).create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                tracing::info!(
+                    "cache {} is in use by another process; using a temporary cache",
+                    path.display()
+                );
+                return Cache::temporary();
+            }
+            Err(e) => {
+                // A damaged cache is only a cache: start again.
+                tracing::warn!(
+                    "cache {} cannot be opened ({e}); rebuilding it",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(path);
+                Database::builder()
+                    .set_cache_size(64 << 20)
+                    .create(path)
+                    .map_err(|e| redb_err("creating cache", e))?
+            }
+        };
+        let cache = Cache {
+            db,
+            path: path.to_path_buf(),
+            _temp: None,
+        };
+        cache.init_tables()?;
+        Ok(cache)
+    }
+
+    /// A cache in a private temporary folder, removed when dropped (`--no-cache`).
+    pub fn temporary() -> Result<Cache> {
+        let base = std::env::temp_dir();
+        let id = Id::random()?;
+        let dir = base.join(format!("cairn-cache-{}", id.short()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let temp = TempDir(dir.clone());
+        let path = dir.join("cache.redb");
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(&path)
+            .map_err(|e| redb_err("creating cache", e))?;
+        let cache = Cache {
+            db,
+            path,
+            _temp: Some(temp),
+        };
+        cache.init_tables()?;
+        Ok(cache)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init_tables(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        let stale = {
+            let meta = tx.open_table(META)?;
+            let v = meta.get("version")?.map(|g| g.value().to_vec());
+            v.as_deref() != Some(CACHE_VERSION)
+        };
+        if stale {
+            for t in [BLOBS, SNAPSHOTS, FILES] {
+                tx.delete_table(t)?;
+            }
+            tx.delete_table(INDEX_FILES)?;
+        }
+        tx.open_table(BLOBS)?;
+        tx.open_table(INDEX_FILES)?;
+        tx.open_table(SNAPSHOTS)?;
+        tx.open_table(FILES)?;
+        tx.open_table(META)?.insert("version", CACHE_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOBS)?;
+        match t.get(id.0.as_slice())? {
+            Some(v) => Ok(Some(BlobLocation::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A reader for many lookups under one read transaction.
+    pub fn reader(&self) -> Result<CacheReader> {
+        let tx = self.db.begin_read()?;
+        Ok(CacheReader {
+            blobs: tx.open_table(BLOBS)?,
+            files: tx.open_table(FILES)?,
+        })
+    }
+
+    pub fn ingested_index_files(&self) -> Result<HashSet<Id>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(INDEX_FILES)?;
+        let mut out = HashSet::new();
+        for row in t.iter()? {
+            let (k, _) = row?;
+            out.insert(Id::from_slice(k.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records index files and their entries in one transaction. Entries are inserted in id
+    /// order, which keeps redb's B-tree writes sequential.
+    pub fn ingest(&self, files: &[(Id, Vec<(Id, BlobLocation)>)]) -> Result<()> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        {
+            let mut blobs = tx.open_table(BLOBS)?;
+            let mut all: Vec<&(Id, BlobLocation)> =
+                files.iter().flat_map(|(_, e)| e.iter()).collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            for (id, loc) in all {
+                blobs.insert(id.0.as_slice(), loc.encode().as_slice())?;
+            }
+            let mut idx = tx.open_table(INDEX_FILES)?;
+            for (id, entries) in files {
+                idx.insert(id.0.as_slice(), entries.len() as u64)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets every blob and index file (before a rebuild).
+    pub fn clear_index(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.delete_table(BLOBS)?;
+        tx.delete_table(INDEX_FILES)?;
+        tx.open_table(BLOBS)?;
+        tx.open_table(INDEX_FILES)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (a commit with Durability::None is not).
+    pub fn flush(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn cached_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SNAPSHOTS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let id = Id::from_slice(k.value())?;
+            match from_cbor::<Snapshot>(v.value(), "cached snapshot") {
+                Ok(s) => out.push((id, s)),
+                Err(e) if e.kind() == ErrorKind::Corrupt => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn update_snapshots(&self, add: &[(Id, Snapshot)], remove: &[Id]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SNAPSHOTS)?;
+            for (id, s) in add {
+                t.insert(id.0.as_slice(), to_cbor(s)?.as_slice())?;
+            }
+            for id in remove {
+                t.remove(id.0.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn put_files(&self, records: &[(Vec<u8>, FileRecord)]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(FILES)?;
+            for (path, rec) in records {
+                t.insert(path.as_slice(), to_cbor(rec)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Many lookups under one read transaction (a consistent view).
+pub struct CacheReader {
+    blobs: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    files: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl CacheReader {
+    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        match self.blobs.get(id.0.as_slice())? {
+            Some(v) => Ok(Some(BlobLocation::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
+        match self.files.get(path)? {
+            Some(v) => Ok(from_cbor(v.value(), "files cache").ok()),
+            None => Ok(None),
+        }
+    }
+}

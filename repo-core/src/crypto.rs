@@ -1,0 +1,216 @@
+//! The key hierarchy and authenticated encryption.
+//!
+//! A tenant has one random 256-bit master key. Everything else derives from it with
+//! `blake3::derive_key` under fixed context strings, so adding or changing a password never
+//! touches data:
+//!
+//! | sub-key      | context string                     | use                                    |
+//! |--------------|------------------------------------|----------------------------------------|
+//! | chunk-id     | `cairn 2026 chunk-id key v1`       | keyed BLAKE3 of blob plaintext = blob id |
+//! | chunker seed | `cairn 2026 chunker seed v1`       | first 8 bytes (LE) seed FastCDC's gear table |
+//! | data         | `cairn 2026 data aead key v1`      | XChaCha20-Poly1305 for data blobs      |
+//! | metadata     | `cairn 2026 metadata aead key v1`  | tree blobs, pack headers, index, snapshots, config |
+//!
+//! A sealed message is `nonce (24 random bytes) || ciphertext || tag (16)`. The associated
+//! data binds what the message is (blob kind and id, or object type), so a sealed object
+//! cannot be passed off as another.
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{BlobKind, Id};
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed message adds to its plaintext.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf)
+        .map_err(|e| Error::new(ErrorKind::Other, format!("no randomness from the OS: {e}")))
+}
+
+/// A tenant's master key. Never stored unwrapped except in a key file the user asked for.
+#[derive(Clone)]
+pub struct MasterKey(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn generate() -> Result<Self> {
+        let mut k = [0u8; 32];
+        fill_random(&mut k)?;
+        Ok(MasterKey(k))
+    }
+
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        MasterKey(b)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// The sub-keys of a tenant, derived once when a repository is opened.
+#[derive(Clone)]
+pub struct Keys {
+    chunk_id: [u8; 32],
+    chunker_seed: u64,
+    data: XChaCha20Poly1305,
+    meta: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+fn aead(key: [u8; 32]) -> Result<XChaCha20Poly1305> {
+    XChaCha20Poly1305::new_from_slice(&key)
+        .map_err(|_| Error::new(ErrorKind::Other, "AEAD key length"))
+}
+
+impl Keys {
+    pub fn derive(master: &MasterKey) -> Result<Keys> {
+        let seed = blake3::derive_key("cairn 2026 chunker seed v1", &master.0);
+        let mut seed8 = [0u8; 8];
+        seed8.copy_from_slice(&seed[..8]);
+        Ok(Keys {
+            chunk_id: blake3::derive_key("cairn 2026 chunk-id key v1", &master.0),
+            chunker_seed: u64::from_le_bytes(seed8),
+            data: aead(blake3::derive_key("cairn 2026 data aead key v1", &master.0))?,
+            meta: aead(blake3::derive_key(
+                "cairn 2026 metadata aead key v1",
+                &master.0,
+            ))?,
+        })
+    }
+
+    pub fn chunker_seed(&self) -> u64 {
+        self.chunker_seed
+    }
+
+    /// The id of a blob: BLAKE3 of its plaintext keyed with the tenant's chunk-id key.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.chunk_id, plaintext).as_bytes())
+    }
+
+    fn cipher(&self, kind: BlobKind) -> &XChaCha20Poly1305 {
+        match kind {
+            BlobKind::Data => &self.data,
+            BlobKind::Tree => &self.meta,
+        }
+    }
+
+    pub fn seal_blob(&self, kind: BlobKind, id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
+        seal(self.cipher(kind), &blob_aad(kind, id), payload)
+    }
+
+    pub fn open_blob(&self, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
+        open(self.cipher(kind), &blob_aad(kind, id), sealed)
+            .map_err(|e| e.context(format!("blob {id} ({kind:?})")))
+    }
+
+    /// Seals a metadata object; `aad` names its type (e.g. `b"cairn:snapshot"`).
+    pub fn seal_meta(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        seal(&self.meta, aad, plaintext)
+    }
+
+    pub fn open_meta(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        open(&self.meta, aad, sealed)
+    }
+}
+
+fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 43] {
+    let mut aad = [0u8; 43];
+    aad[..10].copy_from_slice(b"cairn:blob");
+    aad[10] = kind.as_u8();
+    aad[11..].copy_from_slice(&id.0);
+    aad
+}
+
+pub(crate) fn seal(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let ct = cipher
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| Error::new(ErrorKind::Other, "encryption failed"))?;
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    if sealed.len() < OVERHEAD {
+        return Err(Error::corrupt(format!(
+            "sealed message of {} bytes is shorter than the {OVERHEAD}-byte envelope",
+            sealed.len()
+        )));
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(nonce);
+    cipher
+        .decrypt(&XNonce::from(n), Payload { msg: ct, aad })
+        .map_err(|_| {
+            Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
+        })
+}
+
+/// Seals with a one-off key (key slots wrap the master key this way).
+pub(crate) fn seal_with(key: [u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    seal(&aead(key)?, aad, plaintext)
+}
+
+pub(crate) fn open_with(key: [u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    open(&aead(key)?, aad, sealed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let keys = Keys::derive(&MasterKey::from_bytes([7; 32])).unwrap();
+        let id = keys.blob_id(b"hello");
+        let sealed = keys.seal_blob(BlobKind::Data, &id, b"hello").unwrap();
+        assert_eq!(
+            keys.open_blob(BlobKind::Data, &id, &sealed).unwrap(),
+            b"hello"
+        );
+        let mut bad = sealed.clone();
+        bad[30] ^= 1;
+        assert_eq!(
+            keys.open_blob(BlobKind::Data, &id, &bad)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Corrupt
+        );
+        // Kind and id are bound.
+        assert!(keys.open_blob(BlobKind::Tree, &id, &sealed).is_err());
+        assert!(keys
+            .open_blob(BlobKind::Data, &keys.blob_id(b"x"), &sealed)
+            .is_err());
+        // Another tenant's key neither opens it nor computes the same id.
+        let other = Keys::derive(&MasterKey::from_bytes([8; 32])).unwrap();
+        assert!(other.open_blob(BlobKind::Data, &id, &sealed).is_err());
+        assert_ne!(other.blob_id(b"hello"), id);
+        assert_ne!(other.chunker_seed(), keys.chunker_seed());
+    }
+}

@@ -1,0 +1,49 @@
+//! Blobs: the unit of deduplication. On disk a blob is
+//! `nonce (24) || XChaCha20-Poly1305(format byte || zstd(plaintext) or plaintext) || tag (16)`
+//! with associated data `"cairn:blob" || kind || id`.
+
+use crate::crypto::Keys;
+use crate::error::{Error, Result};
+use crate::format::{compress, decompress};
+use crate::id::{BlobKind, Id};
+
+/// A blob ready to be appended to a pack.
+#[derive(Debug, Clone)]
+pub struct SealedBlob {
+    pub kind: BlobKind,
+    pub id: Id,
+    pub raw_length: u32,
+    pub bytes: Vec<u8>,
+}
+
+pub fn seal(
+    keys: &Keys,
+    kind: BlobKind,
+    id: Id,
+    plaintext: &[u8],
+    level: i32,
+) -> Result<SealedBlob> {
+    let raw_length =
+        u32::try_from(plaintext.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
+    let payload = compress(plaintext, level)?;
+    let bytes = keys.seal_blob(kind, &id, &payload)?;
+    Ok(SealedBlob {
+        kind,
+        id,
+        raw_length,
+        bytes,
+    })
+}
+
+/// Opens a blob and checks that its plaintext hashes to its id, so a blob filed under the
+/// wrong id (or by another tenant's key) is caught, not returned.
+pub fn open(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
+    let payload = keys.open_blob(kind, id, sealed)?;
+    let plain = decompress(&payload, &format!("blob {id}"))?;
+    if keys.blob_id(&plain) != *id {
+        return Err(Error::corrupt(format!(
+            "blob {id}: content does not match its id"
+        )));
+    }
+    Ok(plain)
+}

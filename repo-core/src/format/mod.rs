@@ -1,0 +1,117 @@
+//! Serialization types and their byte layouts. Nothing here does I/O.
+//!
+//! Metadata objects (config, index files, snapshots, pack headers, tree blobs) are CBOR with
+//! named fields, so that fields can be added later without breaking old readers; ids are CBOR
+//! byte strings. Before sealing, a payload gets one format byte: `0` = stored as is, `1` =
+//! zstd frame (with its content size). See docs/design.md for the full layouts.
+
+pub mod blob;
+pub mod config;
+pub mod index;
+pub mod pack;
+pub mod snapshot;
+pub mod tree;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::crypto::Keys;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Upper bound on a decompressed payload; protects against a forged frame size.
+pub const MAX_PAYLOAD: u64 = 1 << 30;
+
+pub fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out)
+        .map_err(|e| Error::new(ErrorKind::Other, format!("CBOR encoding: {e}")))?;
+    Ok(out)
+}
+
+pub fn from_cbor<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    ciborium::from_reader(bytes).map_err(|e| Error::corrupt(format!("{what}: cannot decode: {e}")))
+}
+
+/// Adds the format byte, compressing with zstd `level` when that saves space. Level 0 stores
+/// as is.
+pub fn compress(plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
+    if level != 0 && plaintext.len() >= 64 {
+        let mut out = Vec::with_capacity(plaintext.len() / 2 + 16);
+        out.push(1u8);
+        let mut c = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd", e))?;
+        c.include_contentsize(true)
+            .map_err(|e| Error::io("zstd", e))?;
+        let z = c.compress(plaintext).map_err(|e| Error::io("zstd", e))?;
+        // Incompressible data is stored raw: it restores faster and is no bigger.
+        if z.len() + 1 < plaintext.len() {
+            out.extend_from_slice(&z);
+            return Ok(out);
+        }
+    }
+    let mut out = Vec::with_capacity(plaintext.len() + 1);
+    out.push(0u8);
+    out.extend_from_slice(plaintext);
+    Ok(out)
+}
+
+/// Reverses [`compress`].
+pub fn decompress(payload: &[u8], what: &str) -> Result<Vec<u8>> {
+    match payload.split_first() {
+        Some((0, rest)) => Ok(rest.to_vec()),
+        Some((1, rest)) => {
+            let size = match zstd::zstd_safe::get_frame_content_size(rest) {
+                Ok(Some(size)) if size <= MAX_PAYLOAD => size as usize,
+                _ => return Err(Error::corrupt(format!("{what}: bad zstd frame header"))),
+            };
+            let out = zstd::bulk::decompress(rest, size)
+                .map_err(|e| Error::corrupt(format!("{what}: zstd: {e}")))?;
+            if out.len() != size {
+                return Err(Error::corrupt(format!(
+                    "{what}: zstd frame is shorter than it says"
+                )));
+            }
+            Ok(out)
+        }
+        Some((b, _)) => Err(Error::corrupt(format!(
+            "{what}: unknown payload format {b}"
+        ))),
+        None => Err(Error::corrupt(format!("{what}: empty payload"))),
+    }
+}
+
+/// CBOR, compress, seal: the encoding of every metadata object.
+pub fn seal_meta<T: Serialize>(keys: &Keys, aad: &[u8], value: &T) -> Result<Vec<u8>> {
+    keys.seal_meta(aad, &compress(&to_cbor(value)?, 3)?)
+}
+
+pub fn open_meta<T: DeserializeOwned>(
+    keys: &Keys,
+    aad: &[u8],
+    sealed: &[u8],
+    what: &str,
+) -> Result<T> {
+    let payload = keys.open_meta(aad, sealed).map_err(|e| e.context(what))?;
+    from_cbor(&decompress(&payload, what)?, what)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn compression_round_trip() {
+        let text = b"INSERT INTO t VALUES (1, 'abc');\n".repeat(100);
+        let c = compress(&text, 3).unwrap();
+        assert_eq!(c[0], 1);
+        assert!(c.len() < text.len() / 5);
+        assert_eq!(decompress(&c, "x").unwrap(), text);
+        let random: Vec<u8> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let c = compress(&random, 3).unwrap();
+        assert_eq!(decompress(&c, "x").unwrap(), random);
+        assert!(decompress(&[1, 2, 3], "x").is_err());
+        assert!(decompress(&[], "x").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! Packs: many sealed blobs in one object.
+//!
+//! ```text
+//! blob 0 | blob 1 | ... | blob n-1 | sealed header | header length (u32 LE)
+//! ```
+//! The header is a metadata object (AAD `cairn:pack-header`) holding one [`PackEntry`] per
+//! blob. A pack alone is therefore enough to rebuild its index entries. A pack holds blobs of
+//! one kind only (data packs and tree packs are separate) so that tree packs can be cached and
+//! read without touching data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Keys;
+use crate::error::{Error, Result};
+use crate::format::{open_meta, seal_meta};
+use crate::id::{BlobKind, Id};
+
+use super::blob::SealedBlob;
+
+const HEADER_AAD: &[u8] = b"cairn:pack-header";
+
+/// Where one blob lives inside a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub id: Id,
+    pub offset: u64,
+    /// Stored (sealed) length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    version: u32,
+    blobs: Vec<PackEntry>,
+}
+
+/// Accumulates sealed blobs in memory until the pack is big enough to upload.
+#[derive(Debug)]
+pub struct PackBuilder {
+    kind: BlobKind,
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack: its name, stored bytes and entries.
+#[derive(Debug)]
+pub struct FinishedPack {
+    pub id: Id,
+    pub kind: BlobKind,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    pub fn new(kind: BlobKind, capacity: usize) -> Self {
+        PackBuilder {
+            kind,
+            bytes: Vec::with_capacity(capacity),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn kind(&self) -> BlobKind {
+        self.kind
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn add(&mut self, blob: &SealedBlob) -> Result<()> {
+        let length = u32::try_from(blob.bytes.len())
+            .map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
+        self.entries.push(PackEntry {
+            kind: blob.kind,
+            id: blob.id,
+            offset: self.bytes.len() as u64,
+            length,
+            raw_length: blob.raw_length,
+        });
+        self.bytes.extend_from_slice(&blob.bytes);
+        Ok(())
+    }
+
+    pub fn finish(mut self, keys: &Keys) -> Result<FinishedPack> {
+        let header = seal_meta(
+            keys,
+            HEADER_AAD,
+            &Header {
+                version: 1,
+                blobs: self.entries.clone(),
+            },
+        )?;
+        let len = u32::try_from(header.len())
+            .map_err(|_| Error::invalid("pack header larger than 4 GiB"))?;
+        self.bytes.extend_from_slice(&header);
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        Ok(FinishedPack {
+            id: Id::of_bytes(&self.bytes),
+            kind: self.kind,
+            bytes: self.bytes,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Decodes a pack header given the pack's tail (at least header + 4 bytes) and total size.
+/// Returns `Err(needed)` through [`HeaderRead::NeedMore`] when the tail is too short.
+pub enum HeaderRead {
+    Done(Vec<PackEntry>),
+    NeedMore(u64),
+}
+
+pub fn parse_header(keys: &Keys, pack: &Id, pack_size: u64, tail: &[u8]) -> Result<HeaderRead> {
+    let what = format!("pack {pack}");
+    if tail.len() < 4 || pack_size < 4 {
+        return Err(Error::corrupt(format!(
+            "{what}: too short to hold a header ({pack_size} bytes)"
+        )));
+    }
+    let mut len4 = [0u8; 4];
+    len4.copy_from_slice(&tail[tail.len() - 4..]);
+    let hlen = u32::from_le_bytes(len4) as u64;
+    if hlen + 4 > pack_size {
+        return Err(Error::corrupt(format!(
+            "{what}: header length {hlen} exceeds the pack size {pack_size} (truncated?)"
+        )));
+    }
+    if (tail.len() as u64) < hlen + 4 {
+        return Ok(HeaderRead::NeedMore(hlen + 4));
+    }
+    let start = tail.len() - 4 - hlen as usize;
+    let header: Header = open_meta(
+        keys,
+        HEADER_AAD,
+        &tail[start..tail.len() - 4],
+        &format!("{what} header"),
+    )?;
+    let data_end = pack_size - hlen - 4;
+    for e in &header.blobs {
+        if e.offset + e.length as u64 > data_end {
+            return Err(Error::corrupt(format!(
+                "{what}: blob {} extends past the blob area",
+                e.id
+            )));
+        }
+    }
+    Ok(HeaderRead::Done(header.blobs))
+}

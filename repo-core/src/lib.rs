@@ -1,0 +1,23 @@
+//! Cairn's repository library: the format, crypto, storage backends, the local index cache,
+//! and the archiver and restorer built on them. The `cairn` CLI is a thin layer over this
+//! crate; see docs/design.md for the format specification and its invariants.
+
+pub mod archiver;
+pub mod backend;
+pub mod cache;
+pub mod content;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod keys;
+pub mod layout;
+pub mod repository;
+pub mod restorer;
+pub mod sys;
+pub mod walk;
+pub mod writer;
+
+pub use error::{Error, ErrorKind, Result};
+pub use id::{BlobKind, Id};
+pub use repository::{Credentials, InitOptions, Location, OpenOptions, Repository};

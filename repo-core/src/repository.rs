@@ -1,0 +1,652 @@
+//! Opening and creating repositories, and the operations every command shares: key slots,
+//! index sync, snapshot listing and lookup, reading blobs and trees.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use crate::backend::{new_runtime, FileType, RootLocation, Store};
+use crate::cache::{BlobLocation, Cache};
+use crate::crypto::{Keys, MasterKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::config::{ChunkerConfig, Config, FORMAT_VERSION};
+use crate::format::index::IndexFile;
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{ContentList, Node, Tree};
+use crate::format::{self, blob, from_cbor, open_meta, seal_meta};
+use crate::id::{BlobKind, Id};
+use crate::keys::{KdfParams, KeySlot};
+use crate::{layout, sys};
+
+/// Where a repository is. Only local folders for now; the same string grows `s3:` and
+/// `rest:` forms later.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Local(PathBuf),
+    /// An in-memory repository, for tests and benchmarks (`memory:`).
+    Memory,
+}
+
+impl Location {
+    pub fn parse(s: &str) -> Result<Location> {
+        if s == "memory:" {
+            return Ok(Location::Memory);
+        }
+        let path = s.strip_prefix("file:").unwrap_or(s);
+        if path.is_empty() {
+            return Err(Error::invalid("empty repository location"));
+        }
+        if let Some((scheme, _)) = path.split_once("://") {
+            return Err(Error::invalid(format!(
+                "repository scheme {scheme:?} is not supported (use a local path)"
+            )));
+        }
+        Ok(Location::Local(PathBuf::from(path)))
+    }
+
+    fn root(&self) -> Result<RootLocation> {
+        match self {
+            Location::Local(p) => RootLocation::local(p),
+            Location::Memory => RootLocation::memory(),
+        }
+    }
+}
+
+/// How to unlock a tenant.
+#[derive(Clone)]
+pub enum Credentials {
+    Password(Vec<u8>),
+    Key(MasterKey),
+}
+
+/// Local settings that are not part of the repository.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Folder for caches; `None` uses a temporary cache (as `--no-cache` does).
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: ChunkerConfig,
+    pub pack_size: u64,
+    pub compression: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::default(),
+            chunker: ChunkerConfig::default(),
+            pack_size: 16 << 20,
+            compression: 3,
+        }
+    }
+}
+
+/// An open tenant namespace: keys unlocked, config read, cache attached.
+#[derive(Debug)]
+pub struct Repository {
+    location: Location,
+    root: RootLocation,
+    tenant: String,
+    store: Store,
+    keys: Keys,
+    config: Config,
+    cache: Arc<Cache>,
+}
+
+fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::Runtime>)> {
+    let rt = new_runtime()?;
+    let root = rt.block_on(async { location.root() })?;
+    Ok((root, rt))
+}
+
+fn require_repository(root: &RootLocation, rt: &tokio::runtime::Runtime) -> Result<()> {
+    if !rt.block_on(root.has_marker())? {
+        return Err(Error::new(
+            ErrorKind::NotARepository,
+            format!(
+                "{} is not a Cairn repository (create one with `cairn init`)",
+                root.description()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Lists the tenants of a repository (no keys needed).
+pub fn list_tenants(location: &Location) -> Result<Vec<String>> {
+    let (root, rt) = open_root(location)?;
+    require_repository(&root, &rt)?;
+    rt.block_on(root.tenants())
+}
+
+/// Whether a repository exists at `location`.
+pub fn exists(location: &Location) -> Result<bool> {
+    let (root, rt) = open_root(location)?;
+    rt.block_on(root.has_marker())
+}
+
+fn credential_key(store: &Store, creds: &Credentials) -> Result<(MasterKey, Option<String>)> {
+    match creds {
+        Credentials::Key(k) => Ok((k.clone(), None)),
+        Credentials::Password(pw) => {
+            let slots = store.list(FileType::Key)?;
+            if slots.is_empty() {
+                return Err(Error::corrupt(format!(
+                    "{} has no key slots",
+                    store.location()
+                )));
+            }
+            let mut last_err = None;
+            for info in slots {
+                let bytes = store.read(FileType::Key, &info.name)?;
+                let slot = match KeySlot::parse(&info.name, &bytes) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("skipping key slot: {e}");
+                        last_err = Some(e);
+                        continue;
+                    }
+                };
+                match slot.unwrap_key(pw) {
+                    Ok(k) => return Ok((k, Some(info.name))),
+                    Err(e) if e.kind() == ErrorKind::WrongPassword => continue,
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            Err(last_err
+                .filter(|e| e.kind() != ErrorKind::Corrupt)
+                .unwrap_or_else(|| {
+                    Error::new(
+                        ErrorKind::WrongPassword,
+                        format!(
+                            "wrong password: no key slot of {} opens with it",
+                            store.location()
+                        ),
+                    )
+                }))
+        }
+    }
+}
+
+impl Repository {
+    /// Creates the repository root if needed and a new tenant in it, with one key slot (for a
+    /// password) or none (for a key the caller keeps in a key file).
+    pub fn init(
+        location: &Location,
+        tenant: &str,
+        creds: &Credentials,
+        opts: &InitOptions,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        layout::validate_tenant(tenant)?;
+        cairn_chunker::Params {
+            min: opts.chunker.min as usize,
+            avg: opts.chunker.avg as usize,
+            max: opts.chunker.max as usize,
+        }
+        .validate()
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        if let Location::Local(p) = location {
+            std::fs::create_dir_all(p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+        }
+        let (root, rt) = open_root(location)?;
+        if !rt.block_on(root.has_marker())? {
+            let marker = serde_json::json!({ "format": "cairn", "version": FORMAT_VERSION });
+            rt.block_on(root.write_marker(Bytes::from(marker.to_string())))?;
+        }
+        let backend = Arc::new(root.tenant(tenant)?);
+        let store = Store::new(backend, rt);
+        if !store.list(FileType::Config)?.is_empty() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("tenant {tenant:?} already exists in {}", root.description()),
+            ));
+        }
+        let master = match creds {
+            Credentials::Key(k) => k.clone(),
+            Credentials::Password(_) => MasterKey::generate()?,
+        };
+        let keys = Keys::derive(&master)?;
+        if let Credentials::Password(pw) = creds {
+            let (_, bytes) =
+                KeySlot::create(&master, pw, opts.kdf, &sys::hostname(), &sys::username())?;
+            store.put(
+                FileType::Key,
+                &Id::of_bytes(&bytes).to_hex(),
+                Bytes::from(bytes),
+            )?;
+        }
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random()?,
+            tenant: tenant.to_string(),
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+            compression: opts.compression,
+            created: jiff::Timestamp::now().to_string(),
+        };
+        // The config goes last: a tenant without one does not exist, so an interrupted init
+        // can simply be run again.
+        store.create(
+            FileType::Config,
+            "config",
+            Bytes::from(seal_meta(&keys, format::config::AAD, &config)?),
+        )?;
+        let cache = Arc::new(open_cache(open, &config)?);
+        Ok(Repository {
+            location: location.clone(),
+            root,
+            tenant: tenant.to_string(),
+            store,
+            keys,
+            config,
+            cache,
+        })
+    }
+
+    /// Opens a tenant with a password or key.
+    pub fn open(
+        location: &Location,
+        tenant: &str,
+        creds: &Credentials,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        layout::validate_tenant(tenant)?;
+        let (root, rt) = open_root(location)?;
+        require_repository(&root, &rt)?;
+        let backend = Arc::new(root.tenant(tenant)?);
+        let store = Store::new(backend, rt);
+        let sealed = match store.read(FileType::Config, "config") {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let tenants = store.runtime().block_on(root.tenants()).unwrap_or_default();
+                return Err(Error::not_found(format!(
+                    "{} has no tenant {tenant:?} (tenants: {})",
+                    root.description(),
+                    if tenants.is_empty() {
+                        "none".to_string()
+                    } else {
+                        tenants.join(", ")
+                    }
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let (master, _) = credential_key(&store, creds)?;
+        let keys = Keys::derive(&master)?;
+        let config: Config = match open_meta(&keys, format::config::AAD, &sealed, "config") {
+            Ok(c) => c,
+            Err(e) if matches!(creds, Credentials::Key(_)) && e.kind() == ErrorKind::Corrupt => {
+                return Err(Error::new(
+                    ErrorKind::WrongPassword,
+                    format!(
+                        "the key does not belong to tenant {tenant:?} of {}",
+                        root.description()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if config.version != FORMAT_VERSION {
+            return Err(Error::corrupt(format!("repository format version {} is not supported (this program reads {FORMAT_VERSION})", config.version)));
+        }
+        let cache = Arc::new(open_cache(open, &config)?);
+        Ok(Repository {
+            location: location.clone(),
+            root,
+            tenant: tenant.to_string(),
+            store,
+            keys,
+            config,
+            cache,
+        })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+    pub fn description(&self) -> String {
+        self.store.location()
+    }
+    pub fn root_description(&self) -> &str {
+        self.root.description()
+    }
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn chunker(&self) -> Result<cairn_chunker::Chunker> {
+        cairn_chunker::Chunker::new(self.config.chunker.params(), self.keys.chunker_seed())
+            .map_err(|e| Error::corrupt(format!("config: {e}")))
+    }
+
+    // ---- key slots ----
+
+    pub fn key_slots(&self) -> Result<Vec<(String, KeySlot)>> {
+        let mut out = Vec::new();
+        for info in self.store.list(FileType::Key)? {
+            let bytes = self.store.read(FileType::Key, &info.name)?;
+            out.push((info.name.clone(), KeySlot::parse(&info.name, &bytes)?));
+        }
+        out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
+        Ok(out)
+    }
+
+    /// Adds a password for this tenant; returns the new slot's id.
+    pub fn add_key(&self, master: &MasterKey, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let (_, bytes) =
+            KeySlot::create(master, password, kdf, &sys::hostname(), &sys::username())?;
+        let name = Id::of_bytes(&bytes).to_hex();
+        self.store.put(FileType::Key, &name, Bytes::from(bytes))?;
+        Ok(name)
+    }
+
+    /// Removes a key slot, refusing to remove the last one (the data would become unreadable
+    /// to everyone without a key file).
+    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        let slots = self.key_slots()?;
+        let matches: Vec<&String> = slots
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(id_prefix))
+            .collect();
+        let name = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(Error::not_found(format!(
+                    "no key slot matches {id_prefix:?}"
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{id_prefix:?} matches {} key slots; give more digits",
+                    matches.len()
+                )))
+            }
+        };
+        if slots.len() <= 1 {
+            return Err(Error::new(ErrorKind::Conflict, "refusing to remove the last key slot: add another password first (`cairn key add`)"));
+        }
+        self.store.remove(FileType::Key, &name)?;
+        Ok(name)
+    }
+
+    /// The master key, re-derived from credentials (to wrap it again under a new password).
+    pub fn master_key(&self, creds: &Credentials) -> Result<(MasterKey, Option<String>)> {
+        credential_key(&self.store, creds)
+    }
+
+    // ---- index ----
+
+    /// Brings the blob index in the cache up to date with the index files in the backend.
+    /// New index files are read and ingested in batches; if an ingested file has disappeared
+    /// (compaction or prune rewrote the index), the blob table is rebuilt.
+    pub fn sync_index(&self) -> Result<()> {
+        let listed: Vec<Id> = self
+            .store
+            .list(FileType::Index)?
+            .into_iter()
+            .map(|o| Id::from_hex(&o.name))
+            .collect::<Result<_>>()?;
+        let present: HashSet<Id> = listed.iter().copied().collect();
+        let mut ingested = self.cache.ingested_index_files()?;
+        if ingested.iter().any(|id| !present.contains(id)) {
+            tracing::info!("index changed in the backend; rebuilding the cached index");
+            self.cache.clear_index()?;
+            ingested.clear();
+        }
+        let mut todo: Vec<Id> = listed
+            .into_iter()
+            .filter(|id| !ingested.contains(id))
+            .collect();
+        todo.sort();
+        for batch in todo.chunks(64) {
+            let files: Vec<(Id, Vec<(Id, BlobLocation)>)> = batch
+                .par_iter()
+                .map(|id| {
+                    let index = self.read_index_file(id)?;
+                    let entries = index
+                        .packs
+                        .iter()
+                        .flat_map(|p| {
+                            p.blobs
+                                .iter()
+                                .map(move |e| (e.id, BlobLocation::from_entry(p.id, e)))
+                        })
+                        .collect();
+                    Ok((*id, entries))
+                })
+                .collect::<Result<_>>()?;
+            self.cache.ingest(&files)?;
+        }
+        self.cache.flush()
+    }
+
+    pub fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
+        let bytes = self.store.read(FileType::Index, &id.to_hex())?;
+        if Id::of_bytes(&bytes) != *id {
+            return Err(Error::corrupt(format!(
+                "index file {id}: contents do not match its name"
+            )));
+        }
+        open_meta(
+            &self.keys,
+            format::index::AAD,
+            &bytes,
+            &format!("index file {id}"),
+        )
+    }
+
+    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        self.cache.lookup(id)
+    }
+
+    // ---- blobs and trees ----
+
+    pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .lookup(id)?
+            .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?;
+        self.read_blob_at(kind, id, &loc)
+    }
+
+    pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+        if loc.kind != kind {
+            return Err(Error::corrupt(format!(
+                "blob {id} is indexed as {:?}, expected {kind:?}",
+                loc.kind
+            )));
+        }
+        let sealed = self
+            .store
+            .read_range(
+                FileType::Pack,
+                &loc.pack.to_hex(),
+                loc.offset,
+                loc.length as u64,
+            )
+            .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
+        blob::open(&self.keys, kind, id, &sealed)
+            .map_err(|e| e.context(format!("pack {}", loc.pack)))
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let plain = self.read_blob(BlobKind::Tree, id)?;
+        let tree: Tree = from_cbor(&plain, &format!("tree {id}"))?;
+        tree.validate()
+            .map_err(|e| e.context(format!("tree {id}")))?;
+        Ok(tree)
+    }
+
+    /// The ordered data blob ids of a file node, following spilled content lists.
+    pub fn file_content(&self, node: &Node) -> Result<Vec<Id>> {
+        if node.content_lists.is_empty() {
+            return Ok(node.content.clone());
+        }
+        let mut out = Vec::new();
+        for list in &node.content_lists {
+            let plain = self.read_blob(BlobKind::Tree, list)?;
+            let l: ContentList = from_cbor(&plain, &format!("content list {list}"))?;
+            out.extend(l.ids);
+        }
+        Ok(out)
+    }
+
+    /// Finds the node at `path` (components separated by '/') below a root tree.
+    pub fn resolve_path(&self, root: &Id, path: &[u8]) -> Result<Option<Node>> {
+        let mut tree_id = *root;
+        let parts: Vec<&[u8]> = path
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let tree = self.load_tree(&tree_id)?;
+            let node = match tree.find(part) {
+                Some(n) => n.clone(),
+                None => {
+                    return Err(Error::not_found(format!(
+                        "{:?} is not in the snapshot",
+                        String::from_utf8_lossy(path)
+                    )))
+                }
+            };
+            if i + 1 == parts.len() {
+                return Ok(Some(node));
+            }
+            tree_id = node.subtree.ok_or_else(|| {
+                Error::not_found(format!(
+                    "{:?} is not a directory",
+                    String::from_utf8_lossy(part)
+                ))
+            })?;
+        }
+        Ok(None)
+    }
+
+    // ---- snapshots ----
+
+    /// Every snapshot, oldest first. Manifests already in the cache are not read again.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let listed: HashSet<Id> = self
+            .store
+            .list(FileType::Snapshot)?
+            .into_iter()
+            .map(|o| Id::from_hex(&o.name))
+            .collect::<Result<_>>()?;
+        let cached = self.cache.cached_snapshots()?;
+        let cached_ids: HashSet<Id> = cached.iter().map(|(id, _)| *id).collect();
+        let gone: Vec<Id> = cached_ids.difference(&listed).copied().collect();
+        let missing: Vec<Id> = listed.difference(&cached_ids).copied().collect();
+        let fetched: Vec<(Id, Snapshot)> = missing
+            .par_iter()
+            .map(|id| Ok((*id, self.read_snapshot(id)?)))
+            .collect::<Result<_>>()?;
+        if !gone.is_empty() || !fetched.is_empty() {
+            self.cache.update_snapshots(&fetched, &gone)?;
+        }
+        let mut all: Vec<(Id, Snapshot)> = cached
+            .into_iter()
+            .filter(|(id, _)| listed.contains(id))
+            .chain(fetched)
+            .collect();
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let bytes = self.store.read(FileType::Snapshot, &id.to_hex())?;
+        if Id::of_bytes(&bytes) != *id {
+            return Err(Error::corrupt(format!(
+                "snapshot {id}: contents do not match its name"
+            )));
+        }
+        open_meta(
+            &self.keys,
+            format::snapshot::AAD,
+            &bytes,
+            &format!("snapshot {id}"),
+        )
+    }
+
+    /// Resolves `latest` or a unique hex prefix of a snapshot id.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let all = self.snapshots()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::not_found("the repository has no snapshots"));
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "{spec:?} is not a snapshot id (hex digits) or `latest`"
+            )));
+        }
+        let spec = spec.to_ascii_lowercase();
+        let mut matches: Vec<(Id, Snapshot)> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::not_found(format!("no snapshot matches {spec:?}"))),
+            1 => Ok(matches.remove(0)),
+            n => Err(Error::invalid(format!(
+                "{spec:?} matches {n} snapshots ({}); give more digits",
+                matches
+                    .iter()
+                    .take(5)
+                    .map(|(id, _)| id.short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Commits a snapshot: the last write of any backup.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let sealed = seal_meta(&self.keys, format::snapshot::AAD, snap)?;
+        let id = Id::of_bytes(&sealed);
+        self.store
+            .create(FileType::Snapshot, &id.to_hex(), Bytes::from(sealed))?;
+        self.cache.update_snapshots(&[(id, snap.clone())], &[])?;
+        Ok(id)
+    }
+}
+
+fn open_cache(open: &OpenOptions, config: &Config) -> Result<Cache> {
+    match &open.cache_dir {
+        Some(dir) => Cache::open(&dir.join(format!("{}.redb", config.id.to_hex()))),
+        None => Cache::temporary(),
+    }
+}
+
+/// The default cache folder: `$XDG_CACHE_HOME/cairn` or `~/.cache/cairn`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(Path::new(&x).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("cairn"))
+}

@@ -1,0 +1,513 @@
+//! Restore: writing a snapshot's tree back to a local folder.
+//!
+//! Strategy. Two streaming passes over the snapshot's trees (memory holds one tree per level
+//! of depth). The first pass only looks: with `--overwrite never` it collects existing paths
+//! whose content differs from the snapshot and, if there are any, fails before anything is
+//! changed. The second pass writes. Each file is written under a temporary name in its
+//! directory and renamed into place only when complete, so an interrupted restore or a full
+//! disk never leaves a partial file under a real name (the temporary file is removed on
+//! error). Runs of zeros become holes. Hard links within the snapshot are restored as links.
+//! Ownership, permissions, extended attributes and times are applied after content, and a
+//! directory's times after its entries (writing into a directory changes its mtime).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::tree::{Node, NodeKind, Time};
+use crate::id::{BlobKind, Id};
+use crate::repository::Repository;
+use crate::walk::Excludes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// Refuse to restore when an existing entry differs (default).
+    #[default]
+    Never,
+    /// Replace existing entries whose content differs; leave identical ones.
+    IfChanged,
+    /// Replace every existing entry.
+    Always,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore only paths matching these patterns (and what is below them).
+    pub include: Option<Excludes>,
+    pub exclude: Excludes,
+    pub overwrite: Overwrite,
+    /// Remove entries in restored directories that are not in the snapshot.
+    pub delete: bool,
+    /// Read every restored file back and check it against the snapshot.
+    pub verify: bool,
+}
+
+pub trait RestoreProgress: Sync {
+    fn file(&self, _path: &Path) {}
+    fn bytes(&self, _n: u64) {}
+}
+
+pub struct NoRestoreProgress;
+impl RestoreProgress for NoRestoreProgress {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub others: u64,
+    pub bytes_written: u64,
+    pub files_unchanged: u64,
+    pub hardlinks: u64,
+    pub deleted: u64,
+    pub verified: u64,
+}
+
+struct Restorer<'a> {
+    repo: &'a Repository,
+    opts: &'a RestoreOptions,
+    progress: &'a dyn RestoreProgress,
+    summary: RestoreSummary,
+    /// (device, inode) of multiply-linked files already restored -> where.
+    links: HashMap<(u64, u64), PathBuf>,
+    is_root: bool,
+    conflicts: Vec<String>,
+    conflict_count: usize,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::io(path.display().to_string(), e)
+}
+
+fn timespec(t: Time) -> TimeSpec {
+    TimeSpec::new(t.0, t.1 as i64)
+}
+
+fn tmp_name(dir: &Path) -> Result<PathBuf> {
+    let id = Id::random()?;
+    Ok(dir.join(format!(".cairn-restore-{}.tmp", &id.to_hex()[..16])))
+}
+
+impl<'a> Restorer<'a> {
+    fn selected(&self, snap_path: &Path, ancestor_selected: bool) -> (bool, bool) {
+        // (restore this entry, descend into it)
+        if self.opts.exclude.excluded(snap_path) {
+            return (false, false);
+        }
+        match &self.opts.include {
+            None => (true, true),
+            Some(inc) => {
+                let hit = ancestor_selected || inc.excluded(snap_path);
+                (hit, true)
+            }
+        }
+    }
+
+    /// Whether the existing entry at `target` already equals `node`.
+    fn matches_existing(&self, target: &Path, node: &Node, meta: &fs::Metadata) -> Result<bool> {
+        let ft = meta.file_type();
+        Ok(match node.kind {
+            NodeKind::Dir => ft.is_dir(),
+            NodeKind::Symlink => {
+                ft.is_symlink()
+                    && fs::read_link(target)
+                        .map(|t| Some(t.as_os_str().as_bytes().to_vec()) == node.link_target)
+                        .unwrap_or(false)
+            }
+            NodeKind::File => {
+                ft.is_file() && meta.size() == node.size && file_matches(self.repo, target, node)?
+            }
+            NodeKind::Fifo => ft.is_fifo(),
+            NodeKind::Chardev => ft.is_char_device() && meta.rdev() == node.rdev,
+            NodeKind::Blockdev => ft.is_block_device() && meta.rdev() == node.rdev,
+            NodeKind::Socket => ft.is_socket(),
+        })
+    }
+
+    fn check_pass(
+        &mut self,
+        tree: &Id,
+        snap_dir: &Path,
+        target_dir: &Path,
+        ancestor_selected: bool,
+    ) -> Result<()> {
+        let t = self.repo.load_tree(tree)?;
+        for node in &t.nodes {
+            let name = OsStr::from_bytes(&node.name);
+            let snap_path = snap_dir.join(name);
+            let target = target_dir.join(name);
+            let (restore, descend) = self.selected(&snap_path, ancestor_selected);
+            if restore {
+                if let Ok(meta) = fs::symlink_metadata(&target) {
+                    let replaceable = !(meta.is_dir() && node.kind != NodeKind::Dir);
+                    let same = self.matches_existing(&target, node, &meta)?;
+                    if !same && (self.opts.overwrite == Overwrite::Never || !replaceable) {
+                        self.conflict_count += 1;
+                        if self.conflicts.len() < 10 {
+                            self.conflicts.push(target.display().to_string());
+                        }
+                    }
+                }
+            }
+            if descend && node.kind == NodeKind::Dir {
+                if let Some(sub) = &node.subtree {
+                    if fs::symlink_metadata(&target)
+                        .map(|m| m.is_dir())
+                        .unwrap_or(false)
+                    {
+                        self.check_pass(sub, &snap_path, &target, restore)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the entries of one tree into `target_dir`. Returns whether anything was
+    /// restored (so that unselected parent directories are only created when needed).
+    fn restore_tree(
+        &mut self,
+        tree: &Id,
+        snap_dir: &Path,
+        target_dir: &Path,
+        ancestor_selected: bool,
+        whole_dir: bool,
+    ) -> Result<bool> {
+        let t = self.repo.load_tree(tree)?;
+        let mut any = false;
+        for node in &t.nodes {
+            let name = OsStr::from_bytes(&node.name);
+            let snap_path = snap_dir.join(name);
+            let target = target_dir.join(name);
+            let (restore, descend) = self.selected(&snap_path, ancestor_selected);
+            if node.kind == NodeKind::Dir {
+                if !descend {
+                    continue;
+                }
+                if restore {
+                    self.ensure_dir(&target)?;
+                }
+                let inner = match &node.subtree {
+                    Some(sub) => self.restore_tree(sub, &snap_path, &target, restore, restore)?,
+                    None => false,
+                };
+                if restore || inner {
+                    if !restore {
+                        self.ensure_dir(&target)?;
+                    }
+                    self.apply_metadata(&target, node)?;
+                    self.summary.dirs += 1;
+                    any = true;
+                }
+            } else if restore {
+                fs::create_dir_all(target_dir).map_err(|e| io_err(target_dir, e))?;
+                self.restore_entry(&target, node)?;
+                any = true;
+            }
+        }
+        if whole_dir && self.opts.delete {
+            self.delete_extra(target_dir, &t.nodes)?;
+        }
+        Ok(any)
+    }
+
+    fn ensure_dir(&mut self, target: &Path) -> Result<()> {
+        match fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => {
+                fs::remove_file(target).map_err(|e| io_err(target, e))?;
+                fs::create_dir(target).map_err(|e| io_err(target, e))
+            }
+            Err(_) => fs::create_dir_all(target).map_err(|e| io_err(target, e)),
+        }
+    }
+
+    fn delete_extra(&mut self, dir: &Path, nodes: &[Node]) -> Result<()> {
+        let keep: HashSet<&[u8]> = nodes.iter().map(|n| n.name.as_slice()).collect();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(_) => return Ok(()),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let name = entry.file_name();
+            if keep.contains(name.as_bytes()) {
+                continue;
+            }
+            let p = entry.path();
+            let r = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.map_err(|e| io_err(&p, e))?;
+            self.summary.deleted += 1;
+        }
+        Ok(())
+    }
+
+    fn restore_entry(&mut self, target: &Path, node: &Node) -> Result<()> {
+        let existing = fs::symlink_metadata(target).ok();
+        if let Some(meta) = &existing {
+            if self.opts.overwrite != Overwrite::Always
+                && self.matches_existing(target, node, meta)?
+            {
+                if node.kind == NodeKind::File {
+                    self.summary.files_unchanged += 1;
+                    self.remember_link(target, node);
+                }
+                return self.apply_metadata(target, node);
+            }
+        }
+        // Hard links: a second path to an inode already restored becomes a link.
+        if node.kind == NodeKind::File && node.links > 1 {
+            if let Some(first) = self.links.get(&(node.device, node.inode)).cloned() {
+                if existing.is_some() {
+                    fs::remove_file(target).map_err(|e| io_err(target, e))?;
+                }
+                fs::hard_link(&first, target).map_err(|e| io_err(target, e))?;
+                self.summary.hardlinks += 1;
+                return Ok(());
+            }
+        }
+        let dir = target
+            .parent()
+            .ok_or_else(|| Error::invalid("restore target has no parent"))?;
+        let tmp = tmp_name(dir)?;
+        let result = self.create_at(&tmp, node).and_then(|()| {
+            self.apply_metadata(&tmp, node)?;
+            fs::rename(&tmp, target).map_err(|e| io_err(target, e))
+        });
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        match node.kind {
+            NodeKind::File => {
+                self.summary.files += 1;
+                self.remember_link(target, node);
+                if self.opts.verify {
+                    if !file_matches(self.repo, target, node)? {
+                        return Err(Error::corrupt(format!(
+                            "verification failed: {} does not match the snapshot",
+                            target.display()
+                        )));
+                    }
+                    self.summary.verified += 1;
+                }
+            }
+            _ => self.summary.others += 1,
+        }
+        Ok(())
+    }
+
+    fn remember_link(&mut self, target: &Path, node: &Node) {
+        if node.links > 1 {
+            self.links
+                .entry((node.device, node.inode))
+                .or_insert_with(|| target.to_path_buf());
+        }
+    }
+
+    fn create_at(&mut self, path: &Path, node: &Node) -> Result<()> {
+        match node.kind {
+            NodeKind::File => self.write_file(path, node),
+            NodeKind::Symlink => {
+                let t = node.link_target.as_deref().ok_or_else(|| {
+                    Error::corrupt(format!("symlink {:?} has no target", node.name_lossy()))
+                })?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(t), path).map_err(|e| io_err(path, e))
+            }
+            NodeKind::Fifo => nix::unistd::mkfifo(path, Mode::from_bits_truncate(node.mode))
+                .map_err(|e| io_err(path, e.into())),
+            NodeKind::Chardev | NodeKind::Blockdev | NodeKind::Socket => {
+                let kind = match node.kind {
+                    NodeKind::Chardev => SFlag::S_IFCHR,
+                    NodeKind::Blockdev => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFSOCK,
+                };
+                nix::sys::stat::mknod(
+                    path,
+                    kind,
+                    Mode::from_bits_truncate(node.mode),
+                    node.rdev as nix::libc::dev_t,
+                )
+                .map_err(|e| io_err(path, e.into()))
+            }
+            NodeKind::Dir => Err(Error::invalid("directories are not created here")),
+        }
+    }
+
+    fn write_file(&mut self, path: &Path, node: &Node) -> Result<()> {
+        self.progress.file(path);
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode_private()
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        let ids = self.repo.file_content(node)?;
+        let mut offset = 0u64;
+        let mut hole_at_end = false;
+        for id in &ids {
+            let data = self
+                .repo
+                .read_blob(BlobKind::Data, id)
+                .map_err(|e| e.context(path.display()))?;
+            if data.iter().all(|b| *b == 0) {
+                // A hole: seek past it; set_len below gives the file its size.
+                f.seek(SeekFrom::Current(data.len() as i64))
+                    .map_err(|e| io_err(path, e))?;
+                hole_at_end = true;
+            } else {
+                f.write_all(&data).map_err(|e| io_err(path, e))?;
+                hole_at_end = false;
+            }
+            offset += data.len() as u64;
+            self.summary.bytes_written += data.len() as u64;
+            self.progress.bytes(data.len() as u64);
+        }
+        if hole_at_end || offset != node.size {
+            f.set_len(offset).map_err(|e| io_err(path, e))?;
+        }
+        f.sync_all().map_err(|e| io_err(path, e))
+    }
+
+    fn apply_metadata(&self, path: &Path, node: &Node) -> Result<()> {
+        let is_link = node.kind == NodeKind::Symlink;
+        // Ownership: by name when the name exists here, else by number. Only root can give
+        // files away; others keep their own ownership silently, as tar does.
+        if self.is_root {
+            let uid = node
+                .user
+                .as_deref()
+                .and_then(crate::sys::uid_of)
+                .unwrap_or(node.uid);
+            let gid = node
+                .group
+                .as_deref()
+                .and_then(crate::sys::gid_of)
+                .unwrap_or(node.gid);
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| io_err(path, e))?;
+        }
+        if !is_link {
+            fs::set_permissions(path, fs::Permissions::from_mode(node.mode))
+                .map_err(|e| io_err(path, e))?;
+        }
+        for x in &node.xattrs {
+            if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
+                // Some filesystems or namespaces refuse some attributes; the content is
+                // what matters most, so this is a warning.
+                tracing::warn!(
+                    "{}: cannot set extended attribute {:?}: {e}",
+                    path.display(),
+                    String::from_utf8_lossy(&x.name)
+                );
+            }
+        }
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &timespec(node.atime),
+            &timespec(node.mtime),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io_err(path, e.into()))
+    }
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for fs::OpenOptions {
+    /// Content is written before permissions are applied, so start owner-only.
+    fn mode_private(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+/// Whether the local file has exactly the snapshot's content: it is chunked with the
+/// repository's chunker and the blob ids compared, so nothing but the local file is read.
+pub fn file_matches(repo: &Repository, path: &Path, node: &Node) -> Result<bool> {
+    let expected = repo.file_content(node)?;
+    let chunker = repo.chunker()?;
+    let keys = repo.keys();
+    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut s = cairn_chunker::StreamChunker::new(chunker);
+    let mut got = Vec::with_capacity(expected.len());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path, e)),
+        };
+        total += n as u64;
+        if total > node.size {
+            return Ok(false);
+        }
+        s.push(&buf[..n], |c| got.push(keys.blob_id(c)));
+        if got.len() > expected.len() || got.iter().zip(&expected).any(|(a, b)| a != b) {
+            return Ok(false);
+        }
+    }
+    s.finish(|c| got.push(keys.blob_id(c)));
+    Ok(got == expected)
+}
+
+/// Restores the tree of snapshot `snapshot` below `target`.
+pub fn restore(
+    repo: &Repository,
+    snapshot: &Id,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn RestoreProgress,
+) -> Result<RestoreSummary> {
+    repo.sync_index()?;
+    let snap = repo.read_snapshot(snapshot)?;
+    fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+    let mut r = Restorer {
+        repo,
+        opts,
+        progress,
+        summary: RestoreSummary::default(),
+        links: HashMap::new(),
+        is_root: crate::sys::is_root(),
+        conflicts: Vec::new(),
+        conflict_count: 0,
+    };
+    r.check_pass(&snap.tree, Path::new("/"), target, false)?;
+    if r.conflict_count > 0 {
+        let more = if r.conflict_count > r.conflicts.len() {
+            format!(" and {} more", r.conflict_count - r.conflicts.len())
+        } else {
+            String::new()
+        };
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} existing entries differ from the snapshot and were left untouched: {}{more}; nothing was restored (use --overwrite if-changed or always)",
+                r.conflict_count,
+                r.conflicts.join(", ")
+            ),
+        ));
+    }
+    r.restore_tree(
+        &snap.tree,
+        Path::new("/"),
+        target,
+        false,
+        opts.include.is_none(),
+    )?;
+    Ok(r.summary)
+}

@@ -1,0 +1,43 @@
+//! Small facts about the local system.
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+pub fn username() -> String {
+    user_name(nix::unistd::getuid().as_raw()).unwrap_or_else(|| nix::unistd::getuid().to_string())
+}
+
+pub fn user_name(uid: u32) -> Option<String> {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+pub fn group_name(gid: u32) -> Option<String> {
+    Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+}
+
+pub fn uid_of(name: &str) -> Option<u32> {
+    User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+}
+
+pub fn gid_of(name: &str) -> Option<u32> {
+    Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -1,0 +1,312 @@
+//! Writing blobs: deduplication, packing, upload, index files.
+//!
+//! Ordering invariant (docs/design.md, "Write ordering"): a pack is uploaded before any index
+//! file that lists it, and every index file a snapshot needs is uploaded before the snapshot.
+//! The uploader thread enforces the first half (it writes an index file only for packs whose
+//! upload returned); [`BlobWriter::finish`] returns only after all of it is durable, and
+//! callers save the snapshot after that.
+//!
+//! Memory is bounded: at most [`UPLOAD_QUEUE`] finished packs wait for upload, and the set of
+//! blob ids not yet in the cache's index is emptied every [`INDEX_FLUSH_PACKS`] packs.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use crate::backend::{FileType, Store};
+use crate::cache::{BlobLocation, Cache};
+use crate::crypto::Keys;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::blob::{self, SealedBlob};
+use crate::format::index::{IndexFile, IndexPack};
+use crate::format::pack::{FinishedPack, PackBuilder};
+use crate::format::{self, seal_meta};
+use crate::id::{BlobKind, Id};
+use crate::repository::Repository;
+
+pub const UPLOAD_QUEUE: usize = 2;
+pub const INDEX_FLUSH_PACKS: usize = 32;
+
+/// What a writer added to the repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub blobs_added: u64,
+    /// Plaintext bytes of added blobs.
+    pub bytes_added: u64,
+    /// Sealed bytes of added blobs.
+    pub bytes_stored: u64,
+    pub packs: u64,
+    pub index_files: u64,
+}
+
+struct Shared {
+    /// Blobs accepted but not yet in the cache's index.
+    pending: Mutex<HashSet<Id>>,
+    /// The first upload error; once set the writer refuses further use.
+    failed: Mutex<Option<Error>>,
+    stats: Mutex<WriteStats>,
+}
+
+pub struct BlobWriter {
+    keys: Keys,
+    cache: Arc<Cache>,
+    pack_size: usize,
+    level: i32,
+    data: PackBuilder,
+    tree: PackBuilder,
+    shared: Arc<Shared>,
+    tx: Option<SyncSender<FinishedPack>>,
+    uploader: Option<JoinHandle<()>>,
+}
+
+impl BlobWriter {
+    /// `level` is the zstd level for data blobs (trees always use level 3).
+    pub fn new(repo: &Repository, level: i32) -> Self {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashSet::new()),
+            failed: Mutex::new(None),
+            stats: Mutex::new(WriteStats::default()),
+        });
+        let (tx, rx) = sync_channel(UPLOAD_QUEUE);
+        let uploader = {
+            let store = repo.store().clone();
+            let keys = repo.keys().clone();
+            let cache = repo.cache().clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("cairn-upload".into())
+                .spawn(move || upload_loop(rx, store, keys, cache, shared))
+                .ok()
+        };
+        let pack_size = repo.config().pack_size as usize;
+        BlobWriter {
+            keys: repo.keys().clone(),
+            cache: repo.cache().clone(),
+            pack_size,
+            level,
+            data: PackBuilder::new(BlobKind::Data, pack_size + pack_size / 8),
+            tree: PackBuilder::new(BlobKind::Tree, 1 << 20),
+            shared,
+            tx: Some(tx),
+            uploader,
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match self.shared.failed.lock() {
+            Ok(g) => match &*g {
+                Some(e) => Err(Error::new(
+                    e.kind(),
+                    format!("an earlier upload failed: {e}"),
+                )),
+                None => Ok(()),
+            },
+            Err(_) => Err(Error::new(ErrorKind::Other, "uploader panicked")),
+        }
+    }
+
+    /// Whether the repository (or this writer) already has the blob.
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        if self.pending_contains(id)? {
+            return Ok(true);
+        }
+        Ok(self.cache.lookup(id)?.is_some())
+    }
+
+    fn pending_contains(&self, id: &Id) -> Result<bool> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Other, "writer state poisoned"))?;
+        Ok(pending.contains(id))
+    }
+
+    /// Adds a sealed blob unless it is already stored. Returns whether it was added.
+    pub fn add(&mut self, sealed: SealedBlob) -> Result<bool> {
+        self.check_failed()?;
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .map_err(|_| Error::new(ErrorKind::Other, "writer state poisoned"))?;
+            if pending.contains(&sealed.id) || self.cache.lookup(&sealed.id)?.is_some() {
+                return Ok(false);
+            }
+            pending.insert(sealed.id);
+        }
+        if let Ok(mut s) = self.shared.stats.lock() {
+            s.blobs_added += 1;
+            s.bytes_added += sealed.raw_length as u64;
+            s.bytes_stored += sealed.bytes.len() as u64;
+        }
+        let (builder, limit) = match sealed.kind {
+            BlobKind::Data => (&mut self.data, self.pack_size),
+            BlobKind::Tree => (&mut self.tree, self.pack_size / 4),
+        };
+        builder.add(&sealed)?;
+        if builder.len() >= limit {
+            self.flush_kind(sealed.kind)?;
+        }
+        Ok(true)
+    }
+
+    /// Hashes, seals and adds a plaintext blob (used for trees and small data).
+    pub fn add_plain(&mut self, kind: BlobKind, plaintext: &[u8]) -> Result<Id> {
+        let id = self.keys.blob_id(plaintext);
+        if self.contains(&id)? {
+            return Ok(id);
+        }
+        let level = if kind == BlobKind::Tree {
+            3
+        } else {
+            self.level
+        };
+        self.add(blob::seal(&self.keys, kind, id, plaintext, level)?)?;
+        Ok(id)
+    }
+
+    fn flush_kind(&mut self, kind: BlobKind) -> Result<()> {
+        let builder = match kind {
+            BlobKind::Data => &mut self.data,
+            BlobKind::Tree => &mut self.tree,
+        };
+        if builder.is_empty() {
+            return Ok(());
+        }
+        let cap = if kind == BlobKind::Data {
+            self.pack_size + self.pack_size / 8
+        } else {
+            1 << 20
+        };
+        let full = std::mem::replace(builder, PackBuilder::new(kind, cap));
+        let pack = full.finish(&self.keys)?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "writer already finished"))?;
+        if tx.send(pack).is_err() {
+            self.check_failed()?;
+            return Err(Error::new(ErrorKind::Other, "uploader stopped"));
+        }
+        Ok(())
+    }
+
+    /// Uploads everything pending, writes the last index file, and waits until all of it is
+    /// durable. Only then may a snapshot referring to these blobs be saved.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        self.flush_kind(BlobKind::Data)?;
+        self.flush_kind(BlobKind::Tree)?;
+        drop(self.tx.take());
+        if let Some(h) = self.uploader.take() {
+            h.join()
+                .map_err(|_| Error::new(ErrorKind::Other, "uploader panicked"))?;
+        }
+        self.check_failed()?;
+        self.cache.flush()?;
+        let stats = self.shared.stats.lock().map(|s| *s).unwrap_or_default();
+        Ok(stats)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.uploader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn upload_loop(
+    rx: Receiver<FinishedPack>,
+    store: Store,
+    keys: Keys,
+    cache: Arc<Cache>,
+    shared: Arc<Shared>,
+) {
+    let mut index = IndexFile {
+        version: 1,
+        ..Default::default()
+    };
+    let fail = |e: Error| {
+        if let Ok(mut f) = shared.failed.lock() {
+            f.get_or_insert(e);
+        }
+    };
+    for pack in rx.iter() {
+        if shared.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+            continue; // drain the queue so the sender never blocks
+        }
+        let size = pack.bytes.len() as u64;
+        if let Err(e) = store.put(FileType::Pack, &pack.id.to_hex(), Bytes::from(pack.bytes)) {
+            fail(e);
+            continue;
+        }
+        if let Ok(mut s) = shared.stats.lock() {
+            s.packs += 1;
+        }
+        index.packs.push(IndexPack {
+            id: pack.id,
+            size,
+            blobs: pack.entries,
+        });
+        if index.packs.len() >= INDEX_FLUSH_PACKS {
+            if let Err(e) = write_index(&store, &keys, &cache, &shared, &mut index) {
+                fail(e);
+            }
+        }
+    }
+    if !index.packs.is_empty() && shared.failed.lock().map(|f| f.is_none()).unwrap_or(false) {
+        if let Err(e) = write_index(&store, &keys, &cache, &shared, &mut index) {
+            fail(e);
+        }
+    }
+}
+
+fn write_index(
+    store: &Store,
+    keys: &Keys,
+    cache: &Cache,
+    shared: &Shared,
+    index: &mut IndexFile,
+) -> Result<()> {
+    let sealed = seal_meta(keys, format::index::AAD, &*index)?;
+    let id = Id::of_bytes(&sealed);
+    store.put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
+    let entries: Vec<(Id, BlobLocation)> = index
+        .packs
+        .iter()
+        .flat_map(|p| {
+            p.blobs
+                .iter()
+                .map(move |e| (e.id, BlobLocation::from_entry(p.id, e)))
+        })
+        .collect();
+    cache.ingest(&[(id, entries)])?;
+    // Only now, with the blobs findable in the cache, may they leave the pending set.
+    if let Ok(mut pending) = shared.pending.lock() {
+        for p in &index.packs {
+            for b in &p.blobs {
+                pending.remove(&b.id);
+            }
+        }
+    }
+    if let Ok(mut s) = shared.stats.lock() {
+        s.index_files += 1;
+    }
+    index.packs.clear();
+    Ok(())
+}
