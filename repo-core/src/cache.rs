@@ -103,6 +103,14 @@ pub struct FileRecord {
     pub content_lists: Vec<Id>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobTotals {
+    pub blobs: u64,
+    pub data_blobs: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
+
 pub struct Cache {
     db: Database,
     path: PathBuf,
@@ -314,6 +322,24 @@ impl Cache {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Counts and sums over every indexed blob, streamed from disk.
+    pub fn blob_totals(&self) -> Result<BlobTotals> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOBS)?;
+        let mut out = BlobTotals::default();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            let loc = BlobLocation::decode(v.value())?;
+            out.blobs += 1;
+            if loc.kind == BlobKind::Data {
+                out.data_blobs += 1;
+            }
+            out.raw_bytes += loc.raw_length as u64;
+            out.stored_bytes += loc.length as u64;
+        }
+        Ok(out)
     }
 
     pub fn put_files(&self, records: &[(Vec<u8>, FileRecord)]) -> Result<()> {

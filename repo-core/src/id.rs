@@ -62,16 +62,23 @@ impl fmt::Debug for Id {
     }
 }
 
-// Ids are encoded as CBOR byte strings: compact, and adding fields around them stays
-// compatible (see docs/design.md, "Encoding").
+// Ids are CBOR byte strings in stored objects (compact) and hex strings in JSON output.
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s: String = Deserialize::deserialize(d)?;
+            return Id::from_hex(&s).map_err(serde::de::Error::custom);
+        }
         let b: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
         let arr: [u8; 32] = b
             .as_slice()

@@ -108,6 +108,9 @@ fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::R
 
 fn require_repository(root: &RootLocation, rt: &tokio::runtime::Runtime) -> Result<()> {
     if !rt.block_on(root.has_marker())? {
+        if root.is_missing_folder() {
+            return Err(Error::new(ErrorKind::NotARepository, format!("there is no repository at {} (the folder does not exist; create one with `cairn init`)", root.description())));
+        }
         return Err(Error::new(
             ErrorKind::NotARepository,
             format!(

@@ -1,0 +1,265 @@
+//! Command-line arguments. Parsing only: validation into library options happens in each
+//! command's file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, encrypting backups for files, streams and PostgreSQL"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a local path). Without one, a default local repository is used.
+    #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Tenant namespace inside the repository [default: the key file's tenant, or "default"]
+    #[arg(long, env = "CAIRN_TENANT", global = true)]
+    pub tenant: Option<String>,
+    /// Read the password from the first line of this file
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use the first line of its output as the password
+    #[arg(long, env = "CAIRN_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Use the unwrapped master key in this file (must be mode 0600) instead of a password
+    #[arg(long, env = "CAIRN_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+    /// Folder for the local cache [default: $XDG_CACHE_HOME/cairn]
+    #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Use a temporary cache instead of the persistent one
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output (repeat for more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Argon2id cost for new passwords: MEMORY_KIB,ITERATIONS,PARALLELISM
+    #[arg(long, env = "CAIRN_KDF_PARAMS", global = true, hide = true)]
+    pub kdf_params: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a repository (or a new tenant in an existing one)
+    Init(InitArgs),
+    /// Manage tenants
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage a tenant's passwords
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Back up files, directories, standard input or a command's output
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the entries of a snapshot
+    Ls(LsArgs),
+    /// Find files by name in snapshots
+    Find(FindArgs),
+    /// Show what changed between two snapshots
+    Diff(DiffArgs),
+    /// Write a file to stdout, or a directory as a tar stream
+    Dump(DumpArgs),
+    /// Restore a snapshot to a folder
+    Restore(RestoreArgs),
+    /// Repository size, deduplication and compression
+    Stats(StatsArgs),
+    /// Print a decoded repository object as JSON
+    Cat(CatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Chunk size bounds MIN,AVG,MAX in bytes [default: 16384,65536,1048576]
+    #[arg(long)]
+    pub chunker: Option<String>,
+    /// Default compression of the repository
+    #[arg(long, default_value = "auto")]
+    pub compression: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Add a tenant with its own master key and password
+    Add { name: String },
+    /// List the tenants of the repository
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a password
+    Add {
+        /// Read the new password from this file
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List the key slots (passwords)
+    List,
+    /// Remove a key slot by id prefix (the last one cannot be removed)
+    Remove { id: String },
+    /// Change the password used to open the repository
+    Passwd {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    pub paths: Vec<PathBuf>,
+    /// Back up standard input
+    #[arg(long, conflicts_with_all = ["stdin_from_command"])]
+    pub stdin: bool,
+    /// File name of standard input or command output in the snapshot
+    #[arg(long)]
+    pub stdin_filename: Option<String>,
+    /// Run the command after `--` and back up its standard output; the snapshot is saved only
+    /// if it exits 0
+    #[arg(long)]
+    pub stdin_from_command: bool,
+    /// Leave out matching paths (a pattern with '/' matches the absolute path, one without
+    /// matches names at any depth)
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out directories containing an entry of this name
+    #[arg(long)]
+    pub exclude_if_present: Vec<String>,
+    /// Do not cross filesystem boundaries
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Tag the snapshot (repeat, or separate with commas)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Host name recorded in the snapshot
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Time recorded in the snapshot ("YYYY-MM-DD HH:MM:SS" local time, or RFC 3339)
+    #[arg(long)]
+    pub time: Option<String>,
+    /// auto, off, fastest, default, max, or a zstd level 1-22
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Read every file even when the files cache says it is unchanged
+    #[arg(long)]
+    pub force: bool,
+    /// The command and its arguments (with --stdin-from-command)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this host
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Only snapshots with this tag
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Only snapshots that include this path
+    #[arg(long)]
+    pub path: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id prefix or `latest`
+    pub snapshot: String,
+    /// Directory or file inside the snapshot
+    pub path: Option<String>,
+    /// Show type, mode, size and time
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Glob matched against names (or against whole paths when it contains '/')
+    pub pattern: String,
+    /// Search only these snapshots
+    #[arg(long = "snapshot", short = 's')]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    pub first: String,
+    pub second: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    pub snapshot: String,
+    /// Path of a file or directory inside the snapshot (`/` for all)
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OverwriteArg {
+    Never,
+    IfChanged,
+    Always,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    pub snapshot: String,
+    /// Folder to restore into
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Restore only matching paths
+    #[arg(long, short = 'i')]
+    pub include: Vec<String>,
+    /// Leave out matching paths
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
+    /// Read restored files back and check them against the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    /// What to do with existing entries that differ from the snapshot
+    #[arg(long, value_enum, default_value = "never")]
+    pub overwrite: OverwriteArg,
+    /// Delete entries in restored folders that are not in the snapshot
+    #[arg(long)]
+    pub delete: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config, snapshot, tree, index, key or pack
+    pub kind: String,
+    /// Object id (snapshot: id prefix or `latest`; tree: blob id or snapshot)
+    pub id: Option<String>,
+}

@@ -1,0 +1,142 @@
+//! `cairn backup`: files and directories, standard input, or a command's output.
+
+use anyhow::{bail, Context as _, Result};
+use cairn_repo::archiver::{
+    backup_command, backup_paths, backup_stream, BackupOptions, BackupResult,
+};
+use cairn_repo::walk::Excludes;
+use serde_json::json;
+
+use crate::args::BackupArgs;
+use crate::context::Context;
+use crate::output::{human_bytes, print_json, Bar};
+use crate::EXIT_INCOMPLETE;
+
+/// `auto`/`default` (zstd 3), `off` (0), `fastest` (1), `max` (19), or a level 1-22.
+pub fn parse_compression(s: &str) -> Result<i32> {
+    Ok(match s {
+        "auto" | "default" => 3,
+        "off" | "none" => 0,
+        "fastest" => 1,
+        "max" => 19,
+        n => match n.parse::<i32>() {
+            Ok(l) if (1..=22).contains(&l) => l,
+            _ => bail!("--compression: expected auto, off, fastest, default, max or a zstd level 1-22, got {s:?}"),
+        },
+    })
+}
+
+/// Accepts "YYYY-MM-DD HH:MM:SS" (local time) or an RFC 3339 timestamp.
+pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    let dt: jiff::civil::DateTime = s
+        .parse()
+        .with_context(|| format!("--time {s:?}: expected \"YYYY-MM-DD HH:MM:SS\" or RFC 3339"))?;
+    Ok(dt.to_zoned(jiff::tz::TimeZone::system())?.timestamp())
+}
+
+pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
+    let mut patterns = args.exclude.clone();
+    for f in &args.exclude_file {
+        patterns.extend(Excludes::read_file(f)?);
+    }
+    let opts = BackupOptions {
+        excludes: Excludes::new(&patterns, &args.exclude_if_present)?,
+        one_file_system: args.one_file_system,
+        tags: args
+            .tag
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        host: args.host.clone().unwrap_or_else(cairn_repo::sys::hostname),
+        time: args.time.as_deref().map(parse_time).transpose()?,
+        compression: args
+            .compression
+            .as_deref()
+            .map(parse_compression)
+            .transpose()?,
+        use_files_cache: !args.force,
+    };
+    let stream_mode = args.stdin || args.stdin_from_command;
+    if stream_mode && !args.paths.is_empty() {
+        bail!("paths cannot be combined with --stdin or --stdin-from-command");
+    }
+    if args.stdin_from_command && args.command.is_empty() {
+        bail!("--stdin-from-command needs a command after `--`");
+    }
+    if !args.stdin_from_command && !args.command.is_empty() {
+        bail!("a command after `--` needs --stdin-from-command");
+    }
+    if !stream_mode && args.paths.is_empty() {
+        bail!("nothing to back up: give paths, --stdin or --stdin-from-command");
+    }
+    let repo = ctx.open_or_create_default()?;
+    let bar = Bar::new(!ctx.quiet(), None);
+    let name = args
+        .stdin_filename
+        .clone()
+        .unwrap_or_else(|| "stdin".to_string());
+    let result = if args.stdin {
+        backup_stream(&repo, &mut std::io::stdin().lock(), &name, &opts, &bar)
+    } else if args.stdin_from_command {
+        backup_command(&repo, &args.command, &name, &opts, &bar)
+    } else {
+        backup_paths(&repo, &args.paths, &opts, &bar)
+    };
+    bar.finish();
+    let result = result?;
+    report(ctx, &result)?;
+    Ok(if result.snapshot.incomplete {
+        EXIT_INCOMPLETE
+    } else {
+        0
+    })
+}
+
+fn report(ctx: &Context, r: &BackupResult) -> Result<()> {
+    let s = &r.snapshot.summary;
+    if ctx.json() {
+        return print_json(&json!({
+            "snapshot": r.id,
+            "parent": r.snapshot.parent,
+            "time": r.snapshot.time,
+            "incomplete": r.snapshot.incomplete,
+            "summary": s,
+            "warnings": r.warnings,
+        }));
+    }
+    if ctx.quiet() {
+        return Ok(());
+    }
+    println!(
+        "Files:       {} new, {} changed, {} unmodified",
+        s.files_new, s.files_changed, s.files_unmodified
+    );
+    println!("Dirs:        {}", s.dirs);
+    println!(
+        "Processed:   {} in {:.2}s ({} read)",
+        human_bytes(s.total_bytes),
+        s.duration_secs,
+        human_bytes(s.bytes_read)
+    );
+    println!(
+        "Added:       {} ({} stored, {} blobs)",
+        human_bytes(s.bytes_added),
+        human_bytes(s.bytes_stored),
+        s.blobs_added
+    );
+    if r.snapshot.incomplete {
+        println!(
+            "snapshot {} saved, but INCOMPLETE: {} entries could not be read",
+            r.id.short(),
+            s.errors
+        );
+    } else {
+        println!("snapshot {} saved", r.id.short());
+    }
+    Ok(())
+}

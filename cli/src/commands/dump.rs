@@ -1,0 +1,125 @@
+//! `cairn dump SNAPSHOT PATH`: a file's content to stdout, or a directory as a tar stream.
+//! Content is streamed blob by blob; nothing is held whole in memory.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use cairn_repo::content::{walk, ContentReader};
+use cairn_repo::format::tree::{Node, NodeKind};
+use cairn_repo::Repository;
+
+use crate::args::DumpArgs;
+use crate::context::Context;
+
+fn header_for(node: &Node) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(node.mode);
+    h.set_uid(node.uid as u64);
+    h.set_gid(node.gid as u64);
+    h.set_mtime(node.mtime.0.max(0) as u64);
+    if let Some(u) = &node.user {
+        let _ = h.set_username(u);
+    }
+    if let Some(g) = &node.group {
+        let _ = h.set_groupname(g);
+    }
+    h
+}
+
+fn append(
+    repo: &Repository,
+    tar: &mut tar::Builder<impl Write>,
+    path: &[u8],
+    node: &Node,
+) -> Result<()> {
+    let rel = std::str::from_utf8(path)
+        .map(|s| s.trim_start_matches('/').to_string())
+        .unwrap_or_else(|_| {
+            String::from_utf8_lossy(path)
+                .trim_start_matches('/')
+                .to_string()
+        });
+    let rel = if rel.is_empty() { ".".to_string() } else { rel };
+    let mut h = header_for(node);
+    match node.kind {
+        NodeKind::File => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(node.size);
+            tar.append_data(&mut h, &rel, ContentReader::new(repo, node)?)?;
+        }
+        NodeKind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            tar.append_data(&mut h, &rel, std::io::empty())?;
+        }
+        NodeKind::Symlink => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            let target = String::from_utf8_lossy(node.link_target.as_deref().unwrap_or_default())
+                .into_owned();
+            tar.append_link(&mut h, &rel, target)?;
+        }
+        NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+            h.set_entry_type(match node.kind {
+                NodeKind::Fifo => tar::EntryType::Fifo,
+                NodeKind::Chardev => tar::EntryType::Char,
+                _ => tar::EntryType::Block,
+            });
+            h.set_size(0);
+            let major = ((node.rdev >> 8) & 0xfff) | ((node.rdev >> 32) & !0xfff);
+            let minor = (node.rdev & 0xff) | ((node.rdev >> 12) & !0xff);
+            let _ = h.set_device_major(major as u32);
+            let _ = h.set_device_minor(minor as u32);
+            tar.append_data(&mut h, &rel, std::io::empty())?;
+        }
+        NodeKind::Socket => {}
+    }
+    Ok(())
+}
+
+pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    repo.sync_index()?;
+    let (_, snap) = repo.find_snapshot(&args.snapshot)?;
+    let path = args.path.trim_end_matches('/').as_bytes().to_vec();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let (root_node, tree) = if path.is_empty() {
+        (None, Some(snap.tree))
+    } else {
+        match repo.resolve_path(&snap.tree, &path)? {
+            Some(node) if node.kind == NodeKind::File => {
+                std::io::copy(&mut ContentReader::new(&repo, &node)?, &mut out)
+                    .map_err(|e| cairn_repo::content::unwrap_io(e, "dump"))?;
+                out.flush()?;
+                return Ok(0);
+            }
+            Some(node) if node.kind == NodeKind::Dir => (Some(node.clone()), node.subtree),
+            Some(_) => bail!("{} is neither a file nor a directory", args.path),
+            None => bail!("no such path"),
+        }
+    };
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    if let Some(n) = &root_node {
+        append(&repo, &mut tar, &path, n)?;
+    }
+    let Some(tree) = tree else { return Ok(0) };
+    let mut failure = None;
+    walk(&repo, &tree, &path, &mut |p, node| {
+        if let Err(e) = append(&repo, &mut tar, p, node) {
+            failure = Some(e);
+            return Err(cairn_repo::Error::new(
+                cairn_repo::ErrorKind::Io,
+                "dump stopped",
+            ));
+        }
+        Ok(true)
+    })
+    .or_else(|e| if failure.is_some() { Ok(()) } else { Err(e) })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    tar.into_inner()?.flush()?;
+    Ok(0)
+}

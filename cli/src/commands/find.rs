@@ -1,0 +1,66 @@
+//! `cairn find PATTERN`: where a file is, in which snapshots.
+
+use std::io::Write;
+
+use anyhow::Result;
+use cairn_repo::content::walk;
+use cairn_repo::walk::Excludes;
+use serde_json::json;
+
+use crate::args::FindArgs;
+use crate::commands::snapshots::matches;
+use crate::context::Context;
+use crate::output::{node_json, time_string};
+
+pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    repo.sync_index()?;
+    // The same matcher as exclusion: names at any depth, or whole paths when it has a '/'.
+    let matcher = Excludes::new(std::slice::from_ref(&args.pattern), &[])?;
+    let snaps = if args.snapshots.is_empty() {
+        repo.snapshots()?
+            .into_iter()
+            .filter(|(_, s)| matches(&args.filter, s))
+            .collect()
+    } else {
+        args.snapshots
+            .iter()
+            .map(|s| repo.find_snapshot(s))
+            .collect::<cairn_repo::Result<Vec<_>>>()?
+    };
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let mut found = 0u64;
+    for (id, snap) in snaps.iter().rev() {
+        let mut lines = Vec::new();
+        walk(&repo, &snap.tree, b"", &mut |path, node| {
+            if matcher.excluded(std::path::Path::new(std::ffi::OsStr::new(
+                &*String::from_utf8_lossy(path),
+            ))) {
+                lines.push(if ctx.json() {
+                    let mut v = node_json(Some(path), node);
+                    v["snapshot"] = json!(id);
+                    serde_json::to_string(&v).unwrap_or_default()
+                } else {
+                    format!(
+                        "{}  {}  {:>12}  {}",
+                        id.short(),
+                        time_string(node.mtime),
+                        node.size,
+                        String::from_utf8_lossy(path)
+                    )
+                });
+            }
+            Ok(true)
+        })?;
+        found += lines.len() as u64;
+        for l in lines {
+            writeln!(out, "{l}")?;
+        }
+    }
+    out.flush()?;
+    if !ctx.quiet() {
+        eprintln!("{found} matches in {} snapshots", snaps.len());
+    }
+    Ok(0)
+}

@@ -1,0 +1,72 @@
+//! `cairn init`: create a repository, or a new tenant in an existing one.
+
+use anyhow::{bail, Result};
+use cairn_repo::format::config::ChunkerConfig;
+use cairn_repo::{Credentials, InitOptions, Repository};
+use serde_json::json;
+
+use crate::args::InitArgs;
+use crate::commands::backup::parse_compression;
+use crate::context::Context;
+use crate::output::print_json;
+
+pub fn parse_chunker(s: &str) -> Result<ChunkerConfig> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--chunker expects MIN,AVG,MAX in bytes"))?;
+    match v.as_slice() {
+        [min, avg, max] => Ok(ChunkerConfig {
+            min: *min,
+            avg: *avg,
+            max: *max,
+        }),
+        _ => bail!("--chunker expects MIN,AVG,MAX in bytes"),
+    }
+}
+
+pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
+    let mut opts = InitOptions {
+        kdf: ctx.kdf()?,
+        ..Default::default()
+    };
+    if let Some(c) = &args.chunker {
+        opts.chunker = parse_chunker(c)?;
+    }
+    opts.compression = parse_compression(&args.compression)?;
+    create_tenant(ctx, &ctx.tenant(), &opts)
+}
+
+/// Creates a tenant with a new password, or with a new key written to `--key-file` when one
+/// is named and does not exist yet.
+pub fn create_tenant(ctx: &Context, tenant: &str, opts: &InitOptions) -> Result<i32> {
+    let (location, default) = ctx.location()?;
+    let creds = match &ctx.global.key_file {
+        Some(kf) if !kf.exists() => {
+            let key = cairn_repo::crypto::MasterKey::generate()?;
+            cairn_repo::keys::write_key_file(kf, tenant, &key)?;
+            Credentials::Key(key)
+        }
+        Some(kf) => bail!(
+            "key file {} already exists: init creates a new key; name a new file",
+            kf.display()
+        ),
+        None => Credentials::Password(ctx.new_password(None, true)?),
+    };
+    let repo = Repository::init(&location, tenant, &creds, opts, &ctx.open_options())?;
+    if ctx.json() {
+        print_json(
+            &json!({"repository": repo.root_description(), "tenant": tenant, "config_id": repo.config().id, "default_repository": default.is_some()}),
+        )?;
+    } else if !ctx.quiet() {
+        println!(
+            "created tenant {tenant:?} in repository {}",
+            repo.root_description()
+        );
+        if let Some(kf) = &ctx.global.key_file {
+            println!("its key is in {}: keep a copy somewhere safe", kf.display());
+        }
+    }
+    Ok(0)
+}

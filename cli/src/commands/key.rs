@@ -1,0 +1,80 @@
+//! `cairn key add|list|remove|passwd`: a tenant's passwords (key slots).
+
+use anyhow::{bail, Result};
+use cairn_repo::Credentials;
+use serde_json::json;
+
+use crate::args::KeyCommand;
+use crate::context::Context;
+use crate::output::print_json;
+
+pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (location, default) = ctx.location()?;
+    let _ = location;
+    let (_, creds) = ctx.credentials(default.as_ref())?;
+    match cmd {
+        KeyCommand::Add { new_password_file } => {
+            let (master, _) = repo.master_key(&creds)?;
+            let pw = ctx.new_password(new_password_file.as_deref(), false)?;
+            let id = repo.add_key(&master, &pw, ctx.kdf()?)?;
+            if ctx.json() {
+                print_json(&json!({"added": id}))?;
+            } else if !ctx.quiet() {
+                println!("added key slot {}", &id[..8]);
+            }
+        }
+        KeyCommand::List => {
+            let (_, current) = repo.master_key(&creds)?;
+            let slots = repo.key_slots()?;
+            if ctx.json() {
+                let v: Vec<_> = slots
+                    .iter()
+                    .map(|(id, s)| json!({"id": id, "current": Some(id) == current.as_ref(), "created": s.created, "hostname": s.hostname, "username": s.username, "kdf": s.kdf, "params": s.params}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                println!("  {:<10} {:<32} {:<20} user", "id", "created", "host");
+                for (id, s) in &slots {
+                    let mark = if Some(id) == current.as_ref() {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    println!(
+                        "{mark} {:<10} {:<32} {:<20} {}",
+                        &id[..8],
+                        s.created,
+                        s.hostname,
+                        s.username
+                    );
+                }
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let removed = repo.remove_key(&id)?;
+            if ctx.json() {
+                print_json(&json!({"removed": removed}))?;
+            } else if !ctx.quiet() {
+                println!("removed key slot {}", &removed[..8]);
+            }
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let Credentials::Password(_) = &creds else {
+                bail!("the repository was opened with a key file, not a password: use `cairn key add` to add a password");
+            };
+            let (master, current) = repo.master_key(&creds)?;
+            let pw = ctx.new_password(new_password_file.as_deref(), false)?;
+            let id = repo.add_key(&master, &pw, ctx.kdf()?)?;
+            if let Some(old) = current {
+                repo.remove_key(&old)?;
+            }
+            if ctx.json() {
+                print_json(&json!({"added": id}))?;
+            } else if !ctx.quiet() {
+                println!("password changed (new key slot {})", &id[..8]);
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,103 @@
+//! `cairn ls SNAPSHOT [PATH]`: entries below a path, recursively. `--json` prints one JSON
+//! object per line, so output is streamed however large the snapshot.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use cairn_repo::content::walk;
+use cairn_repo::format::tree::{Node, NodeKind};
+
+use crate::args::LsArgs;
+use crate::context::Context;
+use crate::output::{node_json, time_string};
+
+pub fn long_line(path: &[u8], n: &Node) -> String {
+    let t = match n.kind {
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'l',
+        NodeKind::Fifo => 'p',
+        NodeKind::Chardev => 'c',
+        NodeKind::Blockdev => 'b',
+        NodeKind::Socket => 's',
+        NodeKind::File => '-',
+    };
+    let mut line = format!(
+        "{t}{:04o} {:>8} {:>8} {:>12} {} {}",
+        n.mode,
+        n.user.clone().unwrap_or_else(|| n.uid.to_string()),
+        n.group.clone().unwrap_or_else(|| n.gid.to_string()),
+        n.size,
+        time_string(n.mtime),
+        String::from_utf8_lossy(path)
+    );
+    if let Some(target) = &n.link_target {
+        line.push_str(&format!(" -> {}", String::from_utf8_lossy(target)));
+    }
+    line
+}
+
+pub fn run(ctx: &Context, args: LsArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    repo.sync_index()?;
+    let (_, snap) = repo.find_snapshot(&args.snapshot)?;
+    let prefix = args
+        .path
+        .as_deref()
+        .unwrap_or("/")
+        .trim_end_matches('/')
+        .as_bytes()
+        .to_vec();
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let mut print = |path: &[u8], node: &Node| -> Result<()> {
+        if ctx.json() {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&node_json(Some(path), node))?
+            )?;
+        } else if args.long {
+            writeln!(out, "{}", long_line(path, node))?;
+        } else {
+            out.write_all(path)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    let start = if prefix.is_empty() {
+        snap.tree
+    } else {
+        match repo.resolve_path(&snap.tree, &prefix)? {
+            Some(node) if node.kind == NodeKind::Dir => {
+                print(&prefix, &node)?;
+                match node.subtree {
+                    Some(t) => t,
+                    None => bail!("directory without a tree"),
+                }
+            }
+            Some(node) => {
+                print(&prefix, &node)?;
+                out.flush()?;
+                return Ok(0);
+            }
+            None => bail!("no such path"),
+        }
+    };
+    let mut err = None;
+    walk(&repo, &start, &prefix, &mut |path, node| {
+        if let Err(e) = print(path, node) {
+            err = Some(e);
+            return Err(cairn_repo::Error::new(
+                cairn_repo::ErrorKind::Io,
+                "output failed",
+            ));
+        }
+        Ok(true)
+    })
+    .or_else(|e| if err.is_some() { Ok(()) } else { Err(e) })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    out.flush()?;
+    Ok(0)
+}

@@ -1,0 +1,70 @@
+//! `cairn stats`: how much is stored and how well deduplication and compression work.
+
+use anyhow::Result;
+use cairn_repo::backend::FileType;
+use serde_json::json;
+
+use crate::args::StatsArgs;
+use crate::context::Context;
+use crate::output::{human_bytes, print_json};
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+pub fn run(ctx: &Context, _args: StatsArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    repo.sync_index()?;
+    let snaps = repo.snapshots()?;
+    let logical: u64 = snaps.iter().map(|(_, s)| s.summary.total_bytes).sum();
+    let totals = repo.cache().blob_totals()?;
+    let packs = repo.store().list(FileType::Pack)?;
+    let stored: u64 = packs.iter().map(|p| p.size).sum();
+    let v = json!({
+        "snapshots": snaps.len(),
+        "logical_bytes": logical,
+        "unique_bytes": totals.raw_bytes,
+        "stored_blob_bytes": totals.stored_bytes,
+        "stored_bytes": stored,
+        "blobs": totals.blobs,
+        "data_blobs": totals.data_blobs,
+        "tree_blobs": totals.blobs - totals.data_blobs,
+        "packs": packs.len(),
+        "dedup_ratio": ratio(logical, totals.raw_bytes),
+        "compression_ratio": ratio(totals.raw_bytes, totals.stored_bytes),
+        "total_ratio": ratio(logical, stored),
+    });
+    if ctx.json() {
+        print_json(&v)?;
+        return Ok(0);
+    }
+    println!("Snapshots:          {}", snaps.len());
+    println!(
+        "Logical size:       {}  (all files of all snapshots)",
+        human_bytes(logical)
+    );
+    println!(
+        "Unique data:        {}  in {} blobs",
+        human_bytes(totals.raw_bytes),
+        totals.blobs
+    );
+    println!(
+        "Stored size:        {}  in {} packs",
+        human_bytes(stored),
+        packs.len()
+    );
+    println!(
+        "Deduplication:      {:.2}x",
+        ratio(logical, totals.raw_bytes)
+    );
+    println!(
+        "Compression:        {:.2}x",
+        ratio(totals.raw_bytes, totals.stored_bytes)
+    );
+    println!("Overall:            {:.2}x", ratio(logical, stored));
+    Ok(0)
+}

@@ -1,0 +1,154 @@
+//! Output helpers: progress bars on a terminal, JSON rendering, human sizes.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use cairn_repo::archiver::Progress;
+use cairn_repo::format::tree::{Node, Time};
+use cairn_repo::restorer::RestoreProgress;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+/// A byte-counting progress bar on stderr, hidden unless stderr is a terminal.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    pub fn new(enabled: bool, total: Option<u64>) -> Bar {
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Bar { bar: None };
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}"
+        } else {
+            "{elapsed_precise} {spinner} {bytes} {bytes_per_sec} {wide_msg}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Bar { bar: Some(bar) }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
+    pub fn println(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn file(&self, path: &Path) {
+        if let Some(b) = &self.bar {
+            b.set_message(path.display().to_string());
+        }
+    }
+    fn bytes(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn warn(&self, message: &str) {
+        self.println(&format!("warning: {message}"));
+    }
+}
+
+impl RestoreProgress for Bar {
+    fn file(&self, path: &Path) {
+        Progress::file(self, path)
+    }
+    fn bytes(&self, n: u64) {
+        Progress::bytes(self, n)
+    }
+}
+
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
+}
+
+pub fn time_string(t: Time) -> String {
+    jiff::Timestamp::new(t.0, t.1 as i32)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| format!("{}.{:09}", t.0, t.1))
+}
+
+/// A path from raw bytes, shown lossily; JSON also carries the exact bytes when they are
+/// not UTF-8.
+pub fn path_json(path: &[u8]) -> Value {
+    match std::str::from_utf8(path) {
+        Ok(s) => json!(s),
+        Err(_) => json!(String::from_utf8_lossy(path)),
+    }
+}
+
+pub fn node_json(path: Option<&[u8]>, n: &Node) -> Value {
+    let mut v = json!({
+        "name": String::from_utf8_lossy(&n.name),
+        "type": n.kind,
+        "mode": format!("{:04o}", n.mode),
+        "uid": n.uid,
+        "gid": n.gid,
+        "user": n.user,
+        "group": n.group,
+        "size": n.size,
+        "mtime": time_string(n.mtime),
+        "atime": time_string(n.atime),
+        "ctime": time_string(n.ctime),
+        "inode": n.inode,
+        "device": n.device,
+        "links": n.links,
+    });
+    if std::str::from_utf8(&n.name).is_err() {
+        v["name_hex"] = json!(hex::encode(&n.name));
+    }
+    if let Some(p) = path {
+        v["path"] = path_json(p);
+    }
+    if let Some(t) = &n.link_target {
+        v["link_target"] = json!(String::from_utf8_lossy(t));
+    }
+    if n.rdev != 0 {
+        v["rdev"] = json!(n.rdev);
+    }
+    if !n.xattrs.is_empty() {
+        v["xattrs"] = n.xattrs.iter().map(|x| json!({"name": String::from_utf8_lossy(&x.name), "value_hex": hex::encode(&x.value)})).collect();
+    }
+    if !n.content.is_empty() {
+        v["content"] = json!(n.content);
+    }
+    if !n.content_lists.is_empty() {
+        v["content_lists"] = json!(n.content_lists);
+    }
+    if let Some(s) = &n.subtree {
+        v["subtree"] = json!(s);
+    }
+    v
+}
