@@ -15,6 +15,8 @@ pub mod layout;
 pub mod repository;
 pub mod restorer;
 pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod walk;
 pub mod writer;
 

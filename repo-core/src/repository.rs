@@ -100,7 +100,17 @@ pub struct Repository {
     cache: Arc<Cache>,
 }
 
+/// Opens the root of an existing repository location. A local folder that does not exist is
+/// reported, never created.
 fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::Runtime>)> {
+    if let Location::Local(p) = location {
+        if !p.exists() {
+            return Err(Error::new(
+                ErrorKind::NotARepository,
+                format!("there is no repository at {} (the folder does not exist; create one with `cairn init`)", p.display()),
+            ));
+        }
+    }
     let rt = new_runtime()?;
     let root = rt.block_on(async { location.root() })?;
     Ok((root, rt))
@@ -108,9 +118,6 @@ fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::R
 
 fn require_repository(root: &RootLocation, rt: &tokio::runtime::Runtime) -> Result<()> {
     if !rt.block_on(root.has_marker())? {
-        if root.is_missing_folder() {
-            return Err(Error::new(ErrorKind::NotARepository, format!("there is no repository at {} (the folder does not exist; create one with `cairn init`)", root.description())));
-        }
         return Err(Error::new(
             ErrorKind::NotARepository,
             format!(
@@ -131,6 +138,11 @@ pub fn list_tenants(location: &Location) -> Result<Vec<String>> {
 
 /// Whether a repository exists at `location`.
 pub fn exists(location: &Location) -> Result<bool> {
+    if let Location::Local(p) = location {
+        if !p.exists() {
+            return Ok(false);
+        }
+    }
     let (root, rt) = open_root(location)?;
     rt.block_on(root.has_marker())
 }

@@ -23,7 +23,6 @@ fn map_err(what: impl std::fmt::Display, e: opendal::Error) -> Error {
 #[derive(Debug, Clone)]
 pub struct RootLocation {
     op: Operator,
-    local_path: Option<std::path::PathBuf>,
     description: String,
 }
 
@@ -54,7 +53,6 @@ impl RootLocation {
             .map_err(|e| map_err(format!("opening {}", root.display()), e))?;
         Ok(RootLocation {
             op,
-            local_path: Some(root.clone()),
             description: root.display().to_string(),
         })
     }
@@ -65,14 +63,8 @@ impl RootLocation {
             .map_err(|e| map_err("opening memory store", e))?;
         Ok(RootLocation {
             op,
-            local_path: None,
             description: "memory".to_string(),
         })
-    }
-
-    /// True for a local root whose folder does not exist.
-    pub fn is_missing_folder(&self) -> bool {
-        self.local_path.as_ref().is_some_and(|p| !p.exists())
     }
 
     pub fn description(&self) -> &str {
