@@ -120,7 +120,7 @@ pub fn node_json(path: Option<&[u8]>, n: &Node) -> Value {
         "group": n.group,
         "size": n.size,
         "mtime": time_string(n.mtime),
-        "atime": time_string(n.atime),
+        "atime": n.atime.map(time_string),
         "ctime": time_string(n.ctime),
         "inode": n.inode,
         "device": n.device,

@@ -581,7 +581,7 @@ fn stream_node(name: &str, size: u64) -> Node {
         user: Some(sys::username()),
         group: sys::group_name(nix::unistd::getgid().as_raw()),
         mtime: t,
-        atime: t,
+        atime: None,
         ctime: t,
         size,
         inode: 0,

@@ -415,7 +415,7 @@ impl<'a> Restorer<'a> {
         utimensat(
             nix::fcntl::AT_FDCWD,
             path,
-            &timespec(node.atime),
+            &timespec(node.atime.unwrap_or(node.mtime)),
             &timespec(node.mtime),
             UtimensatFlags::NoFollowSymlink,
         )

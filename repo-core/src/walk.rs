@@ -131,7 +131,7 @@ pub fn node_from_metadata(name: &[u8], path: &Path, meta: &std::fs::Metadata) ->
         user: sys::user_name(meta.uid()),
         group: sys::group_name(meta.gid()),
         mtime: time(meta.mtime(), meta.mtime_nsec()),
-        atime: time(meta.atime(), meta.atime_nsec()),
+        atime: None,
         ctime: time(meta.ctime(), meta.ctime_nsec()),
         size: if kind == NodeKind::File {
             meta.size()

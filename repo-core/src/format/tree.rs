@@ -50,7 +50,10 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     pub mtime: Time,
-    pub atime: Time,
+    /// Not recorded by the archiver: reading a file changes it, so recording it would make
+    /// every backup that reads a file store new trees. Restore uses mtime when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<Time>,
     pub ctime: Time,
     #[serde(default)]
     pub size: u64,

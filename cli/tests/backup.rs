@@ -1,0 +1,262 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `cairn backup` from the command line: paths, options, streams and commands, partial
+//! failures.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{restored, Env};
+use predicates::str::contains;
+
+#[test]
+fn second_backup_skips_unchanged_files_and_records_its_parent() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let first = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(first["summary"]["files_new"], 3);
+    let second = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(second["summary"]["files_unmodified"], 3);
+    assert_eq!(second["summary"]["bytes_read"], 0);
+    assert_eq!(second["parent"], first["snapshot"]);
+    // A changed file is read again; --force reads everything; --no-cache still works.
+    std::fs::write(src.join("a.txt"), "alpha changed\n").unwrap();
+    let third = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(third["summary"]["files_changed"], 1);
+    assert_eq!(third["summary"]["files_unmodified"], 2);
+    let forced = env.json(&["backup", "--force", src.to_str().unwrap()]);
+    assert_eq!(forced["summary"]["files_unmodified"], 0);
+    assert_eq!(
+        forced["summary"]["blobs_added"], 0,
+        "everything deduplicates"
+    );
+    let uncached = env.json(&["--no-cache", "backup", src.to_str().unwrap()]);
+    assert_eq!(uncached["summary"]["blobs_added"], 0);
+    // Deleting the cache is harmless: it is rebuilt from the repository.
+    std::fs::remove_dir_all(env.path("home/.cache")).unwrap();
+    let rebuilt = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(only_trees(&rebuilt), "{rebuilt}");
+}
+
+#[test]
+fn excludes_tags_host_and_time() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    std::fs::create_dir_all(src.join("cache/deep")).unwrap();
+    std::fs::write(src.join("cache/deep/x"), "x").unwrap();
+    std::fs::create_dir_all(src.join("skipme")).unwrap();
+    std::fs::write(src.join("skipme/.nobackup"), "").unwrap();
+    std::fs::write(src.join("skipme/data"), "d").unwrap();
+    std::fs::write(env.path("excludes"), "# comment\n*.log\n").unwrap();
+    let cache_pattern = format!("{}/cache", src.display());
+    env.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        &cache_pattern,
+        "--exclude-file",
+        env.path("excludes").to_str().unwrap(),
+        "--exclude-if-present",
+        ".nobackup",
+        "--tag",
+        "nightly,db",
+        "--host",
+        "db1",
+        "--time",
+        "2024-01-02 03:04:05",
+        "-x",
+    ]);
+    let listing = env.ok(&["ls", "latest"]);
+    assert!(listing.contains("/a.txt"), "{listing}");
+    assert!(!listing.contains("b.log"), "{listing}");
+    assert!(!listing.contains("/cache"), "{listing}");
+    assert!(!listing.contains("skipme"), "{listing}");
+    let snaps = env.json(&["snapshots", "--host", "db1", "--tag", "db"]);
+    let s = &snaps.as_array().unwrap()[0];
+    assert_eq!(s["tags"], serde_json::json!(["nightly", "db"]));
+    assert_eq!(s["time"], "2024-01-02T03:04:05Z");
+    assert_eq!(
+        env.json(&["snapshots", "--host", "other"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    env.fails(&["backup", src.to_str().unwrap(), "--time", "yesterday"], 1);
+}
+
+#[test]
+fn stdin_and_command_output() {
+    let env = Env::new();
+    env.init();
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    env.cmd()
+        .args(["backup", "--stdin", "--stdin-filename", "db.sql"])
+        .write_stdin(data.clone())
+        .assert()
+        .success();
+    let out = env
+        .cmd()
+        .args(["dump", "latest", "/db.sql"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, data);
+
+    let r = env.json(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "listing.txt",
+        "--",
+        "sh",
+        "-c",
+        "seq 1 100000",
+    ]);
+    assert_eq!(r["summary"]["total_bytes"], 588_895);
+    let out = env.ok(&["dump", "latest", "/listing.txt"]);
+    assert!(out.starts_with("1\n2\n3\n") && out.ends_with("100000\n"));
+    let snap = env.json(&["cat", "snapshot", "latest"]);
+    assert_eq!(snap["kind"], "command");
+    assert_eq!(
+        snap["command"],
+        serde_json::json!(["sh", "-c", "seq 1 100000"])
+    );
+}
+
+#[test]
+fn a_failing_command_saves_no_snapshot() {
+    let env = Env::new();
+    env.init();
+    let before = env.snapshot_ids().len();
+    let err = env.fails(
+        &[
+            "backup",
+            "--stdin-from-command",
+            "--",
+            "sh",
+            "-c",
+            "echo partial; exit 7",
+        ],
+        1,
+    );
+    assert!(err.contains("exited with status 7"), "{err}");
+    assert!(err.contains("no snapshot"), "{err}");
+    let err = env.fails(
+        &[
+            "backup",
+            "--stdin-from-command",
+            "--",
+            "/nonexistent/pg_dump",
+        ],
+        1,
+    );
+    assert!(err.contains("cannot start"), "{err}");
+    let err = env.fails(
+        &[
+            "backup",
+            "--stdin-from-command",
+            "--",
+            "sh",
+            "-c",
+            "kill -9 $$",
+        ],
+        1,
+    );
+    assert!(err.contains("signal 9"), "{err}");
+    assert_eq!(env.snapshot_ids().len(), before);
+    env.fails(&["backup", "--stdin-from-command"], 1);
+    env.fails(&["backup"], 1);
+    env.fails(&["backup", env.path("does-not-exist").to_str().unwrap()], 1);
+    assert_eq!(env.snapshot_ids().len(), before);
+}
+
+/// Unreadable entries are reported, the rest is saved, and the exit code is 3. Root reads
+/// everything, so as root the backup runs as `nobody` through setpriv.
+#[test]
+fn unreadable_files_give_an_incomplete_snapshot_and_exit_3() {
+    let env = Env::new();
+    let root = nix::unistd::geteuid().is_root();
+    let src = env.source();
+    std::fs::write(src.join("secret"), "top secret").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::create_dir(src.join("locked")).unwrap();
+    std::fs::write(src.join("locked/inner"), "x").unwrap();
+    std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    if root {
+        std::fs::create_dir(env.repo()).unwrap();
+        std::os::unix::fs::chown(env.repo(), Some(65534), Some(65534)).unwrap();
+    }
+    let make = || {
+        let mut cmd = if root {
+            // Everything but the unreadable entries belongs to nobody.
+            std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            for p in [
+                "home",
+                "src",
+                "src/sub",
+                "src/a.txt",
+                "src/b.log",
+                "src/sub/c.txt",
+                "password",
+            ] {
+                std::os::unix::fs::chown(env.path(p), Some(65534), Some(65534)).unwrap();
+            }
+            let mut c = assert_cmd::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_cairn"),
+            ]);
+            c
+        } else {
+            assert_cmd::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.path("home"))
+            .env("XDG_CACHE_HOME", env.path("home/.cache"))
+            .env("CAIRN_KDF_PARAMS", "1024,1,1")
+            .env("CAIRN_REPOSITORY", env.repo())
+            .env("CAIRN_PASSWORD_FILE", env.path("password"));
+        cmd
+    };
+    make().arg("init").assert().success();
+    let out = make()
+        .args(["backup", "--json", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("secret") && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("locked"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["incomplete"], true);
+    assert_eq!(r["summary"]["errors"], 2);
+    // The readable files were saved and restore.
+    std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = env.path("out");
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(restored(&target, &src).join("sub/c.txt"))
+            .unwrap()
+            .len(),
+        200_000
+    );
+    assert!(!restored(&target, &src).join("secret").exists());
+    env.cmd()
+        .arg("snapshots")
+        .assert()
+        .success()
+        .stdout(contains("incomplete"));
+}

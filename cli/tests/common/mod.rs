@@ -1,0 +1,123 @@
+//! Helpers for the CLI tests: an isolated home, cache and repository per test, and the
+//! real `cairn` binary run with a clean environment.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        std::fs::write(dir.path().join("password"), "correct horse\n").unwrap();
+        Env { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// `cairn` with nothing configured but an isolated home and fast password hashing.
+    pub fn bare(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("XDG_CACHE_HOME", self.path("home/.cache"))
+            .env("XDG_DATA_HOME", self.path("home/.local/share"))
+            .env("XDG_CONFIG_HOME", self.path("home/.config"))
+            .env("TZ", "UTC")
+            .env("CAIRN_KDF_PARAMS", "1024,1,1");
+        c
+    }
+
+    /// `cairn` against this test's repository with its password.
+    pub fn cmd(&self) -> Command {
+        let mut c = self.bare();
+        c.env("CAIRN_REPOSITORY", self.repo())
+            .env("CAIRN_PASSWORD_FILE", self.path("password"));
+        c
+    }
+
+    pub fn init(&self) {
+        self.cmd().arg("init").assert().success();
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Runs and expects failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "cairn {args:?}: stdout {} stderr {err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        err
+    }
+
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        self.json(&["snapshots"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// A small source tree: a few files, a subfolder, a symlink.
+    pub fn source(&self) -> PathBuf {
+        let src = self.path("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a.txt"), "alpha\n").unwrap();
+        std::fs::write(src.join("b.log"), "beta\n").unwrap();
+        std::fs::write(src.join("sub/c.txt"), vec![b'c'; 200_000]).unwrap();
+        std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
+        src
+    }
+}
+
+/// Where a backed-up absolute path lands below a restore target.
+pub fn restored(target: &Path, original: &Path) -> PathBuf {
+    target.join(original.strip_prefix("/").unwrap())
+}
+
+/// Every pack file of the repository's default tenant.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for fan in std::fs::read_dir(repo.join("default/data")).unwrap() {
+        for p in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            out.push(p.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,293 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Repositories, tenants, passwords and key files from the command line.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{restored, Env};
+use predicates::str::contains;
+
+#[test]
+fn default_repository_is_created_on_first_backup() {
+    let env = Env::new();
+    let src = env.source();
+    let out = env
+        .bare()
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let repo = env.path("home/.local/share/cairn/repository");
+    let key = env.path("home/.config/cairn/default-repository.key");
+    assert!(stderr.contains(repo.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains(key.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("safe"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Later commands find the default repository and key without configuration.
+    env.bare()
+        .args(["backup", src.to_str().unwrap()])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("Created").not());
+    let target = env.path("out");
+    env.bare()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(restored(&target, &src).join("a.txt")).unwrap(),
+        b"alpha\n"
+    );
+    env.bare()
+        .args(["snapshots"])
+        .assert()
+        .success()
+        .stdout(contains("2 snapshots"));
+}
+
+use predicates::prelude::PredicateBooleanExt;
+
+#[test]
+fn commands_other_than_backup_do_not_create_the_default_repository() {
+    let env = Env::new();
+    env.bare()
+        .arg("snapshots")
+        .assert()
+        .code(10)
+        .stderr(contains("does not exist yet"));
+    assert!(!env.path("home/.local/share/cairn/repository").exists());
+}
+
+#[test]
+fn init_tenants_and_isolation() {
+    let env = Env::new();
+    env.init();
+    env.fails(&["init"], 1);
+    env.ok(&["tenant", "add", "acme"]);
+    assert_eq!(
+        env.json(&["tenant", "list"]),
+        serde_json::json!(["acme", "default"])
+    );
+    env.fails(&["--tenant", "../x", "init"], 1);
+    env.fails(&["--tenant", "nobody", "snapshots"], 1);
+
+    let src = env.source();
+    env.ok(&["--tenant", "acme", "backup", src.to_str().unwrap()]);
+    assert_eq!(
+        env.json(&["--tenant", "acme", "snapshots"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        0,
+        "tenants see only their own snapshots"
+    );
+    // Another password for acme does not open default, and vice versa.
+    std::fs::write(env.path("acme-pw"), "acme only\n").unwrap();
+    env.cmd()
+        .args([
+            "--tenant",
+            "acme",
+            "key",
+            "add",
+            "--new-password-file",
+            env.path("acme-pw").to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    env.cmd()
+        .env("CAIRN_PASSWORD_FILE", env.path("acme-pw"))
+        .arg("snapshots")
+        .assert()
+        .code(12)
+        .stderr(contains("wrong password"));
+}
+
+#[test]
+fn passwords_can_be_added_listed_changed_and_removed() {
+    let env = Env::new();
+    env.init();
+    std::fs::write(env.path("pw2"), "second\n").unwrap();
+    env.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        env.path("pw2").to_str().unwrap(),
+    ]);
+    let keys = env.json(&["key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.iter().filter(|k| k["current"] == true).count(), 1);
+    let with_pw2 = || {
+        let mut c = env.cmd();
+        c.env("CAIRN_PASSWORD_FILE", env.path("pw2"));
+        c
+    };
+    with_pw2().arg("snapshots").assert().success();
+
+    // passwd replaces the password used to open.
+    std::fs::write(env.path("pw3"), "third\n").unwrap();
+    with_pw2()
+        .args([
+            "key",
+            "passwd",
+            "--new-password-file",
+            env.path("pw3").to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    with_pw2().arg("snapshots").assert().code(12);
+    env.cmd()
+        .env("CAIRN_PASSWORD_FILE", env.path("pw3"))
+        .arg("snapshots")
+        .assert()
+        .success();
+
+    // Remove the original password; the last one cannot be removed.
+    let with_pw3 = || {
+        let mut c = env.cmd();
+        c.env("CAIRN_PASSWORD_FILE", env.path("pw3"));
+        c
+    };
+    let out = with_pw3().args(["--json", "key", "list"]).output().unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let current = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    with_pw3()
+        .args(["key", "remove", &other[..10]])
+        .assert()
+        .success();
+    env.fails(&["key", "list"], 12);
+    with_pw3()
+        .args(["key", "remove", &current[..10]])
+        .assert()
+        .code(1)
+        .stderr(contains("last key slot"));
+    with_pw3().arg("snapshots").assert().success();
+}
+
+#[test]
+fn password_command_and_key_files() {
+    let env = Env::new();
+    env.init();
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_PASSWORD_COMMAND", "printf 'correct horse\\n'")
+        .arg("snapshots")
+        .assert()
+        .success();
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_PASSWORD_COMMAND", "exit 3")
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(contains("password command"));
+    // No password source and no terminal: a clear error, not a hang.
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(contains("no password given"));
+
+    // A tenant created with a key file works with it alone.
+    let kf = env.path("tenant.key");
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .args([
+            "--tenant",
+            "robot",
+            "--key-file",
+            kf.to_str().unwrap(),
+            "init",
+        ])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::metadata(&kf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let src = env.source();
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_KEY_FILE", &kf)
+        .args(["backup", src.to_str().unwrap()])
+        .assert()
+        .success();
+    // The key file names its tenant; another tenant is refused.
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_KEY_FILE", &kf)
+        .args(["--tenant", "default", "snapshots"])
+        .assert()
+        .code(12);
+    // Loose permissions are refused with a clear message.
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.bare()
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_KEY_FILE", &kf)
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(contains("chmod 600"));
+}
+
+#[test]
+fn not_a_repository_and_wrong_password() {
+    let env = Env::new();
+    env.cmd()
+        .env("CAIRN_REPOSITORY", env.path("missing"))
+        .arg("snapshots")
+        .assert()
+        .code(10)
+        .stderr(contains("does not exist"));
+    assert!(
+        !env.path("missing").exists(),
+        "opening must not create anything"
+    );
+    std::fs::create_dir(env.path("plain")).unwrap();
+    std::fs::write(env.path("plain/file"), "x").unwrap();
+    env.cmd()
+        .env("CAIRN_REPOSITORY", env.path("plain"))
+        .arg("snapshots")
+        .assert()
+        .code(10)
+        .stderr(contains("not a Cairn repository"));
+    env.init();
+    std::fs::write(env.path("bad"), "wrong\n").unwrap();
+    env.cmd()
+        .env("CAIRN_PASSWORD_FILE", env.path("bad"))
+        .arg("snapshots")
+        .assert()
+        .code(12)
+        .stderr(contains("wrong password"));
+}
