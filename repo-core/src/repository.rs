@@ -575,9 +575,17 @@ impl Repository {
         let cached_ids: HashSet<Id> = cached.iter().map(|(id, _)| *id).collect();
         let gone: Vec<Id> = cached_ids.difference(&listed).copied().collect();
         let missing: Vec<Id> = listed.difference(&cached_ids).copied().collect();
+        // A damaged snapshot must not hide the others: it is reported and left out.
         let fetched: Vec<(Id, Snapshot)> = missing
             .par_iter()
-            .map(|id| Ok((*id, self.read_snapshot(id)?)))
+            .filter_map(|id| match self.read_snapshot(id) {
+                Ok(s) => Some(Ok((*id, s))),
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    tracing::warn!("skipping damaged snapshot: {e}");
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            })
             .collect::<Result<_>>()?;
         if !gone.is_empty() || !fetched.is_empty() {
             self.cache.update_snapshots(&fetched, &gone)?;

@@ -174,7 +174,15 @@ impl Backend for OpendalBackend {
             .read_with(&path)
             .range(offset..end)
             .await
-            .map_err(|e| map_err(format!("reading {path} at {offset}+{len}"), e))?;
+            .map_err(|e| {
+                if e.kind() == OdKind::RangeNotSatisfied {
+                    Error::corrupt(format!(
+                        "{path} is truncated: it ends before {offset}+{len}"
+                    ))
+                } else {
+                    map_err(format!("reading {path} at {offset}+{len}"), e)
+                }
+            })?;
         if buf.len() as u64 != len {
             return Err(Error::corrupt(format!(
                 "{path} is truncated: wanted {len} bytes at offset {offset}, got {}",
