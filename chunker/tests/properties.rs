@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Property tests of the chunker invariants stated in the crate docs.
 
 use cairn_chunker::{split, Chunker, Params, StreamChunker};

@@ -326,12 +326,11 @@ impl<'a> Archiver<'a> {
         match node.kind {
             NodeKind::File => {
                 self.summary.files += 1;
-                return self.save_file(path, node, &meta).map(|n| {
-                    if n.is_none() {
-                        self.summary.files -= 1;
-                    }
-                    n
-                });
+                let saved = self.save_file(path, node, &meta)?;
+                if saved.is_none() {
+                    self.summary.files -= 1;
+                }
+                return Ok(saved);
             }
             NodeKind::Symlink => {
                 self.summary.others += 1;
@@ -607,16 +606,22 @@ fn validate_stream_name(name: &str) -> Result<()> {
 
 /// Backs up a stream as one file named `name`. `before_commit` runs after the stream ended
 /// and before the snapshot is written; an error from it means no snapshot.
-fn backup_reader(
-    repo: &Repository,
-    reader: &mut dyn Read,
-    name: &str,
+/// A stream to back up as one file.
+struct Stream<'a> {
+    reader: &'a mut dyn Read,
+    name: &'a str,
     kind: SnapshotKind,
     command: Vec<String>,
+}
+
+fn backup_reader(
+    repo: &Repository,
+    stream: Stream<'_>,
     opts: &BackupOptions,
     progress: &dyn Progress,
     before_commit: &mut dyn FnMut() -> Result<()>,
 ) -> Result<BackupResult> {
+    let Stream { reader, name, kind, command } = stream;
     let started = Instant::now();
     validate_stream_name(name)?;
     let mut a = Archiver::new(repo, opts, progress)?;
@@ -652,16 +657,8 @@ pub fn backup_stream(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    backup_reader(
-        repo,
-        reader,
-        name,
-        SnapshotKind::Stdin,
-        Vec::new(),
-        opts,
-        progress,
-        &mut || Ok(()),
-    )
+    let stream = Stream { reader, name, kind: SnapshotKind::Stdin, command: Vec::new() };
+    backup_reader(repo, stream, opts, progress, &mut || Ok(()))
 }
 
 /// Runs a command and backs up its standard output as one file. The snapshot is written
@@ -713,16 +710,8 @@ pub fn backup_command(
             ))
         }
     };
-    let result = backup_reader(
-        repo,
-        &mut stdout,
-        name,
-        SnapshotKind::Command,
-        argv.to_vec(),
-        opts,
-        progress,
-        &mut wait,
-    );
+    let stream = Stream { reader: &mut stdout, name, kind: SnapshotKind::Command, command: argv.to_vec() };
+    let result = backup_reader(repo, stream, opts, progress, &mut wait);
     if result.is_err() {
         // Do not leave the child blocked on a full pipe.
         drop(stdout);

@@ -262,7 +262,7 @@ impl Cache {
             let mut blobs = tx.open_table(BLOBS)?;
             let mut all: Vec<&(Id, BlobLocation)> =
                 files.iter().flat_map(|(_, e)| e.iter()).collect();
-            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all.sort_by_key(|e| e.0);
             for (id, loc) in all {
                 blobs.insert(id.0.as_slice(), loc.encode().as_slice())?;
             }

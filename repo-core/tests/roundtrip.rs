@@ -41,7 +41,7 @@ fn round_trip(seed: u64) {
     let repo = small_repo(dir.path());
     let r = backup_paths(
         &repo,
-        &[src.clone()],
+        std::slice::from_ref(&src),
         &BackupOptions::default(),
         &NoProgress,
     )
@@ -65,7 +65,7 @@ fn round_trip(seed: u64) {
     // A second backup reads nothing unchanged and restores the same.
     let r2 = backup_paths(
         &repo,
-        &[src.clone()],
+        std::slice::from_ref(&src),
         &BackupOptions::default(),
         &NoProgress,
     )
@@ -107,7 +107,7 @@ fn sparse_files_restore_sparse() {
     let repo = small_repo(dir.path());
     let r = backup_paths(
         &repo,
-        &[src.clone()],
+        std::slice::from_ref(&src),
         &BackupOptions::default(),
         &NoProgress,
     )
