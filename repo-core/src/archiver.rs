@@ -621,7 +621,12 @@ fn backup_reader(
     progress: &dyn Progress,
     before_commit: &mut dyn FnMut() -> Result<()>,
 ) -> Result<BackupResult> {
-    let Stream { reader, name, kind, command } = stream;
+    let Stream {
+        reader,
+        name,
+        kind,
+        command,
+    } = stream;
     let started = Instant::now();
     validate_stream_name(name)?;
     let mut a = Archiver::new(repo, opts, progress)?;
@@ -657,7 +662,12 @@ pub fn backup_stream(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    let stream = Stream { reader, name, kind: SnapshotKind::Stdin, command: Vec::new() };
+    let stream = Stream {
+        reader,
+        name,
+        kind: SnapshotKind::Stdin,
+        command: Vec::new(),
+    };
     backup_reader(repo, stream, opts, progress, &mut || Ok(()))
 }
 
@@ -710,7 +720,12 @@ pub fn backup_command(
             ))
         }
     };
-    let stream = Stream { reader: &mut stdout, name, kind: SnapshotKind::Command, command: argv.to_vec() };
+    let stream = Stream {
+        reader: &mut stdout,
+        name,
+        kind: SnapshotKind::Command,
+        command: argv.to_vec(),
+    };
     let result = backup_reader(repo, stream, opts, progress, &mut wait);
     if result.is_err() {
         // Do not leave the child blocked on a full pipe.

@@ -254,6 +254,13 @@ fn compare_dir(
                 return Err(format!("{show}: xattrs differ"));
             }
         }
+        if ma.rdev() != mb.rdev() {
+            return Err(format!(
+                "{show}: device number {} vs {}",
+                ma.rdev(),
+                mb.rdev()
+            ));
+        }
         if ma.is_dir() {
             compare_dir(&pa, &pb, &r, la, lb)?;
         } else if ma.file_type().is_symlink() {

@@ -227,3 +227,57 @@ fn tenants_do_not_share_chunks_or_keys() {
     let e = Repository::open(&loc, "b", &Credentials::Key(ka), &open).unwrap_err();
     assert_eq!(e.kind(), cairn_repo::ErrorKind::WrongPassword);
 }
+
+#[test]
+fn special_files_round_trip() {
+    let root = nix::unistd::geteuid().is_root();
+    if !root && std::env::var_os("CI").is_some() {
+        panic!("device nodes can only be created as root, and CI must test them");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o620),
+    )
+    .unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(src.join("socket")).unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    if root {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        mknod(
+            &src.join("null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 3),
+        )
+        .unwrap();
+        mknod(
+            &src.join("loop"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o660),
+            makedev(7, 200),
+        )
+        .unwrap();
+    }
+    let repo = small_repo(dir.path());
+    let r = backup_paths(
+        &repo,
+        std::slice::from_ref(&src),
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(!r.snapshot.incomplete);
+    let out = dir.path().join("out");
+    restore(
+        &repo,
+        &r.id,
+        &out,
+        &RestoreOptions::default(),
+        &NoRestoreProgress,
+    )
+    .unwrap();
+    compare_trees(&src, &out.join(src.strip_prefix("/").unwrap())).unwrap();
+}
