@@ -260,3 +260,48 @@ fn unreadable_files_give_an_incomplete_snapshot_and_exit_3() {
         .success()
         .stdout(contains("incomplete"));
 }
+
+#[test]
+fn one_file_system_keeps_mount_points_empty() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let Some(_mnt) = common::Tmpfs::mount(&src.join("mnt"), "1m") else {
+        return;
+    };
+    std::fs::write(src.join("mnt/on-other-fs"), "x").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    assert!(env.ok(&["ls", "latest"]).contains("on-other-fs"));
+    env.ok(&["backup", "-x", src.to_str().unwrap()]);
+    let listing = env.ok(&["ls", "latest"]);
+    assert!(
+        listing.contains(&format!("{}/mnt\n", src.display())),
+        "{listing}"
+    );
+    assert!(!listing.contains("on-other-fs"), "{listing}");
+}
+
+#[test]
+fn cache_dir_and_quiet() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let cache = env.path("my-cache");
+    let out = env
+        .cmd()
+        .env("CAIRN_CACHE_DIR", &cache)
+        .args(["-q", "backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "-q printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with(".redb")), "{files:?}");
+}

@@ -281,3 +281,62 @@ fn special_files_round_trip() {
     .unwrap();
     compare_trees(&src, &out.join(src.strip_prefix("/").unwrap())).unwrap();
 }
+
+#[test]
+fn a_stale_cache_is_rebuilt_when_index_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_repo(dir.path());
+    let data = Rng::new(3).bytes(500_000);
+    let r = backup_stream(
+        &repo,
+        &mut &data[..],
+        "x",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let node = repo.resolve_path(&r.snapshot.tree, b"/x").unwrap().unwrap();
+    let first = node.content[0];
+    assert!(repo.lookup(&first).unwrap().is_some());
+    // Replace all index files by one merged file (as compaction will): same entries, new name.
+    use cairn_repo::backend::FileType;
+    let store = repo.store();
+    let mut merged = cairn_repo::format::index::IndexFile {
+        version: 1,
+        ..Default::default()
+    };
+    let names: Vec<String> = store
+        .list(FileType::Index)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    for n in &names {
+        let f = repo
+            .read_index_file(&cairn_repo::Id::from_hex(n).unwrap())
+            .unwrap();
+        merged.packs.extend(f.packs);
+    }
+    for p in &mut merged.packs {
+        p.blobs.retain(|b| b.id != first);
+    }
+    let sealed =
+        cairn_repo::format::seal_meta(repo.keys(), cairn_repo::format::index::AAD, &merged)
+            .unwrap();
+    store
+        .put(
+            FileType::Index,
+            &cairn_repo::Id::of_bytes(&sealed).to_hex(),
+            sealed.into(),
+        )
+        .unwrap();
+    for n in &names {
+        store.remove(FileType::Index, n).unwrap();
+    }
+    repo.sync_index().unwrap();
+    assert!(
+        repo.lookup(&first).unwrap().is_none(),
+        "the cache still has a blob no index lists"
+    );
+    assert!(repo.lookup(&node.content[1]).unwrap().is_some());
+}
