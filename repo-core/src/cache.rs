@@ -23,6 +23,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::index::IndexFile;
 use crate::format::pack::PackEntry;
 use crate::format::snapshot::Snapshot;
 use crate::format::{from_cbor, to_cbor};
@@ -88,6 +89,19 @@ impl BlobLocation {
             raw_length: e.raw_length,
         }
     }
+}
+
+/// Every blob an index file lists, with its location.
+pub fn index_locations(index: &IndexFile) -> Vec<(Id, BlobLocation)> {
+    index
+        .packs
+        .iter()
+        .flat_map(|p| {
+            p.blobs
+                .iter()
+                .map(move |e| (e.id, BlobLocation::from_entry(p.id, e)))
+        })
+        .collect()
 }
 
 /// What the files cache remembers of a file it saved.

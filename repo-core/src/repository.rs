@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::backend::{new_runtime, FileType, RootLocation, Store};
-use crate::cache::{BlobLocation, Cache};
+use crate::cache::{index_locations, BlobLocation, Cache};
 use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::config::{ChunkerConfig, Config, FORMAT_VERSION};
@@ -440,15 +440,7 @@ impl Repository {
                 .par_iter()
                 .map(|id| {
                     let index = self.read_index_file(id)?;
-                    let entries = index
-                        .packs
-                        .iter()
-                        .flat_map(|p| {
-                            p.blobs
-                                .iter()
-                                .map(move |e| (e.id, BlobLocation::from_entry(p.id, e)))
-                        })
-                        .collect();
+                    let entries = index_locations(&index);
                     Ok((*id, entries))
                 })
                 .collect::<Result<_>>()?;
@@ -458,18 +450,24 @@ impl Repository {
     }
 
     pub fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
-        let bytes = self.store.read(FileType::Index, &id.to_hex())?;
+        self.read_sealed(FileType::Index, format::index::AAD, id, "index file")
+    }
+
+    /// Reads a sealed metadata object, checking that its bytes match its name first.
+    fn read_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        ft: FileType,
+        aad: &[u8],
+        id: &Id,
+        what: &str,
+    ) -> Result<T> {
+        let bytes = self.store.read(ft, &id.to_hex())?;
         if Id::of_bytes(&bytes) != *id {
             return Err(Error::corrupt(format!(
-                "index file {id}: contents do not match its name"
+                "{what} {id}: contents do not match its name"
             )));
         }
-        open_meta(
-            &self.keys,
-            format::index::AAD,
-            &bytes,
-            &format!("index file {id}"),
-        )
+        open_meta(&self.keys, aad, &bytes, &format!("{what} {id}"))
     }
 
     pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
@@ -600,18 +598,7 @@ impl Repository {
     }
 
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = self.store.read(FileType::Snapshot, &id.to_hex())?;
-        if Id::of_bytes(&bytes) != *id {
-            return Err(Error::corrupt(format!(
-                "snapshot {id}: contents do not match its name"
-            )));
-        }
-        open_meta(
-            &self.keys,
-            format::snapshot::AAD,
-            &bytes,
-            &format!("snapshot {id}"),
-        )
+        self.read_sealed(FileType::Snapshot, format::snapshot::AAD, id, "snapshot")
     }
 
     /// Resolves `latest` or a unique hex prefix of a snapshot id.

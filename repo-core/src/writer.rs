@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use crate::backend::{FileType, Store};
-use crate::cache::{BlobLocation, Cache};
+use crate::cache::{index_locations, Cache};
 use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
@@ -286,15 +286,7 @@ fn write_index(
     let sealed = seal_meta(keys, format::index::AAD, &*index)?;
     let id = Id::of_bytes(&sealed);
     store.put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
-    let entries: Vec<(Id, BlobLocation)> = index
-        .packs
-        .iter()
-        .flat_map(|p| {
-            p.blobs
-                .iter()
-                .map(move |e| (e.id, BlobLocation::from_entry(p.id, e)))
-        })
-        .collect();
+    let entries = index_locations(index);
     cache.ingest(&[(id, entries)])?;
     // Only now, with the blobs findable in the cache, may they leave the pending set.
     if let Ok(mut pending) = shared.pending.lock() {
