@@ -50,6 +50,9 @@ pub struct Global {
     /// More log output (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Time to live of this process's leases, in seconds [default: 1800]
+    #[arg(long, env = "CAIRN_LEASE_TTL", global = true)]
+    pub lease_ttl: Option<u64>,
     /// Argon2id cost for new passwords: MEMORY_KIB,ITERATIONS,PARALLELISM
     #[arg(long, env = "CAIRN_KDF_PARAMS", global = true, hide = true)]
     pub kdf_params: Option<String>,
@@ -83,6 +86,140 @@ pub enum Command {
     Stats(StatsArgs),
     /// Print a decoded repository object as JSON
     Cat(CatArgs),
+    /// Remove snapshots by id or by a retention policy
+    Forget(ForgetArgs),
+    /// Free the space of data no snapshot uses (runs alongside backups)
+    Prune(PruneArgs),
+    /// Verify the repository's structure and, optionally, every byte of its data
+    Check(CheckArgs),
+    /// Repair a damaged repository
+    #[command(subcommand)]
+    Repair(RepairCommand),
+    /// List the leases of running backups and prunes
+    Leases(LeasesArgs),
+    /// Add, remove or set snapshot tags
+    Tag(TagArgs),
+    /// Protect snapshots from forget (legal hold: adds the tag `hold`)
+    Protect(SnapshotIds),
+    /// Remove the protection of snapshots
+    Unprotect(SnapshotIds),
+}
+
+#[derive(Args, Debug)]
+pub struct PruneOpts {
+    /// Unused space tolerated in kept packs, e.g. 5% or 0.05 [default: 5%]
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// Read at most this much for repacking in one run, e.g. 10G
+    #[arg(long)]
+    pub max_repack_size: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to forget (besides those the policy removes)
+    pub snapshots: Vec<String>,
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    #[arg(long)]
+    pub keep_hourly: Option<usize>,
+    #[arg(long)]
+    pub keep_daily: Option<usize>,
+    #[arg(long)]
+    pub keep_weekly: Option<usize>,
+    #[arg(long)]
+    pub keep_monthly: Option<usize>,
+    #[arg(long)]
+    pub keep_yearly: Option<usize>,
+    /// Keep everything this recent (relative to the newest snapshot), e.g. 7d, 2w, 1y6mo
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    #[arg(long)]
+    pub keep_within_hourly: Option<String>,
+    #[arg(long)]
+    pub keep_within_daily: Option<String>,
+    #[arg(long)]
+    pub keep_within_weekly: Option<String>,
+    #[arg(long)]
+    pub keep_within_monthly: Option<String>,
+    #[arg(long)]
+    pub keep_within_yearly: Option<String>,
+    /// Keep snapshots with this tag
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    /// Apply the policy per group of these fields: host, paths, tags (empty for one group)
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// Show what would be kept and removed, and why; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneOpts,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be deleted and repacked; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub opts: PruneOpts,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Read and authenticate every blob of every pack
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read only part of the data: n/m (e.g. 1/5), a percentage (10%) or a size (2G)
+    #[arg(long)]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers
+    Index,
+    /// Rewrite snapshots that reference missing data (as new snapshots tagged `repaired`)
+    Snapshots {
+        /// Remove the damaged originals
+        #[arg(long)]
+        forget: bool,
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LeasesArgs {
+    /// Also show leases that have ended but were not removed (crashed holders)
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to edit
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+    #[arg(long)]
+    pub add: Vec<String>,
+    #[arg(long)]
+    pub remove: Vec<String>,
+    /// Replace all tags (repeat for several; `--set ''` clears them)
+    #[arg(long)]
+    pub set: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotIds {
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
 }
 
 #[derive(Args, Debug)]

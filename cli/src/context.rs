@@ -79,11 +79,14 @@ impl Context {
     }
 
     pub fn open_options(&self) -> OpenOptions {
-        if self.global.no_cache {
-            return OpenOptions { cache_dir: None };
-        }
+        let cache_dir = if self.global.no_cache {
+            None
+        } else {
+            self.global.cache_dir.clone().or_else(default_cache_dir)
+        };
         OpenOptions {
-            cache_dir: self.global.cache_dir.clone().or_else(default_cache_dir),
+            cache_dir,
+            lease_ttl: self.global.lease_ttl.map(std::time::Duration::from_secs),
         }
     }
 

@@ -152,3 +152,9 @@ pub fn node_json(path: Option<&[u8]>, n: &Node) -> Value {
     }
     v
 }
+
+impl cairn_repo::check::CheckProgress for Bar {
+    fn bytes(&self, n: u64) {
+        Progress::bytes(self, n)
+    }
+}

@@ -30,6 +30,8 @@ use crate::format::snapshot::{Snapshot, SnapshotKind, Summary};
 use crate::format::to_cbor;
 use crate::format::tree::{ContentList, Node, NodeKind, Time, Tree, INLINE_CONTENT_MAX};
 use crate::id::{BlobKind, Id};
+use crate::lease::LeaseGuard;
+use crate::mark::{walk_blobs, IdSet, Locator};
 use crate::repository::Repository;
 use crate::sys;
 use crate::walk::{name_bytes, node_from_metadata, Excludes};
@@ -96,6 +98,7 @@ struct Archiver<'a> {
     reader: Option<CacheReader>,
     file_records: Vec<(Vec<u8>, FileRecord)>,
     buf: Vec<u8>,
+    lease: LeaseGuard,
 }
 
 impl<'a> Archiver<'a> {
@@ -104,6 +107,8 @@ impl<'a> Archiver<'a> {
         opts: &'a BackupOptions,
         progress: &'a dyn Progress,
     ) -> Result<Self> {
+        // The lease comes before the index is read: see lease.rs.
+        let lease = LeaseGuard::acquire(repo, "backup")?;
         repo.sync_index()?;
         let chunker = repo.chunker()?;
         let level = opts.compression.unwrap_or(repo.config().compression);
@@ -124,6 +129,7 @@ impl<'a> Archiver<'a> {
             reader,
             file_records: Vec::new(),
             buf: vec![0u8; cap],
+            lease,
         })
     }
 
@@ -468,13 +474,42 @@ impl<'a> Archiver<'a> {
             pg: None,
             original: None,
         };
+        if !self.lease.held() {
+            recheck_after_lapse(self.repo, &root)?;
+        }
         let id = self.repo.save_snapshot(&snapshot)?;
+        if let Err(e) = self.lease.release() {
+            tracing::warn!("cannot remove the backup lease (it expires by itself): {e}");
+        }
         Ok(BackupResult {
             id,
             snapshot,
             warnings: self.warnings,
         })
     }
+}
+
+/// A writer whose lease lapsed may have deduplicated against blobs that a prune has since
+/// condemned or deleted. Before committing it re-reads the index (which leaves condemned
+/// packs out) and checks that every blob the new snapshot needs is still there.
+fn recheck_after_lapse(repo: &Repository, root: &Id) -> Result<()> {
+    tracing::warn!("the backup's lease lapsed; checking that a prune removed nothing it needs");
+    repo.sync_index()?;
+    let mut seen = IdSet::new()?;
+    walk_blobs(
+        &Locator::index_only(repo),
+        root,
+        &mut seen,
+        &mut |kind, id| {
+            if repo.lookup(id)?.is_none() {
+                return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("this backup's lease lapsed while it ran and a prune has since removed {kind:?} blob {id} that it needs; nothing was committed: run the backup again"),
+            ));
+            }
+            Ok(())
+        },
+    )
 }
 
 fn find_parent(

@@ -34,9 +34,10 @@ const INDEX_FILES: TableDefinition<&[u8], u64> = TableDefinition::new("index_fil
 const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CONDEMNED: TableDefinition<&[u8], ()> = TableDefinition::new("condemned");
 
 /// Bumped when the cache layout changes; a cache of another version is discarded.
-const CACHE_VERSION: &[u8] = b"cairn-cache-1";
+const CACHE_VERSION: &[u8] = b"cairn-cache-2";
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,11 +229,13 @@ impl Cache {
                 tx.delete_table(t)?;
             }
             tx.delete_table(INDEX_FILES)?;
+            tx.delete_table(CONDEMNED)?;
         }
         tx.open_table(BLOBS)?;
         tx.open_table(INDEX_FILES)?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(FILES)?;
+        tx.open_table(CONDEMNED)?;
         tx.open_table(META)?.insert("version", CACHE_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -300,6 +303,31 @@ impl Cache {
         Ok(())
     }
 
+    /// Packs named by present condemned records.
+    pub fn condemned_packs(&self) -> Result<HashSet<Id>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CONDEMNED)?;
+        let mut out = HashSet::new();
+        for row in t.iter()? {
+            let (k, _) = row?;
+            out.insert(Id::from_slice(k.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn set_condemned(&self, packs: &HashSet<Id>) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.delete_table(CONDEMNED)?;
+        {
+            let mut t = tx.open_table(CONDEMNED)?;
+            for p in packs {
+                t.insert(p.0.as_slice(), ())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Makes everything written so far durable (a commit with Durability::None is not).
     pub fn flush(&self) -> Result<()> {
         let tx = self.db.begin_write()?;
@@ -335,6 +363,17 @@ impl Cache {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Calls `f` for every indexed blob, streamed from disk in id order.
+    pub fn for_each_blob(&self, f: &mut dyn FnMut(Id, BlobLocation) -> Result<()>) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOBS)?;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            f(Id::from_slice(k.value())?, BlobLocation::decode(v.value())?)?;
+        }
         Ok(())
     }
 

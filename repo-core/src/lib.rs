@@ -5,6 +5,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod cache;
+pub mod check;
 pub mod content;
 pub mod crypto;
 pub mod error;
@@ -12,8 +13,14 @@ pub mod format;
 pub mod id;
 pub mod keys;
 pub mod layout;
+pub mod lease;
+pub mod mark;
+pub mod prune;
+pub mod repair;
 pub mod repository;
 pub mod restorer;
+pub mod retention;
+pub mod snapshot_edit;
 pub mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -67,6 +67,8 @@ pub enum Credentials {
 pub struct OpenOptions {
     /// Folder for caches; `None` uses a temporary cache (as `--no-cache` does).
     pub cache_dir: Option<PathBuf>,
+    /// Time to live of this process's leases; `None` uses [`crate::lease::DEFAULT_TTL`].
+    pub lease_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,7 @@ pub struct Repository {
     keys: Keys,
     config: Config,
     cache: Arc<Cache>,
+    lease_ttl: std::time::Duration,
 }
 
 /// Opens the root of an existing repository location. A local folder that does not exist is
@@ -264,6 +267,7 @@ impl Repository {
             keys,
             config,
             cache,
+            lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
         })
     }
 
@@ -322,6 +326,7 @@ impl Repository {
             keys,
             config,
             cache,
+            lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
         })
     }
 
@@ -348,6 +353,9 @@ impl Repository {
     }
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl
     }
 
     pub fn chunker(&self) -> Result<cairn_chunker::Chunker> {
@@ -413,40 +421,111 @@ impl Repository {
 
     // ---- index ----
 
-    /// Brings the blob index in the cache up to date with the index files in the backend.
-    /// New index files are read and ingested in batches; if an ingested file has disappeared
-    /// (compaction or prune rewrote the index), the blob table is rebuilt.
-    pub fn sync_index(&self) -> Result<()> {
-        let listed: Vec<Id> = self
+    /// Lists the index files in the backend.
+    pub fn index_file_ids(&self) -> Result<Vec<Id>> {
+        let mut ids: Vec<Id> = self
             .store
             .list(FileType::Index)?
             .into_iter()
             .map(|o| Id::from_hex(&o.name))
             .collect::<Result<_>>()?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Brings the blob index in the cache up to date with the index files in the backend.
+    ///
+    /// New ordinary index files are read and ingested in batches, leaving out packs that a
+    /// condemned record names. When an ingested file has disappeared, or a new file
+    /// supersedes others or condemns packs, the blob table is rebuilt: the structure of
+    /// every present file is read first (what is superseded, what is condemned), then the
+    /// files that are not superseded are ingested without the condemned packs. Invariant: a
+    /// blob is in the cache only if a present, non-superseded index file lists it in a pack
+    /// that no present record condemns.
+    pub fn sync_index(&self) -> Result<()> {
+        let listed = self.index_file_ids()?;
         let present: HashSet<Id> = listed.iter().copied().collect();
-        let mut ingested = self.cache.ingested_index_files()?;
+        let ingested = self.cache.ingested_index_files()?;
         if ingested.iter().any(|id| !present.contains(id)) {
-            tracing::info!("index changed in the backend; rebuilding the cached index");
-            self.cache.clear_index()?;
-            ingested.clear();
+            return self.rebuild_index(&listed);
         }
-        let mut todo: Vec<Id> = listed
+        let todo: Vec<Id> = listed
             .into_iter()
             .filter(|id| !ingested.contains(id))
             .collect();
-        todo.sort();
+        let condemned = self.cache.condemned_packs()?;
         for batch in todo.chunks(64) {
+            let files: Vec<(Id, IndexFile)> = batch
+                .par_iter()
+                .map(|id| Ok((*id, self.read_index_file(id)?)))
+                .collect::<Result<_>>()?;
+            if files.iter().any(|(_, f)| f.is_structural()) {
+                return self.rebuild_index(&self.index_file_ids()?);
+            }
+            let entries: Vec<(Id, Vec<(Id, BlobLocation)>)> = files
+                .iter()
+                .map(|(id, f)| {
+                    (
+                        *id,
+                        index_locations(f)
+                            .into_iter()
+                            .filter(|(_, loc)| !condemned.contains(&loc.pack))
+                            .collect(),
+                    )
+                })
+                .collect();
+            self.cache.ingest(&entries)?;
+        }
+        self.cache.flush()
+    }
+
+    fn rebuild_index(&self, listed: &[Id]) -> Result<()> {
+        tracing::info!("the index changed in the backend; rebuilding the cached index");
+        let mut superseded = HashSet::new();
+        let mut condemned = HashSet::new();
+        for batch in listed.chunks(64) {
+            let files: Vec<IndexFile> = batch
+                .par_iter()
+                .map(|id| self.read_index_file(id))
+                .collect::<Result<_>>()?;
+            for f in files {
+                superseded.extend(f.supersedes);
+                if let Some(c) = f.condemned {
+                    condemned.extend(c.packs);
+                }
+            }
+        }
+        self.cache.clear_index()?;
+        self.cache.set_condemned(&condemned)?;
+        for batch in listed.chunks(64) {
             let files: Vec<(Id, Vec<(Id, BlobLocation)>)> = batch
                 .par_iter()
                 .map(|id| {
-                    let index = self.read_index_file(id)?;
-                    let entries = index_locations(&index);
-                    Ok((*id, entries))
+                    if superseded.contains(id) {
+                        return Ok((*id, Vec::new()));
+                    }
+                    let f = self.read_index_file(id)?;
+                    Ok((
+                        *id,
+                        index_locations(&f)
+                            .into_iter()
+                            .filter(|(_, loc)| !condemned.contains(&loc.pack))
+                            .collect(),
+                    ))
                 })
                 .collect::<Result<_>>()?;
             self.cache.ingest(&files)?;
         }
         self.cache.flush()
+    }
+
+    /// Stores an index file (or condemned record); returns its name.
+    pub fn save_index(&self, index: &IndexFile) -> Result<Id> {
+        let sealed = seal_meta(&self.keys, format::index::AAD, index)?;
+        let id = Id::of_bytes(&sealed);
+        self.store
+            .put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
+        Ok(id)
     }
 
     pub fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
@@ -501,6 +580,31 @@ impl Repository {
             .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
         blob::open(&self.keys, kind, id, &sealed)
             .map_err(|e| e.context(format!("pack {}", loc.pack)))
+    }
+
+    /// A pack's size and header entries, read from its tail.
+    pub fn read_pack_header(
+        &self,
+        pack: &Id,
+    ) -> Result<(u64, Vec<crate::format::pack::PackEntry>)> {
+        use crate::format::pack::{parse_header, HeaderRead};
+        let name = pack.to_hex();
+        let size = self.store.stat(FileType::Pack, &name)?;
+        let mut want = size.min(64 * 1024);
+        loop {
+            let tail = self
+                .store
+                .read_range(FileType::Pack, &name, size - want, want)?;
+            match parse_header(&self.keys, pack, size, &tail)? {
+                HeaderRead::Done(entries) => return Ok((size, entries)),
+                HeaderRead::NeedMore(n) if n > want => want = n,
+                HeaderRead::NeedMore(_) => {
+                    return Err(Error::corrupt(format!(
+                        "pack {pack}: header cannot be read"
+                    )))
+                }
+            }
+        }
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {

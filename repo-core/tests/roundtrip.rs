@@ -29,6 +29,7 @@ fn small_repo(dir: &Path) -> Repository {
         &opts,
         &OpenOptions {
             cache_dir: Some(dir.join("cache")),
+            ..Default::default()
         },
     )
     .unwrap()
@@ -181,6 +182,7 @@ fn tenants_do_not_share_chunks_or_keys() {
     let loc = Location::Local(dir.path().join("repo"));
     let open = OpenOptions {
         cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
     };
     let ka = MasterKey::generate().unwrap();
     let kb = MasterKey::generate().unwrap();

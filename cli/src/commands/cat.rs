@@ -1,8 +1,6 @@
 //! `cairn cat KIND [ID]`: a decoded object as JSON, for debugging.
 
 use anyhow::{bail, Result};
-use cairn_repo::backend::FileType;
-use cairn_repo::format::pack::{parse_header, HeaderRead};
 use cairn_repo::format::tree::Tree;
 use cairn_repo::{BlobKind, Id};
 use serde_json::json;
@@ -59,24 +57,7 @@ pub fn run(ctx: &Context, args: CatArgs) -> Result<i32> {
         }
         "pack" => {
             let id = Id::from_hex(&need(&args.id, "pack")?)?;
-            let name = id.to_hex();
-            let size = repo.store().stat(FileType::Pack, &name)?;
-            let tail_len = size.min(64 * 1024);
-            let tail = repo
-                .store()
-                .read_range(FileType::Pack, &name, size - tail_len, tail_len)?;
-            let entries = match parse_header(repo.keys(), &id, size, &tail)? {
-                HeaderRead::Done(e) => e,
-                HeaderRead::NeedMore(n) => {
-                    let tail = repo
-                        .store()
-                        .read_range(FileType::Pack, &name, size - n, n)?;
-                    match parse_header(repo.keys(), &id, size, &tail)? {
-                        HeaderRead::Done(e) => e,
-                        HeaderRead::NeedMore(_) => bail!("pack {id}: header cannot be read"),
-                    }
-                }
-            };
+            let (size, entries) = repo.read_pack_header(&id)?;
             print_json(&json!({"id": id, "size": size, "blobs": entries}))?;
         }
         other => {

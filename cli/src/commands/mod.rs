@@ -2,15 +2,21 @@
 
 mod backup;
 mod cat;
+mod check;
 mod diff;
 mod dump;
 mod find;
+mod forget;
 mod init;
 mod key;
+mod leases;
 mod ls;
+mod prune;
+mod repair;
 mod restore;
 mod snapshots;
 mod stats;
+mod tag;
 mod tenant;
 
 use anyhow::Result;
@@ -32,5 +38,13 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Restore(a) => restore::run(ctx, a),
         Command::Stats(a) => stats::run(ctx, a),
         Command::Cat(a) => cat::run(ctx, a),
+        Command::Forget(a) => forget::run(ctx, a),
+        Command::Prune(a) => prune::run(ctx, a),
+        Command::Check(a) => check::run(ctx, a),
+        Command::Repair(a) => repair::run(ctx, a),
+        Command::Leases(a) => leases::run(ctx, a),
+        Command::Tag(a) => tag::run(ctx, a),
+        Command::Protect(a) => tag::protect(ctx, a, true),
+        Command::Unprotect(a) => tag::protect(ctx, a, false),
     }
 }

@@ -1,0 +1,109 @@
+//! `cairn prune`: free the space of data no snapshot uses.
+
+use anyhow::{bail, Result};
+use cairn_repo::check::Subset;
+use cairn_repo::prune::{prune, PruneOptions, PruneReport};
+
+use crate::args::{PruneArgs, PruneOpts};
+use crate::context::Context;
+use crate::output::{human_bytes, print_json};
+
+pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
+    let max_unused = match o.max_unused.trim().strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => o.max_unused.trim().parse::<f64>(),
+    };
+    let max_unused = match max_unused {
+        Ok(v) if v >= 0.0 => v,
+        _ => bail!(
+            "--max-unused: expected a percentage (5%) or a fraction (0.05), got {:?}",
+            o.max_unused
+        ),
+    };
+    let max_repack_bytes = match &o.max_repack_size {
+        None => None,
+        Some(s) => match Subset::parse(s)? {
+            Subset::Bytes(b) => Some(b),
+            _ => bail!("--max-repack-size: expected a size such as 10G, got {s:?}"),
+        },
+    };
+    Ok(PruneOptions {
+        max_unused,
+        max_repack_bytes,
+        dry_run,
+    })
+}
+
+pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
+    if ctx.json() {
+        return print_json(r);
+    }
+    if ctx.quiet() {
+        return Ok(());
+    }
+    let p = &r.plan;
+    println!(
+        "{} snapshots use {} blobs in {} packs ({})",
+        p.snapshots,
+        p.used_blobs,
+        p.packs,
+        human_bytes(p.pack_bytes)
+    );
+    let verb = if r.dry_run { "would" } else { "will" };
+    println!(
+        "{verb} delete {} unused packs ({})",
+        p.delete_packs.len(),
+        human_bytes(p.delete_bytes)
+    );
+    println!(
+        "{verb} delete {} packs in no index ({})",
+        p.unindexed_packs.len(),
+        human_bytes(p.unindexed_bytes)
+    );
+    println!(
+        "{verb} repack {} packs ({}, freeing {})",
+        p.repack_packs.len(),
+        human_bytes(p.repack_bytes),
+        human_bytes(p.repack_unused_bytes)
+    );
+    println!(
+        "{verb} free about {}; {} unused stays in kept packs",
+        human_bytes(p.bytes_to_free()),
+        human_bytes(p.unused_bytes_kept)
+    );
+    if r.dry_run {
+        return Ok(());
+    }
+    let s = &r.swept;
+    if s.records > 0 {
+        println!(
+            "swept: {} packs deleted ({} freed), {} rescued, {} index files removed",
+            s.packs_deleted,
+            human_bytes(s.bytes_freed),
+            s.packs_rescued,
+            s.index_files_deleted
+        );
+    }
+    if let Some(rec) = &r.pending_record {
+        println!(
+            "marked (record {}); the sweep waits for {} running writers:",
+            rec.short(),
+            r.waiting_for.len()
+        );
+        for l in &r.waiting_for {
+            println!(
+                "  {} on {} (pid {}), since {}",
+                l.kind, l.host, l.pid, l.started
+            );
+        }
+        println!("run prune again after they finish to free the space");
+    }
+    Ok(())
+}
+
+pub fn run(ctx: &Context, args: PruneArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let r = prune(&repo, &options(&args.opts, args.dry_run)?)?;
+    report(ctx, &r)?;
+    Ok(0)
+}

@@ -1,0 +1,440 @@
+//! Verification: does the repository hold what its snapshots need, and is it intact?
+//!
+//! Structure (always): key slots parse; every index file opens and matches its name; every
+//! indexed pack exists with the size the index gives, and its header lists exactly the
+//! entries the index gives; every snapshot opens, and every tree and blob it references is
+//! in the index (a blob found only in a condemned pack is reported too: the next prune's
+//! sweep keeps it). With `read_data`, the selected packs are read whole: their bytes must
+//! hash to their name and every blob must decrypt and hash to its id.
+//!
+//! Problems are collected, not raised: one damaged object does not hide the others. Each
+//! names the object and what is wrong with it.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::backend::FileType;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::blob;
+use crate::format::from_cbor;
+use crate::format::pack::{parse_header, HeaderRead};
+use crate::format::tree::{ContentList, NodeKind, Tree};
+use crate::id::{BlobKind, Id};
+use crate::keys::KeySlot;
+use crate::mark::{overlay_of, IdSet, Locator};
+use crate::repository::Repository;
+
+/// Which packs `--read-data` reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Subset {
+    All,
+    /// Part `n` of `m` (1-based): over `m` runs with n = 1..m every pack is read once.
+    Part(u32, u32),
+    /// A random fraction (0..=1) of the packs.
+    Fraction(f64),
+    /// Random packs until this many bytes are read.
+    Bytes(u64),
+}
+
+impl Subset {
+    /// Parses `all`, `n/m`, `x%` or a size such as `500M` or `2G`.
+    pub fn parse(s: &str) -> Result<Subset> {
+        let bad = || {
+            Error::invalid(format!(
+                "read-data subset {s:?}: use n/m (e.g. 1/5), a percentage (10%) or a size (2G)"
+            ))
+        };
+        let s = s.trim();
+        if s == "all" {
+            return Ok(Subset::All);
+        }
+        if let Some((n, m)) = s.split_once('/') {
+            let (n, m): (u32, u32) = (
+                n.trim().parse().map_err(|_| bad())?,
+                m.trim().parse().map_err(|_| bad())?,
+            );
+            if m == 0 || n == 0 || n > m {
+                return Err(bad());
+            }
+            return Ok(Subset::Part(n, m));
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(bad());
+            }
+            return Ok(Subset::Fraction(p / 100.0));
+        }
+        let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+            Some((i, _)) => {
+                let mult: u64 = match s[i..]
+                    .to_ascii_uppercase()
+                    .trim_end_matches("IB")
+                    .trim_end_matches('B')
+                {
+                    "" => 1,
+                    "K" => 1 << 10,
+                    "M" => 1 << 20,
+                    "G" => 1 << 30,
+                    "T" => 1 << 40,
+                    _ => return Err(bad()),
+                };
+                (&s[..i], mult)
+            }
+            None => (s, 1),
+        };
+        let n: f64 = num.trim().parse().map_err(|_| bad())?;
+        Ok(Subset::Bytes((n * mult as f64) as u64))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The damaged object, e.g. `pack 3f2a...` or `snapshot 9c1d...`.
+    pub object: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub problems: Vec<Problem>,
+    /// Things worth knowing that are not damage (unindexed packs, pending condemned packs).
+    pub notices: Vec<String>,
+    pub snapshots: u64,
+    pub index_files: u64,
+    pub packs: u64,
+    pub trees: u64,
+    pub data_blobs: u64,
+    pub packs_read: u64,
+    pub bytes_read: u64,
+}
+
+impl CheckReport {
+    fn problem(&mut self, object: String, problem: impl Into<String>) {
+        self.problems.push(Problem {
+            object,
+            problem: problem.into(),
+        });
+    }
+}
+
+pub trait CheckProgress: Sync {
+    fn bytes(&self, _n: u64) {}
+}
+
+pub struct NoCheckProgress;
+impl CheckProgress for NoCheckProgress {}
+
+pub fn check(
+    repo: &Repository,
+    read_data: Option<Subset>,
+    progress: &dyn CheckProgress,
+) -> Result<CheckReport> {
+    let mut r = CheckReport::default();
+    for info in repo.store().list(FileType::Key)? {
+        let bytes = repo.store().read(FileType::Key, &info.name)?;
+        if let Err(e) = KeySlot::parse(&info.name, &bytes) {
+            r.problem(format!("key {}", info.name), e.to_string());
+        }
+    }
+
+    // Index files, and the packs they list.
+    let listed: HashMap<Id, u64> = repo
+        .store()
+        .list(FileType::Pack)?
+        .into_iter()
+        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
+        .collect();
+    r.packs = listed.len() as u64;
+    let mut indexed: HashSet<Id> = HashSet::new();
+    let mut condemned: HashSet<Id> = HashSet::new();
+    let mut headers_checked: HashSet<Id> = HashSet::new();
+    for id in repo.index_file_ids()? {
+        r.index_files += 1;
+        let f = match repo.read_index_file(&id) {
+            Ok(f) => f,
+            Err(e) => {
+                r.problem(format!("index {id}"), e.to_string());
+                continue;
+            }
+        };
+        if let Some(c) = &f.condemned {
+            condemned.extend(c.packs.iter().copied());
+        }
+        for p in &f.packs {
+            indexed.insert(p.id);
+            let Some(size) = listed.get(&p.id) else {
+                r.problem(
+                    format!("pack {}", p.id),
+                    format!("listed in index {id} but missing from the repository"),
+                );
+                continue;
+            };
+            if *size != p.size {
+                r.problem(
+                    format!("pack {}", p.id),
+                    format!(
+                        "is {size} bytes, index {id} says {} (truncated or replaced?)",
+                        p.size
+                    ),
+                );
+                continue;
+            }
+            if !headers_checked.insert(p.id) {
+                continue;
+            }
+            match repo.read_pack_header(&p.id) {
+                Ok((_, entries)) => {
+                    let mut a = entries.clone();
+                    let mut b = p.blobs.clone();
+                    a.sort_by_key(|e| (e.offset, e.id));
+                    b.sort_by_key(|e| (e.offset, e.id));
+                    if a != b {
+                        r.problem(
+                            format!("pack {}", p.id),
+                            format!("header does not agree with index {id}"),
+                        );
+                    }
+                }
+                Err(e) => r.problem(format!("pack {}", p.id), e.to_string()),
+            }
+        }
+    }
+    for (pack, _) in listed
+        .iter()
+        .filter(|(p, _)| !indexed.contains(p) && !condemned.contains(p))
+    {
+        r.notices.push(format!("pack {pack} is in no index (left by an interrupted backup or being written now; prune removes it when unused)"));
+    }
+    if !condemned.is_empty() {
+        r.notices.push(format!(
+            "{} packs are condemned and wait for the next prune's sweep",
+            condemned.len()
+        ));
+    }
+
+    // Snapshots and everything they reference.
+    repo.sync_index()?;
+    let overlay = overlay_of(repo, &condemned)?;
+    let locator = Locator {
+        repo,
+        overlay: Some(&overlay),
+    };
+    let mut seen = IdSet::new()?;
+    let mut data_seen = IdSet::new()?;
+    for info in repo.store().list(FileType::Snapshot)? {
+        r.snapshots += 1;
+        let sid = Id::from_hex(&info.name)?;
+        let snap = match repo.read_snapshot(&sid) {
+            Ok(s) => s,
+            Err(e) => {
+                r.problem(format!("snapshot {sid}"), e.to_string());
+                continue;
+            }
+        };
+        check_tree(
+            &locator,
+            &snap.tree,
+            &sid,
+            &mut seen,
+            &mut data_seen,
+            &mut r,
+        )?;
+    }
+
+    if let Some(subset) = read_data {
+        read_packs(repo, &listed, &indexed, subset, progress, &mut r)?;
+    }
+    Ok(r)
+}
+
+/// Where a referenced blob is: index, condemned pack (notice), or nowhere (problem).
+fn locate_or_report(
+    locator: &Locator,
+    kind: BlobKind,
+    id: &Id,
+    snap: &Id,
+    r: &mut CheckReport,
+) -> Result<bool> {
+    if locator.repo.lookup(id)?.is_some() {
+        return Ok(true);
+    }
+    if let Some(o) = locator.overlay {
+        if let Some(loc) = o.lookup(id)? {
+            r.notices.push(format!("snapshot {snap} uses {kind:?} blob {id} in condemned pack {} (the next prune keeps it)", loc.pack));
+            return Ok(true);
+        }
+    }
+    r.problem(
+        format!("blob {id}"),
+        format!("{kind:?} blob used by snapshot {snap} is in no index"),
+    );
+    Ok(false)
+}
+
+fn check_tree(
+    locator: &Locator,
+    root: &Id,
+    snap: &Id,
+    seen: &mut IdSet,
+    data_seen: &mut IdSet,
+    r: &mut CheckReport,
+) -> Result<()> {
+    let mut stack = vec![*root];
+    while let Some(tree_id) = stack.pop() {
+        if !seen.insert(tree_id)? {
+            continue;
+        }
+        r.trees += 1;
+        if !locate_or_report(locator, BlobKind::Tree, &tree_id, snap, r)? {
+            continue;
+        }
+        let tree: Tree = match locator
+            .read(BlobKind::Tree, &tree_id)
+            .and_then(|p| from_cbor::<Tree>(&p, &format!("tree {tree_id}")))
+        {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => {
+                r.problem(format!("tree {tree_id}"), format!("(snapshot {snap}) {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = tree.validate() {
+            r.problem(format!("tree {tree_id}"), e.to_string());
+        }
+        for node in &tree.nodes {
+            match node.kind {
+                NodeKind::Dir => match node.subtree {
+                    Some(sub) => stack.push(sub),
+                    None => r.problem(
+                        format!("tree {tree_id}"),
+                        format!("directory {:?} has no subtree", node.name_lossy()),
+                    ),
+                },
+                NodeKind::File => {
+                    let mut ids = node.content.clone();
+                    for list in &node.content_lists {
+                        if !locate_or_report(locator, BlobKind::Tree, list, snap, r)? {
+                            continue;
+                        }
+                        match locator.read(BlobKind::Tree, list).and_then(|p| {
+                            from_cbor::<ContentList>(&p, &format!("content list {list}"))
+                        }) {
+                            Ok(l) => ids.extend(l.ids),
+                            Err(e) => r.problem(format!("blob {list}"), e.to_string()),
+                        }
+                    }
+                    for id in ids {
+                        if data_seen.insert(id)? {
+                            r.data_blobs += 1;
+                            locate_or_report(locator, BlobKind::Data, &id, snap, r)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Orders packs pseudo-randomly (a fresh seed per run) for the random subsets.
+fn shuffled(packs: &[Id]) -> Result<Vec<Id>> {
+    let seed = Id::random()?;
+    let mut v: Vec<(blake3::Hash, Id)> = packs
+        .iter()
+        .map(|p| (blake3::keyed_hash(&seed.0, &p.0), *p))
+        .collect();
+    v.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(v.into_iter().map(|(_, p)| p).collect())
+}
+
+fn read_packs(
+    repo: &Repository,
+    listed: &HashMap<Id, u64>,
+    indexed: &HashSet<Id>,
+    subset: Subset,
+    progress: &dyn CheckProgress,
+    r: &mut CheckReport,
+) -> Result<()> {
+    let mut packs: Vec<Id> = listed
+        .keys()
+        .filter(|p| indexed.contains(p))
+        .copied()
+        .collect();
+    packs.sort();
+    let selected: Vec<Id> = match subset {
+        Subset::All => packs,
+        Subset::Part(n, m) => packs
+            .into_iter()
+            .filter(|p| (u16::from_be_bytes([p.0[0], p.0[1]]) as u32) % m == n - 1)
+            .collect(),
+        Subset::Fraction(f) => {
+            let k = ((packs.len() as f64) * f).ceil() as usize;
+            shuffled(&packs)?.into_iter().take(k).collect()
+        }
+        Subset::Bytes(limit) => {
+            let mut total = 0;
+            shuffled(&packs)?
+                .into_iter()
+                .take_while(|p| {
+                    let go = total < limit;
+                    total += listed.get(p).copied().unwrap_or(0);
+                    go
+                })
+                .collect()
+        }
+    };
+    for pack in selected {
+        let bytes = match repo.store().read(FileType::Pack, &pack.to_hex()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // reported above
+            Err(e) => return Err(e),
+        };
+        r.packs_read += 1;
+        r.bytes_read += bytes.len() as u64;
+        progress.bytes(bytes.len() as u64);
+        if Id::of_bytes(&bytes) != pack {
+            r.problem(
+                format!("pack {pack}"),
+                "contents do not match its name (damaged)",
+            );
+        }
+        let entries = match parse_header(repo.keys(), &pack, bytes.len() as u64, &bytes) {
+            Ok(HeaderRead::Done(e)) => e,
+            Ok(HeaderRead::NeedMore(_)) => {
+                r.problem(format!("pack {pack}"), "header cannot be read");
+                continue;
+            }
+            Err(e) => {
+                r.problem(format!("pack {pack}"), e.to_string());
+                continue;
+            }
+        };
+        for e in entries {
+            let sealed = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+            if let Err(err) = blob::open(repo.keys(), e.kind, &e.id, sealed) {
+                r.problem(format!("pack {pack}"), format!("blob {}: {err}", e.id));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets() {
+        assert_eq!(Subset::parse("1/5").ok(), Some(Subset::Part(1, 5)));
+        assert_eq!(Subset::parse("10%").ok(), Some(Subset::Fraction(0.1)));
+        assert_eq!(Subset::parse("2G").ok(), Some(Subset::Bytes(2 << 30)));
+        assert_eq!(Subset::parse("500MiB").ok(), Some(Subset::Bytes(500 << 20)));
+        for bad in ["0/5", "6/5", "x", "101%", "5Q"] {
+            assert!(Subset::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

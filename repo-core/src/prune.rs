@@ -1,0 +1,514 @@
+//! Garbage collection: removing what no snapshot needs, without ever blocking a backup.
+//!
+//! Prune works in two phases (docs/design.md, "Garbage collection"):
+//!
+//! **Mark.** Mark every blob reachable from the snapshots (in an on-disk set). Packs with no
+//! used blob, and packs no index lists (left by interrupted backups, or being written by a
+//! running one), are condemned. Partly used packs are repacked, most wasteful first, until the
+//! unused share is within `max_unused`: their used blobs are verified and copied, still
+//! sealed, into new packs, and the packs are condemned. A compacted index is written, whose
+//! last file supersedes every index file it merged. Then a condemned record is written (an
+//! index-type object naming the packs and superseded index files), and with it the holders of
+//! the leases that are live. From then on readers leave condemned packs out of the index, so
+//! no writer deduplicates against them.
+//!
+//! **Sweep.** When no lease that was live at the mark (and no lease started before it) is
+//! live any more, the sweep marks again against the current snapshots. A condemned pack
+//! holding a blob that some snapshot now uses and that exists nowhere else is rescued (a
+//! new index file lists it); the others are deleted, then the superseded index files, then
+//! the record. Every step is idempotent: an interrupted prune is simply run again.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::backend::FileType;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::blob::{self, SealedBlob};
+use crate::format::index::{Condemned, IndexFile, IndexPack};
+use crate::format::pack::{parse_header, HeaderRead, PackBuilder};
+use crate::id::{BlobKind, Id};
+use crate::lease::{self, Lease, LeaseGuard};
+use crate::mark::{mark, overlay_of, IdSet, Locator};
+use crate::repository::Repository;
+
+/// Leases that started up to this long after a mark are still waited for, to allow for
+/// clocks that disagree between hosts.
+pub const CLOCK_MARGIN_SECS: i64 = 60;
+/// Entries per compacted index file.
+const INDEX_FILE_ENTRIES: usize = 50_000;
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Unused bytes tolerated in kept packs, as a fraction of used bytes.
+    pub max_unused: f64,
+    /// Upper bound on the bytes of packs read for repacking in one run.
+    pub max_repack_bytes: Option<u64>,
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: 0.05,
+            max_repack_bytes: None,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrunePlan {
+    pub snapshots: usize,
+    pub used_blobs: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub delete_packs: Vec<Id>,
+    pub delete_bytes: u64,
+    pub unindexed_packs: Vec<Id>,
+    pub unindexed_bytes: u64,
+    pub repack_packs: Vec<Id>,
+    pub repack_bytes: u64,
+    /// Unused bytes inside the repacked packs (what repacking frees).
+    pub repack_unused_bytes: u64,
+    /// Unused bytes left in kept packs.
+    pub unused_bytes_kept: u64,
+    pub index_files: usize,
+}
+
+impl PrunePlan {
+    pub fn bytes_to_free(&self) -> u64 {
+        self.delete_bytes + self.unindexed_bytes + self.repack_unused_bytes
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SweepReport {
+    pub records: u64,
+    pub packs_deleted: u64,
+    pub bytes_freed: u64,
+    pub packs_rescued: u64,
+    pub index_files_deleted: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub plan: PrunePlan,
+    /// The condemned record this run wrote, if it still waits for a sweep.
+    pub pending_record: Option<Id>,
+    pub swept: SweepReport,
+    /// Leases the pending sweep waits for.
+    pub waiting_for: Vec<Lease>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PackStat {
+    kind: Option<BlobKind>,
+    blobs: u64,
+    bytes: u64,
+    used_blobs: u64,
+    used_bytes: u64,
+}
+
+/// What the index files say about each other.
+struct Structure {
+    all: Vec<Id>,
+    superseded: HashSet<Id>,
+    records: Vec<(Id, Condemned)>,
+}
+
+fn structure(repo: &Repository) -> Result<Structure> {
+    let all = repo.index_file_ids()?;
+    let mut superseded = HashSet::new();
+    let mut records = Vec::new();
+    for id in &all {
+        let f = repo.read_index_file(id)?;
+        superseded.extend(f.supersedes);
+        if let Some(c) = f.condemned {
+            records.push((*id, c));
+        }
+    }
+    Ok(Structure {
+        all,
+        superseded,
+        records,
+    })
+}
+
+/// Live leases other than `own` that a record's sweep must wait for.
+fn blocking(repo: &Repository, record: &Condemned, own: &Id) -> Result<Vec<Lease>> {
+    let marked: Option<jiff::Timestamp> = record.time.parse().ok();
+    let holders: HashSet<String> = record.leases.iter().cloned().collect();
+    Ok(lease::live(repo)?
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.holder != *own)
+        .filter(|l| {
+            let started_before = match (marked, l.started.parse::<jiff::Timestamp>()) {
+                (Some(m), Ok(s)) => s.as_second() <= m.as_second() + CLOCK_MARGIN_SECS,
+                _ => true,
+            };
+            holders.contains(&l.holder.to_hex()) || started_before
+        })
+        .collect())
+}
+
+/// Runs a prune: sweeps what is ready, marks, and sweeps again if nothing blocks.
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let guard = LeaseGuard::acquire(repo, "prune")?;
+    let own = guard.holder();
+    if let Some((_, other)) = lease::live(repo)?
+        .into_iter()
+        .find(|(_, l)| l.kind == "prune" && l.holder != own)
+    {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("another prune is running (host {}, pid {}, since {}); run prune again when it has finished", other.host, other.pid, other.started),
+        ));
+    }
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if !opts.dry_run {
+        sweep_ready(repo, &own, &mut report.swept)?;
+    }
+    repo.sync_index()?;
+    let st = structure(repo)?;
+    let pending: HashSet<Id> = st
+        .records
+        .iter()
+        .flat_map(|(_, c)| c.packs.iter().copied())
+        .collect();
+    let overlay = overlay_of(repo, &pending)?;
+    let locator = Locator {
+        repo,
+        overlay: Some(&overlay),
+    };
+    let snapshots = repo.snapshots()?;
+    let roots: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    let used = mark(&locator, &roots)?;
+
+    let mut stats: HashMap<Id, PackStat> = HashMap::new();
+    repo.cache().for_each_blob(&mut |id, loc| {
+        let s = stats.entry(loc.pack).or_default();
+        s.kind = Some(loc.kind);
+        s.blobs += 1;
+        s.bytes += loc.length as u64;
+        if used.contains(&id)? {
+            s.used_blobs += 1;
+            s.used_bytes += loc.length as u64;
+        }
+        Ok(())
+    })?;
+    let listed: HashMap<Id, u64> = repo
+        .store()
+        .list(FileType::Pack)?
+        .into_iter()
+        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
+        .collect();
+
+    let mut plan = PrunePlan {
+        snapshots: snapshots.len(),
+        used_blobs: used.len(),
+        ..Default::default()
+    };
+    let mut partial: Vec<(Id, u64, u64)> = Vec::new(); // pack, size, unused bytes
+    let mut used_bytes = 0u64;
+    for (pack, s) in &stats {
+        let Some(size) = listed.get(pack) else {
+            tracing::warn!(
+                "pack {pack} is in the index but missing from the repository (see `cairn check`)"
+            );
+            continue;
+        };
+        plan.packs += 1;
+        plan.pack_bytes += size;
+        used_bytes += s.used_bytes;
+        if s.used_blobs == 0 {
+            plan.delete_packs.push(*pack);
+            plan.delete_bytes += size;
+        } else if s.used_blobs < s.blobs {
+            partial.push((*pack, *size, s.bytes - s.used_bytes));
+        }
+    }
+    for (pack, size) in &listed {
+        if !stats.contains_key(pack) && !pending.contains(pack) {
+            plan.unindexed_packs.push(*pack);
+            plan.unindexed_bytes += size;
+        }
+    }
+    // Repack the most wasteful packs first until the rest is within the tolerance.
+    partial.sort_by(|a, b| {
+        (b.2 as f64 / b.1.max(1) as f64).total_cmp(&(a.2 as f64 / a.1.max(1) as f64))
+    });
+    let mut unused: u64 = partial.iter().map(|p| p.2).sum();
+    let allowed = (opts.max_unused.max(0.0) * used_bytes as f64) as u64;
+    for (pack, size, waste) in &partial {
+        let within_budget = opts
+            .max_repack_bytes
+            .is_none_or(|m| plan.repack_bytes + size <= m);
+        if unused > allowed && within_budget {
+            plan.repack_packs.push(*pack);
+            plan.repack_bytes += size;
+            plan.repack_unused_bytes += waste;
+            unused -= waste;
+        }
+    }
+    plan.unused_bytes_kept = unused;
+    let inputs: Vec<Id> = st
+        .all
+        .iter()
+        .copied()
+        .filter(|id| !st.superseded.contains(id) && !st.records.iter().any(|(r, _)| r == id))
+        .collect();
+    plan.index_files = inputs.len();
+    for v in [
+        &mut plan.delete_packs,
+        &mut plan.unindexed_packs,
+        &mut plan.repack_packs,
+    ] {
+        v.sort();
+    }
+    report.plan = plan;
+    let nothing = report.plan.delete_packs.is_empty()
+        && report.plan.unindexed_packs.is_empty()
+        && report.plan.repack_packs.is_empty();
+    if opts.dry_run || (nothing && inputs.len() <= 1) {
+        drop(guard);
+        return Ok(report);
+    }
+
+    let condemn: HashSet<Id> = report
+        .plan
+        .delete_packs
+        .iter()
+        .chain(&report.plan.unindexed_packs)
+        .chain(&report.plan.repack_packs)
+        .copied()
+        .collect();
+    let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn)?;
+    let excluded: HashSet<Id> = condemn.union(&pending).copied().collect();
+    write_compacted_index(repo, &inputs, new_packs, &excluded)?;
+
+    let holders: Vec<String> = lease::live(repo)?
+        .into_iter()
+        .filter(|(_, l)| l.holder != own)
+        .map(|(_, l)| l.holder.to_hex())
+        .collect();
+    let mut record_packs: Vec<Id> = condemn.into_iter().collect();
+    record_packs.sort();
+    let record = Condemned {
+        time: jiff::Timestamp::now().to_string(),
+        packs: record_packs,
+        index_files: inputs,
+        leases: holders,
+    };
+    let record_id = repo.save_index(&IndexFile {
+        version: 1,
+        condemned: Some(record.clone()),
+        ..Default::default()
+    })?;
+    repo.sync_index()?;
+
+    let waiting = blocking(repo, &record, &own)?;
+    if waiting.is_empty() {
+        sweep_one(repo, &record_id, &record, &mut report.swept)?;
+    } else {
+        report.pending_record = Some(record_id);
+        report.waiting_for = waiting;
+    }
+    guard.release()?;
+    Ok(report)
+}
+
+/// Sweeps every condemned record whose writers have all ended.
+pub fn sweep_ready(repo: &Repository, own: &Id, report: &mut SweepReport) -> Result<()> {
+    let st = structure(repo)?;
+    for (id, record) in &st.records {
+        if blocking(repo, record, own)?.is_empty() {
+            sweep_one(repo, id, record, report)?;
+        }
+    }
+    Ok(())
+}
+
+fn sweep_one(
+    repo: &Repository,
+    record_id: &Id,
+    record: &Condemned,
+    report: &mut SweepReport,
+) -> Result<()> {
+    repo.sync_index()?;
+    let st = structure(repo)?;
+    let pending: HashSet<Id> = st
+        .records
+        .iter()
+        .flat_map(|(_, c)| c.packs.iter().copied())
+        .collect();
+    let overlay = overlay_of(repo, &pending)?;
+    let locator = Locator {
+        repo,
+        overlay: Some(&overlay),
+    };
+    let roots: Vec<Id> = repo.snapshots()?.iter().map(|(_, s)| s.tree).collect();
+    let used = mark(&locator, &roots)?;
+    for pack in &record.packs {
+        let (size, entries) = match repo.read_pack_header(pack) {
+            Ok(h) => h,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                // A damaged condemned pack cannot be rescued from; it goes.
+                tracing::warn!("deleting damaged condemned pack: {e}");
+                repo.store().remove(FileType::Pack, &pack.to_hex())?;
+                report.packs_deleted += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut needed = false;
+        for e in &entries {
+            if used.contains(&e.id)? && repo.lookup(&e.id)?.is_none() {
+                needed = true;
+                break;
+            }
+        }
+        if needed {
+            repo.save_index(&IndexFile {
+                version: 1,
+                packs: vec![IndexPack {
+                    id: *pack,
+                    size,
+                    blobs: entries,
+                }],
+                ..Default::default()
+            })?;
+            report.packs_rescued += 1;
+        } else {
+            repo.store().remove(FileType::Pack, &pack.to_hex())?;
+            report.packs_deleted += 1;
+            report.bytes_freed += size;
+        }
+    }
+    for f in &record.index_files {
+        repo.store().remove(FileType::Index, &f.to_hex())?;
+        report.index_files_deleted += 1;
+    }
+    repo.store().remove(FileType::Index, &record_id.to_hex())?;
+    report.records += 1;
+    repo.sync_index()
+}
+
+/// Copies the used blobs of `packs` into new packs; returns their index entries.
+fn repack(
+    repo: &Repository,
+    packs: &[Id],
+    used: &IdSet,
+    condemned: &HashSet<Id>,
+) -> Result<Vec<IndexPack>> {
+    let pack_size = repo.config().pack_size as usize;
+    let mut out = Vec::new();
+    let mut copied = IdSet::new()?;
+    let mut builders: HashMap<BlobKind, PackBuilder> = HashMap::new();
+    for pack in packs {
+        let bytes = repo.store().read(FileType::Pack, &pack.to_hex())?;
+        if Id::of_bytes(&bytes) != *pack {
+            return Err(Error::corrupt(format!("pack {pack}: contents do not match its name; run `cairn check --read-data` before pruning")));
+        }
+        let entries = match parse_header(repo.keys(), pack, bytes.len() as u64, &bytes)? {
+            HeaderRead::Done(e) => e,
+            HeaderRead::NeedMore(_) => {
+                return Err(Error::corrupt(format!(
+                    "pack {pack}: header cannot be read"
+                )))
+            }
+        };
+        for e in entries {
+            if !used.contains(&e.id)? || copied.contains(&e.id)? {
+                continue;
+            }
+            // Already stored in a pack that stays: no copy needed.
+            if let Some(loc) = repo.lookup(&e.id)? {
+                if !condemned.contains(&loc.pack) {
+                    continue;
+                }
+            }
+            let sealed = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+            blob::open(repo.keys(), e.kind, &e.id, sealed).map_err(|err| {
+                err.context(format!(
+                    "pack {pack}: repacking refused, run `cairn check --read-data`"
+                ))
+            })?;
+            copied.insert(e.id)?;
+            let b = builders
+                .entry(e.kind)
+                .or_insert_with(|| PackBuilder::new(e.kind, pack_size));
+            b.add(&SealedBlob {
+                kind: e.kind,
+                id: e.id,
+                raw_length: e.raw_length,
+                bytes: sealed.to_vec(),
+            })?;
+            if b.len() >= pack_size {
+                let full = std::mem::replace(b, PackBuilder::new(e.kind, pack_size));
+                out.push(upload(repo, full)?);
+            }
+        }
+    }
+    for (_, b) in builders {
+        if !b.is_empty() {
+            out.push(upload(repo, b)?);
+        }
+    }
+    Ok(out)
+}
+
+fn upload(repo: &Repository, b: PackBuilder) -> Result<IndexPack> {
+    let p = b.finish(repo.keys())?;
+    let size = p.bytes.len() as u64;
+    repo.store()
+        .put(FileType::Pack, &p.id.to_hex(), Bytes::from(p.bytes))?;
+    Ok(IndexPack {
+        id: p.id,
+        size,
+        blobs: p.entries,
+    })
+}
+
+/// Writes the packs of `inputs` (minus `excluded`) and `extra` as new index files; the last
+/// one supersedes every input, so until it exists the inputs stay in force.
+fn write_compacted_index(
+    repo: &Repository,
+    inputs: &[Id],
+    extra: Vec<IndexPack>,
+    excluded: &HashSet<Id>,
+) -> Result<()> {
+    let mut current = IndexFile {
+        version: 1,
+        packs: extra,
+        ..Default::default()
+    };
+    for id in inputs {
+        let f = repo.read_index_file(id)?;
+        for p in f.packs {
+            if excluded.contains(&p.id) {
+                continue;
+            }
+            current.packs.push(p);
+            if current.blob_count() >= INDEX_FILE_ENTRIES {
+                repo.save_index(&std::mem::replace(
+                    &mut current,
+                    IndexFile {
+                        version: 1,
+                        ..Default::default()
+                    },
+                ))?;
+            }
+        }
+    }
+    current.supersedes = inputs.to_vec();
+    repo.save_index(&current)?;
+    Ok(())
+}
