@@ -150,18 +150,25 @@ pub fn check(
     let mut indexed: HashSet<Id> = HashSet::new();
     let mut condemned: HashSet<Id> = HashSet::new();
     let mut headers_checked: HashSet<Id> = HashSet::new();
+    // Superseded index files wait for a sweep to delete them; only the files in force are
+    // held to account for the packs they list.
+    let mut files = Vec::new();
+    let mut superseded: HashSet<Id> = HashSet::new();
     for id in repo.index_file_ids()? {
         r.index_files += 1;
-        let f = match repo.read_index_file(&id) {
-            Ok(f) => f,
-            Err(e) => {
-                r.problem(format!("index {id}"), e.to_string());
-                continue;
+        match repo.read_index_file(&id) {
+            Ok(f) => {
+                superseded.extend(f.supersedes.iter().copied());
+                if let Some(c) = &f.condemned {
+                    condemned.extend(c.packs.iter().copied());
+                }
+                files.push(id);
             }
-        };
-        if let Some(c) = &f.condemned {
-            condemned.extend(c.packs.iter().copied());
+            Err(e) => r.problem(format!("index {id}"), e.to_string()),
         }
+    }
+    for id in files.into_iter().filter(|id| !superseded.contains(id)) {
+        let f = repo.read_index_file(&id)?;
         for p in &f.packs {
             indexed.insert(p.id);
             let Some(size) = listed.get(&p.id) else {

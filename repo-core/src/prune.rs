@@ -258,11 +258,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
     plan.unused_bytes_kept = unused;
-    let inputs: Vec<Id> = st
+    // Every index file but the records is replaced: the compacted index carries the entries
+    // of the effective ones, and also supersedes the already superseded ones, because
+    // deleting a superseding file while the files it superseded remain would bring them
+    // back into force.
+    let replaced: Vec<Id> = st
         .all
         .iter()
         .copied()
-        .filter(|id| !st.superseded.contains(id) && !st.records.iter().any(|(r, _)| r == id))
+        .filter(|id| !st.records.iter().any(|(r, _)| r == id))
+        .collect();
+    let inputs: Vec<Id> = replaced
+        .iter()
+        .copied()
+        .filter(|id| !st.superseded.contains(id))
         .collect();
     plan.index_files = inputs.len();
     for v in [
@@ -291,7 +300,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .collect();
     let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn)?;
     let excluded: HashSet<Id> = condemn.union(&pending).copied().collect();
-    write_compacted_index(repo, &inputs, new_packs, &excluded)?;
+    write_compacted_index(repo, &inputs, &replaced, new_packs, &excluded)?;
 
     let holders: Vec<String> = lease::live(repo)?
         .into_iter()
@@ -303,7 +312,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let record = Condemned {
         time: jiff::Timestamp::now().to_string(),
         packs: record_packs,
-        index_files: inputs,
+        index_files: replaced,
         leases: holders,
     };
     let record_id = repo.save_index(&IndexFile {
@@ -355,6 +364,9 @@ fn sweep_one(
     };
     let roots: Vec<Id> = repo.snapshots()?.iter().map(|(_, s)| s.tree).collect();
     let used = mark(&locator, &roots)?;
+    // Decide first, write second: rescue index files, then replacements for index files that
+    // list doomed packs, and only then delete anything.
+    let mut doomed: Vec<(Id, u64)> = Vec::new();
     for pack in &record.packs {
         let (size, entries) = match repo.read_pack_header(pack) {
             Ok(h) => h,
@@ -362,8 +374,7 @@ fn sweep_one(
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 // A damaged condemned pack cannot be rescued from; it goes.
                 tracing::warn!("deleting damaged condemned pack: {e}");
-                repo.store().remove(FileType::Pack, &pack.to_hex())?;
-                report.packs_deleted += 1;
+                doomed.push((*pack, 0));
                 continue;
             }
             Err(e) => return Err(e),
@@ -387,10 +398,48 @@ fn sweep_one(
             })?;
             report.packs_rescued += 1;
         } else {
-            repo.store().remove(FileType::Pack, &pack.to_hex())?;
-            report.packs_deleted += 1;
-            report.bytes_freed += size;
+            doomed.push((*pack, size));
         }
+    }
+    // An index file still in force may list a doomed pack: a writer that uploaded it before
+    // the mark and indexed it after, then failed before its snapshot. Such files are replaced
+    // by copies without the doomed packs, so no reader is ever sent to a deleted pack.
+    let doomed_set: HashSet<Id> = doomed.iter().map(|(p, _)| *p).collect();
+    let replaced_by_record: HashSet<Id> = record.index_files.iter().copied().collect();
+    let mut rewritten = Vec::new();
+    for id in &st.all {
+        if st.superseded.contains(id)
+            || replaced_by_record.contains(id)
+            || st.records.iter().any(|(r, _)| r == id)
+        {
+            continue;
+        }
+        let f = repo.read_index_file(id)?;
+        if f.packs.iter().any(|p| doomed_set.contains(&p.id)) {
+            let mut supersedes = f.supersedes.clone();
+            supersedes.push(*id);
+            let packs = f
+                .packs
+                .into_iter()
+                .filter(|p| !doomed_set.contains(&p.id))
+                .collect();
+            repo.save_index(&IndexFile {
+                version: 1,
+                packs,
+                supersedes,
+                condemned: None,
+            })?;
+            rewritten.push(*id);
+        }
+    }
+    for (pack, size) in &doomed {
+        repo.store().remove(FileType::Pack, &pack.to_hex())?;
+        report.packs_deleted += 1;
+        report.bytes_freed += size;
+    }
+    for f in &rewritten {
+        repo.store().remove(FileType::Index, &f.to_hex())?;
+        report.index_files_deleted += 1;
     }
     for f in &record.index_files {
         repo.store().remove(FileType::Index, &f.to_hex())?;
@@ -478,10 +527,11 @@ fn upload(repo: &Repository, b: PackBuilder) -> Result<IndexPack> {
 }
 
 /// Writes the packs of `inputs` (minus `excluded`) and `extra` as new index files; the last
-/// one supersedes every input, so until it exists the inputs stay in force.
+/// one supersedes every file of `replaced`, so until it exists the inputs stay in force.
 fn write_compacted_index(
     repo: &Repository,
     inputs: &[Id],
+    replaced: &[Id],
     extra: Vec<IndexPack>,
     excluded: &HashSet<Id>,
 ) -> Result<()> {
@@ -508,7 +558,7 @@ fn write_compacted_index(
             }
         }
     }
-    current.supersedes = inputs.to_vec();
+    current.supersedes = replaced.to_vec();
     repo.save_index(&current)?;
     Ok(())
 }

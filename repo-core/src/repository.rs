@@ -93,8 +93,7 @@ impl Default for InitOptions {
 /// An open tenant namespace: keys unlocked, config read, cache attached.
 #[derive(Debug)]
 pub struct Repository {
-    location: Location,
-    root: RootLocation,
+    root_description: String,
     tenant: String,
     store: Store,
     keys: Keys,
@@ -260,8 +259,7 @@ impl Repository {
         )?;
         let cache = Arc::new(open_cache(open, &config)?);
         Ok(Repository {
-            location: location.clone(),
-            root,
+            root_description: root.description().to_string(),
             tenant: tenant.to_string(),
             store,
             keys,
@@ -281,24 +279,36 @@ impl Repository {
         layout::validate_tenant(tenant)?;
         let (root, rt) = open_root(location)?;
         require_repository(&root, &rt)?;
-        let backend = Arc::new(root.tenant(tenant)?);
-        let store = Store::new(backend, rt);
-        let sealed = match store.read(FileType::Config, "config") {
-            Ok(b) => b,
+        let store = Store::new(Arc::new(root.tenant(tenant)?), rt);
+        match store.stat(FileType::Config, "config") {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let tenants = store.runtime().block_on(root.tenants()).unwrap_or_default();
+                let list = if tenants.is_empty() {
+                    "none".to_string()
+                } else {
+                    tenants.join(", ")
+                };
                 return Err(Error::not_found(format!(
-                    "{} has no tenant {tenant:?} (tenants: {})",
-                    root.description(),
-                    if tenants.is_empty() {
-                        "none".to_string()
-                    } else {
-                        tenants.join(", ")
-                    }
+                    "{} has no tenant {tenant:?} (tenants: {list})",
+                    root.description()
                 )));
             }
             Err(e) => return Err(e),
-        };
+            Ok(_) => {}
+        }
+        Repository::open_store(store, root.description().to_string(), tenant, creds, open)
+    }
+
+    /// Opens a tenant namespace on any store: the same checks as [`Repository::open`] minus
+    /// the repository marker (used for remote backends and fault injection).
+    pub fn open_store(
+        store: Store,
+        root_description: String,
+        tenant: &str,
+        creds: &Credentials,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        let sealed = store.read(FileType::Config, "config")?;
         let (master, _) = credential_key(&store, creds)?;
         let keys = Keys::derive(&master)?;
         let config: Config = match open_meta(&keys, format::config::AAD, &sealed, "config") {
@@ -306,10 +316,7 @@ impl Repository {
             Err(e) if matches!(creds, Credentials::Key(_)) && e.kind() == ErrorKind::Corrupt => {
                 return Err(Error::new(
                     ErrorKind::WrongPassword,
-                    format!(
-                        "the key does not belong to tenant {tenant:?} of {}",
-                        root.description()
-                    ),
+                    format!("the key does not belong to tenant {tenant:?} of {root_description}"),
                 ));
             }
             Err(e) => return Err(e),
@@ -319,8 +326,7 @@ impl Repository {
         }
         let cache = Arc::new(open_cache(open, &config)?);
         Ok(Repository {
-            location: location.clone(),
-            root,
+            root_description,
             tenant: tenant.to_string(),
             store,
             keys,
@@ -330,14 +336,11 @@ impl Repository {
         })
     }
 
-    pub fn location(&self) -> &Location {
-        &self.location
-    }
     pub fn description(&self) -> String {
         self.store.location()
     }
     pub fn root_description(&self) -> &str {
-        self.root.description()
+        &self.root_description
     }
     pub fn tenant(&self) -> &str {
         &self.tenant

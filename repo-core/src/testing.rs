@@ -280,3 +280,100 @@ fn compare_dir(
     }
     Ok(())
 }
+
+/// A backend that behaves like a process killed at its Nth mutation: the Nth write or
+/// delete, and every operation after it, fails. Reads before that point work.
+#[derive(Debug)]
+pub struct CrashingBackend {
+    inner: std::sync::Arc<dyn crate::backend::Backend>,
+    crash_at: u64,
+    mutations: std::sync::atomic::AtomicU64,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+impl CrashingBackend {
+    pub fn new(inner: std::sync::Arc<dyn crate::backend::Backend>, crash_at: u64) -> Self {
+        CrashingBackend {
+            inner,
+            crash_at,
+            mutations: Default::default(),
+            crashed: Default::default(),
+        }
+    }
+
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check(&self, mutation: bool) -> crate::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(crate::Error::new(crate::ErrorKind::Io, "simulated crash"));
+        }
+        if mutation && self.mutations.fetch_add(1, Ordering::SeqCst) + 1 >= self.crash_at {
+            self.crashed.store(true, Ordering::SeqCst);
+            return Err(crate::Error::new(crate::ErrorKind::Io, "simulated crash"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backend::Backend for CrashingBackend {
+    fn location(&self) -> String {
+        format!("crashing({})", self.inner.location())
+    }
+    async fn create(
+        &self,
+        ft: crate::backend::FileType,
+        name: &str,
+        data: bytes::Bytes,
+    ) -> crate::Result<()> {
+        self.check(true)?;
+        self.inner.create(ft, name, data).await
+    }
+    async fn read(&self, ft: crate::backend::FileType, name: &str) -> crate::Result<bytes::Bytes> {
+        self.check(false)?;
+        self.inner.read(ft, name).await
+    }
+    async fn read_range(
+        &self,
+        ft: crate::backend::FileType,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> crate::Result<bytes::Bytes> {
+        self.check(false)?;
+        self.inner.read_range(ft, name, offset, len).await
+    }
+    async fn stat(&self, ft: crate::backend::FileType, name: &str) -> crate::Result<u64> {
+        self.check(false)?;
+        self.inner.stat(ft, name).await
+    }
+    async fn list(
+        &self,
+        ft: crate::backend::FileType,
+    ) -> crate::Result<Vec<crate::backend::ObjectInfo>> {
+        self.check(false)?;
+        self.inner.list(ft).await
+    }
+    async fn remove(&self, ft: crate::backend::FileType, name: &str) -> crate::Result<()> {
+        self.check(true)?;
+        self.inner.remove(ft, name).await
+    }
+}
+
+/// Copies a folder tree (to reset a repository between crash runs).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    fs::create_dir_all(to).map_err(|e| err(to, e))?;
+    for entry in fs::read_dir(from).map_err(|e| err(from, e))? {
+        let entry = entry.map_err(|e| err(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().map_err(|e| err(&src, e))?.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst).map_err(|e| err(&src, e))?;
+        }
+    }
+    Ok(())
+}
