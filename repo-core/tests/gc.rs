@@ -1,0 +1,393 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Garbage collection alongside running backups: prune never blocks a writer and never
+//! loses what a writer needs; space comes back once the writers seen at the mark have ended.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions, NoProgress};
+use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::content::ContentReader;
+use cairn_repo::crypto::MasterKey;
+use cairn_repo::format::config::ChunkerConfig;
+use cairn_repo::prune::{prune, PruneOptions};
+use cairn_repo::snapshot_edit::forget;
+use cairn_repo::testing::Rng;
+use cairn_repo::{Credentials, Id, InitOptions, Location, OpenOptions, Repository};
+
+fn init(dir: &Path) -> MasterKey {
+    let key = MasterKey::generate().unwrap();
+    let opts = InitOptions {
+        chunker: ChunkerConfig {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        },
+        pack_size: 256 * 1024,
+        ..Default::default()
+    };
+    Repository::init(
+        &Location::Local(dir.join("repo")),
+        "default",
+        &Credentials::Key(key.clone()),
+        &opts,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    key
+}
+
+fn open(dir: &Path, key: &MasterKey, cache: &str) -> Repository {
+    Repository::open(
+        &Location::Local(dir.join("repo")),
+        "default",
+        &Credentials::Key(key.clone()),
+        &OpenOptions {
+            cache_dir: Some(dir.join(cache)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn assert_clean(repo: &Repository) {
+    let r = check(repo, Some(Subset::All), &NoCheckProgress).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+fn stream_content(repo: &Repository, snap: &Id, name: &[u8]) -> Vec<u8> {
+    let s = repo.read_snapshot(snap).unwrap();
+    let node = repo.resolve_path(&s.tree, name).unwrap().unwrap();
+    let mut out = Vec::new();
+    ContentReader::new(repo, &node)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// A reader that gives `first`, then waits for a go (true: continue with `rest`; false: fail).
+struct Gate {
+    first: Vec<u8>,
+    rest: Vec<u8>,
+    pos: usize,
+    gate: Option<mpsc::Receiver<bool>>,
+    passed: bool,
+}
+
+impl Read for Gate {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos < self.first.len() {
+            let n = buf.len().min(self.first.len() - self.pos);
+            buf[..n].copy_from_slice(&self.first[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        if let Some(rx) = self.gate.take() {
+            self.passed = rx.recv().unwrap_or(false);
+            if !self.passed {
+                return Err(std::io::Error::other("the source failed"));
+            }
+        }
+        let off = self.pos - self.first.len();
+        let n = buf.len().min(self.rest.len() - off);
+        buf[..n].copy_from_slice(&self.rest[off..off + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn count_packs(dir: &Path) -> usize {
+    walk_count(&dir.join("repo/default/data"))
+}
+
+fn walk_count(p: &Path) -> usize {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.map(|e| e.unwrap())
+                .map(|e| {
+                    if e.file_type().unwrap().is_dir() {
+                        walk_count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a backup that stops mid-stream; while it waits, forgets old data and prunes.
+fn prune_while_a_backup_waits(succeed: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open(dir.path(), &key, "cache-main");
+    let old = Rng::new(1).bytes(3_000_000);
+    let s1 = backup_stream(
+        &repo,
+        &mut &old[..],
+        "old",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .id;
+    let keep = Rng::new(2).bytes(1_000_000);
+    let s2 = backup_stream(
+        &repo,
+        &mut &keep[..],
+        "keep",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .id;
+    forget(&repo, &[s1]).unwrap();
+
+    // The waiting backup re-uses some of the forgotten data (it must survive) and adds new.
+    let mut first = old[..1_500_000].to_vec();
+    first.extend(Rng::new(3).bytes(9_000_000));
+    let rest = Rng::new(4).bytes(2_000_000);
+    let expected: Vec<u8> = first.iter().chain(rest.iter()).copied().collect();
+    let (tx, rx) = mpsc::channel();
+    let packs_before = count_packs(dir.path());
+    let dirp = dir.path().to_path_buf();
+    let key2 = key.clone();
+    let writer = std::thread::spawn(move || {
+        let repo = open(&dirp, &key2, "cache-writer");
+        let mut gate = Gate {
+            first,
+            rest,
+            pos: 0,
+            gate: Some(rx),
+            passed: false,
+        };
+        backup_stream(
+            &repo,
+            &mut gate,
+            "new",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+    });
+    // Wait until the writer has uploaded packs (bounded).
+    let start = Instant::now();
+    while count_packs(dir.path()) < packs_before + 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the writer uploaded nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        r.pending_record.is_some(),
+        "the sweep must wait for the running backup"
+    );
+    assert_eq!(r.waiting_for.len(), 1);
+    assert_eq!(r.waiting_for[0].kind, "backup");
+    assert_eq!(
+        r.swept.packs_deleted, 0,
+        "nothing may be deleted while the writer runs"
+    );
+    assert_clean(&repo);
+
+    tx.send(succeed).unwrap();
+    let result = writer.join().unwrap();
+    let r2 = prune(
+        &repo,
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r2.pending_record.is_none());
+    assert!(
+        r2.swept.records >= 1 && r2.swept.packs_deleted > 0,
+        "{r2:?}"
+    );
+    assert_clean(&repo);
+    assert_eq!(stream_content(&repo, &s2, b"/keep"), keep);
+    match result {
+        Ok(b) => {
+            assert!(succeed);
+            assert!(
+                r2.swept.packs_rescued > 0,
+                "the writer's packs must be rescued: {r2:?}"
+            );
+            assert_eq!(stream_content(&repo, &b.id, b"/new"), expected);
+        }
+        Err(e) => {
+            assert!(!succeed, "{e}");
+            // A new backup of the same data must not trust the failed writer's leftovers.
+            let again = backup_stream(
+                &repo,
+                &mut &expected[..],
+                "new",
+                &BackupOptions::default(),
+                &NoProgress,
+            )
+            .unwrap();
+            assert_clean(&repo);
+            assert_eq!(stream_content(&repo, &again.id, b"/new"), expected);
+        }
+    }
+    // The forgotten data's space came back: only "keep" and "new" remain.
+    let stored: u64 = repo
+        .store()
+        .list(cairn_repo::backend::FileType::Pack)
+        .unwrap()
+        .iter()
+        .map(|p| p.size)
+        .sum();
+    let live = keep.len()
+        + if succeed {
+            expected.len()
+        } else {
+            expected.len()
+        };
+    assert!(
+        stored < (live as u64) * 11 / 10 + 200_000,
+        "stored {stored} for {live} live bytes"
+    );
+}
+
+#[test]
+fn prune_waits_for_a_running_backup_and_keeps_its_data() {
+    prune_while_a_backup_waits(true);
+}
+
+#[test]
+fn prune_cleans_up_after_a_backup_that_failed_while_it_ran() {
+    prune_while_a_backup_waits(false);
+}
+
+#[test]
+fn backups_of_changing_data_alongside_a_prune_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (dirp, key) = (dir.path().to_path_buf(), key.clone());
+        writers.push(std::thread::spawn(move || {
+            let repo = open(&dirp, &key, &format!("cache-w{w}"));
+            let src = dirp.join(format!("src{w}"));
+            let mut expected = Vec::new();
+            for round in 0..6u64 {
+                std::fs::create_dir_all(&src).unwrap();
+                // Some files stay, one changes, one is replaced each round.
+                std::fs::write(src.join("stable"), Rng::new(w * 1000).bytes(400_000)).unwrap();
+                std::fs::write(
+                    src.join("changing"),
+                    Rng::new(w * 1000 + round).bytes(300_000),
+                )
+                .unwrap();
+                let _ = std::fs::remove_file(src.join(format!("gone{}", round.wrapping_sub(1))));
+                std::fs::write(
+                    src.join(format!("gone{round}")),
+                    Rng::new(w * 7 + round * 13).bytes(200_000),
+                )
+                .unwrap();
+                let copy = dirp.join(format!("expected-{w}-{round}"));
+                cairn_repo::testing::copy_tree(&src, &copy).unwrap();
+                let r = backup_paths(
+                    &repo,
+                    std::slice::from_ref(&src),
+                    &BackupOptions::default(),
+                    &NoProgress,
+                )
+                .unwrap();
+                expected.push((r.id, copy));
+            }
+            expected
+        }));
+    }
+    let pruner = {
+        let (dirp, key, stop) = (dir.path().to_path_buf(), key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let repo = open(&dirp, &key, "cache-pruner");
+            let mut runs = 0;
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(120)
+            {
+                // Keep the newest two snapshots of each source.
+                let snaps = repo.snapshots().unwrap();
+                let mut by_path: std::collections::HashMap<String, Vec<Id>> = Default::default();
+                for (id, s) in snaps {
+                    by_path.entry(s.paths[0].clone()).or_default().push(id);
+                }
+                let old: Vec<Id> = by_path
+                    .values()
+                    .flat_map(|ids| ids.iter().rev().skip(2).copied())
+                    .collect();
+                forget(&repo, &old).unwrap();
+                prune(
+                    &repo,
+                    &PruneOptions {
+                        max_unused: 0.0,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut expected = Vec::new();
+    for w in writers {
+        expected.extend(w.join().unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = pruner.join().unwrap();
+    assert!(runs >= 2, "prune ran only {runs} times");
+    let repo = open(dir.path(), &key, "cache-main");
+    let r = prune(&repo, &PruneOptions::default()).unwrap();
+    assert!(r.pending_record.is_none());
+    assert_clean(&repo);
+    let present: std::collections::HashSet<Id> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut restored = 0;
+    for (id, copy) in expected {
+        if !present.contains(&id) {
+            continue; // forgotten by the prune loop
+        }
+        let out = dir.path().join(format!("out-{}", id.short()));
+        cairn_repo::restorer::restore(
+            &repo,
+            &id,
+            &out,
+            &Default::default(),
+            &cairn_repo::restorer::NoRestoreProgress,
+        )
+        .unwrap();
+        let snap = repo.read_snapshot(&id).unwrap();
+        let restored_src = out.join(snap.paths[0].trim_start_matches('/'));
+        for name in std::fs::read_dir(&copy).unwrap() {
+            let name = name.unwrap().file_name();
+            assert_eq!(
+                std::fs::read(copy.join(&name)).unwrap(),
+                std::fs::read(restored_src.join(&name)).unwrap(),
+                "snapshot {id}: {name:?}"
+            );
+        }
+        restored += 1;
+    }
+    assert!(restored >= 4);
+}
