@@ -286,6 +286,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         && report.plan.unindexed_packs.is_empty()
         && report.plan.repack_packs.is_empty();
     if opts.dry_run || (nothing && inputs.len() <= 1) {
+        report_pending(repo, &own, &mut report)?;
         drop(guard);
         return Ok(report);
     }
@@ -322,15 +323,28 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     })?;
     repo.sync_index()?;
 
-    let waiting = blocking(repo, &record, &own)?;
-    if waiting.is_empty() {
+    if blocking(repo, &record, &own)?.is_empty() {
         sweep_one(repo, &record_id, &record, &mut report.swept)?;
-    } else {
-        report.pending_record = Some(record_id);
-        report.waiting_for = waiting;
     }
+    report_pending(repo, &own, &mut report)?;
     guard.release()?;
     Ok(report)
+}
+
+/// Fills in the newest record still waiting for a sweep, and the leases it waits for.
+fn report_pending(repo: &Repository, own: &Id, report: &mut PruneReport) -> Result<()> {
+    for (id, record) in structure(repo)?.records {
+        let waiting = blocking(repo, &record, own)?;
+        if !waiting.is_empty() {
+            report.pending_record = Some(id);
+            for l in waiting {
+                if !report.waiting_for.iter().any(|w| w.holder == l.holder) {
+                    report.waiting_for.push(l);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sweeps every condemned record whose writers have all ended.
