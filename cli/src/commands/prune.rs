@@ -86,7 +86,7 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
     }
     if let Some(rec) = &r.pending_record {
         println!(
-            "marked (record {}); the sweep waits for {} running writers:",
+            "the sweep of record {} waits for {} running writers:",
             rec.short(),
             r.waiting_for.len()
         );
