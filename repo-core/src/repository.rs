@@ -21,6 +21,10 @@ use crate::id::{BlobKind, Id};
 use crate::keys::{KdfParams, KeySlot};
 use crate::{layout, sys};
 
+/// Index files decoded at once while syncing: enough to keep the cores busy, few enough that
+/// memory stays bounded (an index file holds up to 50,000 entries).
+const INDEX_READ_BATCH: usize = 8;
+
 /// Where a repository is. Only local folders for now; the same string grows `s3:` and
 /// `rest:` forms later.
 #[derive(Debug, Clone)]
@@ -457,7 +461,7 @@ impl Repository {
             .filter(|id| !ingested.contains(id))
             .collect();
         let condemned = self.cache.condemned_packs()?;
-        for batch in todo.chunks(64) {
+        for batch in todo.chunks(INDEX_READ_BATCH) {
             let files: Vec<(Id, IndexFile)> = batch
                 .par_iter()
                 .map(|id| Ok((*id, self.read_index_file(id)?)))
@@ -486,7 +490,7 @@ impl Repository {
         tracing::info!("the index changed in the backend; rebuilding the cached index");
         let mut superseded = HashSet::new();
         let mut condemned = HashSet::new();
-        for batch in listed.chunks(64) {
+        for batch in listed.chunks(INDEX_READ_BATCH) {
             let files: Vec<IndexFile> = batch
                 .par_iter()
                 .map(|id| self.read_index_file(id))
@@ -500,7 +504,7 @@ impl Repository {
         }
         self.cache.clear_index()?;
         self.cache.set_condemned(&condemned)?;
-        for batch in listed.chunks(64) {
+        for batch in listed.chunks(INDEX_READ_BATCH) {
             let files: Vec<(Id, Vec<(Id, BlobLocation)>)> = batch
                 .par_iter()
                 .map(|id| {

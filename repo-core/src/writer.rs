@@ -7,7 +7,8 @@
 //! callers save the snapshot after that.
 //!
 //! Memory is bounded: at most [`UPLOAD_QUEUE`] finished packs wait for upload, and the set of
-//! blob ids not yet in the cache's index is emptied every [`INDEX_FLUSH_PACKS`] packs.
+//! blob ids not yet in the cache's index is emptied every [`INDEX_FLUSH_PACKS`] packs or
+//! [`INDEX_FLUSH_BLOBS`] blobs.
 
 use std::collections::HashSet;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -29,6 +30,8 @@ use crate::repository::Repository;
 
 pub const UPLOAD_QUEUE: usize = 2;
 pub const INDEX_FLUSH_PACKS: usize = 32;
+/// ... or when it lists this many blobs, whichever comes first.
+pub const INDEX_FLUSH_BLOBS: usize = 50_000;
 
 /// What a writer added to the repository.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -263,7 +266,7 @@ fn upload_loop(
             size,
             blobs: pack.entries,
         });
-        if index.packs.len() >= INDEX_FLUSH_PACKS {
+        if index.packs.len() >= INDEX_FLUSH_PACKS || index.blob_count() >= INDEX_FLUSH_BLOBS {
             if let Err(e) = write_index(&store, &keys, &cache, &shared, &mut index) {
                 fail(e);
             }
