@@ -41,7 +41,21 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// glibc gives every thread that allocates its own malloc arena; with the rayon, tokio and
+/// upload threads that fragments memory and inflates the peak RSS of a backup by about 40%.
+/// Two arenas keep memory flat at no measurable cost in speed (docs/performance.md).
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
+    // exists, and M_ARENA_MAX accepts any positive value.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() {
+    limit_malloc_arenas();
     let cli = args::Cli::parse();
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",

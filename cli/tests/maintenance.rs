@@ -91,6 +91,7 @@ fn forget_explains_and_prune_frees_the_space() {
         "{r}"
     );
     assert!(repo_bytes(&env) < before - 2_000_000);
+    assert_eq!(index_files(), 1, "prune merges the index into one file");
     env.ok(&["check", "--read-data"]);
     let target = env.path("out");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
@@ -283,6 +284,16 @@ fn check_names_damage_in_every_object_type() {
         }
         std::fs::write(&f, orig).unwrap();
     }
+    // A damaged tree pack (the smallest packs hold trees): named by plain check.
+    let tree_pack = packs(&env.repo())
+        .into_iter()
+        .min_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let orig = std::fs::read(&tree_pack).unwrap();
+    flip(&tree_pack, 30);
+    let err = env.fails(&["--no-cache", "check"], 1);
+    assert!(err.contains(&name(&tree_pack)), "{err}");
+    std::fs::write(&tree_pack, orig).unwrap();
     // A missing pack.
     std::fs::remove_file(&data_pack).unwrap();
     let err = env.fails(&["check"], 1);

@@ -36,6 +36,14 @@ const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONDEMNED: TableDefinition<&[u8], ()> = TableDefinition::new("condemned");
 
+/// redb's page cache for the persistent cache, and for temporary ones (overlays, --no-cache):
+/// lookups stay fast while memory stays flat however large the index grows.
+const CACHE_BYTES: usize = 32 << 20;
+const TEMPORARY_CACHE_BYTES: usize = 16 << 20;
+
+/// Non-durable entries after which a commit is made durable (bounds redb's memory).
+const DURABLE_EVERY: usize = 100_000;
+
 /// Bumped when the cache layout changes; a cache of another version is discarded.
 const CACHE_VERSION: &[u8] = b"cairn-cache-2";
 
@@ -129,6 +137,9 @@ pub struct BlobTotals {
 pub struct Cache {
     db: Database,
     path: PathBuf,
+    /// Entries written by non-durable commits since the last durable one. redb keeps the
+    /// pages of non-durable commits in memory, so they are made durable every so often.
+    undurable: std::sync::atomic::AtomicUsize,
     /// Keeps a temporary cache's folder alive; removed on drop.
     _temp: Option<TempDir>,
 }
@@ -160,7 +171,7 @@ impl Cache {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("creating cache folder {}", parent.display()), e))?;
         }
-        let db = match Database::builder().set_cache_size(64 << 20).create(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 tracing::info!(
@@ -177,7 +188,7 @@ impl Cache {
                 );
                 let _ = std::fs::remove_file(path);
                 Database::builder()
-                    .set_cache_size(64 << 20)
+                    .set_cache_size(CACHE_BYTES)
                     .create(path)
                     .map_err(|e| redb_err("creating cache", e))?
             }
@@ -185,6 +196,7 @@ impl Cache {
         let cache = Cache {
             db,
             path: path.to_path_buf(),
+            undurable: Default::default(),
             _temp: None,
         };
         cache.init_tables()?;
@@ -201,12 +213,13 @@ impl Cache {
         let temp = TempDir(dir.clone());
         let path = dir.join("cache.redb");
         let db = Database::builder()
-            .set_cache_size(64 << 20)
+            .set_cache_size(TEMPORARY_CACHE_BYTES)
             .create(&path)
             .map_err(|e| redb_err("creating cache", e))?;
         let cache = Cache {
             db,
             path,
+            undurable: Default::default(),
             _temp: Some(temp),
         };
         cache.init_tables()?;
@@ -273,8 +286,18 @@ impl Cache {
     /// Records index files and their entries in one transaction. Entries are inserted in id
     /// order, which keeps redb's B-tree writes sequential.
     pub fn ingest(&self, files: &[(Id, Vec<(Id, BlobLocation)>)]) -> Result<()> {
+        let count: usize = files.iter().map(|(_, e)| e.len()).sum();
+        let pending = self
+            .undurable
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed)
+            + count;
         let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::None)?;
+        if pending >= DURABLE_EVERY {
+            self.undurable
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            tx.set_durability(Durability::None)?;
+        }
         {
             let mut blobs = tx.open_table(BLOBS)?;
             let mut all: Vec<&(Id, BlobLocation)> =

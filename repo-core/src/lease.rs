@@ -250,3 +250,40 @@ impl Drop for LeaseGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn lease(pid: u32, host: &str, expires_in: i64) -> Lease {
+        let now = jiff::Timestamp::now();
+        Lease {
+            kind: "backup".into(),
+            host: host.into(),
+            pid,
+            user: "u".into(),
+            started: now.to_string(),
+            expires: (now + jiff::SignedDuration::from_secs(expires_in)).to_string(),
+            holder: Id::default(),
+            nonce: Id::default(),
+        }
+    }
+
+    #[test]
+    fn liveness() {
+        let now = jiff::Timestamp::now();
+        assert!(lease(std::process::id(), &sys::hostname(), 60).is_live(now));
+        assert!(
+            !lease(std::process::id(), &sys::hostname(), -1).is_live(now),
+            "expired"
+        );
+        // A process that has exited ends its lease at once on this host...
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!lease(pid, &sys::hostname(), 600).is_live(now));
+        // ...but another host's pid means nothing here: only expiry ends it.
+        assert!(lease(pid, "elsewhere", 600).is_live(now));
+    }
+}

@@ -33,7 +33,7 @@ impl IdSet {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let db = Database::builder()
-            .set_cache_size(16 << 20)
+            .set_cache_size(8 << 20)
             .create(dir.join("set.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(SET)?;

@@ -23,7 +23,7 @@ use crate::{layout, sys};
 
 /// Index files decoded at once while syncing: enough to keep the cores busy, few enough that
 /// memory stays bounded (an index file holds up to 50,000 entries).
-const INDEX_READ_BATCH: usize = 8;
+const INDEX_READ_BATCH: usize = 4;
 
 /// Where a repository is. Only local folders for now; the same string grows `s3:` and
 /// `rest:` forms later.
