@@ -38,6 +38,12 @@ fn forget_explains_and_prune_frees_the_space() {
     let env = Env::new();
     let src = history(&env);
     let before = repo_bytes(&env);
+    let index_files = || {
+        std::fs::read_dir(env.repo().join("default/index"))
+            .unwrap()
+            .count()
+    };
+    assert!(index_files() >= 4, "one index file per backup");
     let plan = env.json(&[
         "forget",
         "--keep-last",
