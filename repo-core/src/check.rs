@@ -221,7 +221,9 @@ pub fn check(
         ));
     }
 
-    // Snapshots and everything they reference.
+    // Snapshots and everything they reference. Snapshots are listed before the index is
+    // read: writers store index files before snapshots, so each listed snapshot is covered.
+    let snapshot_names = repo.store().list(FileType::Snapshot)?;
     repo.sync_index()?;
     let overlay = overlay_of(repo, &condemned)?;
     let locator = Locator {
@@ -230,7 +232,7 @@ pub fn check(
     };
     let mut seen = IdSet::new()?;
     let mut data_seen = IdSet::new()?;
-    for info in repo.store().list(FileType::Snapshot)? {
+    for info in snapshot_names {
         r.snapshots += 1;
         let sid = Id::from_hex(&info.name)?;
         let snap = match repo.read_snapshot(&sid) {

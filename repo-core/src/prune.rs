@@ -175,6 +175,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     if !opts.dry_run {
         sweep_ready(repo, &own, &mut report.swept)?;
     }
+    // Snapshots first, index second: a writer stores its index files before its snapshot,
+    // so every snapshot listed here has its index files in the index read after.
+    let snapshots = repo.snapshots()?;
     repo.sync_index()?;
     let st = structure(repo)?;
     let pending: HashSet<Id> = st
@@ -187,7 +190,6 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         repo,
         overlay: Some(&overlay),
     };
-    let snapshots = repo.snapshots()?;
     let roots: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).collect();
     let used = mark(&locator, &roots)?;
 
@@ -364,6 +366,8 @@ fn sweep_one(
     record: &Condemned,
     report: &mut SweepReport,
 ) -> Result<()> {
+    // Snapshots before the index, as in the mark.
+    let roots: Vec<Id> = repo.snapshots()?.iter().map(|(_, s)| s.tree).collect();
     repo.sync_index()?;
     let st = structure(repo)?;
     let pending: HashSet<Id> = st
@@ -376,7 +380,6 @@ fn sweep_one(
         repo,
         overlay: Some(&overlay),
     };
-    let roots: Vec<Id> = repo.snapshots()?.iter().map(|(_, s)| s.tree).collect();
     let used = mark(&locator, &roots)?;
     // Decide first, write second: rescue index files, then replacements for index files that
     // list doomed packs, and only then delete anything.

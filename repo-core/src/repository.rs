@@ -562,10 +562,18 @@ impl Repository {
 
     // ---- blobs and trees ----
 
+    /// Reads a blob. A blob missing from the cached index may belong to a snapshot that was
+    /// committed after the index was last read, so the index is read again once before the
+    /// blob is reported missing.
     pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
-            .lookup(id)?
-            .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?;
+        let loc = match self.lookup(id)? {
+            Some(loc) => loc,
+            None => {
+                self.sync_index()?;
+                self.lookup(id)?
+                    .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?
+            }
+        };
         self.read_blob_at(kind, id, &loc)
     }
 
