@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::backend::FileType;
 use crate::cache::{CacheReader, FileRecord};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
@@ -31,7 +32,7 @@ use crate::format::to_cbor;
 use crate::format::tree::{ContentList, Node, NodeKind, Time, Tree, INLINE_CONTENT_MAX};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
-use crate::mark::{walk_blobs, IdSet, Locator};
+use crate::mark::{overlay_of, walk_blobs, IdSet, Locator};
 use crate::repository::Repository;
 use crate::sys;
 use crate::walk::{name_bytes, node_from_metadata, Excludes};
@@ -475,7 +476,14 @@ impl<'a> Archiver<'a> {
             original: None,
         };
         if !self.lease.held() {
-            recheck_after_lapse(self.repo, &root)?;
+            let level = self
+                .opts
+                .compression
+                .unwrap_or(self.repo.config().compression);
+            let copied = recheck_after_lapse(self.repo, &root, level)?;
+            if copied > 0 {
+                tracing::warn!("copied {copied} blobs out of packs a prune had condemned");
+            }
         }
         let id = self.repo.save_snapshot(&snapshot)?;
         if let Err(e) = self.lease.release() {
@@ -491,25 +499,50 @@ impl<'a> Archiver<'a> {
 
 /// A writer whose lease lapsed may have deduplicated against blobs that a prune has since
 /// condemned or deleted. Before committing it re-reads the index (which leaves condemned
-/// packs out) and checks that every blob the new snapshot needs is still there.
-fn recheck_after_lapse(repo: &Repository, root: &Id) -> Result<()> {
+/// packs out) and walks everything the new snapshot needs: a blob that is only in a
+/// condemned pack is copied, still sealed and after authentication, into a new pack (so the
+/// sweep may delete the old one); a blob that is gone altogether fails the backup, and
+/// nothing is committed. Returns how many blobs were copied.
+fn recheck_after_lapse(repo: &Repository, root: &Id, level: i32) -> Result<u64> {
     tracing::warn!("the backup's lease lapsed; checking that a prune removed nothing it needs");
     repo.sync_index()?;
+    let overlay = overlay_of(repo, &repo.cache().condemned_packs()?)?;
+    let locator = Locator {
+        repo,
+        overlay: Some(&overlay),
+    };
+    let mut writer = BlobWriter::new(repo, level);
+    let mut copied = 0u64;
     let mut seen = IdSet::new()?;
-    walk_blobs(
-        &Locator::index_only(repo),
-        root,
-        &mut seen,
-        &mut |kind, id| {
-            if repo.lookup(id)?.is_none() {
-                return Err(Error::new(
+    walk_blobs(&locator, root, &mut seen, &mut |kind, id| {
+        if writer.contains(id)? {
+            return Ok(());
+        }
+        let Some(loc) = overlay.lookup(id)? else {
+            return Err(Error::new(
                 ErrorKind::Conflict,
                 format!("this backup's lease lapsed while it ran and a prune has since removed {kind:?} blob {id} that it needs; nothing was committed: run the backup again"),
             ));
-            }
-            Ok(())
-        },
-    )
+        };
+        let sealed = repo.store().read_range(
+            FileType::Pack,
+            &loc.pack.to_hex(),
+            loc.offset,
+            loc.length as u64,
+        )?;
+        blob::open(repo.keys(), kind, id, &sealed)
+            .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+        writer.add(SealedBlob {
+            kind,
+            id: *id,
+            raw_length: loc.raw_length,
+            bytes: sealed.to_vec(),
+        })?;
+        copied += 1;
+        Ok(())
+    })?;
+    writer.finish()?;
+    Ok(copied)
 }
 
 fn find_parent(

@@ -377,3 +377,70 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A backend on which a writer can publish one lease but never refresh it, as if its
+/// machine slept through the lease's time to live.
+#[derive(Debug)]
+pub struct NoLeaseRefresh {
+    inner: std::sync::Arc<dyn crate::backend::Backend>,
+    leases: std::sync::atomic::AtomicU64,
+}
+
+impl NoLeaseRefresh {
+    pub fn new(inner: std::sync::Arc<dyn crate::backend::Backend>) -> Self {
+        NoLeaseRefresh {
+            inner,
+            leases: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backend::Backend for NoLeaseRefresh {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn create(
+        &self,
+        ft: crate::backend::FileType,
+        name: &str,
+        data: bytes::Bytes,
+    ) -> crate::Result<()> {
+        if ft == crate::backend::FileType::Lock
+            && self
+                .leases
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                > 0
+        {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Io,
+                "simulated: the machine is asleep",
+            ));
+        }
+        self.inner.create(ft, name, data).await
+    }
+    async fn read(&self, ft: crate::backend::FileType, name: &str) -> crate::Result<bytes::Bytes> {
+        self.inner.read(ft, name).await
+    }
+    async fn read_range(
+        &self,
+        ft: crate::backend::FileType,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> crate::Result<bytes::Bytes> {
+        self.inner.read_range(ft, name, offset, len).await
+    }
+    async fn stat(&self, ft: crate::backend::FileType, name: &str) -> crate::Result<u64> {
+        self.inner.stat(ft, name).await
+    }
+    async fn list(
+        &self,
+        ft: crate::backend::FileType,
+    ) -> crate::Result<Vec<crate::backend::ObjectInfo>> {
+        self.inner.list(ft).await
+    }
+    async fn remove(&self, ft: crate::backend::FileType, name: &str) -> crate::Result<()> {
+        self.inner.remove(ft, name).await
+    }
+}

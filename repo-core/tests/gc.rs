@@ -387,3 +387,132 @@ fn backups_of_changing_data_alongside_a_prune_loop() {
     }
     assert!(restored >= 4);
 }
+
+/// A backup whose lease lapsed (it could not refresh it) deduplicates against data that a
+/// prune then condemns. Before committing it must notice: if the condemned pack still exists
+/// (the sweep waits for another writer) it copies what it needs and commits; if the sweep
+/// already deleted it, it fails and commits nothing.
+fn lapsed_lease(sweep_already_ran: bool) {
+    use cairn_repo::backend::{new_runtime, Backend, RootLocation, Store};
+    use cairn_repo::lease::{self, LeaseGuard};
+    use cairn_repo::testing::NoLeaseRefresh;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open(dir.path(), &key, "cache-main");
+    let old = Rng::new(21).bytes(2_000_000);
+    let s1 = backup_stream(
+        &repo,
+        &mut &old[..],
+        "old",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .id;
+
+    let (tx, rx) = mpsc::channel();
+    let rest = Rng::new(22).bytes(300_000);
+    let expected: Vec<u8> = old.iter().chain(rest.iter()).copied().collect();
+    let (dirp, key2, first, rest2) = (
+        dir.path().to_path_buf(),
+        key.clone(),
+        old.clone(),
+        rest.clone(),
+    );
+    let writer = std::thread::spawn(move || {
+        let rt = new_runtime().unwrap();
+        let inner: Arc<dyn Backend> = Arc::new(
+            rt.block_on(async { RootLocation::local(&dirp.join("repo")) })
+                .unwrap()
+                .tenant("default")
+                .unwrap(),
+        );
+        let store = Store::new(Arc::new(NoLeaseRefresh::new(inner)), rt);
+        let opts = OpenOptions {
+            cache_dir: Some(dirp.join("cache-writer")),
+            lease_ttl: Some(Duration::from_secs(1)),
+        };
+        let repo = Repository::open_store(
+            store,
+            "sleepy".into(),
+            "default",
+            &Credentials::Key(key2),
+            &opts,
+        )
+        .unwrap();
+        let mut gate = Gate {
+            first,
+            rest: rest2,
+            pos: 0,
+            gate: Some(rx),
+            passed: false,
+        };
+        let r = backup_stream(
+            &repo,
+            &mut gate,
+            "new",
+            &BackupOptions::default(),
+            &NoProgress,
+        );
+        r.map(|b| b.id)
+    });
+    // Wait for the writer's lease to appear and then to lapse (bounded).
+    let start = Instant::now();
+    while lease::list(&repo).unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while !lease::live(&repo).unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the lease never lapsed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let other = if sweep_already_ran {
+        None
+    } else {
+        Some(LeaseGuard::acquire(&repo, "backup").unwrap())
+    };
+    forget(&repo, &[s1]).unwrap();
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.pending_record.is_none(), sweep_already_ran, "{r:?}");
+    tx.send(true).unwrap();
+    let result = writer.join().unwrap();
+    drop(other);
+    if sweep_already_ran {
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), cairn_repo::ErrorKind::Conflict, "{e}");
+        assert!(e.to_string().contains("lease lapsed"), "{e}");
+        assert!(
+            repo.snapshots().unwrap().is_empty(),
+            "nothing may be committed"
+        );
+        assert_clean(&repo);
+    } else {
+        let id = result.unwrap();
+        let r = prune(&repo, &PruneOptions::default()).unwrap();
+        assert!(r.pending_record.is_none() && r.swept.records >= 1, "{r:?}");
+        assert_clean(&repo);
+        assert_eq!(stream_content(&repo, &id, b"/new"), expected);
+    }
+}
+
+#[test]
+fn a_backup_whose_lease_lapsed_copies_condemned_data_it_needs() {
+    lapsed_lease(false);
+}
+
+#[test]
+fn a_backup_whose_lease_lapsed_fails_when_its_data_was_swept() {
+    lapsed_lease(true);
+}
