@@ -87,6 +87,14 @@ fn forget_explains_and_prune_frees_the_space() {
         + dry["plan"]["repack_unused_bytes"].as_u64().unwrap();
     assert!(to_free > 2_000_000, "{dry}");
     assert_eq!(repo_bytes(&env), before, "a dry run deletes nothing");
+    // --max-repack-size bounds what one run reads for repacking.
+    let bounded = env.json(&["prune", "--dry-run", "--max-repack-size", "1K"]);
+    assert_eq!(
+        bounded["plan"]["repack_packs"].as_array().unwrap().len(),
+        0,
+        "{bounded}"
+    );
+    env.fails(&["prune", "--dry-run", "--max-unused", "lots"], 1);
     let r = env.json(&["prune"]);
     assert!(
         r["pending_record"].is_null(),
