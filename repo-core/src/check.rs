@@ -140,12 +140,7 @@ pub fn check(
     }
 
     // Index files, and the packs they list.
-    let listed: HashMap<Id, u64> = repo
-        .store()
-        .list(FileType::Pack)?
-        .into_iter()
-        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
-        .collect();
+    let listed = repo.pack_sizes()?;
     r.packs = listed.len() as u64;
     let mut indexed: HashSet<Id> = HashSet::new();
     let mut condemned: HashSet<Id> = HashSet::new();

@@ -31,13 +31,11 @@ use crate::format::pack::{parse_header, HeaderRead, PackBuilder};
 use crate::id::{BlobKind, Id};
 use crate::lease::{self, Lease, LeaseGuard};
 use crate::mark::{mark, overlay_of, IdSet, Locator};
-use crate::repository::Repository;
+use crate::repository::{IndexFileWriter, Repository};
 
 /// Leases that started up to this long after a mark are still waited for, to allow for
 /// clocks that disagree between hosts.
 pub const CLOCK_MARGIN_SECS: i64 = 60;
-/// Entries per compacted index file.
-const INDEX_FILE_ENTRIES: usize = 50_000;
 
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -137,6 +135,28 @@ fn structure(repo: &Repository) -> Result<Structure> {
     })
 }
 
+/// Reads the index (after the caller listed the snapshots whose `roots` are given) and marks
+/// what they use. Blobs in packs that waiting records condemn are found through an overlay.
+/// Returns the index structure, the condemned packs, and the used blobs.
+fn mark_current(repo: &Repository, roots: &[Id]) -> Result<(Structure, HashSet<Id>, IdSet)> {
+    repo.sync_index()?;
+    let st = structure(repo)?;
+    let pending: HashSet<Id> = st
+        .records
+        .iter()
+        .flat_map(|(_, c)| c.packs.iter().copied())
+        .collect();
+    let overlay = overlay_of(repo, &pending)?;
+    let used = mark(
+        &Locator {
+            repo,
+            overlay: Some(&overlay),
+        },
+        roots,
+    )?;
+    Ok((st, pending, used))
+}
+
 /// Live leases other than `own` that a record's sweep must wait for.
 fn blocking(repo: &Repository, record: &Condemned, own: &Id) -> Result<Vec<Lease>> {
     let marked: Option<jiff::Timestamp> = record.time.parse().ok();
@@ -178,20 +198,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     // Snapshots first, index second: a writer stores its index files before its snapshot,
     // so every snapshot listed here has its index files in the index read after.
     let snapshots = repo.snapshots()?;
-    repo.sync_index()?;
-    let st = structure(repo)?;
-    let pending: HashSet<Id> = st
-        .records
-        .iter()
-        .flat_map(|(_, c)| c.packs.iter().copied())
-        .collect();
-    let overlay = overlay_of(repo, &pending)?;
-    let locator = Locator {
-        repo,
-        overlay: Some(&overlay),
-    };
     let roots: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).collect();
-    let used = mark(&locator, &roots)?;
+    let (st, pending, used) = mark_current(repo, &roots)?;
 
     let mut stats: HashMap<Id, PackStat> = HashMap::new();
     repo.cache().for_each_blob(&mut |id, loc| {
@@ -205,12 +213,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
         Ok(())
     })?;
-    let listed: HashMap<Id, u64> = repo
-        .store()
-        .list(FileType::Pack)?
-        .into_iter()
-        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
-        .collect();
+    let listed = repo.pack_sizes()?;
 
     let mut plan = PrunePlan {
         snapshots: snapshots.len(),
@@ -368,19 +371,7 @@ fn sweep_one(
 ) -> Result<()> {
     // Snapshots before the index, as in the mark.
     let roots: Vec<Id> = repo.snapshots()?.iter().map(|(_, s)| s.tree).collect();
-    repo.sync_index()?;
-    let st = structure(repo)?;
-    let pending: HashSet<Id> = st
-        .records
-        .iter()
-        .flat_map(|(_, c)| c.packs.iter().copied())
-        .collect();
-    let overlay = overlay_of(repo, &pending)?;
-    let locator = Locator {
-        repo,
-        overlay: Some(&overlay),
-    };
-    let used = mark(&locator, &roots)?;
+    let (st, _, used) = mark_current(repo, &roots)?;
     // Decide first, write second: rescue index files, then replacements for index files that
     // list doomed packs, and only then delete anything.
     let mut doomed: Vec<(Id, u64)> = Vec::new();
@@ -552,30 +543,17 @@ fn write_compacted_index(
     extra: Vec<IndexPack>,
     excluded: &HashSet<Id>,
 ) -> Result<()> {
-    let mut current = IndexFile {
-        version: 1,
-        packs: extra,
-        ..Default::default()
-    };
+    let mut out = IndexFileWriter::new(repo);
+    for p in extra {
+        out.push(p)?;
+    }
     for id in inputs {
-        let f = repo.read_index_file(id)?;
-        for p in f.packs {
-            if excluded.contains(&p.id) {
-                continue;
-            }
-            current.packs.push(p);
-            if current.blob_count() >= INDEX_FILE_ENTRIES {
-                repo.save_index(&std::mem::replace(
-                    &mut current,
-                    IndexFile {
-                        version: 1,
-                        ..Default::default()
-                    },
-                ))?;
+        for p in repo.read_index_file(id)?.packs {
+            if !excluded.contains(&p.id) {
+                out.push(p)?;
             }
         }
     }
-    current.supersedes = replaced.to_vec();
-    repo.save_index(&current)?;
+    out.finish(replaced.to_vec())?;
     Ok(())
 }

@@ -15,16 +15,14 @@ use serde::Serialize;
 use crate::backend::FileType;
 use crate::error::{ErrorKind, Result};
 use crate::format::from_cbor;
-use crate::format::index::{IndexFile, IndexPack};
+use crate::format::index::IndexPack;
 use crate::format::snapshot::Snapshot;
 use crate::format::to_cbor;
 use crate::format::tree::{ContentList, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
-use crate::repository::Repository;
+use crate::repository::{IndexFileWriter, Repository};
 use crate::writer::BlobWriter;
-
-const ENTRIES_PER_FILE: usize = 50_000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RepairIndexReport {
@@ -48,41 +46,26 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
                 .unwrap_or(true)
         })
         .collect();
-    let mut current = IndexFile {
-        version: 1,
-        ..Default::default()
-    };
+    let mut out = IndexFileWriter::new(repo);
     for info in repo.store().list(FileType::Pack)? {
         let pack = Id::from_hex(&info.name)?;
         match repo.read_pack_header(&pack) {
             Ok((size, blobs)) => {
                 report.packs_indexed += 1;
                 report.blobs += blobs.len() as u64;
-                current.packs.push(IndexPack {
+                out.push(IndexPack {
                     id: pack,
                     size,
                     blobs,
-                });
+                })?;
             }
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 report.damaged_packs.push((pack, e.to_string()))
             }
             Err(e) => return Err(e),
         }
-        if current.blob_count() >= ENTRIES_PER_FILE {
-            repo.save_index(&std::mem::replace(
-                &mut current,
-                IndexFile {
-                    version: 1,
-                    ..Default::default()
-                },
-            ))?;
-            report.index_files_written += 1;
-        }
     }
-    current.supersedes = old.clone();
-    repo.save_index(&current)?;
-    report.index_files_written += 1;
+    report.index_files_written = out.finish(old.clone())?;
     for id in old {
         repo.store().remove(FileType::Index, &id.to_hex())?;
         report.index_files_removed += 1;

@@ -526,6 +526,16 @@ impl Repository {
         self.cache.flush()
     }
 
+    /// Every stored pack with its size.
+    pub fn pack_sizes(&self) -> Result<std::collections::HashMap<Id, u64>> {
+        Ok(self
+            .store
+            .list(FileType::Pack)?
+            .into_iter()
+            .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
+            .collect())
+    }
+
     /// Stores an index file (or condemned record); returns its name.
     pub fn save_index(&self, index: &IndexFile) -> Result<Id> {
         let sealed = seal_meta(&self.keys, format::index::AAD, index)?;
@@ -778,4 +788,51 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         return Some(Path::new(&x).join("cairn"));
     }
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("cairn"))
+}
+
+/// Writes pack entries as a series of index files of at most [`IndexFileWriter::ENTRIES`]
+/// entries. The last file, written by `finish`, carries `supersedes`: until it exists, the
+/// files it supersedes stay in force.
+pub struct IndexFileWriter<'a> {
+    repo: &'a Repository,
+    current: IndexFile,
+    written: u64,
+}
+
+impl<'a> IndexFileWriter<'a> {
+    pub const ENTRIES: usize = 50_000;
+
+    pub fn new(repo: &'a Repository) -> Self {
+        IndexFileWriter {
+            repo,
+            current: IndexFile {
+                version: 1,
+                ..Default::default()
+            },
+            written: 0,
+        }
+    }
+
+    pub fn push(&mut self, pack: crate::format::index::IndexPack) -> Result<()> {
+        self.current.packs.push(pack);
+        if self.current.blob_count() >= Self::ENTRIES {
+            let full = std::mem::replace(
+                &mut self.current,
+                IndexFile {
+                    version: 1,
+                    ..Default::default()
+                },
+            );
+            self.repo.save_index(&full)?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the last file; returns how many files were written in all.
+    pub fn finish(mut self, supersedes: Vec<Id>) -> Result<u64> {
+        self.current.supersedes = supersedes;
+        self.repo.save_index(&self.current)?;
+        Ok(self.written + 1)
+    }
 }
