@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -37,6 +38,67 @@ use crate::repository::Repository;
 use crate::sys;
 use crate::walk::{name_bytes, node_from_metadata, Excludes};
 use crate::writer::BlobWriter;
+
+/// Fills `buf` from `filled` on until it is full or the reader ends.
+fn fill(
+    r: &mut dyn Read,
+    buf: &mut [u8],
+    mut filled: usize,
+    eof: &mut bool,
+) -> std::io::Result<usize> {
+    while !*eof && filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => *eof = true,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The chunks that can be decided in `buf` (all of it at the end of the input).
+fn cut(chunker: &cairn_chunker::Chunker, buf: &[u8], eof: bool) -> Vec<std::ops::Range<usize>> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    while let Some(n) = chunker.next_cut(&buf[start..], eof) {
+        cuts.push(start..start + n);
+        start += n;
+    }
+    cuts
+}
+
+/// Hashes, looks up, compresses and seals chunks in parallel on the rayon pool, then adds
+/// the new ones to the writer in order; appends every chunk's id to `ids`.
+fn store_chunks(writer: &mut BlobWriter, chunks: &[&[u8]], ids: &mut Vec<Id>) -> Result<()> {
+    let keys = writer.keys().clone();
+    let level = writer.level();
+    let shared: &BlobWriter = writer;
+    let sealed: Vec<Result<(Id, Option<SealedBlob>)>> = chunks
+        .par_iter()
+        .map(|data| {
+            let id = keys.blob_id(data);
+            if shared.contains(&id)? {
+                return Ok((id, None));
+            }
+            Ok((
+                id,
+                Some(blob::seal(&keys, BlobKind::Data, id, data, level)?),
+            ))
+        })
+        .collect();
+    for r in sealed {
+        let (id, blob) = r?;
+        ids.push(id);
+        if let Some(b) = blob {
+            writer.add(b)?;
+        }
+    }
+    Ok(())
+}
+
+/// Files at least this large are read on a thread of their own (see `save_stream`).
+const STREAM_THRESHOLD: u64 = 16 << 20;
 
 /// Content ids per spilled content-list blob.
 const CONTENT_LIST_LEN: usize = 8192;
@@ -140,54 +202,20 @@ impl<'a> Archiver<'a> {
         self.warnings.push(message);
     }
 
-    /// Reads a stream to its end, saving its chunks. Returns the ids in order and the length.
+    /// Reads a small file to its end on this thread, saving its chunks. Returns the ids in
+    /// order and the length.
     fn save_content(&mut self, r: &mut dyn Read) -> std::io::Result<Result<(Vec<Id>, u64)>> {
         let mut ids = Vec::new();
         let mut total = 0u64;
         let mut filled = 0usize;
         let mut eof = false;
-        let cap = self.buf.len();
         loop {
-            while !eof && filled < cap {
-                match r.read(&mut self.buf[filled..]) {
-                    Ok(0) => eof = true,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            let mut cuts = Vec::new();
-            let mut start = 0;
-            while let Some(n) = self.chunker.next_cut(&self.buf[start..filled], eof) {
-                cuts.push((start, n));
-                start += n;
-            }
-            let keys = self.writer.keys();
-            let level = self.writer.level();
-            let writer = &self.writer;
-            let buf = &self.buf;
-            let sealed: Vec<Result<(Id, Option<SealedBlob>)>> = cuts
-                .par_iter()
-                .map(|&(s, n)| {
-                    let data = &buf[s..s + n];
-                    let id = keys.blob_id(data);
-                    if writer.contains(&id)? {
-                        return Ok((id, None));
-                    }
-                    Ok((id, Some(blob::seal(keys, BlobKind::Data, id, data, level)?)))
-                })
-                .collect();
-            for r in sealed {
-                let (id, blob) = match r {
-                    Ok(x) => x,
-                    Err(e) => return Ok(Err(e)),
-                };
-                ids.push(id);
-                if let Some(b) = blob {
-                    if let Err(e) = self.writer.add(b) {
-                        return Ok(Err(e));
-                    }
-                }
+            filled = fill(r, &mut self.buf, filled, &mut eof)?;
+            let cuts = cut(&self.chunker, &self.buf[..filled], eof);
+            let start: usize = cuts.iter().map(|c| c.len()).sum();
+            let slices: Vec<&[u8]> = cuts.iter().map(|r| &self.buf[r.clone()]).collect();
+            if let Err(e) = store_chunks(&mut self.writer, &slices, &mut ids) {
+                return Ok(Err(e));
             }
             total += start as u64;
             self.progress.bytes(start as u64);
@@ -198,6 +226,62 @@ impl<'a> Archiver<'a> {
             }
         }
         Ok(Ok((ids, total)))
+    }
+
+    /// Reads a large file or a stream to its end with reading and cutting on a thread of
+    /// their own, so that both overlap with compressing and sealing the previous batch on the
+    /// rayon pool. At most three batches of about 8 MiB exist at once.
+    fn save_stream(
+        &mut self,
+        r: &mut (dyn Read + Send),
+    ) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+        let chunker = self.chunker.clone();
+        let cap = self.buf.len();
+        let writer = &mut self.writer;
+        let progress = self.progress;
+        std::thread::scope(|scope| {
+            let (tx, rx) =
+                sync_channel::<std::io::Result<(Vec<u8>, Vec<std::ops::Range<usize>>)>>(1);
+            scope.spawn(move || {
+                let mut buf = vec![0u8; cap];
+                let mut filled = 0;
+                let mut eof = false;
+                loop {
+                    filled = match fill(r, &mut buf, filled, &mut eof) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let cuts = cut(&chunker, &buf[..filled], eof);
+                    let used: usize = cuts.iter().map(|c| c.len()).sum();
+                    let mut next = vec![0u8; cap];
+                    next[..filled - used].copy_from_slice(&buf[used..filled]);
+                    let batch = std::mem::replace(&mut buf, next);
+                    filled -= used;
+                    if tx.send(Ok((batch, cuts))).is_err() {
+                        return; // the consumer stopped on an error
+                    }
+                    if eof && filled == 0 {
+                        return;
+                    }
+                }
+            });
+            let mut ids = Vec::new();
+            let mut total = 0u64;
+            for msg in rx {
+                let (batch, cuts) = msg?;
+                let slices: Vec<&[u8]> = cuts.iter().map(|r| &batch[r.clone()]).collect();
+                if let Err(e) = store_chunks(writer, &slices, &mut ids) {
+                    return Ok(Err(e));
+                }
+                let n: usize = cuts.iter().map(|c| c.len()).sum();
+                total += n as u64;
+                progress.bytes(n as u64);
+            }
+            Ok(Ok((ids, total)))
+        })
     }
 
     /// Stores the content ids on the node, spilling long lists into content-list blobs.
@@ -269,7 +353,12 @@ impl<'a> Archiver<'a> {
                 return Ok(None);
             }
         };
-        let (ids, len) = match self.save_content(&mut f) {
+        let saved = if meta.size() >= STREAM_THRESHOLD {
+            self.save_stream(&mut f)
+        } else {
+            self.save_content(&mut f)
+        };
+        let (ids, len) = match saved {
             Ok(r) => r?,
             Err(e) => {
                 self.summary.total_bytes -= meta.size();
@@ -676,7 +765,7 @@ fn validate_stream_name(name: &str) -> Result<()> {
 /// and before the snapshot is written; an error from it means no snapshot.
 /// A stream to back up as one file.
 struct Stream<'a> {
-    reader: &'a mut dyn Read,
+    reader: &'a mut (dyn Read + Send),
     name: &'a str,
     kind: SnapshotKind,
     command: Vec<String>,
@@ -698,7 +787,7 @@ fn backup_reader(
     let started = Instant::now();
     validate_stream_name(name)?;
     let mut a = Archiver::new(repo, opts, progress)?;
-    let (ids, len) = a.save_content(reader).map_err(|e| {
+    let (ids, len) = a.save_stream(reader).map_err(|e| {
         Error::io(
             format!(
                 "reading {}",
@@ -725,7 +814,7 @@ fn backup_reader(
 /// Backs up standard input (or any reader) as one file.
 pub fn backup_stream(
     repo: &Repository,
-    reader: &mut dyn Read,
+    reader: &mut (dyn Read + Send),
     name: &str,
     opts: &BackupOptions,
     progress: &dyn Progress,

@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| "stdin".to_string());
     let result = if args.stdin {
-        backup_stream(&repo, &mut std::io::stdin().lock(), &name, &opts, &bar)
+        backup_stream(&repo, &mut std::io::stdin(), &name, &opts, &bar)
     } else if args.stdin_from_command {
         backup_command(&repo, &args.command, &name, &opts, &bar)
     } else {
