@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::{utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::tree::{Node, NodeKind, Time};
 use crate::id::{BlobKind, Id};
@@ -68,6 +70,18 @@ pub struct RestoreSummary {
     pub hardlinks: u64,
     pub deleted: u64,
     pub verified: u64,
+}
+
+/// How one entry of a directory is restored.
+enum Action<'n> {
+    /// Sequentially, through `restore_entry` (special files, links, identical files).
+    Entry { target: PathBuf, node: &'n Node },
+    /// A new file whose content is written to `tmp` in parallel, then renamed to `target`.
+    Write {
+        target: PathBuf,
+        tmp: PathBuf,
+        node: &'n Node,
+    },
 }
 
 struct Restorer<'a> {
@@ -182,33 +196,77 @@ impl<'a> Restorer<'a> {
     ) -> Result<bool> {
         let t = self.repo.load_tree(tree)?;
         let mut any = false;
-        for node in &t.nodes {
+        // Entries other than directories first (so that a hard link in a subdirectory finds
+        // its first path complete), in three steps: decide in order, write new files'
+        // contents in parallel, then finish each entry in order.
+        let mut actions: Vec<Action> = Vec::new();
+        for node in t.nodes.iter().filter(|n| n.kind != NodeKind::Dir) {
+            let name = OsStr::from_bytes(&node.name);
+            let (restore, _) = self.selected(&snap_dir.join(name), ancestor_selected);
+            if !restore {
+                continue;
+            }
+            if actions.is_empty() {
+                fs::create_dir_all(target_dir).map_err(|e| io_err(target_dir, e))?;
+            }
+            actions.push(self.decide(target_dir.join(name), node)?);
+            any = true;
+        }
+        let writes: Vec<(&PathBuf, &Node)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Write { tmp, node, .. } => Some((tmp, *node)),
+                _ => None,
+            })
+            .collect();
+        let repo = self.repo;
+        let progress = self.progress;
+        let written: Vec<Result<u64>> = writes
+            .par_iter()
+            .map(|(tmp, node)| write_content(repo, tmp, node, progress))
+            .collect();
+        if let Some(e) = written.iter().find_map(|r| r.as_ref().err()) {
+            let e = Error::new(e.kind(), e.to_string());
+            for (tmp, _) in &writes {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        self.summary.bytes_written += written
+            .iter()
+            .map(|r| r.as_ref().map(|n| *n).unwrap_or(0))
+            .sum::<u64>();
+        for (k, action) in actions.iter().enumerate() {
+            if let Err(e) = self.finish_action(action) {
+                for later in &actions[k..] {
+                    if let Action::Write { tmp, .. } = later {
+                        let _ = fs::remove_file(tmp);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        for node in t.nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
             let name = OsStr::from_bytes(&node.name);
             let snap_path = snap_dir.join(name);
             let target = target_dir.join(name);
             let (restore, descend) = self.selected(&snap_path, ancestor_selected);
-            if node.kind == NodeKind::Dir {
-                if !descend {
-                    continue;
-                }
-                if restore {
+            if !descend {
+                continue;
+            }
+            if restore {
+                self.ensure_dir(&target)?;
+            }
+            let inner = match &node.subtree {
+                Some(sub) => self.restore_tree(sub, &snap_path, &target, restore, restore)?,
+                None => false,
+            };
+            if restore || inner {
+                if !restore {
                     self.ensure_dir(&target)?;
                 }
-                let inner = match &node.subtree {
-                    Some(sub) => self.restore_tree(sub, &snap_path, &target, restore, restore)?,
-                    None => false,
-                };
-                if restore || inner {
-                    if !restore {
-                        self.ensure_dir(&target)?;
-                    }
-                    self.apply_metadata(&target, node)?;
-                    self.summary.dirs += 1;
-                    any = true;
-                }
-            } else if restore {
-                fs::create_dir_all(target_dir).map_err(|e| io_err(target_dir, e))?;
-                self.restore_entry(&target, node)?;
+                self.apply_metadata(&target, node)?;
+                self.summary.dirs += 1;
                 any = true;
             }
         }
@@ -308,6 +366,53 @@ impl<'a> Restorer<'a> {
         Ok(())
     }
 
+    /// What restoring one non-directory entry takes. Identical existing entries are settled
+    /// here; new files get a temporary name to be written in parallel.
+    fn decide<'n>(&mut self, target: PathBuf, node: &'n Node) -> Result<Action<'n>> {
+        if node.kind != NodeKind::File {
+            return Ok(Action::Entry { target, node });
+        }
+        let existing = fs::symlink_metadata(&target).ok();
+        if let Some(meta) = &existing {
+            if self.opts.overwrite != Overwrite::Always
+                && self.matches_existing(&target, node, meta)?
+            {
+                return Ok(Action::Entry { target, node });
+            }
+        }
+        if node.links > 1 && self.links.contains_key(&(node.device, node.inode)) {
+            return Ok(Action::Entry { target, node });
+        }
+        let tmp = tmp_name(
+            target
+                .parent()
+                .ok_or_else(|| Error::invalid("restore target has no parent"))?,
+        )?;
+        self.remember_link(&target, node);
+        Ok(Action::Write { target, tmp, node })
+    }
+
+    fn finish_action(&mut self, action: &Action) -> Result<()> {
+        match action {
+            Action::Entry { target, node } => self.restore_entry(target, node),
+            Action::Write { target, tmp, node } => {
+                self.apply_metadata(tmp, node)?;
+                fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
+                self.summary.files += 1;
+                if self.opts.verify {
+                    if !file_matches(self.repo, target, node)? {
+                        return Err(Error::corrupt(format!(
+                            "verification failed: {} does not match the snapshot",
+                            target.display()
+                        )));
+                    }
+                    self.summary.verified += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn remember_link(&mut self, target: &Path, node: &Node) {
         if node.links > 1 {
             self.links
@@ -346,38 +451,8 @@ impl<'a> Restorer<'a> {
     }
 
     fn write_file(&mut self, path: &Path, node: &Node) -> Result<()> {
-        self.progress.file(path);
-        let mut f = File::options()
-            .write(true)
-            .create_new(true)
-            .mode_private()
-            .open(path)
-            .map_err(|e| io_err(path, e))?;
-        let ids = self.repo.file_content(node)?;
-        let mut offset = 0u64;
-        let mut hole_at_end = false;
-        for id in &ids {
-            let data = self
-                .repo
-                .read_blob(BlobKind::Data, id)
-                .map_err(|e| e.context(path.display()))?;
-            if data.iter().all(|b| *b == 0) {
-                // A hole: seek past it; set_len below gives the file its size.
-                f.seek(SeekFrom::Current(data.len() as i64))
-                    .map_err(|e| io_err(path, e))?;
-                hole_at_end = true;
-            } else {
-                f.write_all(&data).map_err(|e| io_err(path, e))?;
-                hole_at_end = false;
-            }
-            offset += data.len() as u64;
-            self.summary.bytes_written += data.len() as u64;
-            self.progress.bytes(data.len() as u64);
-        }
-        if hole_at_end || offset != node.size {
-            f.set_len(offset).map_err(|e| io_err(path, e))?;
-        }
-        f.sync_all().map_err(|e| io_err(path, e))
+        self.summary.bytes_written += write_content(self.repo, path, node, self.progress)?;
+        Ok(())
     }
 
     fn apply_metadata(&self, path: &Path, node: &Node) -> Result<()> {
@@ -432,6 +507,54 @@ impl PrivateMode for fs::OpenOptions {
     fn mode_private(&mut self) -> &mut Self {
         std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
     }
+}
+
+/// Blobs of one file fetched and decrypted in parallel before being written in order.
+const FETCH_WINDOW: usize = 16;
+
+/// Writes a file's content to `path` (a new file), fetching blobs in parallel windows and
+/// turning all-zero blobs into holes. Returns the bytes written (holes included). The file
+/// is not fsynced: a write error, including a full disk, is reported by `write` itself.
+fn write_content(
+    repo: &Repository,
+    path: &Path,
+    node: &Node,
+    progress: &dyn RestoreProgress,
+) -> Result<u64> {
+    progress.file(path);
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode_private()
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    let ids = repo.file_content(node)?;
+    let mut offset = 0u64;
+    let mut hole_at_end = false;
+    for window in ids.chunks(FETCH_WINDOW) {
+        let blobs: Vec<Result<Vec<u8>>> = window
+            .par_iter()
+            .map(|id| repo.read_blob(BlobKind::Data, id))
+            .collect();
+        for data in blobs {
+            let data = data.map_err(|e| e.context(path.display()))?;
+            if data.iter().all(|b| *b == 0) {
+                // A hole: seek past it; set_len below gives the file its size.
+                f.seek(SeekFrom::Current(data.len() as i64))
+                    .map_err(|e| io_err(path, e))?;
+                hole_at_end = true;
+            } else {
+                f.write_all(&data).map_err(|e| io_err(path, e))?;
+                hole_at_end = false;
+            }
+            offset += data.len() as u64;
+            progress.bytes(data.len() as u64);
+        }
+    }
+    if hole_at_end || offset != node.size {
+        f.set_len(offset).map_err(|e| io_err(path, e))?;
+    }
+    Ok(offset)
 }
 
 /// Whether the local file has exactly the snapshot's content: it is chunked with the
