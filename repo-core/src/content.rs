@@ -8,11 +8,15 @@ use crate::format::tree::{Node, NodeKind};
 use crate::id::{BlobKind, Id};
 use crate::repository::Repository;
 
-/// Streams a file's content; memory holds one blob at a time.
+/// Blobs fetched and decrypted at once, in parallel, while streaming a file.
+const WINDOW: usize = 16;
+
+/// Streams a file's content; memory holds one window of blobs at a time.
 pub struct ContentReader<'a> {
     repo: &'a Repository,
     ids: Vec<Id>,
     next: usize,
+    ready: std::collections::VecDeque<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
 }
@@ -29,24 +33,38 @@ impl<'a> ContentReader<'a> {
             repo,
             ids: repo.file_content(node)?,
             next: 0,
+            ready: Default::default(),
             current: Vec::new(),
             pos: 0,
         })
+    }
+
+    fn fetch_window(&mut self) -> std::io::Result<()> {
+        use rayon::prelude::*;
+        let end = (self.next + WINDOW).min(self.ids.len());
+        let repo = self.repo;
+        let blobs: Vec<Result<Vec<u8>>> = self.ids[self.next..end]
+            .par_iter()
+            .map(|id| repo.read_blob(BlobKind::Data, id))
+            .collect();
+        self.next = end;
+        for b in blobs {
+            self.ready.push_back(b.map_err(std::io::Error::other)?);
+        }
+        Ok(())
     }
 }
 
 impl Read for ContentReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.current.len() {
-            if self.next == self.ids.len() {
-                return Ok(0);
+            if self.ready.is_empty() {
+                if self.next == self.ids.len() {
+                    return Ok(0);
+                }
+                self.fetch_window()?;
             }
-            let id = self.ids[self.next];
-            self.next += 1;
-            self.current = self
-                .repo
-                .read_blob(BlobKind::Data, &id)
-                .map_err(std::io::Error::other)?;
+            self.current = self.ready.pop_front().unwrap_or_default();
             self.pos = 0;
         }
         let n = buf.len().min(self.current.len() - self.pos);
