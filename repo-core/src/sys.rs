@@ -1,5 +1,8 @@
 //! Small facts about the local system.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use nix::unistd::{Gid, Group, Uid, User};
 
 pub fn hostname() -> String {
