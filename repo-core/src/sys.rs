@@ -16,18 +16,44 @@ pub fn username() -> String {
     user_name(nix::unistd::getuid().as_raw()).unwrap_or_else(|| nix::unistd::getuid().to_string())
 }
 
+type NameCache = Mutex<HashMap<u32, Option<String>>>;
+
+/// Looks a name up once per id: each lookup reads the account databases, and a backup asks
+/// for the owner of every entry it saves.
+fn cached(
+    cache: &'static OnceLock<NameCache>,
+    id: u32,
+    lookup: impl FnOnce(u32) -> Option<String>,
+) -> Option<String> {
+    let map = cache.get_or_init(Default::default);
+    if let Some(hit) = map.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        return hit;
+    }
+    let name = lookup(id);
+    if let Ok(mut m) = map.lock() {
+        m.insert(id, name.clone());
+    }
+    name
+}
+
 pub fn user_name(uid: u32) -> Option<String> {
-    User::from_uid(Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
+    static CACHE: OnceLock<NameCache> = OnceLock::new();
+    cached(&CACHE, uid, |uid| {
+        User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
 }
 
 pub fn group_name(gid: u32) -> Option<String> {
-    Group::from_gid(Gid::from_raw(gid))
-        .ok()
-        .flatten()
-        .map(|g| g.name)
+    static CACHE: OnceLock<NameCache> = OnceLock::new();
+    cached(&CACHE, gid, |gid| {
+        Group::from_gid(Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name)
+    })
 }
 
 pub fn uid_of(name: &str) -> Option<u32> {
