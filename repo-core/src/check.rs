@@ -159,11 +159,17 @@ pub fn check(
                 }
                 files.push(id);
             }
+            // Gone since listing: a concurrent prune replaced it (it writes the replacement first).
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => r.problem(format!("index {id}"), e.to_string()),
         }
     }
     for id in files.into_iter().filter(|id| !superseded.contains(id)) {
-        let f = repo.read_index_file(&id)?;
+        let f = match repo.read_index_file(&id) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         for p in &f.packs {
             indexed.insert(p.id);
             let Some(size) = listed.get(&p.id) else {

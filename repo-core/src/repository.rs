@@ -89,7 +89,7 @@ impl Default for InitOptions {
             kdf: KdfParams::default(),
             chunker: ChunkerConfig::default(),
             pack_size: 16 << 20,
-            compression: 3,
+            compression: 1,
         }
     }
 }
@@ -450,6 +450,21 @@ impl Repository {
     /// blob is in the cache only if a present, non-superseded index file lists it in a pack
     /// that no present record condemns.
     pub fn sync_index(&self) -> Result<()> {
+        // A listed index file that is gone when read was replaced by a concurrent prune's
+        // sweep (which writes the replacement first): list again.
+        let mut attempts = 0;
+        loop {
+            match self.sync_index_once() {
+                Err(e) if e.kind() == ErrorKind::NotFound && attempts < 5 => {
+                    attempts += 1;
+                    tracing::debug!("index changed while being read ({e}); reading it again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn sync_index_once(&self) -> Result<()> {
         let listed = self.index_file_ids()?;
         let present: HashSet<Id> = listed.iter().copied().collect();
         let ingested = self.cache.ingested_index_files()?;
