@@ -3,7 +3,10 @@
 //! Strategy. Two streaming passes over the snapshot's trees (memory holds one tree per level
 //! of depth). The first pass only looks: with `--overwrite never` it collects existing paths
 //! whose content differs from the snapshot and, if there are any, fails before anything is
-//! changed. The second pass writes. Each file is written under a temporary name in its
+//! changed. The second pass writes, one folder at a time: the entries of a folder are decided
+//! in order, the contents of its new files are written in parallel (each file fetching its
+//! blobs in parallel windows), and then each entry is finished in order. Each file is
+//! written under a temporary name in its
 //! directory and renamed into place only when complete, so an interrupted restore or a full
 //! disk never leaves a partial file under a real name (the temporary file is removed on
 //! error). Runs of zeros become holes. Hard links within the snapshot are restored as links.
