@@ -77,8 +77,10 @@ pub struct RestoreSummary {
 
 /// How one entry of a directory is restored.
 enum Action<'n> {
-    /// Sequentially, through `restore_entry` (special files, links, identical files).
+    /// Sequentially, through `restore_entry` (special files and hard links).
     Entry { target: PathBuf, node: &'n Node },
+    /// A file already present with the snapshot's content: only its metadata is applied.
+    Unchanged { target: PathBuf, node: &'n Node },
     /// A new file whose content is written to `tmp` in parallel, then renamed to `target`.
     Write {
         target: PathBuf,
@@ -354,15 +356,7 @@ impl<'a> Restorer<'a> {
             NodeKind::File => {
                 self.summary.files += 1;
                 self.remember_link(target, node);
-                if self.opts.verify {
-                    if !file_matches(self.repo, target, node)? {
-                        return Err(Error::corrupt(format!(
-                            "verification failed: {} does not match the snapshot",
-                            target.display()
-                        )));
-                    }
-                    self.summary.verified += 1;
-                }
+                self.verify_file(target, node)?;
             }
             _ => self.summary.others += 1,
         }
@@ -380,7 +374,7 @@ impl<'a> Restorer<'a> {
             if self.opts.overwrite != Overwrite::Always
                 && self.matches_existing(&target, node, meta)?
             {
-                return Ok(Action::Entry { target, node });
+                return Ok(Action::Unchanged { target, node });
             }
         }
         if node.links > 1 && self.links.contains_key(&(node.device, node.inode)) {
@@ -395,22 +389,33 @@ impl<'a> Restorer<'a> {
         Ok(Action::Write { target, tmp, node })
     }
 
+    /// With `--verify`, reads a restored file back and compares it with the snapshot.
+    fn verify_file(&mut self, target: &Path, node: &Node) -> Result<()> {
+        if self.opts.verify {
+            if !file_matches(self.repo, target, node)? {
+                return Err(Error::corrupt(format!(
+                    "verification failed: {} does not match the snapshot",
+                    target.display()
+                )));
+            }
+            self.summary.verified += 1;
+        }
+        Ok(())
+    }
+
     fn finish_action(&mut self, action: &Action) -> Result<()> {
         match action {
             Action::Entry { target, node } => self.restore_entry(target, node),
+            Action::Unchanged { target, node } => {
+                self.summary.files_unchanged += 1;
+                self.remember_link(target, node);
+                self.apply_metadata(target, node)
+            }
             Action::Write { target, tmp, node } => {
                 self.apply_metadata(tmp, node)?;
                 fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
                 self.summary.files += 1;
-                if self.opts.verify {
-                    if !file_matches(self.repo, target, node)? {
-                        return Err(Error::corrupt(format!(
-                            "verification failed: {} does not match the snapshot",
-                            target.display()
-                        )));
-                    }
-                    self.summary.verified += 1;
-                }
+                self.verify_file(target, node)?;
                 Ok(())
             }
         }
