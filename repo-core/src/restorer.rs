@@ -226,10 +226,7 @@ impl<'a> Restorer<'a> {
             .collect();
         let repo = self.repo;
         let progress = self.progress;
-        let written: Vec<Result<u64>> = writes
-            .par_iter()
-            .map(|(tmp, node)| write_content(repo, tmp, node, progress))
-            .collect();
+        let written = write_files(repo, &writes, progress);
         if let Some(e) = written.iter().find_map(|r| r.as_ref().err()) {
             let e = Error::new(e.kind(), e.to_string());
             for (tmp, _) in &writes {
@@ -515,6 +512,182 @@ impl PrivateMode for fs::OpenOptions {
     fn mode_private(&mut self) -> &mut Self {
         std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
     }
+}
+
+/// Files of at most this many blobs are "small": their blobs are fetched together with those
+/// of the other small files of the folder, in coalesced reads.
+const SMALL_FILE_BLOBS: usize = 4;
+/// Plaintext held at once for a group of small files.
+const SMALL_GROUP_BYTES: u64 = 32 << 20;
+/// Two blobs of one pack are fetched by one read when the gap between them is at most this.
+const COALESCE_GAP: u64 = 256 << 10;
+
+/// Writes the contents of new files (to their temporary names). Large files stream their
+/// blobs in parallel windows; small files are grouped, and the blobs of a group are read
+/// with one ranged read per run of neighbouring blobs in a pack (files of one folder were
+/// backed up one after another, so their blobs are usually adjacent), decrypted in parallel,
+/// and then written. Returns the bytes written per file, in order.
+fn write_files(
+    repo: &Repository,
+    files: &[(&PathBuf, &Node)],
+    progress: &dyn RestoreProgress,
+) -> Vec<Result<u64>> {
+    let mut results: Vec<Option<Result<u64>>> = (0..files.len()).map(|_| None).collect();
+    let mut small: Vec<usize> = Vec::new();
+    for (i, (_, node)) in files.iter().enumerate() {
+        if node.content_lists.is_empty()
+            && node.content.len() <= SMALL_FILE_BLOBS
+            && node.size <= SMALL_GROUP_BYTES
+        {
+            small.push(i);
+        }
+    }
+    // Large files: one at a time each, in parallel.
+    let mut is_small = vec![false; files.len()];
+    for &i in &small {
+        is_small[i] = true;
+    }
+    let large: Vec<usize> = (0..files.len()).filter(|&i| !is_small[i]).collect();
+    let large_results: Vec<(usize, Result<u64>)> = large
+        .par_iter()
+        .map(|&i| (i, write_content(repo, files[i].0, files[i].1, progress)))
+        .collect();
+    for (i, r) in large_results {
+        results[i] = Some(r);
+    }
+    // Small files: in groups of bounded size.
+    let mut group: Vec<usize> = Vec::new();
+    let mut group_bytes = 0u64;
+    for (k, &i) in small.iter().enumerate() {
+        group.push(i);
+        group_bytes += files[i].1.size;
+        if group_bytes >= SMALL_GROUP_BYTES || k + 1 == small.len() {
+            match write_small_group(repo, files, &group, progress) {
+                Ok(rs) => {
+                    for (i, r) in group.iter().zip(rs) {
+                        results[*i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for i in &group {
+                        results[*i] = Some(Err(Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            }
+            group.clear();
+            group_bytes = 0;
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::new(ErrorKind::Other, "file was not written"))))
+        .collect()
+}
+
+/// A blob's id and plaintext.
+type Plain = (Id, Vec<u8>);
+
+fn write_small_group(
+    repo: &Repository,
+    files: &[(&PathBuf, &Node)],
+    group: &[usize],
+    progress: &dyn RestoreProgress,
+) -> Result<Vec<Result<u64>>> {
+    // Every distinct blob of the group with where it is.
+    let mut wanted: Vec<(crate::cache::BlobLocation, Id)> = Vec::new();
+    let mut seen = HashSet::new();
+    for &i in group {
+        for id in &files[i].1.content {
+            if seen.insert(*id) {
+                let loc = match repo.lookup(id)? {
+                    Some(l) => l,
+                    None => {
+                        repo.sync_index()?;
+                        repo.lookup(id)?.ok_or_else(|| {
+                            Error::not_found(format!("blob {id} is not in the index"))
+                        })?
+                    }
+                };
+                wanted.push((loc, *id));
+            }
+        }
+    }
+    wanted.sort_by_key(|(l, _)| (l.pack, l.offset));
+    // Runs of neighbouring blobs in one pack.
+    let mut runs: Vec<Vec<(crate::cache::BlobLocation, Id)>> = Vec::new();
+    for w in wanted {
+        let joins = runs.last().and_then(|r| r.last()).is_some_and(|(last, _)| {
+            last.pack == w.0.pack
+                && w.0.offset >= last.offset + last.length as u64
+                && w.0.offset - (last.offset + last.length as u64) <= COALESCE_GAP
+        });
+        if joins {
+            if let Some(r) = runs.last_mut() {
+                r.push(w);
+            }
+        } else {
+            runs.push(vec![w]);
+        }
+    }
+    let fetched: Vec<Result<Vec<Plain>>> = runs
+        .par_iter()
+        .map(|run| {
+            let (first, last) = (&run[0].0, &run[run.len() - 1].0);
+            let start = first.offset;
+            let len = last.offset + last.length as u64 - start;
+            let bytes = repo
+                .store()
+                .read_range(
+                    crate::backend::FileType::Pack,
+                    &first.pack.to_hex(),
+                    start,
+                    len,
+                )
+                .map_err(|e| e.context(format!("pack {}", first.pack)))?;
+            run.iter()
+                .map(|(loc, id)| {
+                    let off = (loc.offset - start) as usize;
+                    let sealed = &bytes[off..off + loc.length as usize];
+                    let plain = crate::format::blob::open(repo.keys(), BlobKind::Data, id, sealed)
+                        .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+                    Ok((*id, plain))
+                })
+                .collect()
+        })
+        .collect();
+    let mut blobs: HashMap<Id, Vec<u8>> = HashMap::new();
+    for f in fetched {
+        blobs.extend(f?);
+    }
+    Ok(group
+        .par_iter()
+        .map(|&i| {
+            let (path, node) = files[i];
+            progress.file(path);
+            let mut f = File::options()
+                .write(true)
+                .create_new(true)
+                .mode_private()
+                .open(path)
+                .map_err(|e| io_err(path, e))?;
+            let mut offset = 0u64;
+            for id in &node.content {
+                let data = blobs
+                    .get(id)
+                    .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
+                if data.iter().all(|b| *b == 0) {
+                    f.seek(SeekFrom::Current(data.len() as i64))
+                        .map_err(|e| io_err(path, e))?;
+                } else {
+                    f.write_all(data).map_err(|e| io_err(path, e))?;
+                }
+                offset += data.len() as u64;
+                progress.bytes(data.len() as u64);
+            }
+            f.set_len(offset).map_err(|e| io_err(path, e))?;
+            Ok(offset)
+        })
+        .collect())
 }
 
 /// Blobs of one file fetched and decrypted in parallel before being written in order.
