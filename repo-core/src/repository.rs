@@ -587,19 +587,22 @@ impl Repository {
 
     // ---- blobs and trees ----
 
-    /// Reads a blob. A blob missing from the cached index may belong to a snapshot that was
-    /// committed after the index was last read, so the index is read again once before the
-    /// blob is reported missing.
+    /// Reads a blob (see [`Repository::locate`]).
     pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
-        let loc = match self.lookup(id)? {
-            Some(loc) => loc,
-            None => {
-                self.sync_index()?;
-                self.lookup(id)?
-                    .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?
-            }
-        };
+        let loc = self.locate(id)?;
         self.read_blob_at(kind, id, &loc)
+    }
+
+    /// Where a blob is. A blob missing from the cached index may belong to a snapshot that
+    /// was committed after the index was last read, so the index is read again once before
+    /// the blob is reported missing.
+    pub fn locate(&self, id: &Id) -> Result<BlobLocation> {
+        if let Some(loc) = self.lookup(id)? {
+            return Ok(loc);
+        }
+        self.sync_index()?;
+        self.lookup(id)?
+            .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))
     }
 
     pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {

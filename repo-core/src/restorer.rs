@@ -428,7 +428,10 @@ impl<'a> Restorer<'a> {
 
     fn create_at(&mut self, path: &Path, node: &Node) -> Result<()> {
         match node.kind {
-            NodeKind::File => self.write_file(path, node),
+            NodeKind::File => {
+                self.summary.bytes_written += write_content(self.repo, path, node, self.progress)?;
+                Ok(())
+            }
             NodeKind::Symlink => {
                 let t = node.link_target.as_deref().ok_or_else(|| {
                     Error::corrupt(format!("symlink {:?} has no target", node.name_lossy()))
@@ -453,11 +456,6 @@ impl<'a> Restorer<'a> {
             }
             NodeKind::Dir => Err(Error::invalid("directories are not created here")),
         }
-    }
-
-    fn write_file(&mut self, path: &Path, node: &Node) -> Result<()> {
-        self.summary.bytes_written += write_content(self.repo, path, node, self.progress)?;
-        Ok(())
     }
 
     fn apply_metadata(&self, path: &Path, node: &Node) -> Result<()> {
@@ -599,15 +597,7 @@ fn write_small_group(
     for &i in group {
         for id in &files[i].1.content {
             if seen.insert(*id) {
-                let loc = match repo.lookup(id)? {
-                    Some(l) => l,
-                    None => {
-                        repo.sync_index()?;
-                        repo.lookup(id)?.ok_or_else(|| {
-                            Error::not_found(format!("blob {id} is not in the index"))
-                        })?
-                    }
-                };
+                let loc = repo.locate(id)?;
                 wanted.push((loc, *id));
             }
         }
@@ -664,28 +654,15 @@ fn write_small_group(
         .map(|&i| {
             let (path, node) = files[i];
             progress.file(path);
-            let mut f = File::options()
-                .write(true)
-                .create_new(true)
-                .mode_private()
-                .open(path)
-                .map_err(|e| io_err(path, e))?;
-            let mut offset = 0u64;
+            let mut out = NewFile::create(path)?;
             for id in &node.content {
                 let data = blobs
                     .get(id)
                     .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
-                if data.iter().all(|b| *b == 0) {
-                    f.seek(SeekFrom::Current(data.len() as i64))
-                        .map_err(|e| io_err(path, e))?;
-                } else {
-                    f.write_all(data).map_err(|e| io_err(path, e))?;
-                }
-                offset += data.len() as u64;
+                out.append(data)?;
                 progress.bytes(data.len() as u64);
             }
-            f.set_len(offset).map_err(|e| io_err(path, e))?;
-            Ok(offset)
+            out.finish()
         })
         .collect())
 }
@@ -703,15 +680,8 @@ fn write_content(
     progress: &dyn RestoreProgress,
 ) -> Result<u64> {
     progress.file(path);
-    let mut f = File::options()
-        .write(true)
-        .create_new(true)
-        .mode_private()
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
+    let mut out = NewFile::create(path)?;
     let ids = repo.file_content(node)?;
-    let mut offset = 0u64;
-    let mut hole_at_end = false;
     for window in ids.chunks(FETCH_WINDOW) {
         let blobs: Vec<Result<Vec<u8>>> = window
             .par_iter()
@@ -719,23 +689,49 @@ fn write_content(
             .collect();
         for data in blobs {
             let data = data.map_err(|e| e.context(path.display()))?;
-            if data.iter().all(|b| *b == 0) {
-                // A hole: seek past it; set_len below gives the file its size.
-                f.seek(SeekFrom::Current(data.len() as i64))
-                    .map_err(|e| io_err(path, e))?;
-                hole_at_end = true;
-            } else {
-                f.write_all(&data).map_err(|e| io_err(path, e))?;
-                hole_at_end = false;
-            }
-            offset += data.len() as u64;
+            out.append(&data)?;
             progress.bytes(data.len() as u64);
         }
     }
-    if hole_at_end || offset != node.size {
-        f.set_len(offset).map_err(|e| io_err(path, e))?;
+    out.finish()
+}
+
+/// A file being restored: created owner-only and new, filled blob by blob, with all-zero
+/// blobs left as holes.
+struct NewFile<'p> {
+    f: File,
+    path: &'p Path,
+    len: u64,
+}
+
+impl<'p> NewFile<'p> {
+    fn create(path: &'p Path) -> Result<Self> {
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode_private()
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        Ok(NewFile { f, path, len: 0 })
     }
-    Ok(offset)
+
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        if data.iter().all(|b| *b == 0) {
+            self.f
+                .seek(SeekFrom::Current(data.len() as i64))
+                .map_err(|e| io_err(self.path, e))?;
+        } else {
+            self.f.write_all(data).map_err(|e| io_err(self.path, e))?;
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Sets the length (which also materialises a trailing hole); returns it.
+    fn finish(self) -> Result<u64> {
+        self.f.set_len(self.len).map_err(|e| io_err(self.path, e))?;
+        Ok(self.len)
+    }
 }
 
 /// Whether the local file has exactly the snapshot's content: it is chunked with the
