@@ -516,3 +516,36 @@ fn a_backup_whose_lease_lapsed_copies_condemned_data_it_needs() {
 fn a_backup_whose_lease_lapsed_fails_when_its_data_was_swept() {
     lapsed_lease(true);
 }
+
+#[test]
+fn a_held_lease_is_refreshed_past_its_time_to_live_and_removed_when_released() {
+    use cairn_repo::lease::{self, LeaseGuard};
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = Repository::open(
+        &Location::Local(dir.path().join("repo")),
+        "default",
+        &Credentials::Key(key),
+        &OpenOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            lease_ttl: Some(Duration::from_secs(1)),
+        },
+    )
+    .unwrap();
+    let guard = LeaseGuard::acquire(&repo, "backup").unwrap();
+    let first = guard.name();
+    // Three times the time to live: only refreshing keeps it live.
+    std::thread::sleep(Duration::from_millis(3000));
+    let live = lease::live(&repo).unwrap();
+    assert_eq!(live.len(), 1, "exactly one lease object, the refreshed one");
+    assert_eq!(live[0].1.holder, guard.holder());
+    assert_ne!(live[0].0, first, "a refresh writes a new lease object");
+    assert!(guard.held());
+    assert_eq!(
+        lease::list(&repo).unwrap().len(),
+        1,
+        "old lease objects are removed"
+    );
+    guard.release().unwrap();
+    assert!(lease::list(&repo).unwrap().is_empty());
+}
