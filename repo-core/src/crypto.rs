@@ -15,7 +15,7 @@
 //! data binds what the message is (blob kind and id, or object type), so a sealed object
 //! cannot be passed off as another.
 
-use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -113,6 +113,11 @@ impl Keys {
         seal(self.cipher(kind), &blob_aad(kind, id), payload)
     }
 
+    /// Seals a blob whose payload is `buf[NONCE_LEN..]`, in place (see [`seal_in_place`]).
+    pub fn seal_blob_in_place(&self, kind: BlobKind, id: &Id, buf: &mut Vec<u8>) -> Result<()> {
+        seal_in_place(self.cipher(kind), &blob_aad(kind, id), buf)
+    }
+
     pub fn open_blob(&self, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
         open(self.cipher(kind), &blob_aad(kind, id), sealed)
             .map_err(|e| e.context(format!("blob {id} ({kind:?})")))
@@ -137,21 +142,32 @@ fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 43] {
 }
 
 pub(crate) fn seal(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(OVERHEAD + plaintext.len());
+    buf.resize(NONCE_LEN, 0);
+    buf.extend_from_slice(plaintext);
+    seal_in_place(cipher, aad, &mut buf)?;
+    Ok(buf)
+}
+
+/// Seals `buf[NONCE_LEN..]` where it lies: writes a fresh nonce over `buf[..NONCE_LEN]`,
+/// encrypts the rest in place and appends the tag, giving the same layout as [`seal`]
+/// without copying the plaintext.
+pub(crate) fn seal_in_place(
+    cipher: &XChaCha20Poly1305,
+    aad: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    if buf.len() < NONCE_LEN {
+        return Err(Error::invalid("seal_in_place: no room for the nonce"));
+    }
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce)?;
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
+    buf[..NONCE_LEN].copy_from_slice(&nonce);
+    let tag = cipher
+        .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())
         .map_err(|_| Error::new(ErrorKind::Other, "encryption failed"))?;
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
+    buf.extend_from_slice(&tag);
+    Ok(())
 }
 
 pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {

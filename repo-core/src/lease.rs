@@ -10,7 +10,6 @@
 //! lists leases after writing its condemned record, sees every writer that might have read
 //! the index before the record existed (docs/design.md, "Garbage collection").
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -124,7 +123,7 @@ struct State {
 pub struct LeaseGuard {
     store: Store,
     state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
+    stop: std::sync::mpsc::Sender<()>,
     refresher: Option<JoinHandle<()>>,
     holder: Id,
 }
@@ -162,19 +161,21 @@ impl LeaseGuard {
             name,
             valid_until: Instant::now() + ttl,
         }));
-        let stop = Arc::new(AtomicBool::new(false));
+        // The refresher waits on this channel: a message or the sender's drop stops it at
+        // once, so releasing a lease never waits for a polling interval.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let refresher = {
-            let (store, state, stop) = (store.clone(), state.clone(), stop.clone());
+            let (store, state) = (store.clone(), state.clone());
             std::thread::Builder::new()
                 .name("cairn-lease".into())
                 .spawn(move || {
-                    let tick = Duration::from_millis(200);
-                    let every = (ttl / 3).max(tick);
+                    let every = (ttl / 3).max(Duration::from_millis(200));
                     let mut last = Instant::now();
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        if last.elapsed() < every {
-                            continue;
+                    loop {
+                        let wait = every.saturating_sub(last.elapsed());
+                        match stopped.recv_timeout(wait) {
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            _ => return,
                         }
                         last = Instant::now();
                         let refreshed = make(jiff::Timestamp::now())
@@ -234,7 +235,7 @@ impl LeaseGuard {
     }
 
     fn stop_refresher(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(());
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }

@@ -2,9 +2,9 @@
 //! `nonce (24) || XChaCha20-Poly1305(format byte || zstd(plaintext) or plaintext) || tag (16)`
 //! with associated data `"cairn:blob" || kind || id`.
 
-use crate::crypto::Keys;
+use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
-use crate::format::{compress, decompress};
+use crate::format::{compress_into, decompress};
 use crate::id::{BlobKind, Id};
 
 /// A blob ready to be appended to a pack.
@@ -25,8 +25,13 @@ pub fn seal(
 ) -> Result<SealedBlob> {
     let raw_length =
         u32::try_from(plaintext.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
-    let payload = compress(plaintext, level)?;
-    let bytes = keys.seal_blob(kind, &id, &payload)?;
+    // Compressed straight after room for the nonce and sealed where it lies: one buffer,
+    // no copies of the payload.
+    let mut bytes =
+        Vec::with_capacity(crypto::OVERHEAD + 1 + zstd::zstd_safe::compress_bound(plaintext.len()));
+    bytes.resize(crypto::NONCE_LEN, 0);
+    compress_into(plaintext, level, &mut bytes)?;
+    keys.seal_blob_in_place(kind, &id, &mut bytes)?;
     Ok(SealedBlob {
         kind,
         id,

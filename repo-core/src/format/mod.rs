@@ -32,25 +32,58 @@ pub fn from_cbor<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     ciborium::from_reader(bytes).map_err(|e| Error::corrupt(format!("{what}: cannot decode: {e}")))
 }
 
+thread_local! {
+    /// One zstd context per thread, kept between blobs: creating a context costs more than
+    /// compressing a small blob with it.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match &mut *slot {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                let mut c = zstd::bulk::Compressor::new(level)?;
+                c.include_contentsize(true)?;
+                &mut slot.insert((level, c)).1
+            }
+        };
+        // The cursor makes zstd write after what `out` already holds, into its spare
+        // capacity, without zero-filling it first.
+        let start = out.len();
+        let mut cursor = std::io::Cursor::new(out);
+        cursor.set_position(start as u64);
+        c.compress_to_buffer(plaintext, &mut cursor)
+    })
+}
+
+/// Appends the format byte and the payload to `out`, compressing with zstd `level` when
+/// that saves space. Level 0 stores as is.
+pub fn compress_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    if level != 0 && plaintext.len() >= 64 {
+        out.push(1u8);
+        out.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+        let n = zstd_into(plaintext, level, out).map_err(|e| Error::io("zstd", e))?;
+        // Incompressible data is stored raw: it restores faster and is no bigger.
+        if n + 1 < plaintext.len() {
+            return Ok(());
+        }
+        out.truncate(start);
+    }
+    out.reserve(plaintext.len() + 1);
+    out.push(0u8);
+    out.extend_from_slice(plaintext);
+    Ok(())
+}
+
 /// Adds the format byte, compressing with zstd `level` when that saves space. Level 0 stores
 /// as is.
 pub fn compress(plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
-    if level != 0 && plaintext.len() >= 64 {
-        let mut out = Vec::with_capacity(plaintext.len() / 2 + 16);
-        out.push(1u8);
-        let mut c = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd", e))?;
-        c.include_contentsize(true)
-            .map_err(|e| Error::io("zstd", e))?;
-        let z = c.compress(plaintext).map_err(|e| Error::io("zstd", e))?;
-        // Incompressible data is stored raw: it restores faster and is no bigger.
-        if z.len() + 1 < plaintext.len() {
-            out.extend_from_slice(&z);
-            return Ok(out);
-        }
-    }
-    let mut out = Vec::with_capacity(plaintext.len() + 1);
-    out.push(0u8);
-    out.extend_from_slice(plaintext);
+    let mut out = Vec::new();
+    compress_into(plaintext, level, &mut out)?;
     Ok(out)
 }
 
