@@ -4,14 +4,18 @@
 //! of depth). The first pass only looks: with `--overwrite never` it collects existing paths
 //! whose content differs from the snapshot and, if there are any, fails before anything is
 //! changed. The second pass writes, one folder at a time: the entries of a folder are decided
-//! in order, the contents of its new files are written in parallel (each file fetching its
-//! blobs in parallel windows), and then each entry is finished in order. Each file is
-//! written under a temporary name in its
-//! directory and renamed into place only when complete, so an interrupted restore or a full
-//! disk never leaves a partial file under a real name (the temporary file is removed on
-//! error). Runs of zeros become holes. Hard links within the snapshot are restored as links.
-//! Ownership, permissions, extended attributes and times are applied after content, and a
-//! directory's times after its entries (writing into a directory changes its mtime).
+//! in order, the contents of its new files are written in parallel (large files fetch their
+//! blobs in parallel windows; small files are grouped and their blobs fetched with coalesced
+//! reads per pack while one thread creates the group's files), and then each entry is
+//! finished in order. A file that replaces an existing entry is written under a temporary
+//! name and renamed into place when complete; a file where nothing exists (always so in a
+//! folder this restore created) is created exclusively under its own name. Either way a file
+//! that fails (a full disk, a damaged blob) is removed at once, so an error never leaves a
+//! partial file behind; a restore killed outright can, and a rerun with `--overwrite
+//! if-changed` replaces it. Runs of zeros become holes. Hard links within the snapshot are
+//! restored as links. Owner, mode, extended attributes and times are applied after content,
+//! through the open descriptor for new files, and a directory's times after its entries
+//! (writing into a directory changes its mtime).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -81,10 +85,12 @@ enum Action<'n> {
     Entry { target: PathBuf, node: &'n Node },
     /// A file already present with the snapshot's content: only its metadata is applied.
     Unchanged { target: PathBuf, node: &'n Node },
-    /// A new file whose content is written to `tmp` in parallel, then renamed to `target`.
+    /// A new file whose content and metadata are written in parallel to `tmp`, renamed to
+    /// `target` when finished, or straight to `target` when nothing is there to replace
+    /// (`tmp` is `None`; the file is created exclusively, so nothing can be clobbered).
     Write {
         target: PathBuf,
-        tmp: PathBuf,
+        tmp: Option<PathBuf>,
         node: &'n Node,
     },
 }
@@ -107,6 +113,21 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 
 fn timespec(t: Time) -> TimeSpec {
     TimeSpec::new(t.0, t.1 as i64)
+}
+
+/// Who a restored entry belongs to: the owner's name when it exists here, else the number.
+fn owner_ids(node: &Node) -> (u32, u32) {
+    let uid = node
+        .user
+        .as_deref()
+        .and_then(crate::sys::uid_of)
+        .unwrap_or(node.uid);
+    let gid = node
+        .group
+        .as_deref()
+        .and_then(crate::sys::gid_of)
+        .unwrap_or(node.gid);
+    (uid, gid)
 }
 
 fn tmp_name(dir: &Path) -> Result<PathBuf> {
@@ -198,6 +219,7 @@ impl<'a> Restorer<'a> {
         target_dir: &Path,
         ancestor_selected: bool,
         whole_dir: bool,
+        fresh: bool,
     ) -> Result<bool> {
         let t = self.repo.load_tree(tree)?;
         let mut any = false;
@@ -214,23 +236,29 @@ impl<'a> Restorer<'a> {
             if actions.is_empty() {
                 fs::create_dir_all(target_dir).map_err(|e| io_err(target_dir, e))?;
             }
-            actions.push(self.decide(target_dir.join(name), node)?);
+            actions.push(self.decide(target_dir.join(name), node, fresh)?);
             any = true;
         }
         let writes: Vec<(&PathBuf, &Node)> = actions
             .iter()
             .filter_map(|a| match a {
-                Action::Write { tmp, node, .. } => Some((tmp, *node)),
+                Action::Write { tmp, target, node } => {
+                    Some((tmp.as_ref().unwrap_or(target), *node))
+                }
                 _ => None,
             })
             .collect();
         let repo = self.repo;
         let progress = self.progress;
-        let written = write_files(repo, &writes, progress);
+        let written = write_files(repo, &writes, self.is_root, progress);
         if let Some(e) = written.iter().find_map(|r| r.as_ref().err()) {
             let e = Error::new(e.kind(), e.to_string());
-            for (tmp, _) in &writes {
-                let _ = fs::remove_file(tmp);
+            // Files that failed were removed as they failed (see `NewFile`); complete ones
+            // under temporary names hold nothing anyone asked for yet.
+            for a in &actions {
+                if let Action::Write { tmp: Some(tmp), .. } = a {
+                    let _ = fs::remove_file(tmp);
+                }
             }
             return Err(e);
         }
@@ -241,7 +269,7 @@ impl<'a> Restorer<'a> {
         for (k, action) in actions.iter().enumerate() {
             if let Err(e) = self.finish_action(action) {
                 for later in &actions[k..] {
-                    if let Action::Write { tmp, .. } = later {
+                    if let Action::Write { tmp: Some(tmp), .. } = later {
                         let _ = fs::remove_file(tmp);
                     }
                 }
@@ -256,11 +284,14 @@ impl<'a> Restorer<'a> {
             if !descend {
                 continue;
             }
+            let mut created = fresh;
             if restore {
-                self.ensure_dir(&target)?;
+                created = self.ensure_dir(&target)? || fresh;
             }
             let inner = match &node.subtree {
-                Some(sub) => self.restore_tree(sub, &snap_path, &target, restore, restore)?,
+                Some(sub) => {
+                    self.restore_tree(sub, &snap_path, &target, restore, restore, created)?
+                }
                 None => false,
             };
             if restore || inner {
@@ -278,14 +309,19 @@ impl<'a> Restorer<'a> {
         Ok(any)
     }
 
-    fn ensure_dir(&mut self, target: &Path) -> Result<()> {
+    /// Makes `target` a directory; returns whether it was created (and so is empty).
+    fn ensure_dir(&mut self, target: &Path) -> Result<bool> {
         match fs::symlink_metadata(target) {
-            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.is_dir() => Ok(false),
             Ok(_) => {
                 fs::remove_file(target).map_err(|e| io_err(target, e))?;
-                fs::create_dir(target).map_err(|e| io_err(target, e))
+                fs::create_dir(target).map_err(|e| io_err(target, e))?;
+                Ok(true)
             }
-            Err(_) => fs::create_dir_all(target).map_err(|e| io_err(target, e)),
+            Err(_) => {
+                fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+                Ok(true)
+            }
         }
     }
 
@@ -361,12 +397,17 @@ impl<'a> Restorer<'a> {
     }
 
     /// What restoring one non-directory entry takes. Identical existing entries are settled
-    /// here; new files get a temporary name to be written in parallel.
-    fn decide<'n>(&mut self, target: PathBuf, node: &'n Node) -> Result<Action<'n>> {
+    /// here; files that replace something get a temporary name. In a `fresh` directory (one
+    /// this restore created) nothing can exist yet, so nothing is looked up.
+    fn decide<'n>(&mut self, target: PathBuf, node: &'n Node, fresh: bool) -> Result<Action<'n>> {
         if node.kind != NodeKind::File {
             return Ok(Action::Entry { target, node });
         }
-        let existing = fs::symlink_metadata(&target).ok();
+        let existing = if fresh {
+            None
+        } else {
+            fs::symlink_metadata(&target).ok()
+        };
         if let Some(meta) = &existing {
             if self.opts.overwrite != Overwrite::Always
                 && self.matches_existing(&target, node, meta)?
@@ -377,11 +418,14 @@ impl<'a> Restorer<'a> {
         if node.links > 1 && self.links.contains_key(&(node.device, node.inode)) {
             return Ok(Action::Entry { target, node });
         }
-        let tmp = tmp_name(
-            target
-                .parent()
-                .ok_or_else(|| Error::invalid("restore target has no parent"))?,
-        )?;
+        let tmp = match existing {
+            None => None,
+            Some(_) => {
+                Some(tmp_name(target.parent().ok_or_else(|| {
+                    Error::invalid("restore target has no parent")
+                })?)?)
+            }
+        };
         self.remember_link(&target, node);
         Ok(Action::Write { target, tmp, node })
     }
@@ -409,8 +453,9 @@ impl<'a> Restorer<'a> {
                 self.apply_metadata(target, node)
             }
             Action::Write { target, tmp, node } => {
-                self.apply_metadata(tmp, node)?;
-                fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
+                if let Some(tmp) = tmp {
+                    fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
+                }
                 self.summary.files += 1;
                 self.verify_file(target, node)?;
                 Ok(())
@@ -429,7 +474,8 @@ impl<'a> Restorer<'a> {
     fn create_at(&mut self, path: &Path, node: &Node) -> Result<()> {
         match node.kind {
             NodeKind::File => {
-                self.summary.bytes_written += write_content(self.repo, path, node, self.progress)?;
+                self.summary.bytes_written += write_content(self.repo, path, node, self.progress)?
+                    .finish(node, self.is_root)?;
                 Ok(())
             }
             NodeKind::Symlink => {
@@ -463,16 +509,7 @@ impl<'a> Restorer<'a> {
         // Ownership: by name when the name exists here, else by number. Only root can give
         // files away; others keep their own ownership silently, as tar does.
         if self.is_root {
-            let uid = node
-                .user
-                .as_deref()
-                .and_then(crate::sys::uid_of)
-                .unwrap_or(node.uid);
-            let gid = node
-                .group
-                .as_deref()
-                .and_then(crate::sys::gid_of)
-                .unwrap_or(node.gid);
+            let (uid, gid) = owner_ids(node);
             std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| io_err(path, e))?;
         }
         if !is_link {
@@ -528,6 +565,7 @@ const COALESCE_GAP: u64 = 256 << 10;
 fn write_files(
     repo: &Repository,
     files: &[(&PathBuf, &Node)],
+    is_root: bool,
     progress: &dyn RestoreProgress,
 ) -> Vec<Result<u64>> {
     let mut results: Vec<Option<Result<u64>>> = (0..files.len()).map(|_| None).collect();
@@ -546,40 +584,57 @@ fn write_files(
         is_small[i] = true;
     }
     let large: Vec<usize> = (0..files.len()).filter(|&i| !is_small[i]).collect();
-    let large_results: Vec<(usize, Result<u64>)> = large
-        .par_iter()
-        .map(|&i| (i, write_content(repo, files[i].0, files[i].1, progress)))
-        .collect();
-    for (i, r) in large_results {
-        results[i] = Some(r);
-    }
-    // Small files: in groups of bounded size.
-    let mut group: Vec<usize> = Vec::new();
-    let mut group_bytes = 0u64;
-    for (k, &i) in small.iter().enumerate() {
-        group.push(i);
-        group_bytes += files[i].1.size;
-        if group_bytes >= SMALL_GROUP_BYTES || k + 1 == small.len() {
-            match write_small_group(repo, files, &group, progress) {
-                Ok(rs) => {
-                    for (i, r) in group.iter().zip(rs) {
-                        results[*i] = Some(r);
-                    }
-                }
-                Err(e) => {
-                    for i in &group {
-                        results[*i] = Some(Err(Error::new(e.kind(), e.to_string())));
-                    }
-                }
+    // Large files (each in parallel windows) and the groups of small files run side by
+    // side, so that neither phase's tail leaves a core idle.
+    let write_large = || -> Vec<(usize, Result<u64>)> {
+        large
+            .par_iter()
+            .map(|&i| {
+                let (path, node) = files[i];
+                let written = write_content(repo, path, node, progress)
+                    .and_then(|out| out.finish(node, is_root));
+                (i, written)
+            })
+            .collect()
+    };
+    let write_small = || -> Vec<(usize, Result<u64>)> {
+        let mut out = Vec::with_capacity(small.len());
+        for group in small_groups(files, &small) {
+            match write_small_group(repo, files, group, is_root, progress) {
+                Ok(rs) => out.extend(group.iter().copied().zip(rs)),
+                Err(e) => out.extend(
+                    group
+                        .iter()
+                        .map(|&i| (i, Err(Error::new(e.kind(), e.to_string())))),
+                ),
             }
-            group.clear();
-            group_bytes = 0;
         }
+        out
+    };
+    let (large_results, small_results) = rayon::join(write_large, write_small);
+    for (i, r) in large_results.into_iter().chain(small_results) {
+        results[i] = Some(r);
     }
     results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(Error::new(ErrorKind::Other, "file was not written"))))
         .collect()
+}
+
+/// Consecutive runs of `small` (indexes into `files`) holding about `SMALL_GROUP_BYTES`.
+fn small_groups<'s>(files: &[(&PathBuf, &Node)], small: &'s [usize]) -> Vec<&'s [usize]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (k, &i) in small.iter().enumerate() {
+        bytes += files[i].1.size;
+        if bytes >= SMALL_GROUP_BYTES || k + 1 == small.len() {
+            groups.push(&small[start..=k]);
+            start = k + 1;
+            bytes = 0;
+        }
+    }
+    groups
 }
 
 /// A blob's id and plaintext.
@@ -589,6 +644,7 @@ fn write_small_group(
     repo: &Repository,
     files: &[(&PathBuf, &Node)],
     group: &[usize],
+    is_root: bool,
     progress: &dyn RestoreProgress,
 ) -> Result<Vec<Result<u64>>> {
     // Every distinct blob of the group with where it is.
@@ -619,42 +675,51 @@ fn write_small_group(
             runs.push(vec![w]);
         }
     }
-    let fetched: Vec<Result<Vec<Plain>>> = runs
-        .par_iter()
-        .map(|run| {
-            let (first, last) = (&run[0].0, &run[run.len() - 1].0);
-            let start = first.offset;
-            let len = last.offset + last.length as u64 - start;
-            let bytes = repo
-                .store()
-                .read_range(
-                    crate::backend::FileType::Pack,
-                    &first.pack.to_hex(),
-                    start,
-                    len,
-                )
-                .map_err(|e| e.context(format!("pack {}", first.pack)))?;
-            run.iter()
-                .map(|(loc, id)| {
-                    let off = (loc.offset - start) as usize;
-                    let sealed = &bytes[off..off + loc.length as usize];
-                    let plain = crate::format::blob::open(repo.keys(), BlobKind::Data, id, sealed)
-                        .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
-                    Ok((*id, plain))
-                })
-                .collect()
-        })
-        .collect();
+    // The group's files are created on one thread while the others fetch its blobs:
+    // creating entries takes their folder's lock, so creating them in parallel only spins.
+    let create_all = || -> Vec<Result<NewFile<'_>>> {
+        group.iter().map(|&i| NewFile::create(files[i].0)).collect()
+    };
+    let fetch_all = || -> Vec<Result<Vec<Plain>>> {
+        runs.par_iter()
+            .map(|run| {
+                let (first, last) = (&run[0].0, &run[run.len() - 1].0);
+                let start = first.offset;
+                let len = last.offset + last.length as u64 - start;
+                let bytes = repo
+                    .store()
+                    .read_range(
+                        crate::backend::FileType::Pack,
+                        &first.pack.to_hex(),
+                        start,
+                        len,
+                    )
+                    .map_err(|e| e.context(format!("pack {}", first.pack)))?;
+                run.iter()
+                    .map(|(loc, id)| {
+                        let off = (loc.offset - start) as usize;
+                        let sealed = &bytes[off..off + loc.length as usize];
+                        let plain =
+                            crate::format::blob::open(repo.keys(), BlobKind::Data, id, sealed)
+                                .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+                        Ok((*id, plain))
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (created, fetched) = rayon::join(create_all, fetch_all);
     let mut blobs: HashMap<Id, Vec<u8>> = HashMap::new();
     for f in fetched {
         blobs.extend(f?);
     }
     Ok(group
         .par_iter()
-        .map(|&i| {
+        .zip(created)
+        .map(|(&i, out)| {
             let (path, node) = files[i];
             progress.file(path);
-            let mut out = NewFile::create(path)?;
+            let mut out = out?;
             for id in &node.content {
                 let data = blobs
                     .get(id)
@@ -662,7 +727,7 @@ fn write_small_group(
                 out.append(data)?;
                 progress.bytes(data.len() as u64);
             }
-            out.finish()
+            out.finish(node, is_root)
         })
         .collect())
 }
@@ -671,14 +736,14 @@ fn write_small_group(
 const FETCH_WINDOW: usize = 16;
 
 /// Writes a file's content to `path` (a new file), fetching blobs in parallel windows and
-/// turning all-zero blobs into holes. Returns the bytes written (holes included). The file
-/// is not fsynced: a write error, including a full disk, is reported by `write` itself.
-fn write_content(
+/// turning all-zero blobs into holes; returns the file to be finished. The file is not
+/// fsynced: a write error, including a full disk, is reported by `write` itself.
+fn write_content<'p>(
     repo: &Repository,
-    path: &Path,
+    path: &'p Path,
     node: &Node,
     progress: &dyn RestoreProgress,
-) -> Result<u64> {
+) -> Result<NewFile<'p>> {
     progress.file(path);
     let mut out = NewFile::create(path)?;
     let ids = repo.file_content(node)?;
@@ -693,15 +758,29 @@ fn write_content(
             progress.bytes(data.len() as u64);
         }
     }
-    out.finish()
+    Ok(out)
 }
 
 /// A file being restored: created owner-only and new, filled blob by blob, with all-zero
-/// blobs left as holes.
+/// blobs left as holes, then given its metadata through the open descriptor (no path
+/// lookups, and safe to do in parallel).
 struct NewFile<'p> {
     f: File,
     path: &'p Path,
     len: u64,
+    /// Whether the content ends in a hole, which only setting the length materialises.
+    hole_at_end: bool,
+    /// Set once complete; until then dropping the file removes it, so a failed or
+    /// abandoned file never stays behind as a partial one.
+    done: bool,
+}
+
+impl Drop for NewFile<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(self.path);
+        }
+    }
 }
 
 impl<'p> NewFile<'p> {
@@ -712,11 +791,18 @@ impl<'p> NewFile<'p> {
             .mode_private()
             .open(path)
             .map_err(|e| io_err(path, e))?;
-        Ok(NewFile { f, path, len: 0 })
+        Ok(NewFile {
+            f,
+            path,
+            len: 0,
+            hole_at_end: false,
+            done: false,
+        })
     }
 
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        if data.iter().all(|b| *b == 0) {
+        self.hole_at_end = data.iter().all(|b| *b == 0);
+        if self.hole_at_end {
             self.f
                 .seek(SeekFrom::Current(data.len() as i64))
                 .map_err(|e| io_err(self.path, e))?;
@@ -727,9 +813,38 @@ impl<'p> NewFile<'p> {
         Ok(())
     }
 
-    /// Sets the length (which also materialises a trailing hole); returns it.
-    fn finish(self) -> Result<u64> {
-        self.f.set_len(self.len).map_err(|e| io_err(self.path, e))?;
+    /// Sets the length when the file ends in a hole, then owner (as root), mode, extended
+    /// attributes and times, in that order (changing the owner clears set-id bits; the
+    /// times come last because every other change touches them). Returns the length.
+    fn finish(mut self, node: &Node, is_root: bool) -> Result<u64> {
+        let err = |e: std::io::Error| io_err(self.path, e);
+        if self.hole_at_end {
+            self.f.set_len(self.len).map_err(err)?;
+        }
+        if is_root {
+            let (uid, gid) = owner_ids(node);
+            std::os::unix::fs::fchown(&self.f, Some(uid), Some(gid)).map_err(err)?;
+        }
+        self.f
+            .set_permissions(fs::Permissions::from_mode(node.mode))
+            .map_err(err)?;
+        for x in &node.xattrs {
+            if let Err(e) = xattr::FileExt::set_xattr(&self.f, OsStr::from_bytes(&x.name), &x.value)
+            {
+                tracing::warn!(
+                    "{}: cannot set extended attribute {:?}: {e}",
+                    self.path.display(),
+                    String::from_utf8_lossy(&x.name)
+                );
+            }
+        }
+        nix::sys::stat::futimens(
+            &self.f,
+            &timespec(node.atime.unwrap_or(node.mtime)),
+            &timespec(node.mtime),
+        )
+        .map_err(|e| err(e.into()))?;
+        self.done = true;
         Ok(self.len)
     }
 }
@@ -776,6 +891,10 @@ pub fn restore(
     repo.sync_index()?;
     let snap = repo.read_snapshot(snapshot)?;
     fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+    let target_was_empty = fs::read_dir(target)
+        .map_err(|e| io_err(target, e))?
+        .next()
+        .is_none();
     let mut r = Restorer {
         repo,
         opts,
@@ -808,6 +927,7 @@ pub fn restore(
         target,
         false,
         opts.include.is_none(),
+        target_was_empty,
     )?;
     Ok(r.summary)
 }

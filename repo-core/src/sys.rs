@@ -16,30 +16,34 @@ pub fn username() -> String {
     user_name(nix::unistd::getuid().as_raw()).unwrap_or_else(|| nix::unistd::getuid().to_string())
 }
 
-type NameCache = Mutex<HashMap<u32, Option<String>>>;
+type Memo<K, V> = Mutex<HashMap<K, Option<V>>>;
 
-/// Looks a name up once per id: each lookup reads the account databases, and a backup asks
-/// for the owner of every entry it saves.
-fn cached(
-    cache: &'static OnceLock<NameCache>,
-    id: u32,
-    lookup: impl FnOnce(u32) -> Option<String>,
-) -> Option<String> {
+/// Looks a key up once: each lookup reads the account databases, and a backup asks for the
+/// owner of every entry it saves, a restore for the id of every owner name it applies.
+fn cached<K, V>(
+    cache: &'static OnceLock<Memo<K, V>>,
+    key: &K,
+    lookup: impl FnOnce(&K) -> Option<V>,
+) -> Option<V>
+where
+    K: std::hash::Hash + Eq + Clone,
+    V: Clone,
+{
     let map = cache.get_or_init(Default::default);
-    if let Some(hit) = map.lock().ok().and_then(|m| m.get(&id).cloned()) {
+    if let Some(hit) = map.lock().ok().and_then(|m| m.get(key).cloned()) {
         return hit;
     }
-    let name = lookup(id);
+    let value = lookup(key);
     if let Ok(mut m) = map.lock() {
-        m.insert(id, name.clone());
+        m.insert(key.clone(), value.clone());
     }
-    name
+    value
 }
 
 pub fn user_name(uid: u32) -> Option<String> {
-    static CACHE: OnceLock<NameCache> = OnceLock::new();
-    cached(&CACHE, uid, |uid| {
-        User::from_uid(Uid::from_raw(uid))
+    static CACHE: OnceLock<Memo<u32, String>> = OnceLock::new();
+    cached(&CACHE, &uid, |uid| {
+        User::from_uid(Uid::from_raw(*uid))
             .ok()
             .flatten()
             .map(|u| u.name)
@@ -47,9 +51,9 @@ pub fn user_name(uid: u32) -> Option<String> {
 }
 
 pub fn group_name(gid: u32) -> Option<String> {
-    static CACHE: OnceLock<NameCache> = OnceLock::new();
-    cached(&CACHE, gid, |gid| {
-        Group::from_gid(Gid::from_raw(gid))
+    static CACHE: OnceLock<Memo<u32, String>> = OnceLock::new();
+    cached(&CACHE, &gid, |gid| {
+        Group::from_gid(Gid::from_raw(*gid))
             .ok()
             .flatten()
             .map(|g| g.name)
@@ -57,14 +61,20 @@ pub fn group_name(gid: u32) -> Option<String> {
 }
 
 pub fn uid_of(name: &str) -> Option<u32> {
-    User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    static CACHE: OnceLock<Memo<String, u32>> = OnceLock::new();
+    cached(&CACHE, &name.to_string(), |name| {
+        User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    })
 }
 
 pub fn gid_of(name: &str) -> Option<u32> {
-    Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
+    static CACHE: OnceLock<Memo<String, u32>> = OnceLock::new();
+    cached(&CACHE, &name.to_string(), |name| {
+        Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
 }
 
 pub fn is_root() -> bool {

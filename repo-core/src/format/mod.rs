@@ -39,6 +39,12 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// Likewise one decompression context per thread.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 fn zstd_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result<usize> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -96,7 +102,14 @@ pub fn decompress(payload: &[u8], what: &str) -> Result<Vec<u8>> {
                 Ok(Some(size)) if size <= MAX_PAYLOAD => size as usize,
                 _ => return Err(Error::corrupt(format!("{what}: bad zstd frame header"))),
             };
-            let out = zstd::bulk::decompress(rest, size)
+            let out = DECOMPRESSOR
+                .with(|cell| match &mut *cell.borrow_mut() {
+                    Some(d) => d.decompress(rest, size),
+                    slot => {
+                        let d = slot.insert(zstd::bulk::Decompressor::new()?);
+                        d.decompress(rest, size)
+                    }
+                })
                 .map_err(|e| Error::corrupt(format!("{what}: zstd: {e}")))?;
             if out.len() != size {
                 return Err(Error::corrupt(format!(
