@@ -77,10 +77,7 @@ fn run() -> Result<()> {
         }
         next = end;
         if next % (1 << 20) < ROUND {
-            eprintln!(
-                "{next} blobs, {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("{next} blobs, {:.0} s", started.elapsed().as_secs_f64());
         }
     }
     let stats = writer.finish()?;
