@@ -130,6 +130,16 @@ fn owner_ids(node: &Node) -> (u32, u32) {
     (uid, gid)
 }
 
+/// Some filesystems or namespaces refuse some extended attributes; the content is what
+/// matters most, so a refusal is a warning, not an error.
+fn warn_xattr(path: &Path, name: &[u8], e: &std::io::Error) {
+    tracing::warn!(
+        "{}: cannot set extended attribute {:?}: {e}",
+        path.display(),
+        String::from_utf8_lossy(name)
+    );
+}
+
 fn tmp_name(dir: &Path) -> Result<PathBuf> {
     let id = Id::random()?;
     Ok(dir.join(format!(".cairn-restore-{}.tmp", &id.to_hex()[..16])))
@@ -284,10 +294,12 @@ impl<'a> Restorer<'a> {
             if !descend {
                 continue;
             }
-            let mut created = fresh;
-            if restore {
-                created = self.ensure_dir(&target)? || fresh;
-            }
+            // Below a folder this restore created, nothing exists yet either.
+            let created = if restore {
+                self.ensure_dir(&target)?
+            } else {
+                fresh
+            };
             let inner = match &node.subtree {
                 Some(sub) => {
                     self.restore_tree(sub, &snap_path, &target, restore, restore, created)?
@@ -378,7 +390,10 @@ impl<'a> Restorer<'a> {
             .ok_or_else(|| Error::invalid("restore target has no parent"))?;
         let tmp = tmp_name(dir)?;
         let result = self.create_at(&tmp, node).and_then(|()| {
-            self.apply_metadata(&tmp, node)?;
+            // A regular file got its metadata through its descriptor in `create_at`.
+            if node.kind != NodeKind::File {
+                self.apply_metadata(&tmp, node)?;
+            }
             fs::rename(&tmp, target).map_err(|e| io_err(target, e))
         });
         if let Err(e) = result {
@@ -518,13 +533,7 @@ impl<'a> Restorer<'a> {
         }
         for x in &node.xattrs {
             if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
-                // Some filesystems or namespaces refuse some attributes; the content is
-                // what matters most, so this is a warning.
-                tracing::warn!(
-                    "{}: cannot set extended attribute {:?}: {e}",
-                    path.display(),
-                    String::from_utf8_lossy(&x.name)
-                );
+                warn_xattr(path, &x.name, &e);
             }
         }
         utimensat(
@@ -831,11 +840,7 @@ impl<'p> NewFile<'p> {
         for x in &node.xattrs {
             if let Err(e) = xattr::FileExt::set_xattr(&self.f, OsStr::from_bytes(&x.name), &x.value)
             {
-                tracing::warn!(
-                    "{}: cannot set extended attribute {:?}: {e}",
-                    self.path.display(),
-                    String::from_utf8_lossy(&x.name)
-                );
+                warn_xattr(self.path, &x.name, &e);
             }
         }
         nix::sys::stat::futimens(
