@@ -20,13 +20,14 @@ type Memo<K, V> = Mutex<HashMap<K, Option<V>>>;
 
 /// Looks a key up once: each lookup reads the account databases, and a backup asks for the
 /// owner of every entry it saves, a restore for the id of every owner name it applies.
-fn cached<K, V>(
+fn cached<K, Q, V>(
     cache: &'static OnceLock<Memo<K, V>>,
-    key: &K,
-    lookup: impl FnOnce(&K) -> Option<V>,
+    key: &Q,
+    lookup: impl FnOnce(&Q) -> Option<V>,
 ) -> Option<V>
 where
-    K: std::hash::Hash + Eq + Clone,
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
     V: Clone,
 {
     let map = cache.get_or_init(Default::default);
@@ -35,7 +36,7 @@ where
     }
     let value = lookup(key);
     if let Ok(mut m) = map.lock() {
-        m.insert(key.clone(), value.clone());
+        m.insert(key.to_owned(), value.clone());
     }
     value
 }
@@ -62,14 +63,14 @@ pub fn group_name(gid: u32) -> Option<String> {
 
 pub fn uid_of(name: &str) -> Option<u32> {
     static CACHE: OnceLock<Memo<String, u32>> = OnceLock::new();
-    cached(&CACHE, &name.to_string(), |name| {
+    cached(&CACHE, name, |name| {
         User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
     })
 }
 
 pub fn gid_of(name: &str) -> Option<u32> {
     static CACHE: OnceLock<Memo<String, u32>> = OnceLock::new();
-    cached(&CACHE, &name.to_string(), |name| {
+    cached(&CACHE, name, |name| {
         Group::from_name(name)
             .ok()
             .flatten()
