@@ -55,6 +55,29 @@ pub async fn run(b: &dyn Backend) -> Result<(), String> {
             == data.slice(1000..1500),
         "ranged read",
     )?;
+    // A backend that also reads on the calling thread must give the same answers there.
+    if let Some(r) = b.read_range_direct(FileType::Pack, &name, 1000, 500) {
+        check(
+            r.map_err(e)? == data.slice(1000..1500),
+            "direct ranged read",
+        )?;
+        let to_end = b.read_range_direct(FileType::Pack, &name, 99_990, 10);
+        check(
+            matches!(to_end, Some(Ok(ref got)) if *got == data.slice(99_990..)),
+            "direct ranged read to the end",
+        )?;
+        let past = b.read_range_direct(FileType::Pack, &name, 99_990, 20);
+        check(
+            matches!(past, Some(Err(ref x)) if x.kind() == ErrorKind::Corrupt),
+            "direct read past the end is Corrupt",
+        )?;
+        let missing = Id::of_bytes(b"missing").to_hex();
+        let gone = b.read_range_direct(FileType::Index, &missing, 0, 1);
+        check(
+            matches!(gone, Some(Err(ref x)) if x.kind() == ErrorKind::NotFound),
+            "direct read of a missing object is NotFound",
+        )?;
+    }
     check(
         b.read_range(FileType::Pack, &name, 99_990, 10)
             .await

@@ -124,7 +124,7 @@ impl RootLocation {
             op: self.op.clone(),
             prefix: format!("{tenant}/"),
             description: format!("{} (tenant {tenant})", self.description),
-            local: self.local.as_ref().map(|root| root.join(tenant)),
+            local: self.local.clone(),
         })
     }
 }
@@ -135,7 +135,7 @@ pub struct OpendalBackend {
     op: Operator,
     prefix: String,
     description: String,
-    /// The tenant's folder when the root is local.
+    /// The root folder when it is local (object paths include the tenant prefix).
     local: Option<std::path::PathBuf>,
 }
 
@@ -178,10 +178,11 @@ impl Backend for OpendalBackend {
         offset: u64,
         len: u64,
     ) -> Option<Result<Bytes>> {
-        let dir = self.local.as_ref()?;
-        Some(self.path(ft, name).and_then(|shown| {
-            read_local_range(&dir.join(layout::path(ft, name)), &shown, offset, len)
-        }))
+        let root = self.local.as_ref()?;
+        Some(
+            self.path(ft, name)
+                .and_then(|path| read_local_range(&root.join(&path), &path, offset, len)),
+        )
     }
 
     async fn read_range(&self, ft: FileType, name: &str, offset: u64, len: u64) -> Result<Bytes> {
