@@ -46,6 +46,21 @@ fn restore(env: &Env, target: &str) -> (Option<i32>, String) {
     )
 }
 
+/// Regular files below `dir` (none when it does not exist).
+fn regular_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let entry = entry.unwrap();
+        let t = entry.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(regular_files(&entry.path()));
+        } else if t.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out
+}
+
 fn writable(p: &std::path::Path) {
     std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
 }
@@ -64,6 +79,9 @@ fn a_flipped_byte_in_a_pack_names_the_pack_and_blob() {
     assert!(err.contains(&blob), "blob not named: {err}");
     assert!(err.contains("authentication failed"), "{err}");
     assert!(!err.contains("panicked"));
+    // The file being written when the damage was found is removed, not left partial.
+    let left = regular_files(&env.path("out"));
+    assert!(left.is_empty(), "partial files left: {left:?}");
 }
 
 #[test]
@@ -81,6 +99,8 @@ fn a_truncated_pack_is_reported_not_read_short() {
     let (code, err) = restore(&env, "out");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&name) && err.contains("truncated"), "{err}");
+    let left = regular_files(&env.path("out"));
+    assert!(left.is_empty(), "partial files left: {left:?}");
     let err = env.fails(&["cat", "pack", &name], 1);
     assert!(err.contains(&name), "{err}");
 }
