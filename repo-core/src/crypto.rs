@@ -109,10 +109,6 @@ impl Keys {
         }
     }
 
-    pub fn seal_blob(&self, kind: BlobKind, id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
-        seal(self.cipher(kind), &blob_aad(kind, id), payload)
-    }
-
     /// Seals a blob whose payload is `buf[NONCE_LEN..]`, in place (see [`seal_in_place`]).
     pub fn seal_blob_in_place(&self, kind: BlobKind, id: &Id, buf: &mut Vec<u8>) -> Result<()> {
         seal_in_place(self.cipher(kind), &blob_aad(kind, id), buf)
@@ -205,7 +201,11 @@ mod tests {
     fn seal_open_and_tamper() {
         let keys = Keys::derive(&MasterKey::from_bytes([7; 32])).unwrap();
         let id = keys.blob_id(b"hello");
-        let sealed = keys.seal_blob(BlobKind::Data, &id, b"hello").unwrap();
+        let mut sealed = vec![0u8; NONCE_LEN];
+        sealed.extend_from_slice(b"hello");
+        keys.seal_blob_in_place(BlobKind::Data, &id, &mut sealed)
+            .unwrap();
+        assert_eq!(sealed.len(), OVERHEAD + 5);
         assert_eq!(
             keys.open_blob(BlobKind::Data, &id, &sealed).unwrap(),
             b"hello"
