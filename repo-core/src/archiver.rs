@@ -19,13 +19,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, TryRecvError};
 use std::time::Instant;
 
 use rayon::prelude::*;
 
 use crate::backend::FileType;
 use crate::cache::{CacheReader, FileRecord};
+use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
 use crate::format::snapshot::{Snapshot, SnapshotKind, Summary};
@@ -37,7 +38,7 @@ use crate::mark::{overlay_of, walk_blobs, IdSet, Locator};
 use crate::repository::Repository;
 use crate::sys;
 use crate::walk::{name_bytes, node_from_metadata, Excludes};
-use crate::writer::BlobWriter;
+use crate::writer::{BlobWriter, Known};
 
 /// Fills `buf` from `filled` on until it is full or the reader ends.
 fn fill(
@@ -68,33 +69,58 @@ fn cut(chunker: &cairn_chunker::Chunker, buf: &[u8], eof: bool) -> Vec<std::ops:
     cuts
 }
 
-/// Hashes, looks up, compresses and seals chunks in parallel on the rayon pool, then adds
-/// the new ones to the writer in order; appends every chunk's id to `ids`.
-fn store_chunks(writer: &mut BlobWriter, chunks: &[&[u8]], ids: &mut Vec<Id>) -> Result<()> {
-    let keys = writer.keys().clone();
-    let level = writer.level();
-    let shared: &BlobWriter = writer;
-    let sealed: Vec<Result<(Id, Option<SealedBlob>)>> = chunks
+/// A chunk's id, and the sealed blob when the repository did not have it yet.
+type Sealed = Vec<(Id, Option<SealedBlob>)>;
+
+/// Hashes, looks up, compresses and seals chunks in parallel on the rayon pool.
+fn seal_chunks(known: &Known, keys: &Keys, level: i32, chunks: &[&[u8]]) -> Result<Sealed> {
+    chunks
         .par_iter()
         .map(|data| {
             let id = keys.blob_id(data);
-            if shared.contains(&id)? {
+            if known.contains(&id)? {
                 return Ok((id, None));
             }
-            Ok((
-                id,
-                Some(blob::seal(&keys, BlobKind::Data, id, data, level)?),
-            ))
+            Ok((id, Some(blob::seal(keys, BlobKind::Data, id, data, level)?)))
         })
-        .collect();
-    for r in sealed {
-        let (id, blob) = r?;
+        .collect()
+}
+
+/// Adds sealed chunks to the writer in order; appends every chunk's id to `ids`.
+fn add_sealed(writer: &mut BlobWriter, sealed: Sealed, ids: &mut Vec<Id>) -> Result<()> {
+    for (id, blob) in sealed {
         ids.push(id);
         if let Some(b) = blob {
             writer.add(b)?;
         }
     }
     Ok(())
+}
+
+/// Adds a sealed batch (and its plaintext length) to the writer; returns that length.
+fn add_batch(
+    writer: &mut BlobWriter,
+    batch: Option<(Sealed, usize)>,
+    ids: &mut Vec<Id>,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let Some((sealed, n)) = batch else {
+        return Ok(0);
+    };
+    add_sealed(writer, sealed, ids)?;
+    progress.bytes(n as u64);
+    Ok(n as u64)
+}
+
+/// Seals the chunks of one buffer and adds them to the writer.
+fn store_chunks(writer: &mut BlobWriter, chunks: &[&[u8]], ids: &mut Vec<Id>) -> Result<()> {
+    let sealed = seal_chunks(
+        &writer.known(),
+        &writer.keys().clone(),
+        writer.level(),
+        chunks,
+    )?;
+    add_sealed(writer, sealed, ids)
 }
 
 /// Files at least this large are read on a thread of their own (see `save_stream`).
@@ -180,7 +206,7 @@ impl<'a> Archiver<'a> {
         } else {
             None
         };
-        let cap = (8 << 20).max(2 * chunker.params().max);
+        let cap = (4 << 20).max(2 * chunker.params().max);
         Ok(Archiver {
             repo,
             writer: BlobWriter::new(repo, level),
@@ -271,19 +297,54 @@ impl<'a> Archiver<'a> {
                     }
                 }
             });
+            // Two stages overlap on the pool: while batch N is sealed, batch N-1's blobs are
+            // added to the pack (a copy, and a wait whenever the upload queue is full). Done in
+            // turn, the pool would idle during every add.
+            let known = writer.known();
+            let keys = writer.keys().clone();
+            let level = writer.level();
             let mut ids = Vec::new();
             let mut total = 0u64;
-            for msg in rx {
+            let mut sealed_before: Option<(Sealed, usize)> = None;
+            loop {
+                let msg = match rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        // The input stalls (a dump waiting on a lock, a slow pipe): store what
+                        // is sealed now rather than holding it until more arrives.
+                        match add_batch(writer, sealed_before.take(), &mut ids, progress) {
+                            Ok(n) => total += n,
+                            Err(e) => return Ok(Err(e)),
+                        }
+                        match rx.recv() {
+                            Ok(msg) => msg,
+                            Err(_) => break,
+                        }
+                    }
+                };
                 let (batch, cuts) = msg?;
                 let slices: Vec<&[u8]> = cuts.iter().map(|r| &batch[r.clone()]).collect();
-                if let Err(e) = store_chunks(writer, &slices, &mut ids) {
-                    return Ok(Err(e));
-                }
+                let before = sealed_before.take();
+                let (sealed, added) = rayon::join(
+                    || seal_chunks(&known, &keys, level, &slices),
+                    || add_batch(writer, before, &mut ids, progress),
+                );
+                let sealed = match (sealed, added) {
+                    (Ok(s), Ok(n)) => {
+                        total += n;
+                        s
+                    }
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                };
                 let n: usize = cuts.iter().map(|c| c.len()).sum();
-                total += n as u64;
-                progress.bytes(n as u64);
+                sealed_before = Some((sealed, n));
                 drop(slices);
                 let _ = recycle.try_send(batch);
+            }
+            match add_batch(writer, sealed_before, &mut ids, progress) {
+                Ok(n) => total += n,
+                Err(e) => return Ok(Err(e)),
             }
             Ok(Ok((ids, total)))
         })

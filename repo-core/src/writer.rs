@@ -53,6 +53,27 @@ struct Shared {
     stats: Mutex<WriteStats>,
 }
 
+/// What a [`BlobWriter`] has or has accepted. A blob the writer accepts after a lookup here
+/// said "absent" is still deduplicated: [`BlobWriter::add`] checks again under its lock, so a
+/// stale answer costs sealing work, never a second copy.
+#[derive(Clone)]
+pub struct Known {
+    shared: Arc<Shared>,
+    cache: Arc<Cache>,
+}
+
+impl Known {
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Other, "writer state poisoned"))?
+            .contains(id);
+        Ok(pending || self.cache.lookup(id)?.is_some())
+    }
+}
+
 pub struct BlobWriter {
     keys: Keys,
     cache: Arc<Cache>,
@@ -62,6 +83,8 @@ pub struct BlobWriter {
     tree: PackBuilder,
     shared: Arc<Shared>,
     tx: Option<SyncSender<FinishedPack>>,
+    /// Buffers of uploaded data packs, handed back for the next pack.
+    spare: Receiver<Vec<u8>>,
     uploader: Option<JoinHandle<()>>,
 }
 
@@ -74,6 +97,7 @@ impl BlobWriter {
             stats: Mutex::new(WriteStats::default()),
         });
         let (tx, rx) = sync_channel(UPLOAD_QUEUE);
+        let (spare_tx, spare) = sync_channel(1);
         let uploader = {
             let store = repo.store().clone();
             let keys = repo.keys().clone();
@@ -81,7 +105,7 @@ impl BlobWriter {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("cairn-upload".into())
-                .spawn(move || upload_loop(rx, store, keys, cache, shared))
+                .spawn(move || upload_loop(rx, spare_tx, store, keys, cache, shared))
                 .ok()
         };
         let pack_size = repo.config().pack_size as usize;
@@ -94,6 +118,7 @@ impl BlobWriter {
             tree: PackBuilder::new(BlobKind::Tree, 1 << 20),
             shared,
             tx: Some(tx),
+            spare,
             uploader,
         }
     }
@@ -121,19 +146,16 @@ impl BlobWriter {
 
     /// Whether the repository (or this writer) already has the blob.
     pub fn contains(&self, id: &Id) -> Result<bool> {
-        if self.pending_contains(id)? {
-            return Ok(true);
-        }
-        Ok(self.cache.lookup(id)?.is_some())
+        self.known().contains(id)
     }
 
-    fn pending_contains(&self, id: &Id) -> Result<bool> {
-        let pending = self
-            .shared
-            .pending
-            .lock()
-            .map_err(|_| Error::new(ErrorKind::Other, "writer state poisoned"))?;
-        Ok(pending.contains(id))
+    /// A view of what this writer has or has accepted, for threads that look blobs up while
+    /// the writer adds others.
+    pub fn known(&self) -> Known {
+        Known {
+            shared: self.shared.clone(),
+            cache: self.cache.clone(),
+        }
     }
 
     /// Adds a sealed blob unless it is already stored. Returns whether it was added.
@@ -189,12 +211,14 @@ impl BlobWriter {
         if builder.is_empty() {
             return Ok(());
         }
-        let cap = if kind == BlobKind::Data {
-            self.pack_size + self.pack_size / 8
-        } else {
-            1 << 20
+        let next = match kind {
+            BlobKind::Data => match self.spare.try_recv() {
+                Ok(buffer) => PackBuilder::with_buffer(kind, buffer),
+                Err(_) => PackBuilder::new(kind, self.pack_size + self.pack_size / 8),
+            },
+            BlobKind::Tree => PackBuilder::new(kind, 1 << 20),
         };
-        let full = std::mem::replace(builder, PackBuilder::new(kind, cap));
+        let full = std::mem::replace(builder, next);
         let pack = full.finish(&self.keys)?;
         let tx = self
             .tx
@@ -235,6 +259,7 @@ impl Drop for BlobWriter {
 
 fn upload_loop(
     rx: Receiver<FinishedPack>,
+    spare: SyncSender<Vec<u8>>,
     store: Store,
     keys: Keys,
     cache: Arc<Cache>,
@@ -254,9 +279,17 @@ fn upload_loop(
             continue; // drain the queue so the sender never blocks
         }
         let size = pack.bytes.len() as u64;
-        if let Err(e) = store.put(FileType::Pack, &pack.id.to_hex(), Bytes::from(pack.bytes)) {
+        let bytes = Bytes::from(pack.bytes);
+        if let Err(e) = store.put(FileType::Pack, &pack.id.to_hex(), bytes.clone()) {
             fail(e);
             continue;
+        }
+        // The backend has let go of its reference once `put` returned; if it has not, the
+        // buffer is simply freed.
+        if pack.kind == BlobKind::Data {
+            if let Ok(buffer) = bytes.try_into_mut() {
+                let _ = spare.try_send(Vec::from(buffer));
+            }
         }
         if let Ok(mut s) = shared.stats.lock() {
             s.packs += 1;

@@ -63,6 +63,17 @@ impl PackBuilder {
         }
     }
 
+    /// A builder that fills `buffer` (emptied first), typically one an earlier pack left:
+    /// reusing it spares the page faults of first touching fresh memory.
+    pub fn with_buffer(kind: BlobKind, mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        PackBuilder {
+            kind,
+            bytes: buffer,
+            entries: Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> BlobKind {
         self.kind
     }
