@@ -43,6 +43,8 @@ const TEMPORARY_CACHE_BYTES: usize = 16 << 20;
 
 /// Non-durable entries after which a commit is made durable (bounds redb's memory).
 const DURABLE_EVERY: usize = 100_000;
+/// A bulk load commits (durably) every this many entries.
+const LOAD_COMMIT_EVERY: usize = 1_000_000;
 
 /// Bumped when the cache layout changes; a cache of another version is discarded.
 const CACHE_VERSION: &[u8] = b"cairn-cache-2";
@@ -57,9 +59,12 @@ pub struct BlobLocation {
     pub raw_length: u32,
 }
 
+/// Bytes of an encoded [`BlobLocation`].
+pub const LOCATION_LEN: usize = 49;
+
 impl BlobLocation {
-    fn encode(&self) -> [u8; 49] {
-        let mut b = [0u8; 49];
+    pub(crate) fn encode(&self) -> [u8; LOCATION_LEN] {
+        let mut b = [0u8; LOCATION_LEN];
         b[0] = self.kind.as_u8();
         b[1..33].copy_from_slice(&self.pack.0);
         b[33..41].copy_from_slice(&self.offset.to_le_bytes());
@@ -68,8 +73,8 @@ impl BlobLocation {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self> {
-        if b.len() != 49 {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != LOCATION_LEN {
             return Err(Error::corrupt(
                 "cache: bad blob record (delete the cache to rebuild it)",
             ));
@@ -312,6 +317,55 @@ impl Cache {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Where a bulk load may sort its entries: next to the cache file, private to the one
+    /// process that has the cache open.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.path.with_extension("sort")
+    }
+
+    /// Fills the blob table, which must be empty, from entries in id order (see
+    /// `index_sort`), keeping the first location of an id listed twice, and then records the
+    /// index files with their entry counts. The blob table is committed durably every
+    /// [`LOAD_COMMIT_EVERY`] entries; the index files only at the end, so a load that is
+    /// interrupted leaves a cache that records no index file and is loaded again.
+    pub fn load_sorted(
+        &self,
+        entries: impl Iterator<Item = Result<(Id, BlobLocation)>>,
+        files: &[(Id, u64)],
+    ) -> Result<()> {
+        let mut entries = entries.peekable();
+        let mut last: Option<Id> = None;
+        while entries.peek().is_some() {
+            let tx = self.db.begin_write()?;
+            {
+                let mut blobs = tx.open_table(BLOBS)?;
+                let mut n = 0;
+                while n < LOAD_COMMIT_EVERY {
+                    let Some(e) = entries.next() else { break };
+                    let (id, loc) = e?;
+                    if last == Some(id) {
+                        continue;
+                    }
+                    blobs.insert(id.0.as_slice(), loc.encode().as_slice())?;
+                    last = Some(id);
+                    n += 1;
+                }
+            }
+            tx.commit()?;
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut idx = tx.open_table(INDEX_FILES)?;
+            for (id, count) in files {
+                idx.insert(id.0.as_slice(), *count)?;
+            }
+        }
+        tx.commit()?;
+        self.undurable
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod id;
+pub mod index_sort;
 pub mod keys;
 pub mod layout;
 pub mod lease;

@@ -18,6 +18,7 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::{ContentList, Node, Tree};
 use crate::format::{self, blob, from_cbor, open_meta, seal_meta};
 use crate::id::{BlobKind, Id};
+use crate::index_sort::EntrySorter;
 use crate::keys::{KdfParams, KeySlot};
 use crate::{layout, sys};
 
@@ -468,8 +469,12 @@ impl Repository {
         let listed = self.index_file_ids()?;
         let present: HashSet<Id> = listed.iter().copied().collect();
         let ingested = self.cache.ingested_index_files()?;
+        if ingested.is_empty() && !listed.is_empty() {
+            return self.load_index(&listed);
+        }
         if ingested.iter().any(|id| !present.contains(id)) {
-            return self.rebuild_index(&listed);
+            tracing::info!("the index changed in the backend; rebuilding the cached index");
+            return self.load_index(&listed);
         }
         let todo: Vec<Id> = listed
             .into_iter()
@@ -482,7 +487,8 @@ impl Repository {
                 .map(|id| Ok((*id, self.read_index_file(id)?)))
                 .collect::<Result<_>>()?;
             if files.iter().any(|(_, f)| f.is_structural()) {
-                return self.rebuild_index(&self.index_file_ids()?);
+                tracing::info!("the index changed in the backend; rebuilding the cached index");
+                return self.load_index(&self.index_file_ids()?);
             }
             let entries: Vec<(Id, Vec<(Id, BlobLocation)>)> = files
                 .iter()
@@ -501,44 +507,53 @@ impl Repository {
         self.cache.flush()
     }
 
-    fn rebuild_index(&self, listed: &[Id]) -> Result<()> {
-        tracing::info!("the index changed in the backend; rebuilding the cached index");
+    /// Builds the cached index from scratch (a new cache, or one the backend's index no
+    /// longer matches) in one pass over `listed`: every entry goes through an external sort
+    /// (`index_sort`) and into the emptied blob table in id order, leaving out the files
+    /// that others supersede and the packs that condemned records name. Memory does not grow
+    /// with the number of blobs, only with the number of index files and condemned packs.
+    fn load_index(&self, listed: &[Id]) -> Result<()> {
+        let mut sorter = EntrySorter::new(self.cache.scratch_dir())?;
         let mut superseded = HashSet::new();
         let mut condemned = HashSet::new();
+        let mut counts: Vec<u64> = Vec::with_capacity(listed.len());
         for batch in listed.chunks(INDEX_READ_BATCH) {
             let files: Vec<IndexFile> = batch
                 .par_iter()
                 .map(|id| self.read_index_file(id))
                 .collect::<Result<_>>()?;
             for f in files {
+                let position = u32::try_from(counts.len())
+                    .map_err(|_| Error::invalid("more than 4 billion index files"))?;
+                let mut count = 0u64;
+                for p in &f.packs {
+                    for e in &p.blobs {
+                        sorter.push(&e.id, position, &BlobLocation::from_entry(p.id, e))?;
+                        count += 1;
+                    }
+                }
+                counts.push(count);
                 superseded.extend(f.supersedes);
                 if let Some(c) = f.condemned {
                     condemned.extend(c.packs);
                 }
             }
         }
+        let dropped: Vec<bool> = listed.iter().map(|id| superseded.contains(id)).collect();
+        let files: Vec<(Id, u64)> = listed
+            .iter()
+            .zip(&counts)
+            .zip(&dropped)
+            .map(|((id, n), gone)| (*id, if *gone { 0 } else { *n }))
+            .collect();
         self.cache.clear_index()?;
         self.cache.set_condemned(&condemned)?;
-        for batch in listed.chunks(INDEX_READ_BATCH) {
-            let files: Vec<(Id, Vec<(Id, BlobLocation)>)> = batch
-                .par_iter()
-                .map(|id| {
-                    if superseded.contains(id) {
-                        return Ok((*id, Vec::new()));
-                    }
-                    let f = self.read_index_file(id)?;
-                    Ok((
-                        *id,
-                        index_locations(&f)
-                            .into_iter()
-                            .filter(|(_, loc)| !condemned.contains(&loc.pack))
-                            .collect(),
-                    ))
-                })
-                .collect::<Result<_>>()?;
-            self.cache.ingest(&files)?;
-        }
-        self.cache.flush()
+        let entries = sorter.into_merged()?.filter_map(|e| match e {
+            Ok(e) if dropped[e.file as usize] || condemned.contains(&e.location.pack) => None,
+            Ok(e) => Some(Ok((e.id, e.location))),
+            Err(e) => Some(Err(e)),
+        });
+        self.cache.load_sorted(entries, &files)
     }
 
     /// Every stored pack with its size.
