@@ -28,6 +28,7 @@ use crate::format::pack::PackEntry;
 use crate::format::snapshot::Snapshot;
 use crate::format::{from_cbor, to_cbor};
 use crate::id::{BlobKind, Id};
+use crate::scratch::ScratchDir;
 
 const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const INDEX_FILES: TableDefinition<&[u8], u64> = TableDefinition::new("index_files");
@@ -146,7 +147,7 @@ pub struct Cache {
     /// pages of non-durable commits in memory, so they are made durable every so often.
     undurable: std::sync::atomic::AtomicUsize,
     /// Keeps a temporary cache's folder alive; removed on drop.
-    _temp: Option<TempDir>,
+    _temp: Option<ScratchDir>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -156,14 +157,6 @@ impl std::fmt::Debug for Cache {
 }
 
 /// A folder removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn redb_err(what: &str, e: impl Into<redb::Error>) -> Error {
     Error::from(e.into()).context(what)
 }
@@ -210,13 +203,8 @@ impl Cache {
 
     /// A cache in a private temporary folder, removed when dropped (`--no-cache`).
     pub fn temporary() -> Result<Cache> {
-        let base = std::env::temp_dir();
-        let id = Id::random()?;
-        let dir = base.join(format!("cairn-cache-{}", id.short()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let temp = TempDir(dir.clone());
-        let path = dir.join("cache.redb");
+        let temp = ScratchDir::new("cairn-cache")?;
+        let path = temp.path().join("cache.redb");
         let db = Database::builder()
             .set_cache_size(TEMPORARY_CACHE_BYTES)
             .create(&path)

@@ -21,6 +21,7 @@ pub mod repair;
 pub mod repository;
 pub mod restorer;
 pub mod retention;
+pub mod scratch;
 pub mod snapshot_edit;
 pub mod sys;
 #[cfg(feature = "testing")]

@@ -5,7 +5,6 @@
 //! needs a bounded amount of memory.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
@@ -15,6 +14,7 @@ use crate::format::from_cbor;
 use crate::format::tree::{ContentList, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::repository::Repository;
+use crate::scratch::ScratchDir;
 
 const SET: TableDefinition<&[u8], ()> = TableDefinition::new("set");
 const BUFFER: usize = 100_000;
@@ -22,25 +22,23 @@ const BUFFER: usize = 100_000;
 /// A set of ids on disk with an in-memory front buffer. Removed when dropped.
 pub struct IdSet {
     db: Database,
-    dir: PathBuf,
+    _dir: ScratchDir,
     buffer: HashSet<Id>,
     len: u64,
 }
 
 impl IdSet {
     pub fn new() -> Result<IdSet> {
-        let dir = std::env::temp_dir().join(format!("cairn-set-{}", Id::random()?.short()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let dir = ScratchDir::new("cairn-set")?;
         let db = Database::builder()
             .set_cache_size(8 << 20)
-            .create(dir.join("set.redb"))?;
+            .create(dir.path().join("set.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(SET)?;
         tx.commit()?;
         Ok(IdSet {
             db,
-            dir,
+            _dir: dir,
             buffer: HashSet::new(),
             len: 0,
         })
@@ -90,12 +88,6 @@ impl IdSet {
         }
         tx.commit()?;
         Ok(())
-    }
-}
-
-impl Drop for IdSet {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -15,6 +15,7 @@ impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         std::fs::write(dir.path().join("password"), "correct horse\n").unwrap();
         Env { dir }
     }
@@ -27,7 +28,8 @@ impl Env {
         self.path("repo")
     }
 
-    /// `cairn` with nothing configured but an isolated home and fast password hashing.
+    /// `cairn` with nothing configured but an isolated home and temporary folder, and fast
+    /// password hashing.
     pub fn bare(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
         c.env_clear()
@@ -37,6 +39,7 @@ impl Env {
             .env("XDG_DATA_HOME", self.path("home/.local/share"))
             .env("XDG_CONFIG_HOME", self.path("home/.config"))
             .env("TZ", "UTC")
+            .env("TMPDIR", self.path("tmp"))
             .env("CAIRN_KDF_PARAMS", "1024,1,1");
         c
     }
