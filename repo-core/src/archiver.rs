@@ -3,9 +3,11 @@
 //! Strategy. Directories are walked depth-first in name order; each directory becomes one
 //! tree blob once its entries are saved, so memory holds one listing per level of depth. A
 //! file whose (path, inode, mtime, ctime, size) matches the files cache, and whose blobs are
-//! all still indexed, is not read at all. Other files are read through a buffer of at least
-//! 8 MiB; the chunker cuts it, and the chunks of one buffer are hashed, looked up,
-//! compressed and sealed in parallel on the rayon pool before being packed in order.
+//! all still indexed, is not read at all. The other small files of a folder (below 1 MiB) are
+//! read whole, cut, hashed, looked up, compressed and sealed in parallel on the rayon pool, a
+//! file per task, in groups of up to 256 files or 16 MiB, and their blobs are then packed in
+//! name order. Larger files and streams are read in 4 MiB batches on a thread of their own;
+//! the chunks of a batch are sealed in parallel while the previous batch is packed.
 //!
 //! Failure. A file or directory that cannot be read (permissions, vanished mid-walk) is
 //! reported as a warning and left out; the snapshot is then marked incomplete. Any other
@@ -112,19 +114,10 @@ fn add_batch(
     Ok(n as u64)
 }
 
-/// Seals the chunks of one buffer and adds them to the writer.
-fn store_chunks(writer: &mut BlobWriter, chunks: &[&[u8]], ids: &mut Vec<Id>) -> Result<()> {
-    let sealed = seal_chunks(
-        &writer.known(),
-        &writer.keys().clone(),
-        writer.level(),
-        chunks,
-    )?;
-    add_sealed(writer, sealed, ids)
-}
-
-/// Files at least this large are read on a thread of their own (see `save_stream`).
-const STREAM_THRESHOLD: u64 = 16 << 20;
+/// Files below this size are read whole, with others of their folder, a file per pool
+/// task; larger ones are read as streams (see `save_stream`), which bounds the memory a file
+/// can take.
+const SMALL_FILE: u64 = 1 << 20;
 
 /// Content ids per spilled content-list blob.
 const CONTENT_LIST_LEN: usize = 8192;
@@ -186,8 +179,81 @@ struct Archiver<'a> {
     warnings: Vec<String>,
     reader: Option<CacheReader>,
     file_records: Vec<(Vec<u8>, FileRecord)>,
-    buf: Vec<u8>,
+    /// Bytes per read batch of a stream.
+    batch_cap: usize,
     lease: LeaseGuard,
+}
+
+/// A small file (below [`SMALL_FILE`]) waiting to be read and sealed on the pool with
+/// others of its folder.
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+    meta: std::fs::Metadata,
+    start: FileStart,
+}
+
+/// What is known of a file about to be read.
+struct FileStart {
+    /// Its key in the files cache.
+    key: Vec<u8>,
+    /// Whether the files cache knew it (a changed file rather than a new one).
+    known: bool,
+}
+
+/// A small file read and sealed, or why not.
+enum JobResult {
+    Sealed {
+        sealed: Sealed,
+        len: u64,
+    },
+    /// It grew past the threshold while being read: it is read again as a stream.
+    Grew,
+    /// It could not be opened or read (a warning, not an error).
+    Unreadable(std::io::Error),
+}
+
+/// Small files are read and sealed in parallel in groups of at most this many ...
+const JOB_FILES: usize = 256;
+/// ... or this many bytes.
+const JOB_BYTES: u64 = 16 << 20;
+
+/// Reads a small file whole and seals its chunks (on a pool thread).
+fn read_and_seal(
+    path: &Path,
+    chunker: &cairn_chunker::Chunker,
+    known: &Known,
+    keys: &Keys,
+    level: i32,
+) -> Result<JobResult> {
+    let data = match read_small(path) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(JobResult::Grew),
+        Err(e) => return Ok(JobResult::Unreadable(e)),
+    };
+    let mut sealed = Vec::new();
+    for range in cut(chunker, &data, true) {
+        let chunk = &data[range];
+        let id = keys.blob_id(chunk);
+        let blob = if known.contains(&id)? {
+            None
+        } else {
+            Some(blob::seal(keys, BlobKind::Data, id, chunk, level)?)
+        };
+        sealed.push((id, blob));
+    }
+    Ok(JobResult::Sealed {
+        sealed,
+        len: data.len() as u64,
+    })
+}
+
+/// A file's bytes, or `None` if it holds more than [`SMALL_FILE`] bytes.
+fn read_small(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let f = std::fs::File::open(path)?;
+    let mut data = Vec::new();
+    f.take(SMALL_FILE + 1).read_to_end(&mut data)?;
+    Ok((data.len() as u64 <= SMALL_FILE).then_some(data))
 }
 
 impl<'a> Archiver<'a> {
@@ -217,7 +283,7 @@ impl<'a> Archiver<'a> {
             warnings: Vec::new(),
             reader,
             file_records: Vec::new(),
-            buf: vec![0u8; cap],
+            batch_cap: cap,
             lease,
         })
     }
@@ -228,32 +294,6 @@ impl<'a> Archiver<'a> {
         self.warnings.push(message);
     }
 
-    /// Reads a small file to its end on this thread, saving its chunks. Returns the ids in
-    /// order and the length.
-    fn save_content(&mut self, r: &mut dyn Read) -> std::io::Result<Result<(Vec<Id>, u64)>> {
-        let mut ids = Vec::new();
-        let mut total = 0u64;
-        let mut filled = 0usize;
-        let mut eof = false;
-        loop {
-            filled = fill(r, &mut self.buf, filled, &mut eof)?;
-            let cuts = cut(&self.chunker, &self.buf[..filled], eof);
-            let start: usize = cuts.iter().map(|c| c.len()).sum();
-            let slices: Vec<&[u8]> = cuts.iter().map(|r| &self.buf[r.clone()]).collect();
-            if let Err(e) = store_chunks(&mut self.writer, &slices, &mut ids) {
-                return Ok(Err(e));
-            }
-            total += start as u64;
-            self.progress.bytes(start as u64);
-            self.buf.copy_within(start..filled, 0);
-            filled -= start;
-            if eof && filled == 0 {
-                break;
-            }
-        }
-        Ok(Ok((ids, total)))
-    }
-
     /// Reads a large file or a stream to its end with reading and cutting on a thread of
     /// their own, so that both overlap with compressing and sealing the previous batch on the
     /// rayon pool. At most three batches of about 8 MiB exist at once.
@@ -262,7 +302,7 @@ impl<'a> Archiver<'a> {
         r: &mut (dyn Read + Send),
     ) -> std::io::Result<Result<(Vec<Id>, u64)>> {
         let chunker = self.chunker.clone();
-        let cap = self.buf.len();
+        let cap = self.batch_cap;
         let writer = &mut self.writer;
         let progress = self.progress;
         std::thread::scope(|scope| {
@@ -391,12 +431,14 @@ impl<'a> Archiver<'a> {
         Ok(Some(rec))
     }
 
-    fn save_file(
+    /// Accounts for a file about to be saved. Returns the node with its content when the
+    /// files cache shows it unchanged, else what reading it needs.
+    fn begin_file(
         &mut self,
         path: &Path,
         mut node: Node,
         meta: &std::fs::Metadata,
-    ) -> Result<Option<Node>> {
+    ) -> Result<std::result::Result<Node, (Node, FileStart)>> {
         let key = path.as_os_str().as_bytes().to_vec();
         self.summary.total_bytes += meta.size();
         if let Some(rec) = self.cached_content(&key, meta)? {
@@ -404,48 +446,67 @@ impl<'a> Archiver<'a> {
             node.content_lists = rec.content_lists;
             self.summary.files_unmodified += 1;
             self.progress.bytes(meta.size());
-            return Ok(Some(node));
+            return Ok(Ok(node));
         }
         self.progress.file(path);
         let known = match &self.reader {
             Some(r) => r.file(&key)?.is_some(),
             None => false,
         };
-        let mut f = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                self.summary.total_bytes -= meta.size();
-                self.warn(format!("{}: {e}", path.display()));
-                return Ok(None);
+        Ok(Err((node, FileStart { key, known })))
+    }
+
+    /// A file that could not be read is left out with a warning.
+    fn unreadable(&mut self, path: &Path, meta: &std::fs::Metadata, e: std::io::Error) {
+        self.summary.total_bytes -= meta.size();
+        self.summary.files -= 1;
+        self.warn(format!("{}: {e}", path.display()));
+    }
+
+    /// Reads a file as a stream on this thread and the pool (large files).
+    fn read_file(
+        &mut self,
+        path: &Path,
+        node: Node,
+        meta: &std::fs::Metadata,
+        start: FileStart,
+    ) -> Result<Option<Node>> {
+        let saved = std::fs::File::open(path).and_then(|mut f| self.save_stream(&mut f));
+        match saved {
+            Ok(r) => {
+                let (ids, len) = r?;
+                self.end_file(node, meta, start, ids, len).map(Some)
             }
-        };
-        let saved = if meta.size() >= STREAM_THRESHOLD {
-            self.save_stream(&mut f)
-        } else {
-            self.save_content(&mut f)
-        };
-        let (ids, len) = match saved {
-            Ok(r) => r?,
             Err(e) => {
-                self.summary.total_bytes -= meta.size();
-                self.warn(format!("{}: {e}", path.display()));
-                return Ok(None);
+                self.unreadable(path, meta, e);
+                Ok(None)
             }
-        };
+        }
+    }
+
+    /// Records a file's content once read: its size, content ids and files-cache record.
+    fn end_file(
+        &mut self,
+        mut node: Node,
+        meta: &std::fs::Metadata,
+        start: FileStart,
+        ids: Vec<Id>,
+        len: u64,
+    ) -> Result<Node> {
         self.summary.bytes_read += len;
         // The size recorded is the size read, so a file that grew or shrank while it was
         // read restores to exactly the bytes saved.
         self.summary.total_bytes = self.summary.total_bytes - meta.size() + len;
         node.size = len;
         self.set_content(&mut node, ids)?;
-        if known {
+        if start.known {
             self.summary.files_changed += 1;
         } else {
             self.summary.files_new += 1;
         }
         if self.reader.is_some() && len == meta.size() {
             self.file_records.push((
-                key,
+                start.key,
                 FileRecord {
                     inode: meta.ino(),
                     mtime: (meta.mtime(), meta.mtime_nsec() as u32),
@@ -459,7 +520,43 @@ impl<'a> Archiver<'a> {
                 self.flush_file_records()?;
             }
         }
-        Ok(Some(node))
+        Ok(node)
+    }
+
+    /// Reads and seals a folder's small files in parallel on the pool, then adds their
+    /// blobs to the writer in order and puts their nodes in `tree`. Reading on several
+    /// threads keeps a tree of many small files from being one thread's system calls.
+    fn run_jobs(&mut self, jobs: &mut Vec<FileJob>, tree: &mut Tree) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let known = self.writer.known();
+        let keys = self.writer.keys().clone();
+        let level = self.writer.level();
+        let chunker = &self.chunker;
+        let results: Vec<Result<JobResult>> = jobs
+            .par_iter()
+            .map(|j| read_and_seal(&j.path, chunker, &known, &keys, level))
+            .collect();
+        for (job, result) in jobs.drain(..).zip(results) {
+            let node = match result? {
+                JobResult::Sealed { sealed, len } => {
+                    let mut ids = Vec::with_capacity(sealed.len());
+                    add_sealed(&mut self.writer, sealed, &mut ids)?;
+                    self.progress.bytes(len);
+                    Some(self.end_file(job.node, &job.meta, job.start, ids, len)?)
+                }
+                JobResult::Grew => self.read_file(&job.path, job.node, &job.meta, job.start)?,
+                JobResult::Unreadable(e) => {
+                    self.unreadable(&job.path, &job.meta, e);
+                    None
+                }
+            };
+            if let Some(node) = node {
+                tree.nodes.push(node);
+            }
+        }
+        Ok(())
     }
 
     fn flush_file_records(&mut self) -> Result<()> {
@@ -484,15 +581,25 @@ impl<'a> Archiver<'a> {
                 return Ok(None);
             }
         };
-        let mut node = node_from_metadata(name, path, &meta);
+        self.save_entry(path, name, &meta, root_dev)
+    }
+
+    /// Saves one entry whose metadata is known.
+    fn save_entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        meta: &std::fs::Metadata,
+        root_dev: Option<u64>,
+    ) -> Result<Option<Node>> {
+        let mut node = node_from_metadata(name, path, meta);
         match node.kind {
             NodeKind::File => {
                 self.summary.files += 1;
-                let saved = self.save_file(path, node, &meta)?;
-                if saved.is_none() {
-                    self.summary.files -= 1;
-                }
-                return Ok(saved);
+                return match self.begin_file(path, node, meta)? {
+                    Ok(unchanged) => Ok(Some(unchanged)),
+                    Err((node, start)) => self.read_file(path, node, meta, start),
+                };
             }
             NodeKind::Symlink => {
                 self.summary.others += 1;
@@ -549,12 +656,48 @@ impl<'a> Archiver<'a> {
         };
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut tree = Tree::default();
+        // Small files that must be read are queued and read in parallel (`run_jobs`).
+        let mut jobs: Vec<FileJob> = Vec::new();
+        let mut job_bytes = 0u64;
         for name in names {
             let child = path.join(&name);
-            if let Some(node) = self.save_path(&child, &name_bytes(&name), Some(root_dev))? {
-                tree.nodes.push(node);
+            if self.opts.excludes.excluded(&child) {
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(format!("{}: {e}", child.display()));
+                    continue;
+                }
+            };
+            let name = name_bytes(&name);
+            if !(meta.file_type().is_file() && meta.size() < SMALL_FILE) {
+                if let Some(node) = self.save_entry(&child, &name, &meta, Some(root_dev))? {
+                    tree.nodes.push(node);
+                }
+                continue;
+            }
+            self.summary.files += 1;
+            let node = node_from_metadata(&name, &child, &meta);
+            match self.begin_file(&child, node, &meta)? {
+                Ok(unchanged) => tree.nodes.push(unchanged),
+                Err((node, start)) => {
+                    job_bytes += meta.size();
+                    jobs.push(FileJob {
+                        path: child,
+                        node,
+                        meta,
+                        start,
+                    });
+                    if jobs.len() >= JOB_FILES || job_bytes >= JOB_BYTES {
+                        self.run_jobs(&mut jobs, &mut tree)?;
+                        job_bytes = 0;
+                    }
+                }
             }
         }
+        self.run_jobs(&mut jobs, &mut tree)?;
         Ok(tree)
     }
 
