@@ -831,11 +831,13 @@ fn write_content<'p>(
             .par_iter()
             .map(|id| repo.read_blob(BlobKind::Data, id))
             .collect();
-        for data in blobs {
-            let data = data.map_err(|e| e.context(path.display()))?;
-            out.append(&data)?;
-            progress.bytes(data.len() as u64);
-        }
+        let blobs: Vec<Vec<u8>> = blobs
+            .into_iter()
+            .collect::<Result<_>>()
+            .map_err(|e| e.context(path.display()))?;
+        let slices: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+        out.append_all(&slices)?;
+        progress.bytes(slices.iter().map(|b| b.len() as u64).sum());
     }
     Ok(out)
 }
