@@ -114,6 +114,17 @@ impl Keys {
         seal_in_place(self.cipher(kind), &blob_aad(kind, id), buf)
     }
 
+    /// Like [`Keys::open_blob`], decrypting inside `sealed` (see `open_in_place`).
+    pub fn open_blob_in_place<'b>(
+        &self,
+        kind: BlobKind,
+        id: &Id,
+        sealed: &'b mut [u8],
+    ) -> Result<&'b [u8]> {
+        open_in_place(self.cipher(kind), &blob_aad(kind, id), sealed)
+            .map_err(|e| e.context(format!("blob {id} ({kind:?})")))
+    }
+
     pub fn open_blob(&self, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
         open(self.cipher(kind), &blob_aad(kind, id), sealed)
             .map_err(|e| e.context(format!("blob {id} ({kind:?})")))
@@ -164,6 +175,38 @@ pub(crate) fn seal_in_place(
         .map_err(|_| Error::new(ErrorKind::Other, "encryption failed"))?;
     buf.extend_from_slice(&tag);
     Ok(())
+}
+
+/// Opens a sealed message inside its own buffer: the ciphertext is decrypted where it lies
+/// and that part of `sealed` is returned, so nothing is allocated or copied.
+pub(crate) fn open_in_place<'b>(
+    cipher: &XChaCha20Poly1305,
+    aad: &[u8],
+    sealed: &'b mut [u8],
+) -> Result<&'b [u8]> {
+    if sealed.len() < OVERHEAD {
+        return Err(Error::corrupt(format!(
+            "sealed message of {} bytes is shorter than the {OVERHEAD}-byte envelope",
+            sealed.len()
+        )));
+    }
+    let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+    let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(nonce);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag);
+    cipher
+        .decrypt_inout_detached(
+            &XNonce::from(n),
+            aad,
+            (&mut *ct).into(),
+            &chacha20poly1305::Tag::from(t),
+        )
+        .map_err(|_| {
+            Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
+        })?;
+    Ok(ct)
 }
 
 pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {

@@ -636,7 +636,8 @@ impl Repository {
                 loc.length as u64,
             )
             .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
-        blob::open(&self.keys, kind, id, &sealed)
+        let mut sealed = writable(sealed);
+        blob::open_in_place(&self.keys, kind, id, &mut sealed)
             .map_err(|e| e.context(format!("pack {}", loc.pack)))
     }
 
@@ -868,4 +869,12 @@ impl<'a> IndexFileWriter<'a> {
         self.repo.save_index(&self.current)?;
         Ok(self.written + 1)
     }
+}
+
+/// The bytes of a read as a buffer that can be decrypted in place: the same memory when
+/// nothing else refers to it (local reads), else a copy.
+pub fn writable(bytes: Bytes) -> bytes::BytesMut {
+    bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]))
 }

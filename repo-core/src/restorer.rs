@@ -772,13 +772,23 @@ fn write_small_group(
                         len,
                     )
                     .map_err(|e| e.context(format!("pack {}", first.pack)))?;
+                let mut bytes = crate::repository::writable(bytes);
                 run.iter()
                     .map(|(loc, id)| {
                         let off = (loc.offset - start) as usize;
-                        let sealed = &bytes[off..off + loc.length as usize];
-                        let plain =
-                            crate::format::blob::open(repo.keys(), BlobKind::Data, id, sealed)
-                                .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+                        let sealed =
+                            bytes
+                                .get_mut(off..off + loc.length as usize)
+                                .ok_or_else(|| {
+                                    Error::corrupt(format!("pack {}: short read", loc.pack))
+                                })?;
+                        let plain = crate::format::blob::open_in_place(
+                            repo.keys(),
+                            BlobKind::Data,
+                            id,
+                            sealed,
+                        )
+                        .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
                         Ok((*id, plain))
                     })
                     .collect()

@@ -52,3 +52,17 @@ pub fn open(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u
     }
     Ok(plain)
 }
+
+/// Like [`open`], decrypting inside `sealed` (the buffer is left holding the compressed
+/// payload); the restorer's packs are read into buffers of its own, so this spares a copy
+/// and an allocation per blob.
+pub fn open_in_place(keys: &Keys, kind: BlobKind, id: &Id, sealed: &mut [u8]) -> Result<Vec<u8>> {
+    let payload = keys.open_blob_in_place(kind, id, sealed)?;
+    let plain = decompress(payload, &format!("blob {id}"))?;
+    if keys.blob_id(&plain) != *id {
+        return Err(Error::corrupt(format!(
+            "blob {id}: content does not match its id"
+        )));
+    }
+    Ok(plain)
+}
