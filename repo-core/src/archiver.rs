@@ -1101,3 +1101,26 @@ pub fn backup_command(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A file queued as small but longer than `SMALL_FILE` by the time it is read (it grew)
+    /// is reported as such, so that it is read again as a stream, never cut short.
+    #[test]
+    fn read_small_refuses_files_that_outgrew_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let at_limit = dir.path().join("at-limit");
+        let over = dir.path().join("over");
+        std::fs::write(&at_limit, vec![7u8; SMALL_FILE as usize]).unwrap();
+        std::fs::write(&over, vec![7u8; SMALL_FILE as usize + 1]).unwrap();
+        assert_eq!(
+            read_small(&at_limit).unwrap().map(|d| d.len()),
+            Some(SMALL_FILE as usize)
+        );
+        assert!(read_small(&over).unwrap().is_none());
+        assert!(read_small(&dir.path().join("missing")).is_err());
+    }
+}
