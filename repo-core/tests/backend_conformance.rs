@@ -19,6 +19,7 @@ async fn fs_backend_conforms() {
     assert!(tenant
         .read_range_direct(FileType::Index, &missing, 0, 1)
         .is_some());
+    assert!(tenant.read_direct(FileType::Index, &missing).is_some());
     conformance::run(&tenant).await.unwrap();
     // Nothing is left in the staging folder.
     let staged = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();

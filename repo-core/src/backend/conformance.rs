@@ -56,6 +56,15 @@ pub async fn run(b: &dyn Backend) -> Result<(), String> {
         "ranged read",
     )?;
     // A backend that also reads on the calling thread must give the same answers there.
+    if let Some(r) = b.read_direct(FileType::Pack, &name) {
+        check(r.map_err(e)? == data, "direct read")?;
+        let missing = Id::of_bytes(b"missing").to_hex();
+        let gone = b.read_direct(FileType::Index, &missing);
+        check(
+            matches!(gone, Some(Err(ref x)) if x.kind() == ErrorKind::NotFound),
+            "direct read of a missing object is NotFound",
+        )?;
+    }
     if let Some(r) = b.read_range_direct(FileType::Pack, &name, 1000, 500) {
         check(
             r.map_err(e)? == data.slice(1000..1500),

@@ -171,6 +171,15 @@ impl Backend for OpendalBackend {
             .map_err(|e| map_err(format!("reading {path}"), e))
     }
 
+    fn read_direct(&self, ft: FileType, name: &str) -> Option<Result<Bytes>> {
+        let root = self.local.as_ref()?;
+        Some(self.path(ft, name).and_then(|path| {
+            std::fs::read(root.join(&path))
+                .map(Bytes::from)
+                .map_err(|e| Error::io(format!("reading {path}"), e))
+        }))
+    }
+
     fn read_range_direct(
         &self,
         ft: FileType,
