@@ -296,7 +296,8 @@ impl<'a> Archiver<'a> {
 
     /// Reads a large file or a stream to its end with reading and cutting on a thread of
     /// their own, so that both overlap with compressing and sealing the previous batch on the
-    /// rayon pool. At most three batches of about 8 MiB exist at once.
+    /// rayon pool. Batches are about 4 MiB: one being filled, one queued, one being sealed,
+    /// and one handed back for reuse at most.
     fn save_stream(
         &mut self,
         r: &mut (dyn Read + Send),
@@ -308,8 +309,8 @@ impl<'a> Archiver<'a> {
         std::thread::scope(|scope| {
             let (tx, rx) =
                 sync_channel::<std::io::Result<(Vec<u8>, Vec<std::ops::Range<usize>>)>>(1);
-            // Batches come back once stored and are reused: a fresh 8 MiB buffer per batch
-            // costs a page fault per 4 KiB.
+            // Batches come back once sealed and are reused: a fresh buffer per batch costs a
+            // page fault per 4 KiB.
             let (recycle, recycled) = sync_channel::<Vec<u8>>(2);
             scope.spawn(move || {
                 let mut buf = vec![0u8; cap];
