@@ -78,14 +78,22 @@ type Sealed = Vec<(Id, Option<SealedBlob>)>;
 fn seal_chunks(known: &Known, keys: &Keys, level: i32, chunks: &[&[u8]]) -> Result<Sealed> {
     chunks
         .par_iter()
-        .map(|data| {
-            let id = keys.blob_id(data);
-            if known.contains(&id)? {
-                return Ok((id, None));
-            }
-            Ok((id, Some(blob::seal(keys, BlobKind::Data, id, data, level)?)))
-        })
+        .map(|data| seal_chunk(known, keys, level, data))
         .collect()
+}
+
+/// A chunk's id, and the chunk sealed unless the repository or writer already has it.
+fn seal_chunk(
+    known: &Known,
+    keys: &Keys,
+    level: i32,
+    data: &[u8],
+) -> Result<(Id, Option<SealedBlob>)> {
+    let id = keys.blob_id(data);
+    if known.contains(&id)? {
+        return Ok((id, None));
+    }
+    Ok((id, Some(blob::seal(keys, BlobKind::Data, id, data, level)?)))
 }
 
 /// Adds sealed chunks to the writer in order; appends every chunk's id to `ids`.
@@ -231,17 +239,10 @@ fn read_and_seal(
         Ok(None) => return Ok(JobResult::Grew),
         Err(e) => return Ok(JobResult::Unreadable(e)),
     };
-    let mut sealed = Vec::new();
-    for range in cut(chunker, &data, true) {
-        let chunk = &data[range];
-        let id = keys.blob_id(chunk);
-        let blob = if known.contains(&id)? {
-            None
-        } else {
-            Some(blob::seal(keys, BlobKind::Data, id, chunk, level)?)
-        };
-        sealed.push((id, blob));
-    }
+    let sealed = cut(chunker, &data, true)
+        .into_iter()
+        .map(|range| seal_chunk(known, keys, level, &data[range]))
+        .collect::<Result<Sealed>>()?;
     Ok(JobResult::Sealed {
         sealed,
         len: data.len() as u64,

@@ -97,6 +97,32 @@ proptest! {
     }
 }
 
+/// Backs `src` up, restores the snapshot into `out`; returns the backup and where `src`'s
+/// copy is.
+fn backup_and_restore(
+    repo: &Repository,
+    src: &Path,
+    out: &Path,
+) -> (cairn_repo::archiver::BackupResult, std::path::PathBuf) {
+    let r = backup_paths(
+        repo,
+        &[src.to_path_buf()],
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    restore(
+        repo,
+        &r.id,
+        out,
+        &RestoreOptions::default(),
+        &NoRestoreProgress,
+    )
+    .unwrap();
+    let copy = out.join(src.strip_prefix("/").unwrap());
+    (r, copy)
+}
+
 #[test]
 fn sparse_files_restore_sparse() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,23 +132,8 @@ fn sparse_files_restore_sparse() {
     f.set_len(64 << 20).unwrap();
     drop(f);
     let repo = small_repo(dir.path());
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    restore(
-        &repo,
-        &r.id,
-        &out,
-        &RestoreOptions::default(),
-        &NoRestoreProgress,
-    )
-    .unwrap();
-    let restored = out.join(src.strip_prefix("/").unwrap()).join("sparse");
+    let (r, restored) = backup_and_restore(&repo, &src, &dir.path().join("out"));
+    let restored = restored.join("sparse");
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&restored).unwrap();
     assert_eq!(meta.len(), 64 << 20);
@@ -157,23 +168,7 @@ fn files_mixing_data_and_holes_round_trip() {
     std::fs::write(src.join("large"), &large).unwrap();
     std::fs::write(src.join("small"), &small).unwrap();
     let repo = small_repo(dir.path());
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    restore(
-        &repo,
-        &r.id,
-        &out,
-        &RestoreOptions::default(),
-        &NoRestoreProgress,
-    )
-    .unwrap();
-    let restored = out.join(src.strip_prefix("/").unwrap());
+    let (_, restored) = backup_and_restore(&repo, &src, &dir.path().join("out"));
     use std::os::unix::fs::MetadataExt;
     for (name, expected) in [("large", &large), ("small", &small)] {
         let got = std::fs::read(restored.join(name)).unwrap();

@@ -44,13 +44,7 @@ pub fn seal(
 /// wrong id (or by another tenant's key) is caught, not returned.
 pub fn open(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
     let payload = keys.open_blob(kind, id, sealed)?;
-    let plain = decompress(&payload, &format!("blob {id}"))?;
-    if keys.blob_id(&plain) != *id {
-        return Err(Error::corrupt(format!(
-            "blob {id}: content does not match its id"
-        )));
-    }
-    Ok(plain)
+    plaintext(keys, id, &payload)
 }
 
 /// Like [`open`], decrypting inside `sealed` (the buffer is left holding the compressed
@@ -58,6 +52,11 @@ pub fn open(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u
 /// and an allocation per blob.
 pub fn open_in_place(keys: &Keys, kind: BlobKind, id: &Id, sealed: &mut [u8]) -> Result<Vec<u8>> {
     let payload = keys.open_blob_in_place(kind, id, sealed)?;
+    plaintext(keys, id, payload)
+}
+
+/// Decompresses an opened payload and checks the plaintext against the blob's id.
+fn plaintext(keys: &Keys, id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
     let plain = decompress(payload, &format!("blob {id}"))?;
     if keys.blob_id(&plain) != *id {
         return Err(Error::corrupt(format!(
