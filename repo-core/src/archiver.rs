@@ -406,31 +406,22 @@ impl<'a> Archiver<'a> {
         Ok(())
     }
 
-    fn cached_content(
-        &self,
-        path_key: &[u8],
-        meta: &std::fs::Metadata,
-    ) -> Result<Option<FileRecord>> {
-        let Some(reader) = &self.reader else {
-            return Ok(None);
-        };
-        let Some(rec) = reader.file(path_key)? else {
-            return Ok(None);
-        };
+    /// Whether a files-cache record still describes the file: same inode, size, mtime and
+    /// ctime, and every blob it names still indexed (a prune may have removed some).
+    fn reusable(&self, rec: &FileRecord, meta: &std::fs::Metadata) -> Result<bool> {
         let same = rec.inode == meta.ino()
             && rec.size == meta.size()
             && rec.mtime == (meta.mtime(), meta.mtime_nsec() as u32)
             && rec.ctime == (meta.ctime(), meta.ctime_nsec() as u32);
         if !same {
-            return Ok(None);
+            return Ok(false);
         }
-        // The blobs must still exist (a prune may have removed them).
         for id in rec.content.iter().chain(rec.content_lists.iter()) {
             if !self.writer.contains(id)? {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        Ok(Some(rec))
+        Ok(true)
     }
 
     /// Accounts for a file about to be saved. Returns the node with its content when the
@@ -443,18 +434,22 @@ impl<'a> Archiver<'a> {
     ) -> Result<std::result::Result<Node, (Node, FileStart)>> {
         let key = path.as_os_str().as_bytes().to_vec();
         self.summary.total_bytes += meta.size();
-        if let Some(rec) = self.cached_content(&key, meta)? {
-            node.content = rec.content;
-            node.content_lists = rec.content_lists;
-            self.summary.files_unmodified += 1;
-            self.progress.bytes(meta.size());
-            return Ok(Ok(node));
+        // One files-cache lookup decides both "unchanged" and "changed rather than new".
+        let rec = match &self.reader {
+            Some(r) => r.file(&key)?,
+            None => None,
+        };
+        let known = rec.is_some();
+        if let Some(rec) = rec {
+            if self.reusable(&rec, meta)? {
+                node.content = rec.content;
+                node.content_lists = rec.content_lists;
+                self.summary.files_unmodified += 1;
+                self.progress.bytes(meta.size());
+                return Ok(Ok(node));
+            }
         }
         self.progress.file(path);
-        let known = match &self.reader {
-            Some(r) => r.file(&key)?.is_some(),
-            None => false,
-        };
         Ok(Err((node, FileStart { key, known })))
     }
 

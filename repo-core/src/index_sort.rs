@@ -210,6 +210,22 @@ mod tests {
         }
     }
 
+    /// A folder left by a killed load (runs of another sort) is removed before a new sort
+    /// uses the place, so its records never reach the merge.
+    #[test]
+    fn a_leftover_scratch_folder_is_removed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("sort");
+        std::fs::create_dir(&scratch).unwrap();
+        std::fs::write(scratch.join("run-00000"), vec![9u8; 10 * RECORD]).unwrap();
+        let mut s = EntrySorter::new(scratch.clone()).unwrap();
+        assert!(!scratch.exists());
+        s.push(&Id([1; 32]), 0, &loc(5)).unwrap();
+        let got: Vec<SortedEntry> = s.into_merged().unwrap().map(|e| e.unwrap()).collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].location.offset, 5);
+    }
+
     #[test]
     fn merges_spilled_runs_in_id_order() {
         let dir = tempfile::tempdir().unwrap();
