@@ -242,6 +242,35 @@ mod tests {
         );
     }
 
+    /// Slots with several lanes (the default has four, computed in parallel) unwrap with
+    /// their password only, and the same parameters always derive the same key.
+    #[test]
+    fn parallel_lanes_derive_a_stable_key() {
+        let lanes = KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 4,
+        };
+        assert_eq!(KdfParams::default().parallelism, 4);
+        let salt = [3u8; 32];
+        assert_eq!(
+            lanes.derive(b"pw", &salt).unwrap(),
+            lanes.derive(b"pw", &salt).unwrap()
+        );
+        assert_ne!(
+            lanes.derive(b"pw", &salt).unwrap(),
+            FAST.derive(b"pw", &salt).unwrap()
+        );
+        let master = MasterKey::generate().unwrap();
+        let (_, bytes) = KeySlot::create(&master, b"pw", lanes, "h", "u").unwrap();
+        let slot = KeySlot::parse(&Id::of_bytes(&bytes).to_hex(), &bytes).unwrap();
+        assert_eq!(slot.unwrap_key(b"pw").unwrap().0, master.0);
+        assert_eq!(
+            slot.unwrap_key(b"nope").unwrap_err().kind(),
+            ErrorKind::WrongPassword
+        );
+    }
+
     #[test]
     fn key_file_permissions() {
         let dir = tempfile::tempdir().unwrap();
