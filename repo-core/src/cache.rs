@@ -497,3 +497,48 @@ impl CacheReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn loc(offset: u64) -> BlobLocation {
+        BlobLocation {
+            kind: BlobKind::Data,
+            pack: Id([2; 32]),
+            offset,
+            length: 10,
+            raw_length: 20,
+        }
+    }
+
+    /// A sorted load records its index files only after the last entry: a load stopped
+    /// before that leaves a cache that records no index file (so the repository loads it
+    /// again), and the next load starts from an emptied table. Duplicate ids keep the first.
+    #[test]
+    fn an_interrupted_sorted_load_is_redone_from_scratch() {
+        let cache = Cache::temporary().unwrap();
+        let stale = [(Id([5; 32]), loc(1))];
+        // As if the process died after the blob commits, before the index files were recorded.
+        cache
+            .load_sorted(stale.iter().map(|e| Ok(*e)), &[])
+            .unwrap();
+        assert!(cache.ingested_index_files().unwrap().is_empty());
+
+        cache.clear_index().unwrap();
+        let entries = [
+            (Id([1; 32]), loc(7)),
+            (Id([1; 32]), loc(8)),
+            (Id([9; 32]), loc(9)),
+        ];
+        let file = Id([4; 32]);
+        cache
+            .load_sorted(entries.iter().map(|e| Ok(*e)), &[(file, 3)])
+            .unwrap();
+        assert_eq!(cache.lookup(&Id([5; 32])).unwrap(), None);
+        assert_eq!(cache.lookup(&Id([1; 32])).unwrap(), Some(loc(7)));
+        assert_eq!(cache.lookup(&Id([9; 32])).unwrap(), Some(loc(9)));
+        assert!(cache.ingested_index_files().unwrap().contains(&file));
+    }
+}
