@@ -3,8 +3,10 @@
 //! A lease is a sealed object in `locks/` (AAD `cairn:lease`) saying who runs what and until
 //! when. A holder refreshes it by writing a new lease and removing the previous one (objects
 //! are immutable), every third of its time to live. A lease has ended when it is removed,
-//! when its expiry has passed, or at once when it was taken on this host by a process that
-//! no longer exists. Nothing ever needs a manual unlock.
+//! when its expiry has passed, or at once when it provably names a process of this kernel
+//! and pid namespace that no longer runs (boot id, pid namespace and process start time all
+//! recorded and matching; a host name or a bare pid proves nothing). Nothing ever needs a
+//! manual unlock.
 //!
 //! Writers take their lease before they read the index, so that a prune's mark phase, which
 //! lists leases after writing its condemned record, sees every writer that might have read
@@ -46,6 +48,16 @@ pub struct Lease {
     pub holder: Id,
     /// Makes every lease object unique.
     pub nonce: Id,
+    /// The holder's kernel (`/proc/sys/kernel/random/boot_id`). Absent in leases written
+    /// before it was recorded, which then end only by expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The holder's pid namespace (`/proc/self/ns/pid`): a pid means nothing outside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
+    /// The holder's start time in clock ticks after boot, which tells a reused pid apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
 
 impl Lease {
@@ -53,28 +65,35 @@ impl Lease {
         self.expires.parse().ok()
     }
 
-    /// Whether the lease still holds at `now`.
+    /// Whether the lease still holds at `now`: until its expiry, unless it provably names a
+    /// process that has ended (see [`Lease::holder_has_ended`]).
     pub fn is_live(&self, now: jiff::Timestamp) -> bool {
         match self.expires_at() {
-            Some(e) if e > now => {}
-            _ => return false,
+            Some(e) if e > now => !self.holder_has_ended(),
+            _ => false,
         }
-        if self.host == sys::hostname() {
-            return process_exists(self.pid);
-        }
-        true
     }
-}
 
-fn process_exists(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::ESRCH) => false,
-        // EPERM: it exists but belongs to someone else.
-        Err(_) => true,
+    /// Whether the holder is known to have ended before its expiry. Only a lease taken in
+    /// this very kernel (same boot id) and pid namespace, whose pid now names no process or
+    /// a process that started at another time, qualifies. A host name proves nothing
+    /// (containers and cloned machines share them), nor does a pid from another namespace,
+    /// so every other lease, and every lease that lacks these facts, holds until it expires.
+    pub fn holder_has_ended(&self) -> bool {
+        let me = sys::process_identity();
+        let same_kernel = self.boot_id.is_some() && self.boot_id == me.boot_id;
+        let same_namespace = self.pid_namespace.is_some() && self.pid_namespace == me.pid_namespace;
+        if self.host != sys::hostname() || !same_kernel || !same_namespace {
+            return false;
+        }
+        if !sys::process_exists(self.pid) {
+            return true;
+        }
+        match (self.pid_start, sys::process_start_ticks(self.pid)) {
+            (Some(recorded), Some(now)) => recorded != now,
+            // Exists, and it cannot be told apart: it may be the holder.
+            _ => false,
+        }
     }
 }
 
@@ -136,6 +155,7 @@ impl LeaseGuard {
         let kind = kind.to_string();
         let kind_for_lease = kind.clone();
         let holder = Id::random()?;
+        let me = sys::process_identity();
         let make = move |now: jiff::Timestamp| -> Result<Lease> {
             let expires = now
                 .checked_add(
@@ -152,6 +172,9 @@ impl LeaseGuard {
                 expires: expires.to_string(),
                 holder,
                 nonce: Id::random()?,
+                boot_id: me.boot_id.clone(),
+                pid_namespace: me.pid_namespace.clone(),
+                pid_start: me.start_ticks,
             })
         };
         let store = repo.store().clone();
@@ -257,34 +280,66 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn lease(pid: u32, host: &str, expires_in: i64) -> Lease {
+    /// A lease as this process would write it, for `pid`.
+    fn lease(pid: u32, expires_in: i64) -> Lease {
         let now = jiff::Timestamp::now();
+        let me = sys::process_identity();
         Lease {
             kind: "backup".into(),
-            host: host.into(),
+            host: sys::hostname(),
             pid,
             user: "u".into(),
             started: now.to_string(),
             expires: (now + jiff::SignedDuration::from_secs(expires_in)).to_string(),
             holder: Id::default(),
             nonce: Id::default(),
+            boot_id: me.boot_id.clone(),
+            pid_namespace: me.pid_namespace.clone(),
+            pid_start: sys::process_start_ticks(pid),
         }
     }
 
-    #[test]
-    fn liveness() {
-        let now = jiff::Timestamp::now();
-        assert!(lease(std::process::id(), &sys::hostname(), 60).is_live(now));
-        assert!(
-            !lease(std::process::id(), &sys::hostname(), -1).is_live(now),
-            "expired"
-        );
-        // A process that has exited ends its lease at once on this host...
+    fn exited_pid() -> u32 {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(!lease(pid, &sys::hostname(), 600).is_live(now));
-        // ...but another host's pid means nothing here: only expiry ends it.
-        assert!(lease(pid, "elsewhere", 600).is_live(now));
+        pid
+    }
+
+    #[test]
+    fn a_lease_holds_until_expiry_and_ends_early_only_for_a_provably_gone_local_process() {
+        let now = jiff::Timestamp::now();
+        assert!(lease(std::process::id(), 60).is_live(now));
+        assert!(!lease(std::process::id(), -1).is_live(now), "expired");
+        // A process of this kernel and pid namespace that has exited ends its lease at once.
+        let gone = exited_pid();
+        assert!(!lease(gone, 600).is_live(now));
+        // A live pid whose start time differs is a reused pid: the holder has ended.
+        let mut reused = lease(std::process::id(), 600);
+        reused.pid_start = reused.pid_start.map(|t| t + 1);
+        assert!(!reused.is_live(now));
+    }
+
+    /// A backup in a container that shares the host name (another pid namespace), on a
+    /// cloned machine (another boot id), or holding a lease written without these facts,
+    /// must never be judged ended because its pid is absent here.
+    #[test]
+    fn a_pid_from_another_namespace_or_machine_never_ends_a_lease() {
+        let now = jiff::Timestamp::now();
+        let gone = exited_pid();
+        let mut other_namespace = lease(gone, 600);
+        other_namespace.pid_namespace = Some("pid:[1]".into());
+        assert!(other_namespace.is_live(now));
+        let mut other_kernel = lease(gone, 600);
+        other_kernel.boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        assert!(other_kernel.is_live(now));
+        let mut old_format = lease(gone, 600);
+        old_format.boot_id = None;
+        old_format.pid_namespace = None;
+        old_format.pid_start = None;
+        assert!(old_format.is_live(now));
+        let mut other_host = lease(gone, 600);
+        other_host.host = "elsewhere".into();
+        assert!(other_host.is_live(now));
     }
 }

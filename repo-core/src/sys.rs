@@ -81,3 +81,53 @@ pub fn gid_of(name: &str) -> Option<u32> {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// What identifies a running process beyond its pid: the kernel it runs on (boot id), the
+/// pid namespace its pid belongs to, and its start time (which tells a reused pid apart).
+/// Each part is `None` where it cannot be read (no `/proc`), and a lease then never ends
+/// before its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    pub boot_id: Option<String>,
+    pub pid_namespace: Option<String>,
+    pub start_ticks: Option<u64>,
+}
+
+/// This process's identity, read once.
+pub fn process_identity() -> &'static ProcessIdentity {
+    static ME: OnceLock<ProcessIdentity> = OnceLock::new();
+    ME.get_or_init(|| ProcessIdentity {
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+        start_ticks: process_start_ticks(std::process::id()),
+    })
+}
+
+/// When process `pid` (of this pid namespace) started, in clock ticks after boot: field 22
+/// of `/proc/<pid>/stat`, counted after the command name, which may hold spaces and ')'.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Fields after the name start at field 3 (state); the start time is field 22.
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process with this pid exists in this pid namespace. Only "no such process"
+/// counts as absent: a process of another user answers EPERM and exists.
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
