@@ -113,6 +113,10 @@ pub struct PruneOpts {
     /// Read at most this much for repacking in one run, e.g. 10G
     #[arg(long)]
     pub max_repack_size: Option<String>,
+    /// Remove snapshots that cannot be read instead of refusing to run (the data only they
+    /// use is then freed)
+    #[arg(long)]
+    pub drop_unreadable: bool,
 }
 
 #[derive(Args, Debug)]
@@ -185,9 +189,10 @@ pub struct CheckArgs {
 pub enum RepairCommand {
     /// Rebuild the index from the pack headers
     Index,
-    /// Rewrite snapshots that reference missing data (as new snapshots tagged `repaired`)
+    /// Rewrite snapshots that reference missing data (as new snapshots tagged `repaired`);
+    /// report snapshots that cannot be read at all
     Snapshots {
-        /// Remove the damaged originals
+        /// Remove the damaged originals, and snapshots that cannot be read
         #[arg(long)]
         forget: bool,
         #[arg(long, short = 'n')]

@@ -26,8 +26,8 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::backend::FileType;
 use crate::cache::{CacheReader, FileRecord};
+use crate::commit::{ensure_complete, IndexWatch};
 use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
@@ -36,7 +36,6 @@ use crate::format::to_cbor;
 use crate::format::tree::{ContentList, Node, NodeKind, Time, Tree, INLINE_CONTENT_MAX};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
-use crate::mark::{overlay_of, walk_blobs, IdSet, Locator};
 use crate::repository::Repository;
 use crate::sys;
 use crate::walk::{name_bytes, node_from_metadata, Excludes};
@@ -185,11 +184,13 @@ struct Archiver<'a> {
     progress: &'a dyn Progress,
     summary: Summary,
     warnings: Vec<String>,
-    reader: Option<CacheReader>,
+    reader: Option<CacheReader<'a>>,
     file_records: Vec<(Vec<u8>, FileRecord)>,
     /// Bytes per read batch of a stream.
     batch_cap: usize,
     lease: LeaseGuard,
+    /// The index files present at the start, to tell at commit whether a sweep ran.
+    watch: IndexWatch,
 }
 
 /// A small file (below [`SMALL_FILE`]) waiting to be read and sealed on the pool with
@@ -265,7 +266,12 @@ impl<'a> Archiver<'a> {
     ) -> Result<Self> {
         // The lease comes before the index is read: see lease.rs.
         let lease = LeaseGuard::acquire(repo, "backup")?;
+        if let Ok(n @ 1..) = repo.remove_stale_staging(crate::prune::STALE_STAGING) {
+            tracing::info!("removed {n} staging files left by failed uploads");
+        }
         repo.sync_index()?;
+        repo.require_intact_index()?;
+        let watch = IndexWatch::start(repo)?;
         let chunker = repo.chunker()?;
         let level = opts.compression.unwrap_or(repo.config().compression);
         let reader = if opts.use_files_cache {
@@ -286,6 +292,7 @@ impl<'a> Archiver<'a> {
             file_records: Vec::new(),
             batch_cap: cap,
             lease,
+            watch,
         })
     }
 
@@ -770,12 +777,18 @@ impl<'a> Archiver<'a> {
             pg: None,
             original: None,
         };
-        if !self.lease.held() {
+        let lapsed = !self.lease.held();
+        if lapsed || self.watch.swept_since(self.repo)? {
+            if lapsed {
+                tracing::warn!("the backup's lease lapsed; checking that garbage collection removed nothing it needs");
+            } else {
+                tracing::info!("garbage collection ran during the backup; checking that it removed nothing the backup needs");
+            }
             let level = self
                 .opts
                 .compression
                 .unwrap_or(self.repo.config().compression);
-            let copied = recheck_after_lapse(self.repo, &root, level)?;
+            let copied = ensure_complete(self.repo, &root, level)?;
             if copied > 0 {
                 tracing::warn!("copied {copied} blobs out of packs a prune had condemned");
             }
@@ -790,54 +803,6 @@ impl<'a> Archiver<'a> {
             warnings: self.warnings,
         })
     }
-}
-
-/// A writer whose lease lapsed may have deduplicated against blobs that a prune has since
-/// condemned or deleted. Before committing it re-reads the index (which leaves condemned
-/// packs out) and walks everything the new snapshot needs: a blob that is only in a
-/// condemned pack is copied, still sealed and after authentication, into a new pack (so the
-/// sweep may delete the old one); a blob that is gone altogether fails the backup, and
-/// nothing is committed. Returns how many blobs were copied.
-fn recheck_after_lapse(repo: &Repository, root: &Id, level: i32) -> Result<u64> {
-    tracing::warn!("the backup's lease lapsed; checking that a prune removed nothing it needs");
-    repo.sync_index()?;
-    let overlay = overlay_of(repo, &repo.cache().condemned_packs()?)?;
-    let locator = Locator {
-        repo,
-        overlay: Some(&overlay),
-    };
-    let mut writer = BlobWriter::new(repo, level);
-    let mut copied = 0u64;
-    let mut seen = IdSet::new()?;
-    walk_blobs(&locator, root, &mut seen, &mut |kind, id| {
-        if writer.contains(id)? {
-            return Ok(());
-        }
-        let Some(loc) = overlay.lookup(id)? else {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("this backup's lease lapsed while it ran and a prune has since removed {kind:?} blob {id} that it needs; nothing was committed: run the backup again"),
-            ));
-        };
-        let sealed = repo.store().read_range(
-            FileType::Pack,
-            &loc.pack.to_hex(),
-            loc.offset,
-            loc.length as u64,
-        )?;
-        blob::open(repo.keys(), kind, id, &sealed)
-            .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
-        writer.add(SealedBlob {
-            kind,
-            id: *id,
-            raw_length: loc.raw_length,
-            bytes: sealed.to_vec(),
-        })?;
-        copied += 1;
-        Ok(())
-    })?;
-    writer.finish()?;
-    Ok(copied)
 }
 
 fn find_parent(

@@ -161,14 +161,23 @@ pub fn check(
             }
             // Gone since listing: a concurrent prune replaced it (it writes the replacement first).
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => r.problem(format!("index {id}"), e.to_string()),
+            Err(e) => r.problem(
+                format!("index {id}"),
+                format!("{e} (run `cairn repair index`)"),
+            ),
         }
     }
     for id in files.into_iter().filter(|id| !superseded.contains(id)) {
         let f = match repo.read_index_file(&id) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                r.problem(
+                    format!("index {id}"),
+                    format!("{e} (run `cairn repair index`)"),
+                );
+                continue;
+            }
         };
         for p in &f.packs {
             indexed.insert(p.id);
@@ -238,8 +247,16 @@ pub fn check(
         let sid = Id::from_hex(&info.name)?;
         let snap = match repo.read_snapshot(&sid) {
             Ok(s) => s,
+            // Forgotten since listing.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                r.snapshots -= 1;
+                continue;
+            }
             Err(e) => {
-                r.problem(format!("snapshot {sid}"), e.to_string());
+                r.problem(
+                    format!("snapshot {sid}"),
+                    format!("{e} (prune and forget refuse to run until it is restored from a copy or removed with `cairn repair snapshots --forget`)"),
+                );
                 continue;
             }
         };
@@ -247,6 +264,7 @@ pub fn check(
             &locator,
             &snap.tree,
             &sid,
+            &condemned,
             &mut seen,
             &mut data_seen,
             &mut r,
@@ -259,27 +277,39 @@ pub fn check(
     Ok(r)
 }
 
-/// Where a referenced blob is: index, condemned pack (notice), or nowhere (problem).
+/// Where a referenced blob is, as restore would find it: listed by the index (a blob in a
+/// condemned pack is a notice: it is readable, and the next sweep keeps it), or not (a
+/// problem). A miss in the cache is verified against the repository before it is reported
+/// (`Repository::locate_verified`), so check never reports a cache's belief as damage.
 fn locate_or_report(
     locator: &Locator,
     kind: BlobKind,
     id: &Id,
     snap: &Id,
+    condemned: &HashSet<Id>,
     r: &mut CheckReport,
 ) -> Result<bool> {
-    if locator.repo.lookup(id)?.is_some() {
+    if let Some(loc) = locator.repo.locate_verified(id)? {
+        if condemned.contains(&loc.pack) {
+            r.notices.push(format!("snapshot {snap} uses {kind:?} blob {id} in condemned pack {} (readable; the next prune keeps it)", loc.pack));
+        }
         return Ok(true);
     }
-    if let Some(o) = locator.overlay {
-        if let Some(loc) = o.lookup(id)? {
-            r.notices.push(format!("snapshot {snap} uses {kind:?} blob {id} in condemned pack {} (the next prune keeps it)", loc.pack));
-            return Ok(true);
-        }
+    let hint = if locator.repo.damaged_index_files().is_empty() {
+        "run `cairn repair index` to index what the packs hold, then `cairn repair snapshots` if it is still missing"
+    } else {
+        "an index file cannot be read: run `cairn repair index`"
+    };
+    match locator.overlay.map(|o| o.lookup(id)).transpose()?.flatten() {
+        Some(loc) => r.problem(
+            format!("blob {id}"),
+            format!("{kind:?} blob used by snapshot {snap} is only in condemned pack {}, which no index file lists ({hint})", loc.pack),
+        ),
+        None => r.problem(
+            format!("blob {id}"),
+            format!("{kind:?} blob used by snapshot {snap} is in no index ({hint})"),
+        ),
     }
-    r.problem(
-        format!("blob {id}"),
-        format!("{kind:?} blob used by snapshot {snap} is in no index"),
-    );
     Ok(false)
 }
 
@@ -287,6 +317,7 @@ fn check_tree(
     locator: &Locator,
     root: &Id,
     snap: &Id,
+    condemned: &HashSet<Id>,
     seen: &mut IdSet,
     data_seen: &mut IdSet,
     r: &mut CheckReport,
@@ -297,7 +328,7 @@ fn check_tree(
             continue;
         }
         r.trees += 1;
-        if !locate_or_report(locator, BlobKind::Tree, &tree_id, snap, r)? {
+        if !locate_or_report(locator, BlobKind::Tree, &tree_id, snap, condemned, r)? {
             continue;
         }
         let tree: Tree = match locator
@@ -326,7 +357,7 @@ fn check_tree(
                 NodeKind::File => {
                     let mut ids = node.content.clone();
                     for list in &node.content_lists {
-                        if !locate_or_report(locator, BlobKind::Tree, list, snap, r)? {
+                        if !locate_or_report(locator, BlobKind::Tree, list, snap, condemned, r)? {
                             continue;
                         }
                         match locator.read(BlobKind::Tree, list).and_then(|p| {
@@ -339,7 +370,7 @@ fn check_tree(
                     for id in ids {
                         if data_seen.insert(id)? {
                             r.data_blobs += 1;
-                            locate_or_report(locator, BlobKind::Data, &id, snap, r)?;
+                            locate_or_report(locator, BlobKind::Data, &id, snap, condemned, r)?;
                         }
                     }
                 }

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Command,
     /// Local or backend I/O failed; may succeed when retried.
     Io,
+    /// The local cache is damaged or unusable. It is derived data: the repository is not
+    /// affected, and the cache is rebuilt from it.
+    Cache,
     /// Anything else, e.g. an unexpected backend response.
     Other,
 }
@@ -130,7 +133,11 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
 
 impl From<redb::Error> for Error {
     fn from(e: redb::Error) -> Self {
-        Error::with_source(ErrorKind::Io, "cache database", e)
+        let kind = match &e {
+            redb::Error::Corrupted(_) | redb::Error::LockPoisoned(_) => ErrorKind::Cache,
+            _ => ErrorKind::Io,
+        };
+        Error::with_source(kind, "cache database", e)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod archiver;
 pub mod backend;
 pub mod cache;
 pub mod check;
+pub mod commit;
 pub mod content;
 pub mod crypto;
 pub mod error;

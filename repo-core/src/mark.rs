@@ -106,8 +106,10 @@ impl<'a> Locator<'a> {
         }
     }
 
+    /// Where a blob can be read: the readers' view of the index (condemned packs and
+    /// packs only superseded index files list included), then the overlay.
     pub fn locate(&self, id: &Id) -> Result<Option<BlobLocation>> {
-        if let Some(loc) = self.repo.lookup(id)? {
+        if let Some(loc) = self.repo.cache().lookup_readable(id)? {
             return Ok(Some(loc));
         }
         match self.overlay {

@@ -44,6 +44,9 @@ pub struct PruneOptions {
     /// Upper bound on the bytes of packs read for repacking in one run.
     pub max_repack_bytes: Option<u64>,
     pub dry_run: bool,
+    /// Remove snapshots that cannot be read instead of refusing to run (their data, unless
+    /// another snapshot uses it, is then freed).
+    pub drop_unreadable: bool,
 }
 
 impl Default for PruneOptions {
@@ -52,6 +55,7 @@ impl Default for PruneOptions {
             max_unused: 0.05,
             max_repack_bytes: None,
             dry_run: false,
+            drop_unreadable: false,
         }
     }
 }
@@ -122,7 +126,13 @@ fn structure(repo: &Repository) -> Result<Structure> {
     let mut superseded = HashSet::new();
     let mut records = Vec::new();
     for id in &all {
-        let f = repo.read_index_file(id)?;
+        let f = repo.read_index_file(id).map_err(|e| {
+            if e.kind() == ErrorKind::Corrupt {
+                e.context("prune cannot run while an index file is damaged (run `cairn check`, then `cairn repair index`)")
+            } else {
+                e
+            }
+        })?;
         superseded.extend(f.supersedes);
         if let Some(c) = f.condemned {
             records.push((*id, c));
@@ -177,8 +187,16 @@ fn blocking(repo: &Repository, record: &Condemned, own: &Id) -> Result<Vec<Lease
 
 /// Runs a prune: sweeps what is ready, marks, and sweeps again if nothing blocks.
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
-    let guard = LeaseGuard::acquire(repo, "prune")?;
-    let own = guard.holder();
+    // A dry run writes nothing, not even a lease, so it works on a read-only repository.
+    let guard = if opts.dry_run {
+        None
+    } else {
+        Some(LeaseGuard::acquire(repo, "prune")?)
+    };
+    let own = match &guard {
+        Some(g) => g.holder(),
+        None => Id::random()?,
+    };
     if let Some((_, other)) = lease::live(repo)?
         .into_iter()
         .find(|(_, l)| l.kind == "prune" && l.holder != own)
@@ -193,11 +211,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         ..Default::default()
     };
     if !opts.dry_run {
-        sweep_ready(repo, &own, &mut report.swept)?;
+        remove_stale_staging(repo);
+        sweep_ready(repo, &own, opts, &mut report.swept)?;
     }
     // Snapshots first, index second: a writer stores its index files before its snapshot,
     // so every snapshot listed here has its index files in the index read after.
-    let snapshots = repo.snapshots()?;
+    let snapshots = repo.snapshots_for_gc(opts.drop_unreadable && !opts.dry_run)?;
     let roots: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).collect();
     let (st, pending, used) = mark_current(repo, &roots)?;
 
@@ -295,6 +314,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         drop(guard);
         return Ok(report);
     }
+    let Some(guard) = guard else {
+        return Err(Error::new(ErrorKind::Other, "prune without a lease"));
+    };
 
     let condemn: HashSet<Id> = report
         .plan
@@ -329,7 +351,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     repo.sync_index()?;
 
     if blocking(repo, &record, &own)?.is_empty() {
-        sweep_one(repo, &record_id, &record, &mut report.swept)?;
+        sweep_one(repo, &record_id, &record, opts, &mut report.swept)?;
     }
     report_pending(repo, &own, &mut report)?;
     guard.release()?;
@@ -353,11 +375,16 @@ fn report_pending(repo: &Repository, own: &Id, report: &mut PruneReport) -> Resu
 }
 
 /// Sweeps every condemned record whose writers have all ended.
-pub fn sweep_ready(repo: &Repository, own: &Id, report: &mut SweepReport) -> Result<()> {
+pub fn sweep_ready(
+    repo: &Repository,
+    own: &Id,
+    opts: &PruneOptions,
+    report: &mut SweepReport,
+) -> Result<()> {
     let st = structure(repo)?;
     for (id, record) in &st.records {
         if blocking(repo, record, own)?.is_empty() {
-            sweep_one(repo, id, record, report)?;
+            sweep_one(repo, id, record, opts, report)?;
         }
     }
     Ok(())
@@ -367,10 +394,16 @@ fn sweep_one(
     repo: &Repository,
     record_id: &Id,
     record: &Condemned,
+    opts: &PruneOptions,
     report: &mut SweepReport,
 ) -> Result<()> {
-    // Snapshots before the index, as in the mark.
-    let roots: Vec<Id> = repo.snapshots()?.iter().map(|(_, s)| s.tree).collect();
+    // Snapshots before the index, as in the mark; an unreadable one stops the sweep as it
+    // stops the mark.
+    let roots: Vec<Id> = repo
+        .snapshots_for_gc(opts.drop_unreadable)?
+        .iter()
+        .map(|(_, s)| s.tree)
+        .collect();
     let (st, _, used) = mark_current(repo, &roots)?;
     // Decide first, write second: rescue index files, then replacements for index files that
     // list doomed packs, and only then delete anything.
@@ -456,6 +489,20 @@ fn sweep_one(
     repo.store().remove(FileType::Index, &record_id.to_hex())?;
     report.records += 1;
     repo.sync_index()
+}
+
+/// Staging files older than this in a local repository's `tmp/` were left by a writer that
+/// failed or was killed (an upload stages a file and renames it within seconds).
+pub const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Removes staging files that a failed upload left behind (best effort: a prune that cannot
+/// clean them still runs).
+fn remove_stale_staging(repo: &Repository) {
+    match repo.remove_stale_staging(STALE_STAGING) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} staging files left by failed uploads"),
+        Err(e) => tracing::warn!("cannot clean the staging folder: {e}"),
+    }
 }
 
 /// Copies the used blobs of `packs` into new packs; returns their index entries.

@@ -21,7 +21,7 @@ use crate::format::to_cbor;
 use crate::format::tree::{ContentList, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
-use crate::repository::{IndexFileWriter, Repository};
+use crate::repository::{IndexFileWriter, Repository, SnapshotRead};
 use crate::writer::BlobWriter;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,6 +80,8 @@ pub struct RepairedSnapshot {
     pub repaired: Option<Id>,
     /// Paths left out of the repaired snapshot.
     pub lost: Vec<String>,
+    /// The snapshot object itself cannot be read: it cannot be repaired, only removed.
+    pub unreadable: bool,
 }
 
 struct Fixer<'a> {
@@ -90,8 +92,11 @@ struct Fixer<'a> {
 }
 
 impl Fixer<'_> {
+    /// Whether the repository holds the blob. The index was reloaded from the repository
+    /// when the repair started, and a miss is verified again there: a repair never drops
+    /// a file because of a cache's belief.
     fn blob_ok(&self, id: &Id) -> Result<bool> {
-        Ok(self.repo.lookup(id)?.is_some())
+        Ok(self.repo.locate_verified(id)?.is_some())
     }
 
     fn file_ok(&self, content: &[Id], lists: &[Id]) -> Result<bool> {
@@ -185,8 +190,9 @@ pub fn repair_snapshots(
     dry_run: bool,
 ) -> Result<Vec<RepairedSnapshot>> {
     let lease = LeaseGuard::acquire(repo, "backup")?;
-    repo.sync_index()?;
-    let snapshots = repo.snapshots()?;
+    repo.reload_index()?;
+    let list = repo.list_snapshots(SnapshotRead::Verified)?;
+    let snapshots = list.snapshots;
     let writer = if dry_run {
         None
     } else {
@@ -208,6 +214,18 @@ pub fn repair_snapshots(
         w.finish()?;
     }
     let mut out = Vec::new();
+    // A snapshot that cannot be read cannot be repaired; `forget_originals` removes it.
+    for (id, e) in list.unreadable {
+        if forget_originals && !dry_run {
+            repo.store().remove(FileType::Snapshot, &id.to_hex())?;
+        }
+        out.push(RepairedSnapshot {
+            original: id,
+            repaired: None,
+            lost: vec![format!("the snapshot itself cannot be read ({e})")],
+            unreadable: true,
+        });
+    }
     for (id, snap, tree, lost) in changed {
         let repaired = if dry_run {
             None
@@ -234,6 +252,7 @@ pub fn repair_snapshots(
             original: id,
             repaired,
             lost,
+            unreadable: false,
         });
     }
     lease.release()?;

@@ -1,15 +1,16 @@
 //! Opening and creating repositories, and the operations every command shares: key slots,
 //! index sync, snapshot listing and lookup, reading blobs and trees.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::backend::{new_runtime, FileType, RootLocation, Store};
-use crate::cache::{index_locations, BlobLocation, Cache};
+use crate::cache::{index_locations, BlobLocation, BlobTable, Cache};
 use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::config::{ChunkerConfig, Config, FORMAT_VERSION};
@@ -25,6 +26,22 @@ use crate::{layout, sys};
 /// Index files decoded at once while syncing: enough to keep the cores busy, few enough that
 /// memory stays bounded (an index file holds up to 50,000 entries).
 const INDEX_READ_BATCH: usize = 4;
+
+/// How far a snapshot listing trusts the manifests in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotRead {
+    /// A manifest in the cache is used without reading its object again.
+    Cached,
+    /// Every object is read and checked against its name.
+    Verified,
+}
+
+/// A snapshot listing: the readable snapshots, oldest first, and those that cannot be read.
+#[derive(Debug, Default)]
+pub struct SnapshotList {
+    pub snapshots: Vec<(Id, Snapshot)>,
+    pub unreadable: Vec<(Id, Error)>,
+}
 
 /// Where a repository is. Only local folders for now; the same string grows `s3:` and
 /// `rest:` forms later.
@@ -105,6 +122,11 @@ pub struct Repository {
     config: Config,
     cache: Arc<Cache>,
     lease_ttl: std::time::Duration,
+    /// Index files that could not be read at the last sync, with why.
+    damaged_index: Mutex<Vec<(Id, String)>>,
+    /// Whether the cached index was reloaded from the repository after a miss (done at most
+    /// once per process: a blob missing after that is missing from the repository).
+    reloaded_after_miss: AtomicBool,
 }
 
 /// Opens the root of an existing repository location. A local folder that does not exist is
@@ -271,6 +293,8 @@ impl Repository {
             config,
             cache,
             lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
+            damaged_index: Mutex::new(Vec::new()),
+            reloaded_after_miss: AtomicBool::new(false),
         })
     }
 
@@ -338,6 +362,8 @@ impl Repository {
             config,
             cache,
             lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
+            damaged_index: Mutex::new(Vec::new()),
+            reloaded_after_miss: AtomicBool::new(false),
         })
     }
 
@@ -415,11 +441,31 @@ impl Repository {
                 )))
             }
         };
+        let last_slot = || {
+            Error::new(ErrorKind::Conflict, "refusing to remove the last key slot: add another password first (`cairn key add`)")
+        };
         if slots.len() <= 1 {
-            return Err(Error::new(ErrorKind::Conflict, "refusing to remove the last key slot: add another password first (`cairn key add`)"));
+            return Err(last_slot());
         }
+        // Another process may be removing another slot at this very moment, and both saw
+        // "not the last". Each remover lists again after its removal, and one that then sees
+        // no slot puts its own back: the last remover to list sees every removal, so at least
+        // one slot always survives.
+        let bytes = self.store.read(FileType::Key, &name)?;
         self.store.remove(FileType::Key, &name)?;
-        Ok(name)
+        let left = self.store.list(FileType::Key);
+        if matches!(&left, Ok(l) if !l.is_empty()) {
+            return Ok(name);
+        }
+        self.store.put(FileType::Key, &name, bytes).map_err(|e| {
+            e.context(format!(
+                "key slot {name} was the last one left after a concurrent removal and could not be put back"
+            ))
+        })?;
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!("key slot {name} was not removed: another slot was removed at the same time and it is now the last one"),
+        ))
     }
 
     /// The master key, re-derived from credentials (to wrap it again under a new password).
@@ -481,49 +527,124 @@ impl Repository {
             .filter(|id| !ingested.contains(id))
             .collect();
         let condemned = self.cache.condemned_packs()?;
+        let mut damaged = Vec::new();
         for batch in todo.chunks(INDEX_READ_BATCH) {
-            let files: Vec<(Id, IndexFile)> = batch
-                .par_iter()
-                .map(|id| Ok((*id, self.read_index_file(id)?)))
-                .collect::<Result<_>>()?;
+            let files: Vec<(Id, IndexFile)> = self
+                .read_index_batch(batch, &mut damaged)?
+                .into_iter()
+                .collect();
             if files.iter().any(|(_, f)| f.is_structural()) {
                 tracing::info!("the index changed in the backend; rebuilding the cached index");
                 return self.load_index(&self.index_file_ids()?);
             }
+            // Blobs in condemned packs stay readable (a writer that started before the mark
+            // indexes its packs after it) but are never offered for deduplication.
+            let mut readable_only = Vec::new();
             let entries: Vec<(Id, Vec<(Id, BlobLocation)>)> = files
                 .iter()
                 .map(|(id, f)| {
-                    (
-                        *id,
-                        index_locations(f)
-                            .into_iter()
-                            .filter(|(_, loc)| !condemned.contains(&loc.pack))
-                            .collect(),
-                    )
+                    let (condemned_entries, usable): (Vec<_>, Vec<_>) = index_locations(f)
+                        .into_iter()
+                        .partition(|(_, loc)| condemned.contains(&loc.pack));
+                    readable_only.extend(condemned_entries);
+                    (*id, usable)
                 })
                 .collect();
+            self.cache.ingest_readable_only(&readable_only)?;
             self.cache.ingest(&entries)?;
         }
+        self.note_damaged_index(damaged);
         self.cache.flush()
+    }
+
+    /// Reads a batch of index files in parallel. A file that cannot be decoded (damaged) is
+    /// left out and recorded in `damaged`; one that vanished since listing is an error of kind
+    /// `NotFound` (the caller lists again).
+    fn read_index_batch(
+        &self,
+        batch: &[Id],
+        damaged: &mut Vec<(Id, String)>,
+    ) -> Result<Vec<(Id, IndexFile)>> {
+        let read: Vec<(Id, Result<IndexFile>)> = batch
+            .par_iter()
+            .map(|id| (*id, self.read_index_file(id)))
+            .collect();
+        let mut out = Vec::with_capacity(read.len());
+        for (id, r) in read {
+            match r {
+                Ok(f) => out.push((id, f)),
+                Err(e) if e.kind() == ErrorKind::Corrupt => damaged.push((id, e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remembers which index files could not be read, warning once about each.
+    fn note_damaged_index(&self, damaged: Vec<(Id, String)>) {
+        if let Ok(mut known) = self.damaged_index.lock() {
+            for (id, why) in &damaged {
+                if !known.iter().any(|(k, _)| k == id) {
+                    tracing::warn!(
+                        "{why}; its entries are left out (run `cairn check`, then `cairn repair index`)"
+                    );
+                }
+            }
+            *known = damaged;
+        }
+    }
+
+    /// Index files that could not be read at the last sync, with the reason.
+    pub fn damaged_index_files(&self) -> Vec<(Id, String)> {
+        self.damaged_index
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// Fails when an index file could not be read. Writers and garbage collection call this:
+    /// a damaged index file may have been a condemned record or a superseding file, so
+    /// without it they cannot tell which blobs they may reuse or delete.
+    pub fn require_intact_index(&self) -> Result<()> {
+        match self.damaged_index_files().first() {
+            None => Ok(()),
+            Some((id, why)) => Err(Error::corrupt(format!(
+                "index file {id} cannot be read ({why}); run `cairn check` and then `cairn repair index` before writing to this repository"
+            ))),
+        }
+    }
+
+    /// Reads every index file again and rebuilds the cached index from them (check and
+    /// repair do this, so that none of their findings rests on the cache alone).
+    pub fn reload_index(&self) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            match self.index_file_ids().and_then(|l| self.load_index(&l)) {
+                Err(e) if e.kind() == ErrorKind::NotFound && attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Builds the cached index from scratch (a new cache, or one the backend's index no
     /// longer matches) in one pass over `listed`: every entry goes through an external sort
-    /// (`index_sort`) and into the emptied blob table in id order, leaving out the files
-    /// that others supersede and the packs that condemned records name. Memory does not grow
-    /// with the number of blobs, only with the number of index files and condemned packs.
+    /// (`index_sort`) and into the emptied tables in id order. A blob goes to the table that
+    /// writers deduplicate against when a file in force lists it in a pack that no condemned
+    /// record names; a blob that only condemned packs or superseded files hold goes to the
+    /// readers' table, since such a pack exists until a sweep has made sure that no snapshot
+    /// needs it. Entries of packs that are missing from the repository are left out (with a
+    /// warning), so that the next backup stores those blobs again. Memory does not grow with
+    /// the number of blobs, only with the number of index files and packs.
     fn load_index(&self, listed: &[Id]) -> Result<()> {
         let mut sorter = EntrySorter::new(self.cache.scratch_dir())?;
         let mut superseded = HashSet::new();
         let mut condemned = HashSet::new();
-        let mut counts: Vec<u64> = Vec::with_capacity(listed.len());
+        let mut damaged = Vec::new();
+        // Per readable file, in the order of `files`: its id, entry count and packs.
+        let mut files: Vec<(Id, u64, Vec<Id>)> = Vec::with_capacity(listed.len());
         for batch in listed.chunks(INDEX_READ_BATCH) {
-            let files: Vec<IndexFile> = batch
-                .par_iter()
-                .map(|id| self.read_index_file(id))
-                .collect::<Result<_>>()?;
-            for f in files {
-                let position = u32::try_from(counts.len())
+            for (id, f) in self.read_index_batch(batch, &mut damaged)? {
+                let position = u32::try_from(files.len())
                     .map_err(|_| Error::invalid("more than 4 billion index files"))?;
                 let mut count = 0u64;
                 for p in &f.packs {
@@ -532,28 +653,68 @@ impl Repository {
                         count += 1;
                     }
                 }
-                counts.push(count);
+                files.push((id, count, f.packs.iter().map(|p| p.id).collect()));
                 superseded.extend(f.supersedes);
                 if let Some(c) = f.condemned {
                     condemned.extend(c.packs);
                 }
             }
         }
-        let dropped: Vec<bool> = listed.iter().map(|id| superseded.contains(id)).collect();
-        let files: Vec<(Id, u64)> = listed
+        // Packs are listed after the index files: a pack is stored before any index file
+        // that lists it, so a listed file's pack that is absent now was really removed.
+        let stored: HashSet<Id> = self.pack_sizes()?.into_keys().collect();
+        let in_force: Vec<bool> = files
             .iter()
-            .zip(&counts)
-            .zip(&dropped)
-            .map(|((id, n), gone)| (*id, if *gone { 0 } else { *n }))
+            .map(|(id, _, _)| !superseded.contains(id))
+            .collect();
+        let mut dedup_packs: HashSet<Id> = HashSet::new();
+        for ((file, _, packs), force) in files.iter().zip(&in_force) {
+            for p in packs {
+                if !stored.contains(p) {
+                    if *force && !condemned.contains(p) {
+                        tracing::warn!("pack {p} is listed by index file {file} but missing from the repository (run `cairn check`); its blobs are not reused");
+                    }
+                } else if *force && !condemned.contains(p) {
+                    dedup_packs.insert(*p);
+                }
+            }
+        }
+        let recorded: Vec<(Id, u64)> = files
+            .iter()
+            .zip(&in_force)
+            .map(|((id, n, _), force)| (*id, if *force { *n } else { 0 }))
             .collect();
         self.cache.clear_index()?;
         self.cache.set_condemned(&condemned)?;
-        let entries = sorter.into_merged()?.filter_map(|e| match e {
-            Ok(e) if dropped[e.file as usize] || condemned.contains(&e.location.pack) => None,
-            Ok(e) => Some(Ok((e.id, e.location))),
-            Err(e) => Some(Err(e)),
+        let entries = sorter.into_merged()?.filter_map(|e| {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => return Some(Err(err)),
+            };
+            let pack = e.location.pack;
+            if !stored.contains(&pack) {
+                return None;
+            }
+            if dedup_packs.contains(&pack) {
+                // Listed by some file in force; only that file's entry goes in, once.
+                let force = in_force.get(e.file as usize).copied().unwrap_or(false);
+                return (force && !condemned.contains(&pack)).then_some(Ok((
+                    BlobTable::Index,
+                    e.id,
+                    e.location,
+                )));
+            }
+            Some(Ok((BlobTable::ReadableOnly, e.id, e.location)))
         });
-        self.cache.load_sorted(entries, &files)
+        self.cache.load_sorted(entries, &recorded)?;
+        self.note_damaged_index(damaged);
+        Ok(())
+    }
+
+    /// Removes staging files that failed uploads left behind (see
+    /// [`crate::backend::Backend::remove_stale_staging`]).
+    pub fn remove_stale_staging(&self, older_than: std::time::Duration) -> Result<u64> {
+        self.store.remove_stale_staging(older_than)
     }
 
     /// Every stored pack with its size.
@@ -596,6 +757,8 @@ impl Repository {
         open_meta(&self.keys, aad, &bytes, &format!("{what} {id}"))
     }
 
+    /// Where a blob is, for writers: only blobs they may deduplicate against (see
+    /// [`Cache::lookup`]). Readers use [`Repository::locate`].
     pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
         self.cache.lookup(id)
     }
@@ -608,16 +771,39 @@ impl Repository {
         self.read_blob_at(kind, id, &loc)
     }
 
-    /// Where a blob is. A blob missing from the cached index may belong to a snapshot that
-    /// was committed after the index was last read, so the index is read again once before
-    /// the blob is reported missing.
-    pub fn locate(&self, id: &Id) -> Result<BlobLocation> {
-        if let Some(loc) = self.lookup(id)? {
-            return Ok(loc);
+    /// Where a blob is, for readers (condemned packs included: they exist until a sweep
+    /// has made sure no snapshot needs them). `None` means the repository itself does not
+    /// list it: a miss in the cache is followed by reading new index files (the blob may
+    /// belong to a snapshot committed after the last sync) and, if it still misses, by
+    /// reloading the whole index from the repository once per process, so that a damaged
+    /// or stale cache can never make a present blob look missing.
+    pub fn locate_verified(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        if let Some(loc) = self.cache.lookup_readable(id)? {
+            return Ok(Some(loc));
         }
         self.sync_index()?;
-        self.lookup(id)?
-            .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))
+        if let Some(loc) = self.cache.lookup_readable(id)? {
+            return Ok(Some(loc));
+        }
+        if !self.reloaded_after_miss.swap(true, Ordering::Relaxed) {
+            tracing::debug!("blob {id} is not in the cached index; reloading the index");
+            self.reload_index()?;
+            return self.cache.lookup_readable(id);
+        }
+        Ok(None)
+    }
+
+    /// Where a blob is (see [`Repository::locate_verified`]); a missing blob is an error.
+    pub fn locate(&self, id: &Id) -> Result<BlobLocation> {
+        self.locate_verified(id)?.ok_or_else(|| {
+            let mut msg = format!("blob {id} is not in the index");
+            if let Some((file, _)) = self.damaged_index_files().first() {
+                msg.push_str(&format!(
+                    " (index file {file} cannot be read: run `cairn check`, then `cairn repair index`)"
+                ));
+            }
+            Error::not_found(msg)
+        })
     }
 
     pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
@@ -724,77 +910,203 @@ impl Repository {
 
     // ---- snapshots ----
 
-    /// Every snapshot, oldest first. Manifests already in the cache are not read again.
+    /// Every readable snapshot, oldest first, trusting manifests already in the cache. An
+    /// unreadable snapshot is reported as a warning and left out; use
+    /// [`Repository::list_snapshots`] to act on it, and [`Repository::snapshots_for_gc`]
+    /// before deleting anything.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let listed: HashSet<Id> = self
+        let list = self.list_snapshots(SnapshotRead::Cached)?;
+        for (id, e) in &list.unreadable {
+            tracing::warn!("skipping unreadable snapshot {id}: {e}");
+        }
+        Ok(list.snapshots)
+    }
+
+    /// Lists the snapshots. Each listed object is read unless its manifest is cached and
+    /// `how` is [`SnapshotRead::Cached`]; [`SnapshotRead::Verified`] reads every object and
+    /// checks its bytes against its name, so that a damaged object is found even when the
+    /// cache holds a good copy of its manifest. A snapshot removed while the listing runs (a
+    /// concurrent `forget`) is left out without a word; one that cannot be read is returned
+    /// in `unreadable` and dropped from the cache.
+    pub fn list_snapshots(&self, how: SnapshotRead) -> Result<SnapshotList> {
+        let listed: Vec<Id> = self
             .store
             .list(FileType::Snapshot)?
             .into_iter()
             .map(|o| Id::from_hex(&o.name))
             .collect::<Result<_>>()?;
-        let cached = self.cache.cached_snapshots()?;
-        let cached_ids: HashSet<Id> = cached.iter().map(|(id, _)| *id).collect();
-        let gone: Vec<Id> = cached_ids.difference(&listed).copied().collect();
-        let missing: Vec<Id> = listed.difference(&cached_ids).copied().collect();
-        // A damaged snapshot must not hide the others: it is reported and left out.
-        let fetched: Vec<(Id, Snapshot)> = missing
+        let listed_set: HashSet<Id> = listed.iter().copied().collect();
+        let cached: HashMap<Id, Snapshot> = match self.cache.cached_snapshots() {
+            Ok(c) => c.into_iter().collect(),
+            Err(e) if e.kind() == ErrorKind::Cache => {
+                tracing::warn!("{e}");
+                HashMap::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let gone: Vec<Id> = cached
+            .keys()
+            .filter(|id| !listed_set.contains(id))
+            .copied()
+            .collect();
+        enum Outcome {
+            Cached(Id),
+            Fetched(Id, Box<Snapshot>),
+            Vanished(Id),
+            Unreadable(Id, Error),
+        }
+        let outcomes: Vec<Outcome> = listed
             .par_iter()
-            .filter_map(|id| match self.read_snapshot(id) {
-                Ok(s) => Some(Ok((*id, s))),
-                Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    tracing::warn!("skipping damaged snapshot: {e}");
-                    None
+            .map(|id| {
+                let read = match (cached.contains_key(id), how) {
+                    (true, SnapshotRead::Cached) => return Ok(Outcome::Cached(*id)),
+                    (true, SnapshotRead::Verified) => self
+                        .verify_object(FileType::Snapshot, id, "snapshot")
+                        .map(|()| None),
+                    (false, _) => self.read_snapshot(id).map(Some),
+                };
+                match read {
+                    Ok(None) => Ok(Outcome::Cached(*id)),
+                    Ok(Some(s)) => Ok(Outcome::Fetched(*id, Box::new(s))),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(Outcome::Vanished(*id)),
+                    Err(e) if e.kind() == ErrorKind::Corrupt => Ok(Outcome::Unreadable(*id, e)),
+                    Err(e) => Err(e),
                 }
-                Err(e) => Some(Err(e)),
             })
             .collect::<Result<_>>()?;
-        if !gone.is_empty() || !fetched.is_empty() {
-            self.cache.update_snapshots(&fetched, &gone)?;
+        let mut out = SnapshotList::default();
+        let mut fetched = Vec::new();
+        let mut drop_from_cache = gone;
+        for o in outcomes {
+            match o {
+                Outcome::Cached(id) => {
+                    if let Some(s) = cached.get(&id) {
+                        out.snapshots.push((id, s.clone()));
+                    }
+                }
+                Outcome::Fetched(id, s) => {
+                    fetched.push((id, (*s).clone()));
+                    out.snapshots.push((id, *s));
+                }
+                Outcome::Vanished(id) => drop_from_cache.push(id),
+                Outcome::Unreadable(id, e) => {
+                    drop_from_cache.push(id);
+                    out.unreadable.push((id, e));
+                }
+            }
         }
-        let mut all: Vec<(Id, Snapshot)> = cached
-            .into_iter()
-            .filter(|(id, _)| listed.contains(id))
-            .chain(fetched)
-            .collect();
-        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(all)
+        if !drop_from_cache.is_empty() || !fetched.is_empty() {
+            if let Err(e) = self.cache.update_snapshots(&fetched, &drop_from_cache) {
+                tracing::warn!("{e}");
+            }
+        }
+        out.snapshots
+            .sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        out.unreadable.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// The snapshots that garbage collection and retention may act on, every object read
+    /// and verified. While any snapshot cannot be read they refuse, since the data only that
+    /// snapshot uses would look unused and be freed; with `drop_unreadable` the unreadable
+    /// snapshot objects are removed first (the user has said they are to be dropped).
+    pub fn snapshots_for_gc(&self, drop_unreadable: bool) -> Result<Vec<(Id, Snapshot)>> {
+        let list = self.list_snapshots(SnapshotRead::Verified)?;
+        if list.unreadable.is_empty() {
+            return Ok(list.snapshots);
+        }
+        if !drop_unreadable {
+            let names: Vec<String> = list
+                .unreadable
+                .iter()
+                .map(|(id, e)| format!("{}: {e}", id.short()))
+                .collect();
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} snapshot(s) cannot be read, and the data only they use would be freed: {}. Restore the object from a copy if you have one; otherwise run `cairn repair snapshots --forget` to remove unreadable snapshots, or pass --drop-unreadable to drop them now",
+                    list.unreadable.len(),
+                    names.join("; ")
+                ),
+            ));
+        }
+        for (id, e) in &list.unreadable {
+            tracing::warn!("dropping unreadable snapshot {id} ({e})");
+            self.store.remove(FileType::Snapshot, &id.to_hex())?;
+        }
+        Ok(list.snapshots)
+    }
+
+    /// Reads an object and checks that its bytes hash to its name.
+    fn verify_object(&self, ft: FileType, id: &Id, what: &str) -> Result<()> {
+        let bytes = self.store.read(ft, &id.to_hex())?;
+        if Id::of_bytes(&bytes) != *id {
+            return Err(Error::corrupt(format!(
+                "{what} {id}: contents do not match its name"
+            )));
+        }
+        Ok(())
     }
 
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
         self.read_sealed(FileType::Snapshot, format::snapshot::AAD, id, "snapshot")
     }
 
-    /// Resolves `latest` or a unique hex prefix of a snapshot id.
+    /// Resolves `latest` or a unique hex prefix of a snapshot id. The chosen snapshot's object
+    /// is read again and checked, so a damaged snapshot is reported as such even when the
+    /// cache holds its manifest; a prefix that names an unreadable snapshot says why.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        let all = self.snapshots()?;
-        if spec == "latest" {
-            return all
-                .into_iter()
+        let list = self.list_snapshots(SnapshotRead::Cached)?;
+        let chosen = if spec == "latest" {
+            for (id, e) in &list.unreadable {
+                tracing::warn!(
+                    "snapshot {id} cannot be read ({e}); `latest` is the newest of the others"
+                );
+            }
+            list.snapshots
                 .last()
-                .ok_or_else(|| Error::not_found("the repository has no snapshots"));
-        }
-        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::invalid(format!(
-                "{spec:?} is not a snapshot id (hex digits) or `latest`"
-            )));
-        }
-        let spec = spec.to_ascii_lowercase();
-        let mut matches: Vec<(Id, Snapshot)> = all
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&spec))
-            .collect();
-        match matches.len() {
-            0 => Err(Error::not_found(format!("no snapshot matches {spec:?}"))),
-            1 => Ok(matches.remove(0)),
-            n => Err(Error::invalid(format!(
-                "{spec:?} matches {n} snapshots ({}); give more digits",
-                matches
-                    .iter()
-                    .take(5)
-                    .map(|(id, _)| id.short())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                .map(|(id, _)| *id)
+                .ok_or_else(|| Error::not_found("the repository has no snapshots"))?
+        } else {
+            if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::invalid(format!(
+                    "{spec:?} is not a snapshot id (hex digits) or `latest`"
+                )));
+            }
+            let spec = spec.to_ascii_lowercase();
+            let matches: Vec<Id> = list
+                .snapshots
+                .iter()
+                .map(|(id, _)| *id)
+                .chain(list.unreadable.iter().map(|(id, _)| *id))
+                .filter(|id| id.to_hex().starts_with(&spec))
+                .collect();
+            match matches.as_slice() {
+                [] => return Err(Error::not_found(format!("no snapshot matches {spec:?}"))),
+                [one] => *one,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{spec:?} matches {} snapshots ({}); give more digits",
+                        matches.len(),
+                        matches
+                            .iter()
+                            .take(5)
+                            .map(|id| id.short())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        };
+        match self.read_snapshot(&chosen) {
+            Ok(s) => Ok((chosen, s)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::not_found(format!(
+                "snapshot {chosen} was removed (by a concurrent forget?)"
             ))),
+            Err(e) => {
+                let _ = self.cache.update_snapshots(&[], &[chosen]);
+                Err(e.context("the snapshot cannot be read (run `cairn check`)"))
+            }
         }
     }
 
@@ -809,10 +1121,22 @@ impl Repository {
     }
 }
 
+/// The persistent cache, or a temporary one when there is none or it cannot be used (a
+/// folder or file that cannot be written, a full disk): the cache only saves work.
 fn open_cache(open: &OpenOptions, config: &Config) -> Result<Cache> {
-    match &open.cache_dir {
-        Some(dir) => Cache::open(&dir.join(format!("{}.redb", config.id.to_hex()))),
-        None => Cache::temporary(),
+    let Some(dir) = &open.cache_dir else {
+        return Cache::temporary();
+    };
+    let path = dir.join(format!("{}.redb", config.id.to_hex()));
+    match Cache::open(&path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(
+                "cannot use the cache {} ({e}); using a temporary cache for this command",
+                path.display()
+            );
+            Cache::temporary()
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! blob ids not yet in the cache's index is emptied every [`INDEX_FLUSH_PACKS`] packs or
 //! [`INDEX_FLUSH_BLOBS`] blobs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,15 +51,23 @@ struct Shared {
     /// The first upload error; once set the writer refuses further use.
     failed: Mutex<Option<Error>>,
     stats: Mutex<WriteStats>,
+    /// Packs whose existence this run has checked (deduplicated against) or made itself.
+    packs: Mutex<HashMap<Id, bool>>,
 }
 
 /// What a [`BlobWriter`] has or has accepted. A blob the writer accepts after a lookup here
 /// said "absent" is still deduplicated: [`BlobWriter::add`] checks again under its lock, so a
 /// stale answer costs sealing work, never a second copy.
+///
+/// A blob counts as present only if its pack exists: the first time a run deduplicates
+/// against a pack, the pack's existence is checked in the repository (once per pack and run).
+/// A pack that is gone (lost storage) makes its blobs count as absent, so they are stored
+/// again and the new snapshot restores; the next backup thereby heals the repository.
 #[derive(Clone)]
 pub struct Known {
     shared: Arc<Shared>,
     cache: Arc<Cache>,
+    store: Store,
 }
 
 impl Known {
@@ -70,12 +78,42 @@ impl Known {
             .lock()
             .map_err(|_| Error::new(ErrorKind::Other, "writer state poisoned"))?
             .contains(id);
-        Ok(pending || self.cache.lookup(id)?.is_some())
+        Ok(pending || self.stored(id)?)
+    }
+
+    /// Whether the index lists the blob in a pack that exists.
+    fn stored(&self, id: &Id) -> Result<bool> {
+        match self.cache.lookup(id)? {
+            Some(loc) => self.pack_exists(&loc.pack),
+            None => Ok(false),
+        }
+    }
+
+    fn pack_exists(&self, pack: &Id) -> Result<bool> {
+        let poisoned = || Error::new(ErrorKind::Other, "writer state poisoned");
+        if let Some(known) = self.shared.packs.lock().map_err(|_| poisoned())?.get(pack) {
+            return Ok(*known);
+        }
+        let exists = match self.store.stat(FileType::Pack, &pack.to_hex()) {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                tracing::warn!("pack {pack} is missing from the repository: the blobs it held are stored again (run `cairn check`, then `cairn repair index`)");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        self.shared
+            .packs
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(*pack, exists);
+        Ok(exists)
     }
 }
 
 pub struct BlobWriter {
     keys: Keys,
+    store: Store,
     cache: Arc<Cache>,
     pack_size: usize,
     level: i32,
@@ -95,6 +133,7 @@ impl BlobWriter {
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(None),
             stats: Mutex::new(WriteStats::default()),
+            packs: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = sync_channel(UPLOAD_QUEUE);
         let (spare_tx, spare) = sync_channel(1);
@@ -111,6 +150,7 @@ impl BlobWriter {
         let pack_size = repo.config().pack_size as usize;
         BlobWriter {
             keys: repo.keys().clone(),
+            store: repo.store().clone(),
             cache: repo.cache().clone(),
             pack_size,
             level,
@@ -155,6 +195,7 @@ impl BlobWriter {
         Known {
             shared: self.shared.clone(),
             cache: self.cache.clone(),
+            store: self.store.clone(),
         }
     }
 
@@ -167,7 +208,7 @@ impl BlobWriter {
                 .pending
                 .lock()
                 .map_err(|_| Error::new(ErrorKind::Other, "writer state poisoned"))?;
-            if pending.contains(&sealed.id) || self.cache.lookup(&sealed.id)?.is_some() {
+            if pending.contains(&sealed.id) || self.known().stored(&sealed.id)? {
                 return Ok(false);
             }
             pending.insert(sealed.id);
@@ -293,6 +334,9 @@ fn upload_loop(
         }
         if let Ok(mut s) = shared.stats.lock() {
             s.packs += 1;
+        }
+        if let Ok(mut packs) = shared.packs.lock() {
+            packs.insert(pack.id, true);
         }
         index.packs.push(IndexPack {
             id: pack.id,

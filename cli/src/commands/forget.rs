@@ -82,7 +82,8 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     if policy.is_empty() && args.snapshots.is_empty() {
         bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
     }
-    let all = repo.snapshots()?;
+    // Retention decides on every snapshot, so none may be unreadable (see prune).
+    let all = repo.snapshots_for_gc(args.prune_opts.drop_unreadable && !args.dry_run)?;
     let mut remove: Vec<Id> = Vec::new();
     for spec in &args.snapshots {
         remove.push(repo.find_snapshot(spec)?.0);

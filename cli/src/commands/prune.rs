@@ -31,6 +31,7 @@ pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
         max_unused,
         max_repack_bytes,
         dry_run,
+        drop_unreadable: o.drop_unreadable,
     })
 }
 

@@ -32,6 +32,18 @@ pub fn run(ctx: &Context, cmd: RepairCommand) -> Result<i32> {
                 print_json(&r)?;
             } else if !ctx.quiet() {
                 for s in &r {
+                    if s.unreadable {
+                        let verb = if forget && !dry_run {
+                            "was removed"
+                        } else {
+                            "can only be removed (`cairn repair snapshots --forget`)"
+                        };
+                        println!("snapshot {} cannot be read and {verb}:", s.original.short());
+                        for p in &s.lost {
+                            println!("  {p}");
+                        }
+                        continue;
+                    }
                     match &s.repaired {
                         Some(new) => println!(
                             "snapshot {} repaired as {}; lost:",

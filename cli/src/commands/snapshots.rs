@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use cairn_repo::format::snapshot::Snapshot;
+use cairn_repo::repository::SnapshotRead;
 use cairn_repo::Id;
 use serde_json::json;
 
@@ -38,8 +39,14 @@ fn local_time(s: &Snapshot) -> String {
 
 pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let snaps: Vec<_> = repo
-        .snapshots()?
+    // Every object is read and checked, so a damaged snapshot is reported even when the
+    // cache holds a good copy of its manifest.
+    let list = repo.list_snapshots(SnapshotRead::Verified)?;
+    for (id, e) in &list.unreadable {
+        eprintln!("warning: snapshot {} cannot be read: {e}", id.short());
+    }
+    let snaps: Vec<_> = list
+        .snapshots
         .into_iter()
         .filter(|(_, s)| matches(&args.filter, s))
         .collect();

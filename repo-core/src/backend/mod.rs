@@ -68,6 +68,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn stat(&self, ft: FileType, name: &str) -> Result<u64>;
     async fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>>;
     async fn remove(&self, ft: FileType, name: &str) -> Result<()>;
+    /// Removes staging files (uploads in progress) not modified for `older_than`: what a
+    /// writer that failed or was killed mid-upload left behind. Returns how many were
+    /// removed. Only backends that stage uploads beside the objects have any.
+    fn remove_stale_staging(&self, _older_than: std::time::Duration) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Blocking access to a backend for the library's synchronous code (archiver, restorer).
@@ -134,6 +140,10 @@ impl Store {
 
     pub fn remove(&self, ft: FileType, name: &str) -> Result<()> {
         self.rt.block_on(self.backend.remove(ft, name))
+    }
+
+    pub fn remove_stale_staging(&self, older_than: std::time::Duration) -> Result<u64> {
+        self.backend.remove_stale_staging(older_than)
     }
 }
 

@@ -152,6 +152,31 @@ impl Backend for OpendalBackend {
         self.description.clone()
     }
 
+    fn remove_stale_staging(&self, older_than: std::time::Duration) -> Result<u64> {
+        let Some(root) = &self.local else {
+            return Ok(0);
+        };
+        let tmp = root.join(layout::TMP_DIR);
+        let entries = match std::fs::read_dir(&tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(format!("listing {}", tmp.display()), e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let stale = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= older_than);
+            if meta.is_file() && stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn create(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
         let path = self.path(ft, name)?;
         self.op
