@@ -165,10 +165,39 @@ fn damaged_snapshot_index_and_tree_objects() {
     let mut bytes = std::fs::read(&index).unwrap();
     bytes[30] ^= 1;
     std::fs::write(&index, bytes).unwrap();
-    let err = env.fails(&["--no-cache", "ls", &snaps[1][..12]], 1);
+    let name = index.file_name().unwrap().to_str().unwrap().to_string();
+    // With a damaged index file (cold cache), reading goes on with a warning that names it
+    // and the command that mends it; whatever needs it fails naming it; writers and garbage
+    // collection refuse (they cannot tell what they may reuse or delete); check reports it
+    // among everything else it finds.
+    for snap in &snaps[1..] {
+        let out = env
+            .cmd()
+            .args(["--no-cache", "ls", &snap[..12]])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&name), "{stderr}");
+        assert!(stderr.contains("cairn repair index"), "{stderr}");
+    }
+    let err = env.fails(&["--no-cache", "backup", "--stdin"], 1);
+    assert!(err.contains(&name) && err.contains("repair index"), "{err}");
+    let err = env.fails(&["--no-cache", "prune"], 1);
+    assert!(err.contains(&name) && err.contains("repair index"), "{err}");
+    let out = env.cmd().args(["--no-cache", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
-        err.contains(index.file_name().unwrap().to_str().unwrap()),
-        "{err}"
+        report.contains(&name) && report.contains("repair index"),
+        "{report}"
+    );
+    assert!(
+        report.contains(victim.as_str()),
+        "every problem is reported: {report}"
     );
 }
 
@@ -187,4 +216,55 @@ fn a_damaged_tree_pack_is_named_by_ls() {
     std::fs::write(&tree_pack, bytes).unwrap();
     let err = env.fails(&["ls", "latest"], 1);
     assert!(err.contains(&name), "{err}");
+}
+
+/// A damaged snapshot object with a warm cache that holds its manifest: `snapshots` and `ls`
+/// must say so, and forget and prune must refuse until the user says it is to be dropped.
+#[test]
+fn a_damaged_snapshot_is_reported_with_a_warm_cache_and_stops_forget_and_prune() {
+    let env = Env::new();
+    setup(&env);
+    env.cmd()
+        .args(["backup", "--stdin"])
+        .write_stdin("second")
+        .assert()
+        .success();
+    let snaps = env.snapshot_ids();
+    assert_eq!(snaps.len(), 2, "the cache now holds both manifests");
+    let victim = &snaps[0];
+    let path = env.repo().join("default/snapshots").join(victim);
+    writable(&path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 0x08;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out = env.cmd().args(["--json", "snapshots"]).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&victim[..8]), "{stderr}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    let err = env.fails(&["ls", &victim[..12]], 1);
+    assert!(err.contains(victim.as_str()), "{err}");
+
+    let packs_before = packs(&env.repo()).len();
+    for args in [
+        &["forget", "--keep-last", "1", "--prune"][..],
+        &["prune"][..],
+    ] {
+        let err = env.fails(args, 1);
+        assert!(
+            err.contains(&victim[..8]) && err.contains("repair snapshots"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        packs(&env.repo()).len(),
+        packs_before,
+        "nothing was deleted"
+    );
+    env.ok(&["forget", "--keep-last", "1", "--drop-unreadable"]);
+    assert_eq!(env.snapshot_ids().len(), 1);
+    assert!(!path.exists(), "the unreadable snapshot was dropped");
 }

@@ -1,0 +1,228 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Helpers shared by the repository tests: a small repository (small chunks and packs, so a
+//! few megabytes make many packs), opening it, checking it, reading a stream back, and a
+//! reader that pauses a backup at a chosen point.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+
+use cairn_repo::backend::{new_runtime, Backend, FileType, ObjectInfo, RootLocation, Store};
+use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::content::ContentReader;
+use cairn_repo::crypto::MasterKey;
+use cairn_repo::format::config::ChunkerConfig;
+use cairn_repo::{Credentials, Id, InitOptions, Location, OpenOptions, Repository};
+
+pub fn init(dir: &Path) -> MasterKey {
+    let key = MasterKey::generate().unwrap();
+    let opts = InitOptions {
+        chunker: ChunkerConfig {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        },
+        pack_size: 256 * 1024,
+        ..Default::default()
+    };
+    Repository::init(
+        &Location::Local(dir.join("repo")),
+        "default",
+        &Credentials::Key(key.clone()),
+        &opts,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    key
+}
+
+pub fn open(dir: &Path, key: &MasterKey, cache: &str) -> Repository {
+    Repository::open(
+        &Location::Local(dir.join("repo")),
+        "default",
+        &Credentials::Key(key.clone()),
+        &OpenOptions {
+            cache_dir: Some(dir.join(cache)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+pub fn assert_clean(repo: &Repository) {
+    let r = check(repo, Some(Subset::All), &NoCheckProgress).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+pub fn stream_content(repo: &Repository, snap: &Id, name: &[u8]) -> Vec<u8> {
+    let s = repo.read_snapshot(snap).unwrap();
+    let node = repo.resolve_path(&s.tree, name).unwrap().unwrap();
+    let mut out = Vec::new();
+    ContentReader::new(repo, &node)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// A reader that gives `first`, then waits for a go (true: continue with `rest`; false: fail).
+pub struct Gate {
+    pub first: Vec<u8>,
+    pub rest: Vec<u8>,
+    pub pos: usize,
+    pub gate: Option<mpsc::Receiver<bool>>,
+    pub passed: bool,
+}
+
+impl Read for Gate {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos < self.first.len() {
+            let n = buf.len().min(self.first.len() - self.pos);
+            buf[..n].copy_from_slice(&self.first[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        if let Some(rx) = self.gate.take() {
+            self.passed = rx.recv().unwrap_or(false);
+            if !self.passed {
+                return Err(std::io::Error::other("the source failed"));
+            }
+        }
+        let off = self.pos - self.first.len();
+        let n = buf.len().min(self.rest.len() - off);
+        buf[..n].copy_from_slice(&self.rest[off..off + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+pub fn count_packs(dir: &Path) -> usize {
+    walk_count(&dir.join("repo/default/data"))
+}
+
+pub fn walk_count(p: &Path) -> usize {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.map(|e| e.unwrap())
+                .map(|e| {
+                    if e.file_type().unwrap().is_dir() {
+                        walk_count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Opens the test repository through a backend wrapped by `wrap` (fault injection).
+pub fn open_wrapped(
+    dir: &Path,
+    key: &MasterKey,
+    cache: &str,
+    wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+) -> Repository {
+    let rt = new_runtime().unwrap();
+    let inner: Arc<dyn Backend> = Arc::new(
+        rt.block_on(async { RootLocation::local(&dir.join("repo")) })
+            .unwrap()
+            .tenant("default")
+            .unwrap(),
+    );
+    Repository::open_store(
+        Store::new(wrap(inner), rt),
+        "test".into(),
+        "default",
+        &Credentials::Key(key.clone()),
+        &OpenOptions {
+            cache_dir: Some(dir.join(cache)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+type ListHook = Box<dyn Fn(FileType, &[ObjectInfo]) + Send + Sync>;
+
+/// A backend that runs a hook after every listing (to act between a reader's list and its
+/// reads) and can refuse every write (a read-only repository).
+pub struct Hooked {
+    pub inner: Arc<dyn Backend>,
+    pub after_list: ListHook,
+    pub read_only: bool,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hooked({:?})", self.inner)
+    }
+}
+
+impl Hooked {
+    fn refuse(&self) -> cairn_repo::Result<()> {
+        if self.read_only {
+            return Err(cairn_repo::Error::new(
+                cairn_repo::ErrorKind::Io,
+                "read-only file system",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Hooked {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn create(&self, ft: FileType, name: &str, data: bytes::Bytes) -> cairn_repo::Result<()> {
+        self.refuse()?;
+        self.inner.create(ft, name, data).await
+    }
+    async fn read(&self, ft: FileType, name: &str) -> cairn_repo::Result<bytes::Bytes> {
+        self.inner.read(ft, name).await
+    }
+    async fn read_range(
+        &self,
+        ft: FileType,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> cairn_repo::Result<bytes::Bytes> {
+        self.inner.read_range(ft, name, offset, len).await
+    }
+    async fn stat(&self, ft: FileType, name: &str) -> cairn_repo::Result<u64> {
+        self.inner.stat(ft, name).await
+    }
+    async fn list(&self, ft: FileType) -> cairn_repo::Result<Vec<ObjectInfo>> {
+        let listed = self.inner.list(ft).await?;
+        (self.after_list)(ft, &listed);
+        Ok(listed)
+    }
+    async fn remove(&self, ft: FileType, name: &str) -> cairn_repo::Result<()> {
+        self.refuse()?;
+        self.inner.remove(ft, name).await
+    }
+}
+
+/// Every file below `dir`.
+pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
