@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::args::ForgetArgs;
 use crate::commands::snapshots::matches;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<jiff::SignedDuration>> {
     match v {
@@ -126,6 +126,21 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     }
     remove.sort();
     remove.dedup();
+    // The change is made before anything is printed: output that cannot be written (a
+    // closed pipe ends the command at once) must not leave the work undone.
+    let prune_opts = match args.prune {
+        true => Some(super::prune::options(&args.prune_opts, false)?),
+        false => None,
+    };
+    let pruned = if args.dry_run {
+        None
+    } else {
+        forget(&repo, &remove)?;
+        match &prune_opts {
+            Some(opts) => Some(cairn_repo::prune::prune(&repo, opts)?),
+            None => None,
+        }
+    };
     if ctx.json() {
         let v: Vec<_> = groups
             .iter()
@@ -134,9 +149,9 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         print_json(&json!({"dry_run": args.dry_run, "groups": v, "removed": remove}))?;
     } else if !ctx.quiet() {
         for (g, (keep, rem)) in &groups {
-            println!("{g}: keep {}, remove {}", keep.len(), rem.len());
+            outln!("{g}: keep {}, remove {}", keep.len(), rem.len());
             for k in keep {
-                println!(
+                outln!(
                     "  keep    {}  {}  ({})",
                     k["short_id"].as_str().unwrap_or(""),
                     k["time"].as_str().unwrap_or(""),
@@ -151,7 +166,7 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
                 );
             }
             for r in rem {
-                println!(
+                outln!(
                     "  remove  {}  {}",
                     r["short_id"].as_str().unwrap_or(""),
                     r["time"].as_str().unwrap_or("")
@@ -161,16 +176,14 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     }
     if args.dry_run {
         if !ctx.quiet() && !ctx.json() {
-            println!("dry run: {} snapshots would be removed", remove.len());
+            outln!("dry run: {} snapshots would be removed", remove.len());
         }
         return Ok(0);
     }
-    forget(&repo, &remove)?;
     if !ctx.quiet() && !ctx.json() {
-        println!("removed {} snapshots", remove.len());
+        outln!("removed {} snapshots", remove.len());
     }
-    if args.prune {
-        let r = cairn_repo::prune::prune(&repo, &super::prune::options(&args.prune_opts, false)?)?;
+    if let Some(r) = pruned {
         if !ctx.json() {
             super::prune::report(ctx, &r)?;
         }

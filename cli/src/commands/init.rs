@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::args::InitArgs;
 use crate::commands::backup::parse_compression;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 pub fn parse_chunker(s: &str) -> Result<ChunkerConfig> {
     let v: Vec<u32> = s
@@ -60,12 +60,12 @@ pub fn create_tenant(ctx: &Context, tenant: &str, opts: &InitOptions) -> Result<
             &json!({"repository": repo.root_description(), "tenant": tenant, "config_id": repo.config().id, "default_repository": default.is_some()}),
         )?;
     } else if !ctx.quiet() {
-        println!(
+        outln!(
             "created tenant {tenant:?} in repository {}",
             repo.root_description()
         );
         if let Some(kf) = &ctx.global.key_file {
-            println!("its key is in {}: keep a copy somewhere safe", kf.display());
+            outln!("its key is in {}: keep a copy somewhere safe", kf.display());
         }
     }
     Ok(0)

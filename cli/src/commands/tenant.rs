@@ -6,7 +6,7 @@ use cairn_repo::InitOptions;
 
 use crate::args::TenantCommand;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 pub fn run(ctx: &Context, cmd: TenantCommand) -> Result<i32> {
     match cmd {
@@ -27,7 +27,7 @@ pub fn run(ctx: &Context, cmd: TenantCommand) -> Result<i32> {
                 print_json(&tenants)?;
             } else {
                 for t in tenants {
-                    println!("{t}");
+                    outln!("{t}");
                 }
             }
             Ok(0)
