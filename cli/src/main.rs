@@ -16,6 +16,7 @@ mod args;
 mod commands;
 mod context;
 mod output;
+mod password;
 
 use std::io::IsTerminal;
 

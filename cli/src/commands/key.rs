@@ -16,7 +16,11 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
     match cmd {
         KeyCommand::Add { new_password_file } => {
             let (master, _) = repo.master_key(&creds)?;
-            let pw = ctx.new_password(new_password_file.as_deref(), false)?;
+            let pw = ctx.new_password(
+                new_password_file.as_deref(),
+                false,
+                "use --new-password-file F",
+            )?;
             let id = repo.add_key(&master, &pw, ctx.kdf()?)?;
             if ctx.json() {
                 print_json(&json!({"added": id}))?;
@@ -64,7 +68,11 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
                 bail!("the repository was opened with a key file, not a password: use `cairn key add` to add a password");
             };
             let (master, current) = repo.master_key(&creds)?;
-            let pw = ctx.new_password(new_password_file.as_deref(), false)?;
+            let pw = ctx.new_password(
+                new_password_file.as_deref(),
+                false,
+                "use --new-password-file F",
+            )?;
             let id = repo.add_key(&master, &pw, ctx.kdf()?)?;
             if let Some(old) = current {
                 repo.remove_key(&old)?;
