@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Misconfigurations and slips that must end in a clear error, never in a hang or a wrong
-//! diagnosis: password commands, empty passwords, and the credential of a new tenant.
+//! Misconfigurations and slips that must end in a clear error, never in a hang, a wrong
+//! diagnosis or lost snapshots: password commands, empty passwords, zero retention rules,
+//! and the credential of a new tenant.
 
 mod common;
 
@@ -100,6 +101,47 @@ fn an_empty_password_is_reported_as_empty_not_as_wrong() {
         );
         assert!(!err.contains("wrong password"), "{var}={value:?}: {err}");
     }
+}
+
+fn snapshot_count(env: &Env) -> usize {
+    env.json(&["snapshots"]).as_array().unwrap().len()
+}
+
+#[test]
+fn forget_refuses_a_policy_of_zeros_instead_of_removing_every_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    for _ in 0..3 {
+        env.ok(&["backup", "--force", src.to_str().unwrap()]);
+    }
+    for policy in [
+        vec!["--keep-last", "0"],
+        vec!["--keep-daily", "0"],
+        vec![
+            "--keep-last",
+            "0",
+            "--keep-daily",
+            "0",
+            "--keep-yearly",
+            "0",
+        ],
+        vec!["--keep-within", "0h"],
+    ] {
+        for dry_run in [true, false] {
+            let mut args = vec!["forget"];
+            args.extend(&policy);
+            if dry_run {
+                args.push("--dry-run");
+            }
+            let err = env.fails(&args, 1);
+            assert!(err.contains("keeps nothing"), "{args:?}: {err}");
+            assert_eq!(snapshot_count(&env), 3, "{args:?}");
+        }
+    }
+    // Beside a rule that keeps something, a zero keeps nothing of its kind.
+    env.ok(&["forget", "--keep-last", "1", "--keep-daily", "0"]);
+    assert_eq!(snapshot_count(&env), 1);
 }
 
 #[test]

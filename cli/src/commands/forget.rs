@@ -82,6 +82,10 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     if policy.is_empty() && args.snapshots.is_empty() {
         bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
     }
+    if !policy.is_empty() && !policy.keeps_something() {
+        // A zero keeps nothing of its kind; as the whole policy it would remove everything.
+        bail!("refusing a policy that keeps nothing: every --keep-* rule given is zero; add a rule that keeps snapshots (e.g. --keep-last 1), or name the snapshots to forget");
+    }
     let all = repo.snapshots()?;
     let mut remove: Vec<Id> = Vec::new();
     for spec in &args.snapshots {
@@ -98,7 +102,7 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         let tz = jiff::tz::TimeZone::system();
         let by_id: std::collections::HashMap<Id, &cairn_repo::format::snapshot::Snapshot> =
             selected.iter().map(|(id, s)| (*id, s)).collect();
-        for d in apply(&selected, &policy, group_by(&args.group_by)?, &tz) {
+        for d in apply(&selected, &policy, group_by(&args.group_by)?, &tz)? {
             let s = by_id.get(&d.id);
             let label = format!(
                 "host={} paths={} tags={}",
