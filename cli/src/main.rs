@@ -71,11 +71,15 @@ fn error_text(err: &anyhow::Error) -> String {
 /// the write fails with EPIPE as before, to be handled as an error where it happened.
 #[allow(unsafe_code)]
 fn exit_quietly_when_stdout_closes() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    use libc::__errno_location as errno_location;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    use libc::__error as errno_location;
     extern "C" fn on_sigpipe(_: libc::c_int) {
         // SAFETY: only async-signal-safe calls (poll, _exit); errno is restored for the
         // interrupted code.
         unsafe {
-            let errno = *libc::__errno_location();
+            let errno = *errno_location();
             let mut fd = libc::pollfd {
                 fd: libc::STDOUT_FILENO,
                 events: libc::POLLOUT,
@@ -84,7 +88,7 @@ fn exit_quietly_when_stdout_closes() {
             if libc::poll(&mut fd, 1, 0) == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
                 libc::_exit(0);
             }
-            *libc::__errno_location() = errno;
+            *errno_location() = errno;
         }
     }
     // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C" fn(c_int)` as
