@@ -32,6 +32,10 @@ pub struct Global {
     /// Run this shell command and use the first line of its output as the password
     #[arg(long, env = "CAIRN_PASSWORD_COMMAND", global = true)]
     pub password_command: Option<String>,
+    /// Seconds the password command may run before it is stopped and the command fails
+    /// [default: 60]
+    #[arg(long, env = "CAIRN_PASSWORD_COMMAND_TIMEOUT", global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub password_command_timeout: Option<u64>,
     /// Use the unwrapped master key in this file (must be mode 0600) instead of a password
     #[arg(long, env = "CAIRN_KEY_FILE", global = true)]
     pub key_file: Option<PathBuf>,
@@ -239,8 +243,17 @@ pub struct InitArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TenantCommand {
-    /// Add a tenant with its own master key and password
-    Add { name: String },
+    /// Add a tenant with its own master key and a password or key file of its own (never the
+    /// current tenant's password)
+    Add {
+        name: String,
+        /// Read the new tenant's password from this file
+        #[arg(long, conflicts_with = "new_key_file")]
+        new_password_file: Option<PathBuf>,
+        /// Give the new tenant a new key, written to this file (which must not exist)
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
     /// List the tenants of the repository
     List,
 }

@@ -4,12 +4,13 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use cairn_repo::keys::{read_key_file, KdfParams};
 use cairn_repo::repository::{default_cache_dir, exists};
 use cairn_repo::{Credentials, ErrorKind, Location, OpenOptions, Repository};
 
 use crate::args::Global;
+use crate::password;
 
 pub struct Context {
     pub global: Global,
@@ -37,11 +38,6 @@ pub fn default_repo() -> Result<DefaultRepo> {
         repo: data.join("cairn").join("repository"),
         key_file: config.join("cairn").join("default-repository.key"),
     })
-}
-
-fn first_line(bytes: &[u8]) -> Vec<u8> {
-    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    line.strip_suffix(b"\r").unwrap_or(line).to_vec()
 }
 
 impl Context {
@@ -93,62 +89,48 @@ impl Context {
     /// A password from the configured sources, without prompting.
     pub fn configured_password(&self) -> Result<Option<Vec<u8>>> {
         if let Some(p) = &self.global.password_file {
-            let bytes = std::fs::read(p)
-                .with_context(|| format!("reading password file {}", p.display()))?;
-            return Ok(Some(first_line(&bytes)));
+            return Ok(Some(password::from_file(p)?));
         }
         if let Some(cmd) = &self.global.password_command {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .with_context(|| format!("running password command {cmd:?}"))?;
-            if !out.status.success() {
-                bail!("password command {cmd:?} failed ({})", out.status);
-            }
-            return Ok(Some(first_line(&out.stdout)));
+            let timeout = self
+                .global
+                .password_command_timeout
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(password::DEFAULT_COMMAND_TIMEOUT);
+            return Ok(Some(password::from_command(cmd, timeout)?));
         }
-        if let Some(pw) = std::env::var_os("CAIRN_PASSWORD") {
-            return Ok(Some(
-                std::os::unix::ffi::OsStrExt::as_bytes(pw.as_os_str()).to_vec(),
-            ));
-        }
-        Ok(None)
+        password::from_env()
     }
 
     fn prompt(&self, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
         if !std::io::stdin().is_terminal() {
             bail!("no password given: use --password-file, --password-command, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD_COMMAND or --key-file");
         }
-        let pw = rpassword::prompt_password(prompt)?;
-        if confirm {
-            let again = rpassword::prompt_password("Enter the password again: ")?;
-            if again != pw {
-                bail!("the passwords do not match");
-            }
-        }
-        if pw.is_empty() {
-            bail!("empty password");
-        }
-        Ok(pw.into_bytes())
+        password::prompt(prompt, confirm)
     }
 
-    /// A new password (init, key add): the configured source or a prompt with confirmation.
-    /// `use_configured`: whether the global password options give the new password (init,
-    /// tenant add) or the current one (key add, key passwd).
-    pub fn new_password(&self, file: Option<&Path>, use_configured: bool) -> Result<Vec<u8>> {
+    /// A new password: from `file` when given, else from the global password options when
+    /// `use_configured` (init, whose new tenant is the one those options name), else a prompt
+    /// with confirmation on a terminal. `without_terminal` says which options to use when
+    /// there is no terminal.
+    pub fn new_password(
+        &self,
+        file: Option<&Path>,
+        use_configured: bool,
+        without_terminal: &str,
+    ) -> Result<Vec<u8>> {
         if let Some(p) = file {
-            let bytes = std::fs::read(p)
-                .with_context(|| format!("reading password file {}", p.display()))?;
-            return Ok(first_line(&bytes));
+            return password::from_file(p);
         }
         if use_configured {
             if let Some(pw) = self.configured_password()? {
                 return Ok(pw);
             }
         }
-        self.prompt("Enter the new password: ", true)
+        if !std::io::stdin().is_terminal() {
+            bail!("no new password given and no terminal to ask on: {without_terminal}");
+        }
+        password::prompt("Enter the new password: ", true)
     }
 
     /// The tenant and the credentials for opening it.

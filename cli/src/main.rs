@@ -8,11 +8,17 @@
 //! - 3: backup saved, but some files could not be read (the snapshot is marked incomplete)
 //! - 10: the repository does not exist or is not a Cairn repository
 //! - 12: wrong password or key
+//!
+//! A closed standard output (`cairn snapshots | head -1`) ends any command quietly with 0:
+//! see [`exit_quietly_when_stdout_closes`] and [`output::outln`].
 
 mod args;
 mod commands;
 mod context;
 mod output;
+mod password;
+
+use std::io::IsTerminal;
 
 use clap::Parser;
 
@@ -41,6 +47,66 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The error and its causes, each piece once. A `cairn_repo::Error` shows its source after
+/// its message, and so do many other errors; printing every cause of the chain as well would
+/// repeat them ("... (os error 2): ... (os error 2)"). A cause whose text the text before it
+/// already ends with has been shown.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed pipe returns EPIPE, which `println!` turns
+/// into a panic and other writers into errors far from the output. Instead, SIGPIPE runs this
+/// handler: when standard output is the pipe that has no reader any more, the command has
+/// nowhere left to report to and ends with 0 at once, whatever was writing (a command's own
+/// lines, a tar stream, a library). A SIGPIPE from any other pipe or socket returns here and
+/// the write fails with EPIPE as before, to be handled as an error where it happened.
+#[allow(unsafe_code)]
+fn exit_quietly_when_stdout_closes() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    use libc::__errno_location as errno_location;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    use libc::__error as errno_location;
+    extern "C" fn on_sigpipe(_: libc::c_int) {
+        // SAFETY: only async-signal-safe calls (poll, _exit); errno is restored for the
+        // interrupted code.
+        unsafe {
+            let errno = *errno_location();
+            let mut fd = libc::pollfd {
+                fd: libc::STDOUT_FILENO,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            if libc::poll(&mut fd, 1, 0) == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                libc::_exit(0);
+            }
+            *errno_location() = errno;
+        }
+    }
+    // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C" fn(c_int)` as
+    // SA_SIGINFO is not set; this runs before any other thread exists.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGPIPE, &action, std::ptr::null_mut());
+    }
+}
+
+/// Colour in log lines only on a terminal, and never when NO_COLOR is set (no-color.org).
+fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// glibc gives every thread that allocates its own malloc arena; with the rayon, tokio and
 /// upload threads that fragments memory and inflates the peak RSS of a backup by about 40%.
 /// Two arenas keep memory flat at no measurable cost in speed (docs/performance.md).
@@ -56,6 +122,7 @@ fn limit_malloc_arenas() {
 
 fn main() {
     limit_malloc_arenas();
+    exit_quietly_when_stdout_closes();
     let cli = args::Cli::parse();
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
@@ -69,6 +136,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .without_time()
         .with_target(false)
         .init();
@@ -79,7 +147,7 @@ fn main() {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             exit_code(&e)
         }
     };

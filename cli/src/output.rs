@@ -1,6 +1,7 @@
-//! Output helpers: progress bars on a terminal, JSON rendering, human sizes.
+//! Output helpers: standard output that fails instead of panicking, progress bars on a
+//! terminal, JSON rendering, human sizes.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use cairn_repo::archiver::Progress;
@@ -74,8 +75,26 @@ impl RestoreProgress for Bar {
     }
 }
 
+/// Writes one line to standard output. Unlike `println!`, a failed write (a closed pipe, a
+/// full disk) is an error for the caller to return, never a panic; `main` ends quietly with 0
+/// when the error is a closed pipe.
+pub fn write_line(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.write_all(b"\n")
+}
+
+/// `println!` for commands: `outln!("...", ...)` returns from the calling function with the
+/// error when standard output cannot be written.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))?
+    };
+}
+pub(crate) use outln;
+
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 

@@ -72,7 +72,14 @@ fn init_tenants_and_isolation() {
     let env = Env::new();
     env.init();
     env.fails(&["init"], 1);
-    env.ok(&["tenant", "add", "acme"]);
+    let password = env.path("password");
+    env.ok(&[
+        "tenant",
+        "add",
+        "acme",
+        "--new-password-file",
+        password.to_str().unwrap(),
+    ]);
     assert_eq!(
         env.json(&["tenant", "list"]),
         serde_json::json!(["acme", "default"])

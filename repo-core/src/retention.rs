@@ -11,14 +11,19 @@
 //! - `tags` keeps snapshots carrying any of the tags;
 //! - snapshots tagged [`HOLD_TAG`] are always kept (legal hold), whatever the policy.
 //!
-//! A snapshot may be kept for several reasons; all are reported. A policy with no rule at all
-//! is refused by the caller (it would remove everything).
+//! A snapshot may be kept for several reasons; all are reported.
+//!
+//! A zero (`last 0`, `daily 0`, `within 0s`) keeps nothing of its kind, so it is never a policy
+//! by itself: [`apply`] refuses a policy in which no rule keeps anything (no rule at all, or
+//! only zeros), because it would remove every snapshot it is given. Held snapshots do not
+//! count: they are kept whatever the policy says.
 
 use std::collections::{BTreeMap, HashSet};
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
+use crate::error::{Error, Result};
 use crate::format::snapshot::Snapshot;
 use crate::id::Id;
 
@@ -87,6 +92,16 @@ impl Policy {
             && self.within_periods.is_empty()
             && self.tags.is_empty()
     }
+
+    /// Whether at least one rule keeps snapshots: a count above zero, a duration above zero,
+    /// or a tag. A policy of zeros only keeps nothing and is refused by [`apply`].
+    pub fn keeps_something(&self) -> bool {
+        self.last.is_some_and(|n| n > 0)
+            || self.periods.values().any(|n| *n > 0)
+            || self.within.is_some_and(|d| d.is_positive())
+            || self.within_periods.values().any(|d| d.is_positive())
+            || !self.tags.is_empty()
+    }
 }
 
 /// What to group snapshots by before applying the policy.
@@ -142,12 +157,23 @@ fn group_key(s: &Snapshot, by: GroupBy) -> GroupKey {
 
 /// Applies the policy. Snapshots whose time cannot be parsed are kept (never delete what is
 /// not understood). Decisions come newest first within each group.
+///
+/// Fails with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when no rule of
+/// the policy keeps anything ([`Policy::keeps_something`]): such a policy would remove every
+/// snapshot.
 pub fn apply(
     snapshots: &[(Id, Snapshot)],
     policy: &Policy,
     by: GroupBy,
     tz: &TimeZone,
-) -> Vec<Decision> {
+) -> Result<Vec<Decision>> {
+    if !policy.keeps_something() {
+        return Err(Error::invalid(if policy.is_empty() {
+            "the retention policy has no rule: it would remove every snapshot"
+        } else {
+            "the retention policy keeps nothing (every rule is zero): it would remove every snapshot"
+        }));
+    }
     let mut groups: BTreeMap<GroupKey, Vec<(Id, Timestamp, &Snapshot)>> = BTreeMap::new();
     let mut out = Vec::new();
     for (id, s) in snapshots {
@@ -220,7 +246,7 @@ pub fn apply(
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// The ids a set of decisions removes.

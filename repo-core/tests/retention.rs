@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use cairn_repo::format::snapshot::{Snapshot, SnapshotKind, Summary};
 use cairn_repo::retention::{apply, GroupBy, Period, Policy, HOLD_TAG};
 use cairn_repo::testing::Rng;
-use cairn_repo::Id;
+use cairn_repo::{ErrorKind, Id};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -151,7 +151,7 @@ proptest! {
         }
         let zs = zones();
         let tz = &zs[zone % zs.len()];
-        let decisions = apply(&snaps, &p, GroupBy { host: true, paths: true, tags: false }, tz);
+        let decisions = apply(&snaps, &p, GroupBy { host: true, paths: true, tags: false }, tz).unwrap();
         prop_assert_eq!(decisions.len(), snaps.len());
         let kept: HashSet<Id> = decisions.iter().filter(|d| d.keep()).map(|d| d.id).collect();
         let want = expected(&snaps, &p, tz);
@@ -174,7 +174,7 @@ fn seven_daily_four_weekly_twelve_monthly_five_yearly() {
     p.periods.insert(Period::Weekly, 4);
     p.periods.insert(Period::Monthly, 12);
     p.periods.insert(Period::Yearly, 5);
-    let d = apply(&snaps, &p, GroupBy::default(), &TimeZone::UTC);
+    let d = apply(&snaps, &p, GroupBy::default(), &TimeZone::UTC).unwrap();
     let kept: Vec<_> = d
         .iter()
         .filter(|d| d.keep() && d.group.host.as_deref() == Some("a"))
@@ -194,4 +194,62 @@ fn seven_daily_four_weekly_twelve_monthly_five_yearly() {
         .any(|d| d.reasons.contains(&"yearly".to_string())));
     // Every kept snapshot says why.
     assert!(kept.iter().all(|d| !d.reasons.is_empty()));
+}
+
+#[test]
+fn a_policy_of_zeros_is_refused_instead_of_removing_everything() {
+    let snaps = history(7, 1);
+    let mut zeros = Vec::new();
+    zeros.push(Policy {
+        last: Some(0),
+        ..Default::default()
+    });
+    for period in Period::ALL {
+        let mut p = Policy::default();
+        p.periods.insert(period, 0);
+        zeros.push(p);
+    }
+    zeros.push(Policy {
+        within: Some(SignedDuration::ZERO),
+        ..Default::default()
+    });
+    let mut all = Policy {
+        last: Some(0),
+        within: Some(SignedDuration::ZERO),
+        ..Default::default()
+    };
+    for period in Period::ALL {
+        all.periods.insert(period, 0);
+        all.within_periods.insert(period, SignedDuration::ZERO);
+    }
+    zeros.push(all);
+    zeros.push(Policy::default());
+    for p in &zeros {
+        assert!(!p.keeps_something(), "{p:?}");
+        let err = apply(&snaps, p, GroupBy::default(), &TimeZone::UTC).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{p:?}");
+        assert!(err.to_string().contains("remove every snapshot"), "{err}");
+    }
+}
+
+#[test]
+fn a_zero_beside_a_positive_rule_keeps_nothing_of_its_kind() {
+    let snaps = history(8, 1);
+    let mut daily = Policy::default();
+    daily.periods.insert(Period::Daily, 5);
+    let mut with_zeros = daily.clone();
+    with_zeros.last = Some(0);
+    with_zeros.periods.insert(Period::Weekly, 0);
+    assert!(with_zeros.keeps_something());
+    let kept = |p: &Policy| -> HashSet<Id> {
+        apply(&snaps, p, GroupBy::default(), &TimeZone::UTC)
+            .unwrap()
+            .iter()
+            .filter(|d| d.keep())
+            .map(|d| d.id)
+            .collect()
+    };
+    let want = kept(&daily);
+    assert!(!want.is_empty());
+    assert_eq!(kept(&with_zeros), want);
 }

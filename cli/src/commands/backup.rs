@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::args::BackupArgs;
 use crate::context::Context;
-use crate::output::{human_bytes, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json, Bar};
 use crate::EXIT_INCOMPLETE;
 
 /// `auto` and `fastest` (zstd 1: on 64 KiB chunks of SQL dumps both faster and smaller than
@@ -114,31 +114,33 @@ fn report(ctx: &Context, r: &BackupResult) -> Result<()> {
     if ctx.quiet() {
         return Ok(());
     }
-    println!(
+    outln!(
         "Files:       {} new, {} changed, {} unmodified",
-        s.files_new, s.files_changed, s.files_unmodified
+        s.files_new,
+        s.files_changed,
+        s.files_unmodified
     );
-    println!("Dirs:        {}", s.dirs);
-    println!(
+    outln!("Dirs:        {}", s.dirs);
+    outln!(
         "Processed:   {} in {:.2}s ({} read)",
         human_bytes(s.total_bytes),
         s.duration_secs,
         human_bytes(s.bytes_read)
     );
-    println!(
+    outln!(
         "Added:       {} ({} stored, {} blobs)",
         human_bytes(s.bytes_added),
         human_bytes(s.bytes_stored),
         s.blobs_added
     );
     if r.snapshot.incomplete {
-        println!(
+        outln!(
             "snapshot {} saved, but INCOMPLETE: {} entries could not be read",
             r.id.short(),
             s.errors
         );
     } else {
-        println!("snapshot {} saved", r.id.short());
+        outln!("snapshot {} saved", r.id.short());
     }
     Ok(())
 }

@@ -5,7 +5,16 @@ use cairn_repo::check::{check, Subset};
 
 use crate::args::CheckArgs;
 use crate::context::Context;
-use crate::output::{human_bytes, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json, Bar};
+
+/// A problem is often the error of reading its object, whose text names the object already
+/// ("snapshot 1a2b...: contents do not match its name"); the object is then not repeated.
+fn problem_line(object: &str, problem: &str) -> String {
+    match problem.strip_prefix(object) {
+        Some(rest) if rest.starts_with(':') || rest.starts_with(' ') => problem.to_string(),
+        _ => format!("{object}: {problem}"),
+    }
+}
 
 pub fn run(ctx: &Context, args: CheckArgs) -> Result<i32> {
     let repo = ctx.open()?;
@@ -23,9 +32,9 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<i32> {
     } else {
         if !ctx.quiet() {
             for n in &r.notices {
-                println!("note: {n}");
+                outln!("note: {n}");
             }
-            println!(
+            outln!(
                 "checked {} snapshots, {} trees, {} data blobs, {} index files, {} packs{}",
                 r.snapshots,
                 r.trees,
@@ -44,11 +53,11 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<i32> {
             );
         }
         for p in &r.problems {
-            eprintln!("error: {}: {}", p.object, p.problem);
+            eprintln!("error: {}", problem_line(&p.object, &p.problem));
         }
         if r.problems.is_empty() {
             if !ctx.quiet() {
-                println!("no problems found");
+                outln!("no problems found");
             }
         } else {
             eprintln!("{} problems found", r.problems.len());

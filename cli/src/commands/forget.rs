@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::args::ForgetArgs;
 use crate::commands::snapshots::matches;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<jiff::SignedDuration>> {
     match v {
@@ -82,6 +82,10 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     if policy.is_empty() && args.snapshots.is_empty() {
         bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
     }
+    if !policy.is_empty() && !policy.keeps_something() {
+        // A zero keeps nothing of its kind; as the whole policy it would remove everything.
+        bail!("refusing a policy that keeps nothing: every --keep-* rule given is zero; add a rule that keeps snapshots (e.g. --keep-last 1), or name the snapshots to forget");
+    }
     // Retention decides on every snapshot, so none may be unreadable (see prune).
     let all = repo.snapshots_for_gc(args.prune_opts.drop_unreadable && !args.dry_run)?;
     let mut remove: Vec<Id> = Vec::new();
@@ -99,7 +103,7 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         let tz = jiff::tz::TimeZone::system();
         let by_id: std::collections::HashMap<Id, &cairn_repo::format::snapshot::Snapshot> =
             selected.iter().map(|(id, s)| (*id, s)).collect();
-        for d in apply(&selected, &policy, group_by(&args.group_by)?, &tz) {
+        for d in apply(&selected, &policy, group_by(&args.group_by)?, &tz)? {
             let s = by_id.get(&d.id);
             let label = format!(
                 "host={} paths={} tags={}",
@@ -127,6 +131,21 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     }
     remove.sort();
     remove.dedup();
+    // The change is made before anything is printed: output that cannot be written (a
+    // closed pipe ends the command at once) must not leave the work undone.
+    let prune_opts = match args.prune {
+        true => Some(super::prune::options(&args.prune_opts, false)?),
+        false => None,
+    };
+    let pruned = if args.dry_run {
+        None
+    } else {
+        forget(&repo, &remove)?;
+        match &prune_opts {
+            Some(opts) => Some(cairn_repo::prune::prune(&repo, opts)?),
+            None => None,
+        }
+    };
     if ctx.json() {
         let v: Vec<_> = groups
             .iter()
@@ -135,9 +154,9 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         print_json(&json!({"dry_run": args.dry_run, "groups": v, "removed": remove}))?;
     } else if !ctx.quiet() {
         for (g, (keep, rem)) in &groups {
-            println!("{g}: keep {}, remove {}", keep.len(), rem.len());
+            outln!("{g}: keep {}, remove {}", keep.len(), rem.len());
             for k in keep {
-                println!(
+                outln!(
                     "  keep    {}  {}  ({})",
                     k["short_id"].as_str().unwrap_or(""),
                     k["time"].as_str().unwrap_or(""),
@@ -152,7 +171,7 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
                 );
             }
             for r in rem {
-                println!(
+                outln!(
                     "  remove  {}  {}",
                     r["short_id"].as_str().unwrap_or(""),
                     r["time"].as_str().unwrap_or("")
@@ -162,16 +181,14 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     }
     if args.dry_run {
         if !ctx.quiet() && !ctx.json() {
-            println!("dry run: {} snapshots would be removed", remove.len());
+            outln!("dry run: {} snapshots would be removed", remove.len());
         }
         return Ok(0);
     }
-    forget(&repo, &remove)?;
     if !ctx.quiet() && !ctx.json() {
-        println!("removed {} snapshots", remove.len());
+        outln!("removed {} snapshots", remove.len());
     }
-    if args.prune {
-        let r = cairn_repo::prune::prune(&repo, &super::prune::options(&args.prune_opts, false)?)?;
+    if let Some(r) = pruned {
         if !ctx.json() {
             super::prune::report(ctx, &r)?;
         }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::args::KeyCommand;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
     let repo = ctx.open()?;
@@ -16,12 +16,16 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
     match cmd {
         KeyCommand::Add { new_password_file } => {
             let (master, _) = repo.master_key(&creds)?;
-            let pw = ctx.new_password(new_password_file.as_deref(), false)?;
+            let pw = ctx.new_password(
+                new_password_file.as_deref(),
+                false,
+                "use --new-password-file F",
+            )?;
             let id = repo.add_key(&master, &pw, ctx.kdf()?)?;
             if ctx.json() {
                 print_json(&json!({"added": id}))?;
             } else if !ctx.quiet() {
-                println!("added key slot {}", &id[..8]);
+                outln!("added key slot {}", &id[..8]);
             }
         }
         KeyCommand::List => {
@@ -34,14 +38,14 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
                     .collect();
                 print_json(&v)?;
             } else {
-                println!("  {:<10} {:<32} {:<20} user", "id", "created", "host");
+                outln!("  {:<10} {:<32} {:<20} user", "id", "created", "host");
                 for (id, s) in &slots {
                     let mark = if Some(id) == current.as_ref() {
                         "*"
                     } else {
                         " "
                     };
-                    println!(
+                    outln!(
                         "{mark} {:<10} {:<32} {:<20} {}",
                         &id[..8],
                         s.created,
@@ -56,7 +60,7 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
             if ctx.json() {
                 print_json(&json!({"removed": removed}))?;
             } else if !ctx.quiet() {
-                println!("removed key slot {}", &removed[..8]);
+                outln!("removed key slot {}", &removed[..8]);
             }
         }
         KeyCommand::Passwd { new_password_file } => {
@@ -64,7 +68,11 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
                 bail!("the repository was opened with a key file, not a password: use `cairn key add` to add a password");
             };
             let (master, current) = repo.master_key(&creds)?;
-            let pw = ctx.new_password(new_password_file.as_deref(), false)?;
+            let pw = ctx.new_password(
+                new_password_file.as_deref(),
+                false,
+                "use --new-password-file F",
+            )?;
             let id = repo.add_key(&master, &pw, ctx.kdf()?)?;
             if let Some(old) = current {
                 repo.remove_key(&old)?;
@@ -72,7 +80,7 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
             if ctx.json() {
                 print_json(&json!({"added": id}))?;
             } else if !ctx.quiet() {
-                println!("password changed (new key slot {})", &id[..8]);
+                outln!("password changed (new key slot {})", &id[..8]);
             }
         }
     }

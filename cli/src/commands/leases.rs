@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::args::LeasesArgs;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 pub fn run(ctx: &Context, args: LeasesArgs) -> Result<i32> {
     let repo = ctx.open()?;
@@ -23,7 +23,7 @@ pub fn run(ctx: &Context, args: LeasesArgs) -> Result<i32> {
         return print_json(&v).map(|_| 0);
     }
     for (name, live, l) in &leases {
-        println!(
+        outln!(
             "{} {:<7} {:<16} pid {:<8} since {}  until {}{}",
             &name[..8],
             l.kind,
@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, args: LeasesArgs) -> Result<i32> {
         );
     }
     if !ctx.quiet() {
-        println!("{} leases", leases.len());
+        outln!("{} leases", leases.len());
     }
     Ok(0)
 }

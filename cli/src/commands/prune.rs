@@ -6,7 +6,7 @@ use cairn_repo::prune::{prune, PruneOptions, PruneReport};
 
 use crate::args::{PruneArgs, PruneOpts};
 use crate::context::Context;
-use crate::output::{human_bytes, print_json};
+use crate::output::{human_bytes, outln, print_json};
 
 pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
     let max_unused = match o.max_unused.trim().strip_suffix('%') {
@@ -43,7 +43,7 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
         return Ok(());
     }
     let p = &r.plan;
-    println!(
+    outln!(
         "{} snapshots use {} blobs in {} packs ({})",
         p.snapshots,
         p.used_blobs,
@@ -51,23 +51,23 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
         human_bytes(p.pack_bytes)
     );
     let verb = if r.dry_run { "would" } else { "will" };
-    println!(
+    outln!(
         "{verb} delete {} unused packs ({})",
         p.delete_packs.len(),
         human_bytes(p.delete_bytes)
     );
-    println!(
+    outln!(
         "{verb} delete {} packs in no index ({})",
         p.unindexed_packs.len(),
         human_bytes(p.unindexed_bytes)
     );
-    println!(
+    outln!(
         "{verb} repack {} packs ({}, freeing {})",
         p.repack_packs.len(),
         human_bytes(p.repack_bytes),
         human_bytes(p.repack_unused_bytes)
     );
-    println!(
+    outln!(
         "{verb} free about {}; {} unused stays in kept packs",
         human_bytes(p.bytes_to_free()),
         human_bytes(p.unused_bytes_kept)
@@ -77,7 +77,7 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
     }
     let s = &r.swept;
     if s.records > 0 {
-        println!(
+        outln!(
             "swept: {} packs deleted ({} freed), {} rescued, {} index files removed",
             s.packs_deleted,
             human_bytes(s.bytes_freed),
@@ -86,18 +86,21 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
         );
     }
     if let Some(rec) = &r.pending_record {
-        println!(
+        outln!(
             "the sweep of record {} waits for {} running writers:",
             rec.short(),
             r.waiting_for.len()
         );
         for l in &r.waiting_for {
-            println!(
+            outln!(
                 "  {} on {} (pid {}), since {}",
-                l.kind, l.host, l.pid, l.started
+                l.kind,
+                l.host,
+                l.pid,
+                l.started
             );
         }
-        println!("run prune again after they finish to free the space");
+        outln!("run prune again after they finish to free the space");
     }
     Ok(())
 }

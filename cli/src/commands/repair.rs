@@ -5,7 +5,7 @@ use cairn_repo::repair::{repair_index, repair_snapshots};
 
 use crate::args::RepairCommand;
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 pub fn run(ctx: &Context, cmd: RepairCommand) -> Result<i32> {
     let repo = ctx.open()?;
@@ -19,9 +19,12 @@ pub fn run(ctx: &Context, cmd: RepairCommand) -> Result<i32> {
                     eprintln!("warning: pack {pack} left out: {why}");
                 }
                 if !ctx.quiet() {
-                    println!(
+                    outln!(
                         "indexed {} blobs in {} packs: {} index files written, {} removed",
-                        r.blobs, r.packs_indexed, r.index_files_written, r.index_files_removed
+                        r.blobs,
+                        r.packs_indexed,
+                        r.index_files_written,
+                        r.index_files_removed
                     );
                 }
             }
@@ -45,21 +48,21 @@ pub fn run(ctx: &Context, cmd: RepairCommand) -> Result<i32> {
                         continue;
                     }
                     match &s.repaired {
-                        Some(new) => println!(
+                        Some(new) => outln!(
                             "snapshot {} repaired as {}; lost:",
                             s.original.short(),
                             new.short()
                         ),
-                        None => println!(
+                        None => outln!(
                             "snapshot {} would be repaired; it would lose:",
                             s.original.short()
                         ),
                     }
                     for p in &s.lost {
-                        println!("  {p}");
+                        outln!("  {p}");
                     }
                 }
-                println!(
+                outln!(
                     "{} snapshots {}",
                     r.len(),
                     if dry_run { "need repair" } else { "repaired" }

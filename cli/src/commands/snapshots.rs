@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::args::{SnapshotFilter, SnapshotsArgs};
 use crate::context::Context;
-use crate::output::{human_bytes, print_json};
+use crate::output::{human_bytes, outln, print_json};
 
 pub fn matches(f: &SnapshotFilter, s: &Snapshot) -> bool {
     (f.host.is_empty() || f.host.contains(&s.host))
@@ -59,9 +59,14 @@ pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
         )?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<10} {:<19} {:<16} {:<8} {:<16} {:>11}  paths",
-        "id", "time", "host", "kind", "tags", "size"
+        "id",
+        "time",
+        "host",
+        "kind",
+        "tags",
+        "size"
     );
     for (id, s) in &snaps {
         let kind = serde_json::to_value(s.kind)
@@ -69,7 +74,7 @@ pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let flag = if s.incomplete { " (incomplete)" } else { "" };
-        println!(
+        outln!(
             "{:<10} {:<19} {:<16} {:<8} {:<16} {:>11}  {}{flag}",
             id.short(),
             local_time(s),
@@ -81,7 +86,7 @@ pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
         );
     }
     if !ctx.quiet() {
-        println!("{} snapshots", snaps.len());
+        outln!("{} snapshots", snaps.len());
     }
     Ok(0)
 }

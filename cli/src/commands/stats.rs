@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::args::StatsArgs;
 use crate::context::Context;
-use crate::output::{human_bytes, print_json};
+use crate::output::{human_bytes, outln, print_json};
 
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
@@ -42,29 +42,29 @@ pub fn run(ctx: &Context, _args: StatsArgs) -> Result<i32> {
         print_json(&v)?;
         return Ok(0);
     }
-    println!("Snapshots:          {}", snaps.len());
-    println!(
+    outln!("Snapshots:          {}", snaps.len());
+    outln!(
         "Logical size:       {}  (all files of all snapshots)",
         human_bytes(logical)
     );
-    println!(
+    outln!(
         "Unique data:        {}  in {} blobs",
         human_bytes(totals.raw_bytes),
         totals.blobs
     );
-    println!(
+    outln!(
         "Stored size:        {}  in {} packs",
         human_bytes(stored),
         packs.len()
     );
-    println!(
+    outln!(
         "Deduplication:      {:.2}x",
         ratio(logical, totals.raw_bytes)
     );
-    println!(
+    outln!(
         "Compression:        {:.2}x",
         ratio(totals.raw_bytes, totals.stored_bytes)
     );
-    println!("Overall:            {:.2}x", ratio(logical, stored));
+    outln!("Overall:            {:.2}x", ratio(logical, stored));
     Ok(0)
 }

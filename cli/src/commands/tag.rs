@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::args::{SnapshotIds, TagArgs};
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 fn edit(ctx: &Context, specs: &[String], e: &TagEdit) -> Result<i32> {
     let repo = ctx.open()?;
@@ -26,9 +26,9 @@ fn edit(ctx: &Context, specs: &[String], e: &TagEdit) -> Result<i32> {
         )?;
     } else if !ctx.quiet() {
         for (old, new) in &changed {
-            println!("snapshot {} is now {}", old.short(), new.short());
+            outln!("snapshot {} is now {}", old.short(), new.short());
         }
-        println!("{} snapshots changed", changed.len());
+        outln!("{} snapshots changed", changed.len());
     }
     Ok(0)
 }

@@ -1,0 +1,153 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! What the user sees: a closed output pipe ends a command quietly with 0, stderr carries no
+//! colour codes unless it is a terminal, and an error prints each piece of its text once.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use common::Env;
+
+/// `cairn` as `Env::cmd` runs it, as a std command so that its pipes can be handled.
+fn cairn(env: &Env, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.path("home"))
+        .env("XDG_CACHE_HOME", env.path("home/.cache"))
+        .env("XDG_DATA_HOME", env.path("home/.local/share"))
+        .env("XDG_CONFIG_HOME", env.path("home/.config"))
+        .env("TZ", "UTC")
+        .env("TMPDIR", env.path("tmp"))
+        .env("CAIRN_KDF_PARAMS", "1024,1,1")
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_PASSWORD_FILE", env.path("password"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs `args` with a standard output whose reader reads `read` bytes and then goes away
+/// (0: before cairn writes anything); returns the exit code and stderr.
+fn with_closed_stdout(env: &Env, args: &[&str], read: usize) -> (Option<i32>, String) {
+    let mut child = cairn(env, args).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    if read > 0 {
+        let mut buf = vec![0u8; read];
+        stdout.read_exact(&mut buf).unwrap();
+    }
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_0() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    // A file larger than a pipe holds, so that dump is still writing when the reader goes.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["backup", "--force", src.to_str().unwrap()]);
+    let big_path = src.join("big.bin");
+    let big_path = big_path.to_str().unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["snapshots"],
+        vec!["--json", "snapshots"],
+        vec!["key", "list"],
+        vec!["stats"],
+        vec!["leases"],
+        vec!["forget", "--dry-run", "--keep-last", "1"],
+        vec!["check"],
+        vec!["cat", "config"],
+        vec!["tenant", "list"],
+        vec!["ls", "latest"],
+        vec!["find", "*.txt"],
+        vec!["dump", "latest", big_path],
+        vec!["dump", "latest", "/"],
+    ];
+    for args in &commands {
+        let (code, err) = with_closed_stdout(&env, args, 0);
+        assert_eq!(code, Some(0), "cairn {args:?} with a closed stdout: {err}");
+        assert!(!err.contains("panicked"), "cairn {args:?}: {err}");
+        assert!(err.is_empty(), "cairn {args:?} is not quiet: {err}");
+    }
+    // `cairn dump ... | head -c 1000`: the reader goes while cairn is writing.
+    for args in [
+        vec!["dump", "latest", big_path],
+        vec!["dump", "latest", "/"],
+    ] {
+        let (code, err) = with_closed_stdout(&env, &args, 1000);
+        assert_eq!(code, Some(0), "cairn {args:?} cut short: {err}");
+        assert!(err.is_empty(), "cairn {args:?} is not quiet: {err}");
+    }
+    // Nothing was changed by the dry run.
+    assert_eq!(env.snapshot_ids().len(), 2);
+}
+
+#[test]
+fn a_closed_stdout_never_leaves_a_change_undone() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    for _ in 0..3 {
+        env.ok(&["backup", "--force", src.to_str().unwrap()]);
+    }
+    let (code, err) = with_closed_stdout(&env, &["forget", "--keep-last", "1", "--prune"], 0);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(env.snapshot_ids().len(), 1);
+    env.ok(&["check"]);
+}
+
+#[test]
+fn stderr_carries_no_colour_codes_when_it_is_not_a_terminal() {
+    let env = Env::new();
+    env.init();
+    let out = cairn(&env, &["snapshots"])
+        .env("CAIRN_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEBUG"), "expected log lines: {err}");
+    assert!(!err.contains('\x1b'), "escape codes in stderr: {err:?}");
+}
+
+#[test]
+fn an_error_prints_each_piece_of_its_text_once() {
+    let env = Env::new();
+    env.init();
+    let missing = env.path("no-such-folder");
+    let missing = missing.to_str().unwrap();
+    let err = env.fails(&["backup", missing], 1);
+    assert_eq!(
+        err,
+        format!("error: {missing}: No such file or directory (os error 2)\n")
+    );
+    let err = env.fails(&["cat", "snapshot", "deadbeef"], 1);
+    assert_eq!(err, "error: no snapshot matches \"deadbeef\"\n");
+
+    // A damaged snapshot is named once in check's problem line.
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = env.snapshot_ids().pop().unwrap();
+    let file = env.repo().join("default/snapshots").join(&id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let err = env.fails(&["--no-cache", "check"], 1);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no problem line names {id}: {err}"));
+    assert_eq!(line.matches(&id).count(), 1, "{line}");
+}
