@@ -6,9 +6,11 @@
 //! next [`ScratchDir::new`] with the same prefix finds the lock free and removes the folder.
 //!
 //! The folder is prepared under the name `<prefix>-<random>.new` and renamed once its lock
-//! is held, so a sweep never sees a live folder whose lock is not taken yet. Leftover `.new`
-//! folders, and folders without a lock file (from versions before locks), are removed once
-//! they are an hour old.
+//! is held, so a sweep never sees a live folder whose lock is not taken yet. It is removed by
+//! renaming it to `<prefix>-<random>.gone` first, so a process killed while removing it leaves
+//! a folder that is plainly abandoned (never one without its lock that looks live); the next
+//! sweep removes `.gone` folders at once. Leftover `.new` folders, and folders without a lock
+//! file (from versions before locks), are removed once they are an hour old.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -61,8 +63,22 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let gone = gone_name(&self.path);
+        match std::fs::rename(&self.path, &gone) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&gone);
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
     }
+}
+
+fn gone_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".gone");
+    PathBuf::from(name)
 }
 
 /// Removes folders `<prefix>-*` in `base` that no live process owns. Best effort: a folder
@@ -72,13 +88,26 @@ fn sweep(base: &Path, prefix: &str) {
         return;
     };
     let start = format!("{prefix}-");
+    // Folders being removed are abandoned whatever their kind: those of the program's other
+    // prefixes (`cairn-set`, `cairn-cache`) go too.
+    let family = match prefix.split_once('-') {
+        Some((first, _)) => format!("{first}-"),
+        None => start.clone(),
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(&start) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let path = entry.path();
+        if name.starts_with(&family) && name.ends_with(".gone") {
+            let _ = std::fs::remove_dir_all(&path);
+            continue;
+        }
+        if !name.starts_with(&start) {
+            continue;
+        }
         if abandoned(&path, name.ends_with(".new")) {
             let _ = std::fs::remove_dir_all(&path);
         }
@@ -122,9 +151,16 @@ mod tests {
         let other = base.path().join("u-dead");
         std::fs::create_dir(&other).unwrap();
         File::create(other.join(LOCK)).unwrap();
+        // A folder whose owner was killed while removing it (its lock already deleted).
+        let removing = base.path().join("t-killed.gone");
+        std::fs::create_dir(&removing).unwrap();
 
         let second = ScratchDir::new_in(base.path(), "t").unwrap();
         assert!(!dead.exists(), "the abandoned folder is removed");
+        assert!(
+            !removing.exists(),
+            "a folder being removed when its owner died is removed"
+        );
         assert!(live.path().exists(), "a live folder is kept");
         assert!(recent.exists() && other.exists());
         assert!(second.path().join(LOCK).exists());
