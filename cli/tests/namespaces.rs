@@ -34,15 +34,16 @@ fn a_backup_in_another_pid_namespace_is_not_judged_ended_by_a_prune() {
     let first = env.snapshot_ids().remove(0);
     env.ok(&["forget", &first]);
 
-    // The backup runs in a new pid namespace, after using up a few hundred pids there so
-    // that its own pid names no process on the host. Its input pauses in the middle, so the
+    // The backup runs in a new pid namespace, as a child of the namespace's first process
+    // (which is pid 1) with a pid near the namespace's pid_max, which names no process on
+    // the host. Its input pauses in the middle, so the
     // prune below runs while it holds data the prune has not seen indexed.
     let mut backup = std::process::Command::new("unshare");
     backup
         .args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
         .arg(concat!(
-            "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done; ",
-            "exec \"$0\" backup --stdin-filename new.bin --stdin-from-command -- ",
+            "echo $(( $(cat /proc/sys/kernel/pid_max) - 100 )) > /proc/sys/kernel/ns_last_pid; ",
+            "\"$0\" backup --stdin-filename new.bin --stdin-from-command -- ",
             "sh -c 'head -c 12000000 /dev/urandom; sleep 4; head -c 100000 /dev/urandom'"
         ))
         .arg(env!("CARGO_BIN_EXE_cairn"));
