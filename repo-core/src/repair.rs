@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::backend::FileType;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::from_cbor;
 use crate::format::index::IndexPack;
 use crate::format::snapshot::Snapshot;
 use crate::format::to_cbor;
-use crate::format::tree::{ContentList, NodeKind, Tree};
+use crate::format::tree::{ContentList, Node, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
 use crate::repository::{IndexFileWriter, Repository, SnapshotRead};
@@ -84,6 +84,22 @@ pub struct RepairedSnapshot {
     pub unreadable: bool,
 }
 
+/// A folder being repaired.
+struct Frame {
+    id: Id,
+    path: String,
+    nodes: std::vec::IntoIter<Node>,
+    out: Tree,
+    lost: Vec<String>,
+    /// The folder node whose subtree is being repaired on the frame above.
+    waiting: Option<Node>,
+}
+
+enum Opened {
+    Done((Id, Vec<String>)),
+    Frame(Box<Frame>),
+}
+
 struct Fixer<'a> {
     repo: &'a Repository,
     writer: Option<BlobWriter>,
@@ -127,50 +143,104 @@ impl Fixer<'_> {
     }
 
     /// The id of a repaired copy of `tree` (the same id when nothing is missing) and the
-    /// paths lost below it.
-    fn fix(&mut self, tree_id: &Id, path: &str) -> Result<(Id, Vec<String>)> {
-        if let Some(done) = self.memo.get(tree_id) {
-            return Ok(done.clone());
+    /// paths lost below it. Folders are walked with an explicit stack, so a tree of any depth
+    /// is repaired without recursion.
+    fn fix(&mut self, root: &Id, path: &str) -> Result<(Id, Vec<String>)> {
+        let mut stack = match self.open(root, path)? {
+            Opened::Done(r) => return Ok(r),
+            Opened::Frame(f) => vec![f],
+        };
+        // The result of the folder that was finished last, for its parent.
+        let mut finished: Option<(Id, Vec<String>)> = None;
+        loop {
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| Error::new(ErrorKind::Other, "repair: empty folder stack"))?;
+            if let Some(mut node) = top.waiting.take() {
+                let (id, lost) = finished.take().ok_or_else(|| {
+                    Error::new(ErrorKind::Other, "repair: lost a folder's result")
+                })?;
+                node.subtree = Some(id);
+                top.lost.extend(lost);
+                top.out.nodes.push(node);
+            }
+            let Some(node) = top.nodes.next() else {
+                let frame = stack
+                    .pop()
+                    .ok_or_else(|| Error::new(ErrorKind::Other, "repair: empty folder stack"))?;
+                let result = self.close(frame)?;
+                if stack.is_empty() {
+                    return Ok(result);
+                }
+                finished = Some(result);
+                continue;
+            };
+            let p = format!("{}/{}", top.path, node.name_lossy());
+            match (node.kind, node.subtree) {
+                (NodeKind::Dir, Some(sub)) => match self.open(&sub, &p)? {
+                    Opened::Done((id, lost)) => {
+                        let top = stack.last_mut().ok_or_else(|| {
+                            Error::new(ErrorKind::Other, "repair: empty folder stack")
+                        })?;
+                        let mut node = node;
+                        node.subtree = Some(id);
+                        top.lost.extend(lost);
+                        top.out.nodes.push(node);
+                    }
+                    Opened::Frame(child) => {
+                        if let Some(top) = stack.last_mut() {
+                            top.waiting = Some(node);
+                        }
+                        stack.push(child);
+                    }
+                },
+                (NodeKind::File, _) if !self.file_ok(&node.content, &node.content_lists)? => {
+                    top.lost.push(p);
+                }
+                _ => top.out.nodes.push(node),
+            }
         }
-        let tree = match self
+    }
+
+    /// Starts on a folder: its answer when it was repaired before or cannot be read, else a
+    /// frame to walk.
+    fn open(&mut self, tree_id: &Id, path: &str) -> Result<Opened> {
+        if let Some(done) = self.memo.get(tree_id) {
+            return Ok(Opened::Done(done.clone()));
+        }
+        match self
             .repo
             .read_blob(BlobKind::Tree, tree_id)
             .and_then(|p| from_cbor::<Tree>(&p, "tree"))
         {
-            Ok(t) => t,
+            Ok(t) => Ok(Opened::Frame(Box::new(Frame {
+                id: *tree_id,
+                path: path.to_string(),
+                nodes: t.nodes.into_iter(),
+                out: Tree::default(),
+                lost: Vec::new(),
+                waiting: None,
+            }))),
             Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
                 let empty = self.save(Tree::default())?;
-                return Ok((empty, vec![format!("{path}/ (contents unreadable)")]));
+                Ok(Opened::Done((
+                    empty,
+                    vec![format!("{path}/ (contents unreadable)")],
+                )))
             }
-            Err(e) => return Err(e),
-        };
-        let mut lost = Vec::new();
-        let mut out = Tree::default();
-        for mut node in tree.nodes {
-            let p = format!("{path}/{}", node.name_lossy());
-            match node.kind {
-                NodeKind::Dir => {
-                    if let Some(sub) = node.subtree {
-                        let (new, l) = self.fix(&sub, &p)?;
-                        node.subtree = Some(new);
-                        lost.extend(l);
-                    }
-                }
-                NodeKind::File if !self.file_ok(&node.content, &node.content_lists)? => {
-                    lost.push(p);
-                    continue;
-                }
-                _ => {}
-            }
-            out.nodes.push(node);
+            Err(e) => Err(e),
         }
-        let id = if lost.is_empty() {
-            *tree_id
+    }
+
+    /// Finishes a folder: the same id when nothing below it was lost, else a new tree.
+    fn close(&mut self, frame: Box<Frame>) -> Result<(Id, Vec<String>)> {
+        let id = if frame.lost.is_empty() {
+            frame.id
         } else {
-            self.save(out)?
+            self.save(frame.out)?
         };
-        self.memo.insert(*tree_id, (id, lost.clone()));
-        Ok((id, lost))
+        self.memo.insert(frame.id, (id, frame.lost.clone()));
+        Ok((id, frame.lost))
     }
 
     fn save(&mut self, mut tree: Tree) -> Result<Id> {
