@@ -394,6 +394,17 @@ mod tests {
         assert!(read_small_at(fd, c"missing").is_err());
     }
 
+    /// A small file is read up to the size `fstat` gave when it was opened, and bytes past
+    /// it are noticed: a procfs file says 0 bytes and yields more.
+    #[test]
+    fn small_files_are_read_up_to_their_size_when_opened() {
+        let proc_self = DirHandle::list(Path::new("/proc/self")).unwrap();
+        let (data, opened, grew) = read_small_at(proc_self.fd().unwrap(), c"status")
+            .unwrap()
+            .unwrap();
+        assert_eq!((data.len(), opened.size, grew), (0, 0, true));
+    }
+
     /// Opening a file never follows a symlink, and a name that is no longer a regular file
     /// (a FIFO swapped in) is refused without blocking.
     #[test]
