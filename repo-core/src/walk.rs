@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, Mode, OFlags};
-use xattr::FileExt;
 
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind, Time, Xattr};
@@ -229,66 +228,39 @@ pub fn set_stat(node: &mut Node, st: &Stat) {
     };
 }
 
-/// Where an entry's extended attributes are read from.
-pub enum XattrsOf<'a> {
-    /// The entry `name` of the open folder `dir`, through `/proc/self/fd` (the absolute path
-    /// `path` where there is no `/proc`), without following a symlink.
-    Entry {
-        dir: BorrowedFd<'a>,
-        name: &'a CStr,
-        path: &'a Path,
-    },
-    /// An open file or folder.
-    Open(&'a std::fs::File),
-}
-
 /// Whether `/proc/self/fd/N/name` reaches entries of open folders here.
 fn proc_fd() -> bool {
     static PROC: OnceLock<bool> = OnceLock::new();
     *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
 }
 
-/// An entry's extended attributes, sorted by name; those that cannot be read are skipped
-/// (`node_from_stat` takes them). Only files, folders and symlinks have any.
-pub fn read_xattrs(kind: NodeKind, of: XattrsOf<'_>) -> Vec<Xattr> {
+/// The extended attributes of the entry `name` of the open folder `dir` (`.` for the
+/// folder itself), sorted by name, read through `/proc/self/fd` without following a symlink
+/// (through the absolute path `path` where there is no `/proc`). Those that cannot be read
+/// are skipped. Only files, folders and symlinks have any.
+pub fn read_xattrs(kind: NodeKind, dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Vec<Xattr> {
     if !matches!(kind, NodeKind::File | NodeKind::Dir | NodeKind::Symlink) {
         return Vec::new();
     }
+    // There is no `llistxattrat`: the folder's descriptor is named through /proc, which
+    // keeps the lookup relative to it, whatever the depth.
+    let via_proc;
+    let at: &Path = if proc_fd() {
+        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name.to_bytes());
+        via_proc = PathBuf::from(OsString::from_vec(p));
+        &via_proc
+    } else {
+        path
+    };
     let mut xattrs = Vec::new();
-    match of {
-        XattrsOf::Entry { dir, name, path } => {
-            // There is no `llistxattrat`: the folder's descriptor is named through /proc,
-            // which keeps the lookup relative to it, whatever the depth.
-            let via_proc;
-            let at: &Path = if proc_fd() {
-                let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-                p.extend_from_slice(name.to_bytes());
-                via_proc = PathBuf::from(OsString::from_vec(p));
-                &via_proc
-            } else {
-                path
-            };
-            if let Ok(names) = xattr::list(at) {
-                for n in names {
-                    if let Ok(Some(value)) = xattr::get(at, &n) {
-                        xattrs.push(Xattr {
-                            name: n.as_bytes().to_vec(),
-                            value,
-                        });
-                    }
-                }
-            }
-        }
-        XattrsOf::Open(f) => {
-            if let Ok(names) = f.list_xattr() {
-                for n in names {
-                    if let Ok(Some(value)) = f.get_xattr(&n) {
-                        xattrs.push(Xattr {
-                            name: n.as_bytes().to_vec(),
-                            value,
-                        });
-                    }
-                }
+    if let Ok(names) = xattr::list(at) {
+        for n in names {
+            if let Ok(Some(value)) = xattr::get(at, &n) {
+                xattrs.push(Xattr {
+                    name: n.as_bytes().to_vec(),
+                    value,
+                });
             }
         }
     }

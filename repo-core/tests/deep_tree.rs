@@ -300,3 +300,45 @@ fn folders_reopened_on_the_way_back_up_are_the_folders_the_walk_entered() {
         }
     }
 }
+
+/// The folders above a backed-up path are recorded as the folders the path leads through,
+/// attributes included, even where the path goes through a symlink.
+#[test]
+fn folders_above_a_backed_up_path_are_the_folders_it_leads_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(real.join("sub")).unwrap();
+    std::fs::write(real.join("sub/file"), b"data\n").unwrap();
+    std::fs::write(real.join("left-out"), b"not below the backed-up path\n").unwrap();
+    let xattrs = xattr::set(&real, "user.note", b"kept").is_ok();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let repo = repo(dir.path());
+
+    let r = backup_paths(
+        &repo,
+        &[link.join("sub")],
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(!r.snapshot.incomplete, "{:?}", r.warnings);
+    let node = node_at(&repo, &r.snapshot.tree, &link);
+    assert_eq!(node.kind, NodeKind::Dir);
+    if xattrs {
+        assert_eq!(node.xattrs.len(), 1);
+        assert_eq!(node.xattrs[0].value, b"kept");
+    }
+    let below: Vec<Vec<u8>> = repo
+        .load_tree(&node.subtree.unwrap())
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(below, [b"sub".to_vec()]);
+    assert_eq!(
+        node_at(&repo, &r.snapshot.tree, &link.join("sub/file")).size,
+        5
+    );
+}

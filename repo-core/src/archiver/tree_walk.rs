@@ -29,7 +29,7 @@ use super::files::{FileJob, JOB_BYTES, JOB_FILES};
 use super::{Archiver, SMALL_FILE};
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind, Tree};
-use crate::walk::{node_from_stat, read_link_at, read_xattrs, DirHandle, Stat, XattrsOf};
+use crate::walk::{node_from_stat, read_link_at, read_xattrs, DirHandle, Stat};
 
 /// How many of the innermost folders keep their descriptors open (besides the walk's
 /// root). Folders nested deeper than this cost an `openat` of `..` and an `fstat` each on
@@ -234,14 +234,7 @@ impl Archiver<'_> {
             }
         };
         let kind = st.kind();
-        let xattrs = read_xattrs(
-            kind,
-            XattrsOf::Entry {
-                dir,
-                name: &name,
-                path,
-            },
-        );
+        let xattrs = read_xattrs(kind, dir, &name, path);
         let mut node = node_from_stat(name.to_bytes(), &st, xattrs);
         match kind {
             NodeKind::File => {
@@ -348,14 +341,7 @@ impl Archiver<'_> {
             }
         };
         // `.` of the folder's own descriptor: its attributes, not those of a symlink to it.
-        let xattrs = read_xattrs(
-            NodeKind::Dir,
-            XattrsOf::Entry {
-                dir: d.fd().map_err(fd_error(path))?,
-                name: c".",
-                path,
-            },
-        );
+        let xattrs = read_xattrs(NodeKind::Dir, d.fd().map_err(fd_error(path))?, c".", path);
         let node = node_from_stat(name.to_bytes(), &st, xattrs);
         let mut frame = Frame::new(Some(node), d, st, path.as_os_str().len());
         frame.entries = Entries::Roots(child.children.iter());
