@@ -342,3 +342,65 @@ fn folders_above_a_backed_up_path_are_the_folders_it_leads_through() {
         5
     );
 }
+
+/// Swaps the folder `folder` for a symlink to `to` when the file `trigger` is about to be
+/// read.
+struct SwapForSymlink<'a> {
+    trigger: &'a Path,
+    folder: &'a Path,
+    to: &'a Path,
+    done: AtomicBool,
+}
+
+impl Progress for SwapForSymlink<'_> {
+    fn file(&self, path: &Path) {
+        if path == self.trigger && !self.done.swap(true, Ordering::SeqCst) {
+            std::fs::rename(self.folder, self.folder.with_extension("moved")).unwrap();
+            std::os::unix::fs::symlink(self.to, self.folder).unwrap();
+        }
+    }
+}
+
+/// A folder swapped for a symlink while the backup is inside it is not followed: the rest
+/// of it is read through the descriptor the walk opened, never from where the symlink
+/// points (a user who can rename in a shared tree cannot make a backup read other files).
+#[test]
+fn a_folder_swapped_for_a_symlink_mid_walk_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let b = src.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    for name in ["f1", "f2", "f3"] {
+        std::fs::write(b.join(name), b"ordinary\n").unwrap();
+        std::fs::write(secret.join(name), b"not yours\n").unwrap();
+    }
+    let repo = repo(dir.path());
+    let progress = SwapForSymlink {
+        trigger: &b.join("f1"),
+        folder: &b,
+        to: &secret,
+        done: AtomicBool::new(false),
+    };
+    let r = backup_paths(
+        &repo,
+        std::slice::from_ref(&src),
+        &BackupOptions::default(),
+        &progress,
+    )
+    .unwrap();
+    assert!(progress.done.load(Ordering::SeqCst));
+    assert!(std::fs::symlink_metadata(&b).unwrap().is_symlink());
+    assert!(!r.snapshot.incomplete, "{:?}", r.warnings);
+    for name in ["f1", "f2", "f3"] {
+        let node = node_at(&repo, &r.snapshot.tree, &b.join(name));
+        let content: Vec<u8> = repo
+            .file_content(&node)
+            .unwrap()
+            .iter()
+            .flat_map(|id| repo.read_blob(cairn_repo::id::BlobKind::Data, id).unwrap())
+            .collect();
+        assert_eq!(content, b"ordinary\n", "{name}");
+    }
+}
