@@ -1,13 +1,15 @@
 //! Backup: turning file trees and streams into blobs, trees and a snapshot.
 //!
-//! Strategy. Directories are walked depth-first in name order; each directory becomes one
-//! tree blob once its entries are saved, so memory holds one listing per level of depth. A
-//! file whose (path, inode, mtime, ctime, size) matches the files cache, and whose blobs are
+//! Strategy. Directories are walked depth-first in name order, with an explicit stack rather
+//! than recursion, each entry reached through a descriptor of its folder (see `tree_walk`);
+//! each directory becomes one tree blob once its entries are saved, so memory holds one
+//! listing per level of depth. A file whose (path, inode, mtime, ctime, size) matches the files cache, and whose blobs are
 //! all still indexed, is not read at all. The other small files of a folder (below 1 MiB) are
 //! read whole, cut, hashed, looked up, compressed and sealed in parallel on the rayon pool, a
 //! file per task, in groups of up to 256 files or 16 MiB, and their blobs are then packed in
 //! name order. Larger files and streams are read in 4 MiB batches on a thread of their own;
-//! the chunks of a batch are sealed in parallel while the previous batch is packed.
+//! the chunks of a batch are sealed in parallel while the previous batch is packed. A file
+//! is read up to the size it had when opened (see `files`).
 //!
 //! Failure. A file or directory that cannot be read (permissions, vanished mid-walk) is
 //! reported as a warning and left out; the snapshot is then marked incomplete. Any other
@@ -15,10 +17,12 @@
 //! was uploaded stays unreferenced until garbage collection, and the repository is unchanged
 //! from the point of view of every reader.
 
-use std::collections::BTreeMap;
+mod files;
+mod tree_walk;
+
+use tree_walk::Trie;
+
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{sync_channel, TryRecvError};
@@ -38,7 +42,7 @@ use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
 use crate::repository::Repository;
 use crate::sys;
-use crate::walk::{name_bytes, node_from_metadata, Excludes};
+use crate::walk::Excludes;
 use crate::writer::{BlobWriter, Known};
 
 /// Fills `buf` from `filled` on until it is full or the reader ends.
@@ -193,71 +197,6 @@ struct Archiver<'a> {
     watch: IndexWatch,
 }
 
-/// A small file (below [`SMALL_FILE`]) waiting to be read and sealed on the pool with
-/// others of its folder.
-struct FileJob {
-    path: PathBuf,
-    node: Node,
-    meta: std::fs::Metadata,
-    start: FileStart,
-}
-
-/// What is known of a file about to be read.
-struct FileStart {
-    /// Its key in the files cache.
-    key: Vec<u8>,
-    /// Whether the files cache knew it (a changed file rather than a new one).
-    known: bool,
-}
-
-/// A small file read and sealed, or why not.
-enum JobResult {
-    Sealed {
-        sealed: Sealed,
-        len: u64,
-    },
-    /// It grew past the threshold while being read: it is read again as a stream.
-    Grew,
-    /// It could not be opened or read (a warning, not an error).
-    Unreadable(std::io::Error),
-}
-
-/// Small files are read and sealed in parallel in groups of at most this many ...
-const JOB_FILES: usize = 256;
-/// ... or this many bytes.
-const JOB_BYTES: u64 = 16 << 20;
-
-/// Reads a small file whole and seals its chunks (on a pool thread).
-fn read_and_seal(
-    path: &Path,
-    chunker: &cairn_chunker::Chunker,
-    known: &Known,
-    keys: &Keys,
-    level: i32,
-) -> Result<JobResult> {
-    let data = match read_small(path) {
-        Ok(Some(d)) => d,
-        Ok(None) => return Ok(JobResult::Grew),
-        Err(e) => return Ok(JobResult::Unreadable(e)),
-    };
-    let sealed = cut(chunker, &data, true)
-        .into_iter()
-        .map(|range| seal_chunk(known, keys, level, &data[range]))
-        .collect::<Result<Sealed>>()?;
-    Ok(JobResult::Sealed {
-        sealed,
-        len: data.len() as u64,
-    })
-}
-
-/// A file's bytes, or `None` if it holds more than [`SMALL_FILE`] bytes.
-fn read_small(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let f = std::fs::File::open(path)?;
-    let mut data = Vec::new();
-    f.take(SMALL_FILE + 1).read_to_end(&mut data)?;
-    Ok((data.len() as u64 <= SMALL_FILE).then_some(data))
-}
-
 impl<'a> Archiver<'a> {
     fn new(
         repo: &'a Repository,
@@ -299,6 +238,12 @@ impl<'a> Archiver<'a> {
     fn warn(&mut self, message: String) {
         self.progress.warn(&message);
         self.summary.errors += 1;
+        self.warnings.push(message);
+    }
+
+    /// A warning about something saved, not left out: the snapshot stays complete.
+    fn note(&mut self, message: String) {
+        self.progress.warn(&message);
         self.warnings.push(message);
     }
 
@@ -413,331 +358,10 @@ impl<'a> Archiver<'a> {
         Ok(())
     }
 
-    /// Whether a files-cache record still describes the file: same inode, size, mtime and
-    /// ctime, and every blob it names still indexed (a prune may have removed some).
-    fn reusable(&self, rec: &FileRecord, meta: &std::fs::Metadata) -> Result<bool> {
-        let same = rec.inode == meta.ino()
-            && rec.size == meta.size()
-            && rec.mtime == (meta.mtime(), meta.mtime_nsec() as u32)
-            && rec.ctime == (meta.ctime(), meta.ctime_nsec() as u32);
-        if !same {
-            return Ok(false);
-        }
-        for id in rec.content.iter().chain(rec.content_lists.iter()) {
-            if !self.writer.contains(id)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Accounts for a file about to be saved. Returns the node with its content when the
-    /// files cache shows it unchanged, else what reading it needs.
-    fn begin_file(
-        &mut self,
-        path: &Path,
-        mut node: Node,
-        meta: &std::fs::Metadata,
-    ) -> Result<std::result::Result<Node, (Node, FileStart)>> {
-        let key = path.as_os_str().as_bytes().to_vec();
-        self.summary.total_bytes += meta.size();
-        // One files-cache lookup decides both "unchanged" and "changed rather than new".
-        let rec = match &self.reader {
-            Some(r) => r.file(&key)?,
-            None => None,
-        };
-        let known = rec.is_some();
-        if let Some(rec) = rec {
-            if self.reusable(&rec, meta)? {
-                node.content = rec.content;
-                node.content_lists = rec.content_lists;
-                self.summary.files_unmodified += 1;
-                self.progress.bytes(meta.size());
-                return Ok(Ok(node));
-            }
-        }
-        self.progress.file(path);
-        Ok(Err((node, FileStart { key, known })))
-    }
-
-    /// A file that could not be read is left out with a warning.
-    fn unreadable(&mut self, path: &Path, meta: &std::fs::Metadata, e: std::io::Error) {
-        self.summary.total_bytes -= meta.size();
-        self.summary.files -= 1;
-        self.warn(format!("{}: {e}", path.display()));
-    }
-
-    /// Reads a file as a stream on this thread and the pool (large files).
-    fn read_file(
-        &mut self,
-        path: &Path,
-        node: Node,
-        meta: &std::fs::Metadata,
-        start: FileStart,
-    ) -> Result<Option<Node>> {
-        let saved = std::fs::File::open(path).and_then(|mut f| self.save_stream(&mut f));
-        match saved {
-            Ok(r) => {
-                let (ids, len) = r?;
-                self.end_file(node, meta, start, ids, len).map(Some)
-            }
-            Err(e) => {
-                self.unreadable(path, meta, e);
-                Ok(None)
-            }
-        }
-    }
-
-    /// Records a file's content once read: its size, content ids and files-cache record.
-    fn end_file(
-        &mut self,
-        mut node: Node,
-        meta: &std::fs::Metadata,
-        start: FileStart,
-        ids: Vec<Id>,
-        len: u64,
-    ) -> Result<Node> {
-        self.summary.bytes_read += len;
-        // The size recorded is the size read, so a file that grew or shrank while it was
-        // read restores to exactly the bytes saved.
-        self.summary.total_bytes = self.summary.total_bytes - meta.size() + len;
-        node.size = len;
-        self.set_content(&mut node, ids)?;
-        if start.known {
-            self.summary.files_changed += 1;
-        } else {
-            self.summary.files_new += 1;
-        }
-        if self.reader.is_some() && len == meta.size() {
-            self.file_records.push((
-                start.key,
-                FileRecord {
-                    inode: meta.ino(),
-                    mtime: (meta.mtime(), meta.mtime_nsec() as u32),
-                    ctime: (meta.ctime(), meta.ctime_nsec() as u32),
-                    size: len,
-                    content: node.content.clone(),
-                    content_lists: node.content_lists.clone(),
-                },
-            ));
-            if self.file_records.len() >= FILES_CACHE_BATCH {
-                self.flush_file_records()?;
-            }
-        }
-        Ok(node)
-    }
-
-    /// Reads and seals a folder's small files in parallel on the pool, then adds their
-    /// blobs to the writer in order and puts their nodes in `tree`. Reading on several
-    /// threads keeps a tree of many small files from being one thread's system calls.
-    fn run_jobs(&mut self, jobs: &mut Vec<FileJob>, tree: &mut Tree) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let known = self.writer.known();
-        let keys = self.writer.keys().clone();
-        let level = self.writer.level();
-        let chunker = &self.chunker;
-        let results: Vec<Result<JobResult>> = jobs
-            .par_iter()
-            .map(|j| read_and_seal(&j.path, chunker, &known, &keys, level))
-            .collect();
-        for (job, result) in jobs.drain(..).zip(results) {
-            let node = match result? {
-                JobResult::Sealed { sealed, len } => {
-                    let mut ids = Vec::with_capacity(sealed.len());
-                    add_sealed(&mut self.writer, sealed, &mut ids)?;
-                    self.progress.bytes(len);
-                    Some(self.end_file(job.node, &job.meta, job.start, ids, len)?)
-                }
-                JobResult::Grew => self.read_file(&job.path, job.node, &job.meta, job.start)?,
-                JobResult::Unreadable(e) => {
-                    self.unreadable(&job.path, &job.meta, e);
-                    None
-                }
-            };
-            if let Some(node) = node {
-                tree.nodes.push(node);
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_file_records(&mut self) -> Result<()> {
-        let records = std::mem::take(&mut self.file_records);
-        self.repo.cache().put_files(&records)
-    }
-
-    /// Saves one entry (recursively for directories). `Ok(None)` means it was left out.
-    fn save_path(
-        &mut self,
-        path: &Path,
-        name: &[u8],
-        root_dev: Option<u64>,
-    ) -> Result<Option<Node>> {
-        if self.opts.excludes.excluded(path) {
-            return Ok(None);
-        }
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) => {
-                self.warn(format!("{}: {e}", path.display()));
-                return Ok(None);
-            }
-        };
-        self.save_entry(path, name, &meta, root_dev)
-    }
-
-    /// Saves one entry whose metadata is known.
-    fn save_entry(
-        &mut self,
-        path: &Path,
-        name: &[u8],
-        meta: &std::fs::Metadata,
-        root_dev: Option<u64>,
-    ) -> Result<Option<Node>> {
-        let mut node = node_from_metadata(name, path, meta);
-        match node.kind {
-            NodeKind::File => {
-                self.summary.files += 1;
-                return match self.begin_file(path, node, meta)? {
-                    Ok(unchanged) => Ok(Some(unchanged)),
-                    Err((node, start)) => self.read_file(path, node, meta, start),
-                };
-            }
-            NodeKind::Symlink => {
-                self.summary.others += 1;
-                match std::fs::read_link(path) {
-                    Ok(t) => node.link_target = Some(t.as_os_str().as_bytes().to_vec()),
-                    Err(e) => {
-                        self.summary.others -= 1;
-                        self.warn(format!("{}: {e}", path.display()));
-                        return Ok(None);
-                    }
-                }
-            }
-            NodeKind::Dir => {
-                for marker in &self.opts.excludes.if_present {
-                    if path
-                        .join(std::ffi::OsStr::from_bytes(marker))
-                        .symlink_metadata()
-                        .is_ok()
-                    {
-                        return Ok(None);
-                    }
-                }
-                self.summary.dirs += 1;
-                let root_dev = root_dev.unwrap_or(meta.dev());
-                let descend = !self.opts.one_file_system || meta.dev() == root_dev;
-                let tree = if descend {
-                    self.save_dir_contents(path, root_dev)?
-                } else {
-                    Tree::default()
-                };
-                node.subtree = Some(self.save_tree(tree)?);
-            }
-            _ => self.summary.others += 1,
-        }
-        Ok(Some(node))
-    }
-
-    fn save_dir_contents(&mut self, path: &Path, root_dev: u64) -> Result<Tree> {
-        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(path) {
-            Ok(rd) => {
-                let mut v = Vec::new();
-                for entry in rd {
-                    match entry {
-                        Ok(e) => v.push(e.file_name()),
-                        Err(e) => self.warn(format!("{}: {e}", path.display())),
-                    }
-                }
-                v
-            }
-            Err(e) => {
-                self.warn(format!("{}: {e}", path.display()));
-                Vec::new()
-            }
-        };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut tree = Tree::default();
-        // Small files that must be read are queued and read in parallel (`run_jobs`).
-        let mut jobs: Vec<FileJob> = Vec::new();
-        let mut job_bytes = 0u64;
-        for name in names {
-            let child = path.join(&name);
-            if self.opts.excludes.excluded(&child) {
-                continue;
-            }
-            let meta = match std::fs::symlink_metadata(&child) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.warn(format!("{}: {e}", child.display()));
-                    continue;
-                }
-            };
-            let name = name_bytes(&name);
-            if !(meta.file_type().is_file() && meta.size() < SMALL_FILE) {
-                if let Some(node) = self.save_entry(&child, &name, &meta, Some(root_dev))? {
-                    tree.nodes.push(node);
-                }
-                continue;
-            }
-            self.summary.files += 1;
-            let node = node_from_metadata(&name, &child, &meta);
-            match self.begin_file(&child, node, &meta)? {
-                Ok(unchanged) => tree.nodes.push(unchanged),
-                Err((node, start)) => {
-                    job_bytes += meta.size();
-                    jobs.push(FileJob {
-                        path: child,
-                        node,
-                        meta,
-                        start,
-                    });
-                    if jobs.len() >= JOB_FILES || job_bytes >= JOB_BYTES {
-                        self.run_jobs(&mut jobs, &mut tree)?;
-                        job_bytes = 0;
-                    }
-                }
-            }
-        }
-        self.run_jobs(&mut jobs, &mut tree)?;
-        Ok(tree)
-    }
-
     fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
         tree.canonicalize()?;
         let bytes = to_cbor(&tree)?;
         self.writer.add_plain(BlobKind::Tree, &bytes)
-    }
-
-    /// Builds the root tree for several absolute paths, keeping their places: backing up
-    /// `/srv/a` yields root -> `srv` -> `a`, with the real metadata of `/srv`.
-    fn save_roots(&mut self, roots: &Trie, prefix: &Path) -> Result<Tree> {
-        let mut tree = Tree::default();
-        for (name, child) in &roots.children {
-            let path = prefix.join(std::ffi::OsStr::from_bytes(name));
-            let node = if child.whole {
-                self.save_path(&path, name, None)?
-            } else {
-                match std::fs::symlink_metadata(&path) {
-                    Ok(meta) => {
-                        let mut node = node_from_metadata(name, &path, &meta);
-                        let sub = self.save_roots(child, &path)?;
-                        node.subtree = Some(self.save_tree(sub)?);
-                        Some(node)
-                    }
-                    Err(e) => {
-                        self.warn(format!("{}: {e}", path.display()));
-                        None
-                    }
-                }
-            };
-            if let Some(n) = node {
-                tree.nodes.push(n);
-            }
-        }
-        Ok(tree)
     }
 
     fn commit(
@@ -819,13 +443,6 @@ fn find_parent(
         .map(|(id, _)| id))
 }
 
-/// Path components of the roots to back up.
-#[derive(Default, Debug)]
-struct Trie {
-    whole: bool,
-    children: BTreeMap<Vec<u8>, Trie>,
-}
-
 /// Makes a path absolute and removes `.` and `..` lexically (symlinks are not followed).
 pub fn normalize(path: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(path)
@@ -861,39 +478,14 @@ pub fn backup_paths(
         let abs = normalize(p)?;
         std::fs::symlink_metadata(&abs).map_err(|e| Error::io(format!("{}", p.display()), e))?;
         names.push(abs.to_string_lossy().into_owned());
-        let mut node = &mut trie;
-        for c in abs.components().skip(1) {
-            node = node
-                .children
-                .entry(c.as_os_str().as_bytes().to_vec())
-                .or_default();
-        }
-        node.whole = true;
+        trie.insert(&abs);
     }
     names.sort();
     names.dedup();
-    prune_trie(&mut trie);
     let mut a = Archiver::new(repo, opts, progress)?;
-    let root_tree = if trie.whole {
-        a.save_dir_contents(
-            Path::new("/"),
-            std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0),
-        )?
-    } else {
-        a.save_roots(&trie, Path::new("/"))?
-    };
+    let root_tree = a.walk_roots(&trie)?;
     let root = a.save_tree(root_tree)?;
     a.commit(SnapshotKind::Files, names, root, started, Vec::new())
-}
-
-/// A root that is saved whole covers everything below it.
-fn prune_trie(t: &mut Trie) {
-    if t.whole {
-        t.children.clear();
-    }
-    for c in t.children.values_mut() {
-        prune_trie(c);
-    }
 }
 
 fn stream_node(name: &str, size: u64) -> Node {
@@ -1062,27 +654,4 @@ pub fn backup_command(
         let _ = child.wait();
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    /// A file queued as small but longer than `SMALL_FILE` by the time it is read (it grew)
-    /// is reported as such, so that it is read again as a stream, never cut short.
-    #[test]
-    fn read_small_refuses_files_that_outgrew_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let at_limit = dir.path().join("at-limit");
-        let over = dir.path().join("over");
-        std::fs::write(&at_limit, vec![7u8; SMALL_FILE as usize]).unwrap();
-        std::fs::write(&over, vec![7u8; SMALL_FILE as usize + 1]).unwrap();
-        assert_eq!(
-            read_small(&at_limit).unwrap().map(|d| d.len()),
-            Some(SMALL_FILE as usize)
-        );
-        assert!(read_small(&over).unwrap().is_none());
-        assert!(read_small(&dir.path().join("missing")).is_err());
-    }
 }

@@ -378,6 +378,45 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes `depth` folders named `name`, each inside the previous one, below `dir`, and
+/// writes `bottom` as the file `bottom` of the innermost. Every step is relative to the
+/// previous folder's descriptor (two open at a time), so the depth is not limited by
+/// `PATH_MAX`. Remove such a tree with [`remove_nested`].
+pub fn nested_folders(dir: &Path, name: &str, depth: usize, bottom: &[u8]) -> Result<(), String> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut current = open(dir, dir_flags, Mode::empty()).map_err(|e| err(dir, e.into()))?;
+    for level in 0..depth {
+        let at = |e: nix::Error| format!("level {level} below {}: {e}", dir.display());
+        mkdirat(&current, name, Mode::from_bits_truncate(0o755)).map_err(at)?;
+        current = openat(&current, name, dir_flags, Mode::empty()).map_err(at)?;
+    }
+    let file = openat(
+        &current,
+        "bottom",
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(|e| err(dir, e.into()))?;
+    std::io::Write::write_all(&mut fs::File::from(file), bottom).map_err(|e| err(dir, e))
+}
+
+/// Removes a tree of any depth (`rm -rf`, which walks without `PATH_MAX` limits or
+/// recursion; `std::fs::remove_dir_all` recurses, with a descriptor per level).
+pub fn remove_nested(path: &Path) -> Result<(), String> {
+    let status = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(path)
+        .status()
+        .map_err(|e| err(path, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("rm -rf {}: {status}", path.display()))
+    }
+}
+
 /// A backend on which a writer can publish one lease but never refresh it, as if its
 /// machine slept through the lease's time to live.
 #[derive(Debug)]
