@@ -71,9 +71,8 @@ pub(super) struct Batch {
     dirs: Vec<(Arc<DirFd>, Node)>,
     /// File content the actions will write.
     bytes: u64,
-    /// Folder descriptors the batch holds (counted once per run of entries in one folder).
-    handles: usize,
-    last: Option<Arc<DirFd>>,
+    /// The folder descriptors the batch holds (by address: the batch keeps each alive).
+    held: HashSet<usize>,
 }
 
 /// A batch is flushed once it holds this many entries or folders ...
@@ -86,18 +85,15 @@ impl Batch {
         self.actions.len() >= BATCH_ENTRIES
             || self.dirs.len() >= BATCH_ENTRIES
             || self.bytes >= BATCH_BYTES
-            || self.handles >= limits.batch_dirs
+            || self.held.len() >= limits.batch_dirs
     }
 
     fn hold(&mut self, dir: &Arc<DirFd>) {
-        if !self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, dir)) {
-            self.handles += 1;
-            self.last = Some(dir.clone());
-        }
+        self.held.insert(Arc::as_ptr(dir) as usize);
     }
 
     pub(super) fn push(&mut self, action: Action) {
-        self.hold(&action.dir().clone());
+        self.hold(action.dir());
         if let Action::Write { node, .. } = &action {
             self.bytes += node.size;
         }

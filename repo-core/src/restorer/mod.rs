@@ -272,49 +272,38 @@ impl<'a> Restorer<'a> {
         Ok(())
     }
 
-    /// Starts restoring a folder: its entries other than folders are decided in order and
-    /// queued (before its subfolders, so that a hard link in a subfolder finds its first
-    /// path complete). The folder is created only when something is restored in it.
+    /// Starts restoring a folder (`level`, whose entries are read from `tree`): its entries
+    /// other than folders are decided in order and queued (before its subfolders, so that a
+    /// hard link in a subfolder finds its first path complete). The folder is created only
+    /// when something is restored in it.
     fn enter(
         &mut self,
         stack: &mut DirStack,
         snap_path: &mut PathBuf,
         tree: Option<&Id>,
-        restore: bool,
-        whole: bool,
-        fresh: bool,
-        node: Option<Node>,
+        mut level: Level,
     ) -> Result<Level> {
-        let nodes = match tree {
+        level.nodes = match tree {
             Some(t) => self.repo.load_tree(t)?.nodes,
             None => Vec::new(),
         };
-        let mut any = false;
-        for entry in nodes.iter().filter(|n| n.kind != NodeKind::Dir) {
+        for entry in level.nodes.iter().filter(|n| n.kind != NodeKind::Dir) {
             self.budget.take()?;
             snap_path.push(OsStr::from_bytes(&entry.name));
-            let (selected, _) = self.selected(snap_path, restore);
+            let (selected, _) = self.selected(snap_path, level.restore);
             snap_path.pop();
             if !selected {
                 continue;
             }
             let dir = stack.dir()?;
-            let action = self.decide(dir, &entry.name, entry, fresh)?;
+            let action = self.decide(dir, &entry.name, entry, level.fresh)?;
             self.batch.push(action);
-            any = true;
+            level.any = true;
         }
         if self.batch.is_full(&self.limits) {
             self.flush()?;
         }
-        Ok(Level {
-            nodes,
-            next: 0,
-            restore,
-            whole,
-            fresh,
-            any,
-            node,
-        })
+        Ok(level)
     }
 
     /// The second pass: restores the tree into the target, folder by folder in name
@@ -327,7 +316,16 @@ impl<'a> Restorer<'a> {
         fresh: bool,
     ) -> Result<()> {
         let mut snap_path = PathBuf::from("/");
-        let root = self.enter(stack, &mut snap_path, Some(tree), false, whole, fresh, None)?;
+        let root = Level {
+            nodes: Vec::new(),
+            next: 0,
+            restore: false,
+            whole,
+            fresh,
+            any: false,
+            node: None,
+        };
+        let root = self.enter(stack, &mut snap_path, Some(tree), root)?;
         let mut levels = vec![root];
         while let Some(level) = levels.last_mut() {
             let next = level.nodes[level.next..]
@@ -356,15 +354,16 @@ impl<'a> Restorer<'a> {
                     parent_fresh
                 };
                 let sub = node.subtree;
-                let child = self.enter(
-                    stack,
-                    &mut snap_path,
-                    sub.as_ref(),
+                let child = Level {
+                    nodes: Vec::new(),
+                    next: 0,
                     restore,
-                    restore,
-                    created,
-                    Some(node),
-                )?;
+                    whole: restore,
+                    fresh: created,
+                    any: false,
+                    node: Some(node),
+                };
+                let child = self.enter(stack, &mut snap_path, sub.as_ref(), child)?;
                 levels.push(child);
                 continue;
             }
