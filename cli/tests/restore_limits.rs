@@ -109,6 +109,25 @@ fn restore_of_a_tree_10000_levels_deep_works_with_1024_open_files() {
     // Folders got their mode back on the way up.
     let st = nix::sys::stat::fstat(open_below(&target, &names[..9_999])).unwrap();
     assert_eq!(st.st_mode & 0o7777, 0o755);
+    // Again over the restored tree: both passes now meet every existing folder.
+    let out = run_limited(
+        &env,
+        1024,
+        &[
+            "restore",
+            &snap,
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+            "if-changed",
+        ],
+    );
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 unchanged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
