@@ -7,6 +7,7 @@
 use std::io::Write;
 
 use anyhow::Result;
+use cairn_repo::content::EntryBudget;
 use cairn_repo::format::tree::{Node, NodeKind, Tree};
 use cairn_repo::{Id, Repository};
 use serde_json::json;
@@ -40,87 +41,116 @@ fn same_metadata(a: &Node, b: &Node) -> bool {
         && a.rdev == b.rdev
 }
 
+/// Two folders being compared: their entries, the position in each, and the length of
+/// their path.
+struct Level {
+    a: Vec<Node>,
+    b: Vec<Node>,
+    i: usize,
+    j: usize,
+    path_len: usize,
+}
+
+/// Compares the trees `a` and `b` (a missing one is empty). The comparison keeps its own
+/// stack of folders, so depth is bounded by memory, not by the thread's stack; every entry
+/// met counts against `budget` (see `EntryBudget`).
 fn diff(
     repo: &Repository,
     a: Option<&Id>,
     b: Option<&Id>,
-    prefix: &[u8],
+    budget: &mut EntryBudget,
     emit: &mut dyn FnMut(char, &[u8]) -> Result<()>,
     counts: &mut Counts,
 ) -> Result<()> {
-    if a.is_some() && a == b {
-        return Ok(());
-    }
-    let (ta, tb) = (load(repo, a)?, load(repo, b)?);
-    let (mut i, mut j) = (0, 0);
-    while i < ta.nodes.len() || j < tb.nodes.len() {
-        let order = match (ta.nodes.get(i), tb.nodes.get(j)) {
+    let mut path: Vec<u8> = Vec::new();
+    let mut stack: Vec<Level> = Vec::new();
+    // Pushes the comparison of two subtrees, unless they are the same tree.
+    let push = |stack: &mut Vec<Level>,
+                a: Option<&Id>,
+                b: Option<&Id>,
+                path_len: usize|
+     -> cairn_repo::Result<()> {
+        if a.is_some() && a == b {
+            return Ok(());
+        }
+        stack.push(Level {
+            a: load(repo, a)?.nodes,
+            b: load(repo, b)?.nodes,
+            i: 0,
+            j: 0,
+            path_len,
+        });
+        Ok(())
+    };
+    push(&mut stack, a, b, 0)?;
+    let sub = |n: &Node| {
+        if n.kind == NodeKind::Dir {
+            n.subtree
+        } else {
+            None
+        }
+    };
+    while let Some(level) = stack.last_mut() {
+        let (i, j) = (level.i, level.j);
+        if i >= level.a.len() && j >= level.b.len() {
+            stack.pop();
+            continue;
+        }
+        let order = match (level.a.get(i), level.b.get(j)) {
             (Some(x), Some(y)) => x.name.cmp(&y.name),
             (Some(_), None) => std::cmp::Ordering::Less,
             _ => std::cmp::Ordering::Greater,
         };
         let name = match order {
-            std::cmp::Ordering::Greater => &tb.nodes[j].name,
-            _ => &ta.nodes[i].name,
+            std::cmp::Ordering::Greater => &level.b[j].name,
+            _ => &level.a[i].name,
         };
-        let mut path = prefix.to_vec();
+        path.truncate(level.path_len);
         path.push(b'/');
         path.extend_from_slice(name);
-        match order {
+        budget.take()?;
+        // The subtrees to compare next, if any.
+        let next: Option<(Option<Id>, Option<Id>)> = match order {
             std::cmp::Ordering::Less => {
-                let n = &ta.nodes[i];
+                let n = &level.a[i];
+                level.i += 1;
                 emit('-', &path)?;
                 counts.removed += 1;
-                if n.kind == NodeKind::Dir {
-                    diff(repo, n.subtree.as_ref(), None, &path, emit, counts)?;
-                }
-                i += 1;
+                sub(n).map(|t| (Some(t), None))
             }
             std::cmp::Ordering::Greater => {
-                let n = &tb.nodes[j];
+                let n = &level.b[j];
+                level.j += 1;
                 emit('+', &path)?;
                 counts.added += 1;
-                if n.kind == NodeKind::Dir {
-                    diff(repo, None, n.subtree.as_ref(), &path, emit, counts)?;
-                }
-                j += 1;
+                sub(n).map(|t| (None, Some(t)))
             }
             std::cmp::Ordering::Equal => {
-                let (x, y) = (&ta.nodes[i], &tb.nodes[j]);
+                let (x, y) = (&level.a[i], &level.b[j]);
+                level.i += 1;
+                level.j += 1;
                 if x.kind != y.kind {
                     emit('T', &path)?;
                     counts.modified += 1;
-                    let sub = |n: &Node| {
-                        if n.kind == NodeKind::Dir {
-                            n.subtree
-                        } else {
-                            None
-                        }
-                    };
-                    diff(repo, sub(x).as_ref(), sub(y).as_ref(), &path, emit, counts)?;
+                    Some((sub(x), sub(y)))
                 } else if x.kind == NodeKind::File
                     && (x.content != y.content || x.content_lists != y.content_lists)
                 {
                     emit('M', &path)?;
                     counts.modified += 1;
+                    None
                 } else {
                     if !same_metadata(x, y) {
                         emit('U', &path)?;
                         counts.metadata += 1;
                     }
-                    if x.kind == NodeKind::Dir {
-                        diff(
-                            repo,
-                            x.subtree.as_ref(),
-                            y.subtree.as_ref(),
-                            &path,
-                            emit,
-                            counts,
-                        )?;
-                    }
+                    (x.kind == NodeKind::Dir).then_some((x.subtree, y.subtree))
                 }
-                i += 1;
-                j += 1;
+            }
+        };
+        if let Some((ta, tb)) = next {
+            if ta.is_some() || tb.is_some() {
+                push(&mut stack, ta.as_ref(), tb.as_ref(), path.len())?;
             }
         }
     }
@@ -140,7 +170,7 @@ pub fn run(ctx: &Context, args: DiffArgs) -> Result<i32> {
         &repo,
         Some(&a.tree),
         Some(&b.tree),
-        b"",
+        &mut EntryBudget::for_snapshot(&a).plus(&EntryBudget::for_snapshot(&b)),
         &mut |c, path| {
             if json {
                 writeln!(

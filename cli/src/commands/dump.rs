@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Result};
-use cairn_repo::content::{walk, ContentReader};
+use cairn_repo::content::{walk, ContentReader, EntryBudget};
 use cairn_repo::format::tree::{Node, NodeKind};
 use cairn_repo::Repository;
 
@@ -99,15 +99,68 @@ pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
             None => bail!("no such path"),
         }
     };
-    let mut tar = tar::Builder::new(out);
+    // Nothing is written before the first tree is read, so a snapshot whose root cannot be
+    // read gives an empty stream (which `tar` rejects), not an empty archive. A failure
+    // later ends the stream with a block that is no tar header, never with the end-of-archive
+    // marker, so whatever reads it fails too.
+    let mut tar = tar::Builder::new(Guarded {
+        out,
+        failed: false,
+        written: false,
+    });
     tar.follow_symlinks(false);
-    if let Some(n) = &root_node {
-        append(&repo, &mut tar, &path, n)?;
+    let result = write_entries(&repo, &mut tar, &snap, &path, root_node.as_ref(), tree);
+    if let Err(e) = result {
+        let g = tar.get_mut();
+        g.failed = true;
+        if g.written {
+            let _ = g.out.write_all(&[0xff; 512]);
+        }
+        let _ = g.out.flush();
+        return Err(e);
     }
-    let Some(tree) = tree else { return Ok(0) };
+    tar.into_inner()?.out.flush()?;
+    Ok(0)
+}
+
+/// The tar stream's writer: once the dump failed it refuses every write, so the tar
+/// builder cannot finish the archive when it is dropped.
+struct Guarded<W: Write> {
+    out: W,
+    failed: bool,
+    /// Whether anything was written (a stream that failed before stays empty).
+    written: bool,
+}
+
+impl<W: Write> Write for Guarded<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Err(std::io::Error::other("dump failed"));
+        }
+        self.written = true;
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn write_entries<W: Write>(
+    repo: &Repository,
+    tar: &mut tar::Builder<Guarded<W>>,
+    snap: &cairn_repo::format::snapshot::Snapshot,
+    path: &[u8],
+    root_node: Option<&Node>,
+    tree: Option<cairn_repo::Id>,
+) -> Result<()> {
+    if let Some(n) = root_node {
+        append(repo, tar, path, n)?;
+    }
+    let Some(tree) = tree else { return Ok(()) };
     let mut failure = None;
-    walk(&repo, &tree, &path, &mut |p, node| {
-        if let Err(e) = append(&repo, &mut tar, p, node) {
+    let mut budget = EntryBudget::for_snapshot(snap);
+    walk(repo, &tree, path, &mut budget, &mut |p, node| {
+        if let Err(e) = append(repo, tar, p, node) {
             failure = Some(e);
             return Err(cairn_repo::Error::new(
                 cairn_repo::ErrorKind::Io,
@@ -117,9 +170,8 @@ pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
         Ok(true)
     })
     .or_else(|e| if failure.is_some() { Ok(()) } else { Err(e) })?;
-    if let Some(e) = failure {
-        return Err(e);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    tar.into_inner()?.flush()?;
-    Ok(0)
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use cairn_repo::content::walk;
+use cairn_repo::content::{walk, EntryBudget};
 use cairn_repo::walk::Excludes;
 use serde_json::json;
 
@@ -33,7 +33,8 @@ pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
     let mut found = 0u64;
     for (id, snap) in snaps.iter().rev() {
         let mut lines = Vec::new();
-        walk(&repo, &snap.tree, b"", &mut |path, node| {
+        let mut budget = EntryBudget::for_snapshot(snap);
+        walk(&repo, &snap.tree, b"", &mut budget, &mut |path, node| {
             if matcher.excluded(std::path::Path::new(std::ffi::OsStr::new(
                 &*String::from_utf8_lossy(path),
             ))) {

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Result};
-use cairn_repo::content::walk;
+use cairn_repo::content::{walk, EntryBudget};
 use cairn_repo::format::tree::{Node, NodeKind};
 
 use crate::args::LsArgs;
@@ -84,7 +84,8 @@ pub fn run(ctx: &Context, args: LsArgs) -> Result<i32> {
         }
     };
     let mut err = None;
-    walk(&repo, &start, &prefix, &mut |path, node| {
+    let mut budget = EntryBudget::for_snapshot(&snap);
+    walk(&repo, &start, &prefix, &mut budget, &mut |path, node| {
         if let Err(e) = print(path, node) {
             err = Some(e);
             return Err(cairn_repo::Error::new(
