@@ -69,6 +69,26 @@ fn backup_and_check_of_a_tree_nested_10000_deep_under_ulimit_256() {
     assert_ok(&out, "backup");
     let out = limited(&env, 256, &["check"]);
     assert_ok(&out, "check");
+    // The same snapshot restores, lists and goes through repair under the same limit.
+    let target = env.path("restored");
+    let _restored = Nested(target.clone());
+    let out = limited(
+        &env,
+        256,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_ok(&out, "restore");
+    let found = std::process::Command::new("find")
+        .arg(&target)
+        .args(["-name", "bottom", "-execdir", "cat", "{}", ";"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&found.stdout), "bottom\n");
+    let out = limited(&env, 256, &["ls", "latest"]);
+    assert_ok(&out, "ls");
+    assert!(out.stdout.iter().filter(|b| **b == b'\n').count() > DEPTH);
+    let out = limited(&env, 256, &["repair", "snapshots", "--dry-run"]);
+    assert_ok(&out, "repair snapshots");
 
     let repo = Repository::open(
         &Location::Local(env.repo()),
