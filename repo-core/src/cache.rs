@@ -33,7 +33,7 @@
 //! `CACHEDIR.TAG`.
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -219,25 +219,36 @@ fn checked<'v>(table: &Table, key: &[u8], stored: &'v [u8]) -> Result<&'v [u8]> 
     Ok(value)
 }
 
-/// Makes a folder private to its owner (it names every backed-up path).
-fn make_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating cache folder {}", dir.display()), e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io(format!("making cache folder {} private", dir.display()), e))
+/// Prepares the folder that holds cache files. A folder this creates is private to its user
+/// (0700: the cache names every backed-up path) and tagged with `CACHEDIR.TAG`; so is an
+/// existing folder named `cairn` (the default location, which older versions created 0755).
+/// Any other existing folder (a `--cache-dir` such as `/tmp` or a home folder) is left as it
+/// is: changing its mode or tagging it could break it or hide it from backups, and the cache
+/// files themselves are 0600.
+fn prepare_cache_dir(dir: &Path) -> Result<()> {
+    let created = !dir.exists();
+    if created {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating cache folder {}", dir.display()), e))?;
+    }
+    let ours = created || dir.file_name().is_some_and(|n| n == "cairn");
+    if ours {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("making cache folder {} private", dir.display()), e))?;
+        let tag = dir.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            let _ = std::fs::write(&tag, CACHEDIR_TAG);
+        }
+    }
+    Ok(())
 }
 
 fn make_private_file(path: &Path) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("making cache {} private", path.display()), e))
-}
-
-/// Marks `dir` as a cache folder for backup tools, once.
-fn tag_cache_dir(dir: &Path) {
-    let tag = dir.join("CACHEDIR.TAG");
-    if !tag.exists() {
-        let _ = std::fs::write(&tag, CACHEDIR_TAG);
-    }
 }
 
 pub struct Cache {
@@ -283,15 +294,14 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
 }
 
 impl Cache {
-    /// Opens or creates the cache at `path`, in a folder private to the user (0700, the
-    /// file 0600, tagged with `CACHEDIR.TAG`). A cache that another process has open gives a
+    /// Opens or creates the cache at `path` (a file of mode 0600, in a folder prepared by
+    /// `prepare_cache_dir`). A cache that another process has open gives a
     /// temporary cache; a damaged one (it fails to open, fails redb's integrity check, or
     /// has another layout) is deleted and started again. Any other failure is an error, and
     /// callers fall back to a temporary cache (`Repository::open`).
     pub fn open(path: &Path) -> Result<Cache> {
         if let Some(parent) = path.parent() {
-            make_private_dir(parent)?;
-            tag_cache_dir(parent);
+            prepare_cache_dir(parent)?;
         }
         let db = match open_db(path, CACHE_BYTES) {
             Ok(db) => Self::verified(db, path)?,

@@ -311,6 +311,20 @@ fn the_cache_folder_is_private_and_tagged() {
     assert_eq!(mode(repo.cache().path()), 0o600);
     let tag = std::fs::read_to_string(folder.join("CACHEDIR.TAG")).unwrap();
     assert!(tag.starts_with("Signature: 8a477f597d28d172789f06886806bc55"));
+
+    // An existing folder given as the cache folder (say `--cache-dir /tmp`) keeps its mode
+    // and gets no tag (that would hide it from backups); the cache file is still private.
+    drop(repo);
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let repo = open(dir.path(), &key, "shared");
+    assert_eq!(
+        std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+    assert!(!shared.join("CACHEDIR.TAG").exists());
+    assert_eq!(mode(repo.cache().path()), 0o600);
 }
 
 /// Two administrators remove two different key slots at the same moment: the tenant must
