@@ -65,6 +65,15 @@ pub async fn run(b: &dyn Backend) -> Result<(), String> {
             "direct read of a missing object is NotFound",
         )?;
     }
+    if let Some(r) = b.stat_direct(FileType::Pack, &name) {
+        check(r.map_err(e)? == 100_000, "direct stat")?;
+        let missing = Id::of_bytes(b"missing").to_hex();
+        let gone = b.stat_direct(FileType::Pack, &missing);
+        check(
+            matches!(gone, Some(Err(ref x)) if x.kind() == ErrorKind::NotFound),
+            "direct stat of a missing object is NotFound",
+        )?;
+    }
     if let Some(r) = b.read_range_direct(FileType::Pack, &name, 1000, 500) {
         check(
             r.map_err(e)? == data.slice(1000..1500),

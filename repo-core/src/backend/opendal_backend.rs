@@ -205,6 +205,15 @@ impl Backend for OpendalBackend {
         }))
     }
 
+    fn stat_direct(&self, ft: FileType, name: &str) -> Option<Result<u64>> {
+        let root = self.local.as_ref()?;
+        Some(self.path(ft, name).and_then(|path| {
+            std::fs::metadata(root.join(&path))
+                .map(|m| m.len())
+                .map_err(|e| Error::io(format!("stat {path}"), e))
+        }))
+    }
+
     fn read_range_direct(
         &self,
         ft: FileType,
