@@ -18,7 +18,7 @@ use crate::crypto::{self, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
 
-const SLOT_AAD: &[u8] = b"cairn:keyslot";
+pub(crate) const SLOT_AAD: &[u8] = b"cairn:keyslot";
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ impl KdfParams {
         }
     }
 
-    fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+    pub(crate) fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| Error::invalid(format!("Argon2id parameters: {e}")))?;

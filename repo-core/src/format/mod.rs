@@ -12,6 +12,9 @@ pub mod pack;
 pub mod snapshot;
 pub mod tree;
 
+#[cfg(test)]
+mod kat;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

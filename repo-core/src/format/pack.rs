@@ -17,7 +17,7 @@ use crate::id::{BlobKind, Id};
 
 use super::blob::SealedBlob;
 
-const HEADER_AAD: &[u8] = b"cairn:pack-header";
+pub(crate) const HEADER_AAD: &[u8] = b"cairn:pack-header";
 
 /// Where one blob lives inside a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,9 +32,9 @@ pub struct PackEntry {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Header {
-    version: u32,
-    blobs: Vec<PackEntry>,
+pub(crate) struct Header {
+    pub(crate) version: u32,
+    pub(crate) blobs: Vec<PackEntry>,
 }
 
 /// Accumulates sealed blobs in memory until the pack is big enough to upload.
