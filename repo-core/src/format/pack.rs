@@ -12,15 +12,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
-use crate::format::{open_meta, seal_meta};
+use crate::format::{max_plaintext, max_sealed, open_meta, seal_meta};
 use crate::id::{BlobKind, Id};
 
 use super::blob::SealedBlob;
 
 pub(crate) const HEADER_AAD: &[u8] = b"cairn:pack-header";
 
-/// Where one blob lives inside a pack.
+/// Where one blob lives inside a pack. Decoding (from a pack header or an index file)
+/// refuses an entry whose end overflows or whose lengths exceed what a blob of its kind may
+/// hold (see [`PackEntry::validate`]), so no reader ever computes with such values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawPackEntry")]
 pub struct PackEntry {
     pub kind: BlobKind,
     pub id: Id,
@@ -29,6 +32,89 @@ pub struct PackEntry {
     pub length: u32,
     /// Plaintext length.
     pub raw_length: u32,
+}
+
+/// A pack entry as decoded, before [`PackEntry::validate`].
+#[derive(Deserialize)]
+struct RawPackEntry {
+    kind: BlobKind,
+    id: Id,
+    offset: u64,
+    length: u32,
+    raw_length: u32,
+}
+
+impl TryFrom<RawPackEntry> for PackEntry {
+    type Error = String;
+    fn try_from(r: RawPackEntry) -> std::result::Result<Self, String> {
+        let e = PackEntry {
+            kind: r.kind,
+            id: r.id,
+            offset: r.offset,
+            length: r.length,
+            raw_length: r.raw_length,
+        };
+        e.validate().map_err(|e| e.to_string())?;
+        Ok(e)
+    }
+}
+
+impl PackEntry {
+    /// The end of the blob in its pack, if it does not overflow.
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(u64::from(self.length))
+    }
+
+    /// Checks what an entry claims against the format's bounds: its end does not overflow,
+    /// its plaintext is at most [`max_plaintext`] of its kind, and its sealed length fits
+    /// an envelope around at most that plaintext.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| {
+            Err(Error::corrupt(format!(
+                "pack entry of blob {}: {why}",
+                self.id
+            )))
+        };
+        if self.end().is_none() {
+            return bad(format!(
+                "offset {} plus length {} overflows",
+                self.offset, self.length
+            ));
+        }
+        let raw = u64::from(self.raw_length);
+        if raw > max_plaintext(self.kind) {
+            return bad(format!(
+                "plaintext of {raw} bytes is more than a {:?} blob may hold",
+                self.kind
+            ));
+        }
+        let len = u64::from(self.length);
+        if len > max_sealed(raw) || len < max_sealed(0) {
+            return bad(format!(
+                "stored length {len} does not fit a blob of {raw} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The stored bytes of `entry` inside the whole `pack`, with checked arithmetic: an entry
+/// that lies outside the pack is an error, never a panic.
+pub fn entry_bytes<'p>(pack: &'p [u8], entry: &PackEntry) -> Result<&'p [u8]> {
+    let range = entry.end().and_then(|end| {
+        let start = usize::try_from(entry.offset).ok()?;
+        let end = usize::try_from(end).ok()?;
+        pack.get(start..end)
+    });
+    range.ok_or_else(|| {
+        Error::corrupt(format!(
+            "blob {} at offset {} (length {}) lies outside the pack of {} bytes",
+            entry.id,
+            entry.offset,
+            entry.length,
+            pack.len()
+        ))
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,7 +242,7 @@ pub fn parse_header(keys: &Keys, pack: &Id, pack_size: u64, tail: &[u8]) -> Resu
     )?;
     let data_end = pack_size - hlen - 4;
     for e in &header.blobs {
-        if e.offset + e.length as u64 > data_end {
+        if e.end().is_none_or(|end| end > data_end) {
             return Err(Error::corrupt(format!(
                 "{what}: blob {} extends past the blob area",
                 e.id
