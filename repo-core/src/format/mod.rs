@@ -208,4 +208,20 @@ mod tests {
         assert!(decompress(&[1, 2, 3], "x").is_err());
         assert!(decompress(&[], "x").is_err());
     }
+
+    /// A payload is refused before anything is allocated for it when its zstd frame (or its
+    /// stored form) holds more than the reader's bound.
+    #[test]
+    fn decompress_refuses_payloads_over_their_bound() {
+        let zeros = vec![0u8; 100_000];
+        let c = compress(&zeros, 3).unwrap();
+        assert_eq!(c[0], 1);
+        assert!(c.len() < 1000);
+        let e = decompress_bounded(&c, 99_999, "x").unwrap_err();
+        assert!(e.to_string().contains("claims 100000 bytes"), "{e}");
+        assert_eq!(decompress_bounded(&c, 100_000, "x").unwrap(), zeros);
+        let raw = compress(&zeros, 0).unwrap();
+        assert!(decompress_bounded(&raw, 99_999, "x").is_err());
+        assert_eq!(decompress_bounded(&raw, 100_000, "x").unwrap(), zeros);
+    }
 }

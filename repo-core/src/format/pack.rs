@@ -251,3 +251,75 @@ pub fn parse_header(keys: &Keys, pack: &Id, pack_size: u64, tail: &[u8]) -> Resu
     }
     Ok(HeaderRead::Done(header.blobs))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::format::{from_cbor, to_cbor, MAX_DATA_BLOB as MAX_DATA, MAX_TREE_BLOB};
+
+    fn entry(kind: BlobKind, offset: u64, length: u32, raw_length: u32) -> PackEntry {
+        PackEntry {
+            kind,
+            id: Id([1; 32]),
+            offset,
+            length,
+            raw_length,
+        }
+    }
+
+    /// Decoding refuses entries a writer never makes, wherever they are stored.
+    #[test]
+    fn pack_entries_that_overflow_or_claim_more_than_a_blob_may_hold_are_refused() {
+        let decodes = |e: PackEntry| from_cbor::<PackEntry>(&to_cbor(&e).unwrap(), "e").is_ok();
+        assert!(decodes(entry(BlobKind::Data, 10, 100, 59)));
+        assert!(decodes(entry(BlobKind::Tree, u64::MAX - 100, 100, 59)));
+        assert!(!decodes(entry(BlobKind::Data, u64::MAX - 10, 100, 59)));
+        assert!(
+            !decodes(entry(BlobKind::Data, 0, 40, 0)),
+            "shorter than an envelope"
+        );
+        assert!(
+            !decodes(entry(BlobKind::Data, 0, 1000, 10)),
+            "longer than its plaintext allows"
+        );
+        let over = (MAX_DATA + 1) as u32;
+        assert!(!decodes(entry(BlobKind::Data, 0, over + 41, over)));
+        let tree_over = (MAX_TREE_BLOB + 1) as u32;
+        assert!(!decodes(entry(
+            BlobKind::Tree,
+            0,
+            tree_over + 41,
+            tree_over
+        )));
+    }
+    /// A header entry past the blob area, or overflowing, is an error, never a panic; and
+    /// `entry_bytes` never slices outside the pack.
+    #[test]
+    fn parse_header_and_entry_bytes_check_every_range() {
+        let keys = Keys::derive(&MasterKey::from_bytes([1; 32])).unwrap();
+        let pack_with = |blobs: Vec<PackEntry>| {
+            let header = seal_meta(&keys, HEADER_AAD, &Header { version: 1, blobs }).unwrap();
+            let mut pack = vec![0u8; 100];
+            pack.extend_from_slice(&header);
+            pack.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            pack
+        };
+        let id = Id([2; 32]);
+        let ok = pack_with(vec![entry(BlobKind::Data, 0, 100, 59)]);
+        match parse_header(&keys, &id, ok.len() as u64, &ok).unwrap() {
+            HeaderRead::Done(e) => assert_eq!(entry_bytes(&ok, &e[0]).unwrap().len(), 100),
+            HeaderRead::NeedMore(_) => panic!("whole pack given"),
+        }
+        let past = pack_with(vec![entry(BlobKind::Data, 50, 100, 59)]);
+        assert!(parse_header(&keys, &id, past.len() as u64, &past).is_err());
+        assert!(entry_bytes(&[0u8; 10], &entry(BlobKind::Data, 5, 41, 0)).is_err());
+        assert!(entry_bytes(&[0u8; 10], &entry(BlobKind::Data, u64::MAX, 41, 0)).is_err());
+        // A header length larger than the pack.
+        let mut short = ok.clone();
+        let n = short.len();
+        short[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_header(&keys, &id, n as u64, &short).is_err());
+    }
+}
