@@ -254,7 +254,7 @@ pub fn parse_header(keys: &Keys, pack: &Id, pack_size: u64, tail: &[u8]) -> Resu
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::crypto::MasterKey;
     use crate::format::{from_cbor, to_cbor, MAX_DATA_BLOB as MAX_DATA, MAX_TREE_BLOB};
