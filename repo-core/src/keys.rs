@@ -274,8 +274,9 @@ pub fn unlock_with_password(
         let slot = match KeySlot::parse(&name, &bytes) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("key slot {name} is damaged and was not tried: {e}");
-                troubles.push((name, SlotTrouble::Damaged(e.to_string())));
+                let why = without_name(&name, &e);
+                tracing::warn!("key slot {name} is damaged and was not tried: {why}");
+                troubles.push((name, SlotTrouble::Damaged(why)));
                 continue;
             }
         };
@@ -336,6 +337,16 @@ pub fn unlock_with_password(
         "no key slot of {location} opens with this password, and some could not be tried: {}. The password is wrong, or its slot is one of these; unlock with a key file or another password and remove such slots with `cairn key remove`",
         list.join("; ")
     )))
+}
+
+/// An error's text without the leading "key slot NAME: " that [`KeySlot::parse`] gives it,
+/// so that a message naming the slot does not name it twice.
+fn without_name(name: &str, e: &Error) -> String {
+    let text = e.to_string();
+    match text.strip_prefix(&format!("key slot {name}: ")) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
 }
 
 #[derive(Serialize, Deserialize)]

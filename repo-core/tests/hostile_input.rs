@@ -190,6 +190,7 @@ fn a_damaged_key_slot_is_reported_as_damaged_not_as_a_wrong_password() {
         e.to_string().contains(&name) && e.to_string().contains("damaged"),
         "{e}"
     );
+    assert_eq!(e.to_string().matches(&name).count(), 1, "named once: {e}");
 }
 
 /// Another tenant's slot copied in opens with that tenant's password but not this tenant's
