@@ -18,7 +18,7 @@ use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob;
 use crate::format::from_cbor;
-use crate::format::pack::{parse_header, HeaderRead};
+use crate::format::pack::{entry_bytes, parse_header, HeaderRead};
 use crate::format::tree::{ContentList, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::keys::KeySlot;
@@ -455,8 +455,9 @@ fn read_packs(
             }
         };
         for e in entries {
-            let sealed = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-            if let Err(err) = blob::open(repo.keys(), e.kind, &e.id, sealed) {
+            let opened = entry_bytes(&bytes, &e)
+                .and_then(|sealed| blob::open(repo.keys(), e.kind, &e.id, sealed));
+            if let Err(err) = opened {
                 r.problem(format!("pack {pack}"), format!("blob {}: {err}", e.id));
             }
         }

@@ -77,19 +77,33 @@ fn aead(key: [u8; 32]) -> Result<XChaCha20Poly1305> {
         .map_err(|_| Error::new(ErrorKind::Other, "AEAD key length"))
 }
 
+/// The context strings of the sub-keys (see the module documentation). Part of format 1.
+pub(crate) const CHUNK_ID_CONTEXT: &str = "cairn 2026 chunk-id key v1";
+pub(crate) const CHUNKER_SEED_CONTEXT: &str = "cairn 2026 chunker seed v1";
+pub(crate) const DATA_CONTEXT: &str = "cairn 2026 data aead key v1";
+pub(crate) const META_CONTEXT: &str = "cairn 2026 metadata aead key v1";
+
+/// The raw sub-keys of a master key: chunk-id key, chunker seed, data key, metadata key.
+pub(crate) fn sub_keys(master: &MasterKey) -> ([u8; 32], u64, [u8; 32], [u8; 32]) {
+    let seed = blake3::derive_key(CHUNKER_SEED_CONTEXT, &master.0);
+    let mut seed8 = [0u8; 8];
+    seed8.copy_from_slice(&seed[..8]);
+    (
+        blake3::derive_key(CHUNK_ID_CONTEXT, &master.0),
+        u64::from_le_bytes(seed8),
+        blake3::derive_key(DATA_CONTEXT, &master.0),
+        blake3::derive_key(META_CONTEXT, &master.0),
+    )
+}
+
 impl Keys {
     pub fn derive(master: &MasterKey) -> Result<Keys> {
-        let seed = blake3::derive_key("cairn 2026 chunker seed v1", &master.0);
-        let mut seed8 = [0u8; 8];
-        seed8.copy_from_slice(&seed[..8]);
+        let (chunk_id, chunker_seed, data, meta) = sub_keys(master);
         Ok(Keys {
-            chunk_id: blake3::derive_key("cairn 2026 chunk-id key v1", &master.0),
-            chunker_seed: u64::from_le_bytes(seed8),
-            data: aead(blake3::derive_key("cairn 2026 data aead key v1", &master.0))?,
-            meta: aead(blake3::derive_key(
-                "cairn 2026 metadata aead key v1",
-                &master.0,
-            ))?,
+            chunk_id,
+            chunker_seed,
+            data: aead(data)?,
+            meta: aead(meta)?,
         })
     }
 
@@ -140,7 +154,7 @@ impl Keys {
     }
 }
 
-fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 43] {
+pub(crate) fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 43] {
     let mut aad = [0u8; 43];
     aad[..10].copy_from_slice(b"cairn:blob");
     aad[10] = kind.as_u8();

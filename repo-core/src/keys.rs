@@ -18,7 +18,7 @@ use crate::crypto::{self, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
 
-const SLOT_AAD: &[u8] = b"cairn:keyslot";
+pub(crate) const SLOT_AAD: &[u8] = b"cairn:keyslot";
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,50 @@ impl Default for KdfParams {
     }
 }
 
+/// The most memory an Argon2id slot may ask of a reader (2 GiB). A slot asking more is
+/// skipped unread: slots are plain JSON that anyone with storage access can plant.
+pub const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
+/// The most passes a slot may ask for.
+pub const MAX_ITERATIONS: u32 = 64;
+/// The most lanes a slot may ask for.
+pub const MAX_PARALLELISM: u32 = 64;
+/// The most work (memory in KiB times passes) a slot may ask for: 2 GiB with 8 passes, or
+/// 256 MiB with 64. The default (64 MiB, 3 passes) asks for 1.2% of it.
+pub const MAX_WORK: u64 = 16 * 1024 * 1024;
+
 impl KdfParams {
+    /// Checks the parameters against the bounds every reader applies ([`MAX_MEMORY_KIB`],
+    /// [`MAX_ITERATIONS`], [`MAX_PARALLELISM`], [`MAX_WORK`] and Argon2's own minimums).
+    /// New slots are held to the same bounds, so a reader never refuses a slot a writer made.
+    pub fn check(&self) -> Result<()> {
+        let KdfParams {
+            memory_kib: m,
+            iterations: t,
+            parallelism: p,
+        } = *self;
+        let why = if m > MAX_MEMORY_KIB {
+            format!("memory of {m} KiB is above the {MAX_MEMORY_KIB} KiB (2 GiB) a reader accepts")
+        } else if !(1..=MAX_ITERATIONS).contains(&t) {
+            format!("{t} iterations is outside 1..={MAX_ITERATIONS}")
+        } else if !(1..=MAX_PARALLELISM).contains(&p) {
+            format!("parallelism {p} is outside 1..={MAX_PARALLELISM}")
+        } else if u64::from(m) < 8 * u64::from(p) {
+            format!("memory of {m} KiB is below Argon2's 8 KiB per lane ({p} lanes)")
+        } else if self.work() > MAX_WORK {
+            format!(
+                "memory of {m} KiB times {t} iterations is above the {MAX_WORK} a reader accepts"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::invalid(format!("Argon2id parameters: {why}")))
+    }
+
+    /// Memory in KiB times passes: what unlocking with these parameters costs.
+    pub fn work(&self) -> u64 {
+        u64::from(self.memory_kib) * u64::from(self.iterations)
+    }
+
     /// Parses `MEMORY_KIB,ITERATIONS,PARALLELISM`.
     pub fn parse(s: &str) -> Result<Self> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
@@ -54,18 +97,23 @@ impl KdfParams {
             })
         };
         match parts.as_slice() {
-            [m, t, p] => Ok(KdfParams {
-                memory_kib: num(m)?,
-                iterations: num(t)?,
-                parallelism: num(p)?,
-            }),
+            [m, t, p] => {
+                let params = KdfParams {
+                    memory_kib: num(m)?,
+                    iterations: num(t)?,
+                    parallelism: num(p)?,
+                };
+                params.check()?;
+                Ok(params)
+            }
             _ => Err(Error::invalid(format!(
                 "KDF parameters {s:?}: expected MEMORY_KIB,ITERATIONS,PARALLELISM"
             ))),
         }
     }
 
-    fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+    pub(crate) fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+        self.check()?;
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| Error::invalid(format!("Argon2id parameters: {e}")))?;
@@ -103,6 +151,7 @@ impl KeySlot {
         hostname: &str,
         username: &str,
     ) -> Result<(KeySlot, Vec<u8>)> {
+        params.check()?;
         let mut salt = [0u8; 32];
         crypto::fill_random(&mut salt)?;
         let kek = params.derive(password, &salt)?;
@@ -139,12 +188,33 @@ impl KeySlot {
         Ok(slot)
     }
 
-    /// The master key, if `password` is this slot's password.
-    pub fn unwrap_key(&self, password: &[u8]) -> Result<MasterKey> {
+    /// The salt and the sealed key, checked before any Argon2id work: hex, a salt of 8 to
+    /// 64 bytes, a sealed 32-byte key, and parameters within the reader's bounds.
+    pub fn prepare(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         let salt =
             hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
         let wrapped =
             hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot key is not hex"))?;
+        if !(8..=64).contains(&salt.len()) {
+            return Err(Error::corrupt(format!(
+                "key slot salt of {} bytes (expected 8 to 64)",
+                salt.len()
+            )));
+        }
+        if wrapped.len() != crypto::OVERHEAD + 32 {
+            return Err(Error::corrupt(format!(
+                "key slot holds a sealed key of {} bytes (expected {})",
+                wrapped.len(),
+                crypto::OVERHEAD + 32
+            )));
+        }
+        self.params.check()?;
+        Ok((salt, wrapped))
+    }
+
+    /// The master key, if `password` is this slot's password.
+    pub fn unwrap_key(&self, password: &[u8]) -> Result<MasterKey> {
+        let (salt, wrapped) = self.prepare()?;
         let kek = self.params.derive(password, &salt)?;
         let key = crypto::open_with(kek, SLOT_AAD, &wrapped)
             .map_err(|_| Error::new(ErrorKind::WrongPassword, "wrong password"))?;
@@ -153,6 +223,129 @@ impl KeySlot {
             .try_into()
             .map_err(|_| Error::corrupt("key slot holds a key of the wrong length"))?;
         Ok(MasterKey(arr))
+    }
+}
+
+/// A slot that was not used to unlock, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotTrouble {
+    /// It cannot be read or decoded.
+    Damaged(String),
+    /// Its KDF parameters are outside what a reader accepts; it was not tried.
+    Skipped(String),
+    /// It opens with the password, but its key is not this tenant's.
+    Foreign,
+}
+
+/// The outcome of [`unlock_with_password`].
+#[derive(Debug)]
+pub struct Unlocked {
+    pub master: MasterKey,
+    /// The slot that opened.
+    pub slot: String,
+    /// Slots that were passed over on the way, by name.
+    pub troubles: Vec<(String, SlotTrouble)>,
+}
+
+/// Finds the slot that `password` opens among `slots` (name and stored bytes).
+///
+/// Slots are plain JSON that anyone with storage access can plant, so: a slot whose
+/// parameters are out of bounds ([`KdfParams::check`]) is skipped untried; the rest are tried
+/// cheapest first (by [`KdfParams::work`], then name), so a costly planted slot is only
+/// reached when no genuine one opens; and a key a slot yields is used only when `is_ours`
+/// accepts it (the tenant's config opens with it), so a slot copied in from another tenant
+/// is passed over. Every slot passed over is warned about, naming it and saying why.
+///
+/// Errors: `WrongPassword` only when every slot was tried and none opens with the password;
+/// `Corrupt` naming the slots when some could not be tried (damaged or skipped) or opened
+/// with a key that is not this tenant's, since then the password may well be right.
+pub fn unlock_with_password(
+    location: &str,
+    slots: Vec<(String, Vec<u8>)>,
+    password: &[u8],
+    mut is_ours: impl FnMut(&MasterKey) -> bool,
+) -> Result<Unlocked> {
+    if slots.is_empty() {
+        return Err(Error::corrupt(format!("{location} has no key slots")));
+    }
+    let mut troubles = Vec::new();
+    let mut candidates = Vec::new();
+    for (name, bytes) in slots {
+        let slot = match KeySlot::parse(&name, &bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = without_name(&name, &e);
+                tracing::warn!("key slot {name} is damaged and was not tried: {why}");
+                troubles.push((name, SlotTrouble::Damaged(why)));
+                continue;
+            }
+        };
+        if let Err(e) = slot.params.check() {
+            tracing::warn!("key slot {name} was skipped: {e}");
+            troubles.push((name, SlotTrouble::Skipped(e.to_string())));
+            continue;
+        }
+        candidates.push((slot.params.work(), name, slot));
+    }
+    candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    for (_, name, slot) in candidates {
+        match slot.unwrap_key(password) {
+            Ok(master) if is_ours(&master) => {
+                return Ok(Unlocked {
+                    master,
+                    slot: name,
+                    troubles,
+                })
+            }
+            Ok(_) => {
+                tracing::warn!("key slot {name} opens with this password but holds the key of another tenant or repository");
+                troubles.push((name, SlotTrouble::Foreign));
+            }
+            Err(e) if e.kind() == ErrorKind::WrongPassword => {}
+            Err(e) => {
+                tracing::warn!("key slot {name} is damaged: {e}");
+                troubles.push((name, SlotTrouble::Damaged(e.to_string())));
+            }
+        }
+    }
+    if troubles.is_empty() {
+        return Err(Error::new(
+            ErrorKind::WrongPassword,
+            format!("wrong password: no key slot of {location} opens with it"),
+        ));
+    }
+    let foreign: Vec<&str> = troubles
+        .iter()
+        .filter(|(_, t)| *t == SlotTrouble::Foreign)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !foreign.is_empty() {
+        return Err(Error::corrupt(format!(
+            "key slot {} of {location} opens with this password, but its key does not open this tenant's config: the slot belongs to another tenant or repository (copied in?), or the config is damaged; remove such a slot with `cairn key remove`",
+            foreign.join(", ")
+        )));
+    }
+    let list: Vec<String> = troubles
+        .iter()
+        .map(|(n, t)| match t {
+            SlotTrouble::Damaged(why) => format!("{n} is damaged ({why})"),
+            SlotTrouble::Skipped(why) => format!("{n} was skipped ({why})"),
+            SlotTrouble::Foreign => format!("{n} belongs to another tenant"),
+        })
+        .collect();
+    Err(Error::corrupt(format!(
+        "no key slot of {location} opens with this password, and some could not be tried: {}. The password is wrong, or its slot is one of these; unlock with a key file or another password and remove such slots with `cairn key remove`",
+        list.join("; ")
+    )))
+}
+
+/// An error's text without the leading "key slot NAME: " that [`KeySlot::parse`] gives it,
+/// so that a message naming the slot does not name it twice.
+fn without_name(name: &str, e: &Error) -> String {
+    let text = e.to_string();
+    match text.strip_prefix(&format!("key slot {name}: ")) {
+        Some(rest) => rest.to_string(),
+        None => text,
     }
 }
 

@@ -11,6 +11,8 @@ pub mod content;
 pub mod crypto;
 pub mod error;
 pub mod format;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod id;
 pub mod index_sort;
 pub mod keys;

@@ -27,7 +27,7 @@ use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
 use crate::format::index::{Condemned, IndexFile, IndexPack};
-use crate::format::pack::{parse_header, HeaderRead, PackBuilder};
+use crate::format::pack::{entry_bytes, parse_header, HeaderRead, PackBuilder};
 use crate::id::{BlobKind, Id};
 use crate::lease::{self, Lease, LeaseGuard};
 use crate::mark::{mark, overlay_of, IdSet, Locator};
@@ -539,7 +539,7 @@ fn repack(
                     continue;
                 }
             }
-            let sealed = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+            let sealed = entry_bytes(&bytes, &e)?;
             blob::open(repo.keys(), e.kind, &e.id, sealed).map_err(|err| {
                 err.context(format!(
                     "pack {pack}: repacking refused, run `cairn check --read-data`"

@@ -176,47 +176,36 @@ pub fn exists(location: &Location) -> Result<bool> {
     rt.block_on(root.has_marker())
 }
 
-fn credential_key(store: &Store, creds: &Credentials) -> Result<(MasterKey, Option<String>)> {
+/// The master key of `creds`. A password is tried against the key slots (see
+/// [`crate::keys::unlock_with_password`]); `is_ours` says whether a key is this tenant's.
+fn credential_key(
+    store: &Store,
+    creds: &Credentials,
+    is_ours: impl FnMut(&MasterKey) -> bool,
+) -> Result<(MasterKey, Option<String>)> {
     match creds {
         Credentials::Key(k) => Ok((k.clone(), None)),
         Credentials::Password(pw) => {
-            let slots = store.list(FileType::Key)?;
-            if slots.is_empty() {
-                return Err(Error::corrupt(format!(
-                    "{} has no key slots",
-                    store.location()
-                )));
-            }
-            let mut last_err = None;
-            for info in slots {
-                let bytes = store.read(FileType::Key, &info.name)?;
-                let slot = match KeySlot::parse(&info.name, &bytes) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("skipping key slot: {e}");
-                        last_err = Some(e);
-                        continue;
-                    }
-                };
-                match slot.unwrap_key(pw) {
-                    Ok(k) => return Ok((k, Some(info.name))),
-                    Err(e) if e.kind() == ErrorKind::WrongPassword => continue,
-                    Err(e) => last_err = Some(e),
+            let mut slots = Vec::new();
+            for info in store.list(FileType::Key)? {
+                match store.read(FileType::Key, &info.name) {
+                    Ok(bytes) => slots.push((info.name, bytes.to_vec())),
+                    // Removed since it was listed (a concurrent `key remove`).
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
                 }
             }
-            Err(last_err
-                .filter(|e| e.kind() != ErrorKind::Corrupt)
-                .unwrap_or_else(|| {
-                    Error::new(
-                        ErrorKind::WrongPassword,
-                        format!(
-                            "wrong password: no key slot of {} opens with it",
-                            store.location()
-                        ),
-                    )
-                }))
+            let u = crate::keys::unlock_with_password(&store.location(), slots, pw, is_ours)?;
+            Ok((u.master, Some(u.slot)))
         }
     }
+}
+
+/// Whether `master` is the key that sealed this tenant's config.
+fn opens_config(master: &MasterKey, sealed_config: &[u8]) -> bool {
+    Keys::derive(master)
+        .and_then(|k| open_meta::<Config>(&k, format::config::AAD, sealed_config, "config"))
+        .is_ok()
 }
 
 impl Repository {
@@ -338,7 +327,7 @@ impl Repository {
         open: &OpenOptions,
     ) -> Result<Repository> {
         let sealed = store.read(FileType::Config, "config")?;
-        let (master, _) = credential_key(&store, creds)?;
+        let (master, _) = credential_key(&store, creds, |k| opens_config(k, &sealed))?;
         let keys = Keys::derive(&master)?;
         let config: Config = match open_meta(&keys, format::config::AAD, &sealed, "config") {
             Ok(c) => c,
@@ -470,7 +459,11 @@ impl Repository {
 
     /// The master key, re-derived from credentials (to wrap it again under a new password).
     pub fn master_key(&self, creds: &Credentials) -> Result<(MasterKey, Option<String>)> {
-        credential_key(&self.store, creds)
+        let probe = self.keys.blob_id(b"cairn: is this the tenant's key?");
+        credential_key(&self.store, creds, |k| {
+            Keys::derive(k)
+                .is_ok_and(|keys| keys.blob_id(b"cairn: is this the tenant's key?") == probe)
+        })
     }
 
     // ---- index ----
@@ -813,6 +806,14 @@ impl Repository {
                 loc.kind
             )));
         }
+        // What the index claims is checked before anything is read or allocated for it.
+        let max = self.max_blob(kind);
+        if u64::from(loc.raw_length) > max || u64::from(loc.length) > format::max_sealed(max) {
+            return Err(Error::corrupt(format!(
+                "blob {id} in pack {} claims {} bytes ({} stored), more than a {kind:?} blob of this repository may hold ({max})",
+                loc.pack, loc.raw_length, loc.length
+            )));
+        }
         let sealed = self
             .store
             .read_range(
@@ -823,8 +824,17 @@ impl Repository {
             )
             .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
         let mut sealed = writable(sealed);
-        blob::open_in_place(&self.keys, kind, id, &mut sealed)
+        blob::open_in_place_bounded(&self.keys, kind, id, &mut sealed, max)
             .map_err(|e| e.context(format!("pack {}", loc.pack)))
+    }
+
+    /// The most plaintext a blob of `kind` may hold in this repository: the chunker's
+    /// maximum for data, [`format::MAX_TREE_BLOB`] for trees.
+    pub fn max_blob(&self, kind: BlobKind) -> u64 {
+        match kind {
+            BlobKind::Data => u64::from(self.config.chunker.max).min(format::MAX_DATA_BLOB),
+            BlobKind::Tree => format::MAX_TREE_BLOB,
+        }
     }
 
     /// A pack's size and header entries, read from its tail.

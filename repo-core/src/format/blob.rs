@@ -4,7 +4,7 @@
 
 use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
-use crate::format::{compress_into, decompress};
+use crate::format::{compress_into, decompress_bounded, max_plaintext};
 use crate::id::{BlobKind, Id};
 
 /// A blob ready to be appended to a pack.
@@ -25,6 +25,13 @@ pub fn seal(
 ) -> Result<SealedBlob> {
     let raw_length =
         u32::try_from(plaintext.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
+    // Readers refuse larger blobs, so none is ever written.
+    if u64::from(raw_length) > max_plaintext(kind) {
+        return Err(Error::invalid(format!(
+            "a {kind:?} blob of {raw_length} bytes is more than the {} a blob may hold",
+            max_plaintext(kind)
+        )));
+    }
     // Compressed straight after room for the nonce and sealed where it lies: one buffer,
     // no copies of the payload.
     let mut bytes =
@@ -41,23 +48,47 @@ pub fn seal(
 }
 
 /// Opens a blob and checks that its plaintext hashes to its id, so a blob filed under the
-/// wrong id (or by another tenant's key) is caught, not returned.
+/// wrong id (or by another tenant's key) is caught, not returned. The plaintext may be at most
+/// [`max_plaintext`] of its kind.
 pub fn open(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
+    open_bounded(keys, kind, id, sealed, max_plaintext(kind))
+}
+
+/// Like [`open`], refusing a plaintext of more than `max` bytes (a repository's chunker
+/// bound for data blobs) before allocating for it.
+pub fn open_bounded(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &Id,
+    sealed: &[u8],
+    max: u64,
+) -> Result<Vec<u8>> {
     let payload = keys.open_blob(kind, id, sealed)?;
-    plaintext(keys, id, &payload)
+    plaintext(keys, id, &payload, max)
 }
 
 /// Like [`open`], decrypting inside `sealed` (the buffer is left holding the compressed
 /// payload); the restorer's packs are read into buffers of its own, so this spares a copy
 /// and an allocation per blob.
 pub fn open_in_place(keys: &Keys, kind: BlobKind, id: &Id, sealed: &mut [u8]) -> Result<Vec<u8>> {
+    open_in_place_bounded(keys, kind, id, sealed, max_plaintext(kind))
+}
+
+/// Like [`open_in_place`] with the bound of [`open_bounded`].
+pub fn open_in_place_bounded(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &Id,
+    sealed: &mut [u8],
+    max: u64,
+) -> Result<Vec<u8>> {
     let payload = keys.open_blob_in_place(kind, id, sealed)?;
-    plaintext(keys, id, payload)
+    plaintext(keys, id, payload, max)
 }
 
 /// Decompresses an opened payload and checks the plaintext against the blob's id.
-fn plaintext(keys: &Keys, id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
-    let plain = decompress(payload, &format!("blob {id}"))?;
+fn plaintext(keys: &Keys, id: &Id, payload: &[u8], max: u64) -> Result<Vec<u8>> {
+    let plain = decompress_bounded(payload, max, &format!("blob {id}"))?;
     if keys.blob_id(&plain) != *id {
         return Err(Error::corrupt(format!(
             "blob {id}: content does not match its id"

@@ -12,14 +12,42 @@ pub mod pack;
 pub mod snapshot;
 pub mod tree;
 
+#[cfg(test)]
+mod kat;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
+use crate::id::BlobKind;
 
-/// Upper bound on a decompressed payload; protects against a forged frame size.
+/// Upper bound on the decompressed payload of a metadata object (config, index file,
+/// snapshot, pack header, lease); protects against a forged frame size.
 pub const MAX_PAYLOAD: u64 = 1 << 30;
+
+/// Upper bound on a data blob's plaintext in any repository: the largest chunk FastCDC can
+/// be configured to cut. A repository's own bound is its chunker's `max`.
+pub const MAX_DATA_BLOB: u64 = 16 << 20;
+
+/// Upper bound on a tree blob's plaintext (a directory listing or a content list). Writers
+/// refuse to store a larger tree; readers refuse to allocate for one.
+pub const MAX_TREE_BLOB: u64 = 256 << 20;
+
+/// The most plaintext a blob of `kind` may hold in any repository.
+pub fn max_plaintext(kind: BlobKind) -> u64 {
+    match kind {
+        BlobKind::Data => MAX_DATA_BLOB,
+        BlobKind::Tree => MAX_TREE_BLOB,
+    }
+}
+
+/// The most bytes a sealed blob of at most `raw` plaintext bytes occupies: a writer stores
+/// the raw form when zstd would not make it smaller, so the payload is at most the format
+/// byte plus the plaintext.
+pub fn max_sealed(raw: u64) -> u64 {
+    raw.saturating_add(1 + crate::crypto::OVERHEAD as u64)
+}
 
 pub fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -93,13 +121,33 @@ pub fn compress(plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Reverses [`compress`].
+/// Reverses [`compress`], refusing payloads of more than [`MAX_PAYLOAD`] bytes.
 pub fn decompress(payload: &[u8], what: &str) -> Result<Vec<u8>> {
+    decompress_bounded(payload, MAX_PAYLOAD, what)
+}
+
+/// Reverses [`compress`], refusing a payload whose plaintext would exceed `max` bytes before
+/// allocating anything for it (the zstd frame's content size is read from its header).
+pub fn decompress_bounded(payload: &[u8], max: u64, what: &str) -> Result<Vec<u8>> {
     match payload.split_first() {
-        Some((0, rest)) => Ok(rest.to_vec()),
+        Some((0, rest)) => {
+            if rest.len() as u64 > max {
+                return Err(Error::corrupt(format!(
+                    "{what}: {} bytes, more than the {max} allowed",
+                    rest.len()
+                )));
+            }
+            Ok(rest.to_vec())
+        }
         Some((1, rest)) => {
             let size = match zstd::zstd_safe::get_frame_content_size(rest) {
-                Ok(Some(size)) if size <= MAX_PAYLOAD => size as usize,
+                Ok(Some(size)) if size <= max => usize::try_from(size)
+                    .map_err(|_| Error::corrupt(format!("{what}: bad zstd frame header")))?,
+                Ok(Some(size)) => {
+                    return Err(Error::corrupt(format!(
+                        "{what}: zstd frame claims {size} bytes, more than the {max} allowed"
+                    )))
+                }
                 _ => return Err(Error::corrupt(format!("{what}: bad zstd frame header"))),
             };
             let out = DECOMPRESSOR
@@ -159,5 +207,21 @@ mod tests {
         assert_eq!(decompress(&c, "x").unwrap(), random);
         assert!(decompress(&[1, 2, 3], "x").is_err());
         assert!(decompress(&[], "x").is_err());
+    }
+
+    /// A payload is refused before anything is allocated for it when its zstd frame (or its
+    /// stored form) holds more than the reader's bound.
+    #[test]
+    fn decompress_refuses_payloads_over_their_bound() {
+        let zeros = vec![0u8; 100_000];
+        let c = compress(&zeros, 3).unwrap();
+        assert_eq!(c[0], 1);
+        assert!(c.len() < 1000);
+        let e = decompress_bounded(&c, 99_999, "x").unwrap_err();
+        assert!(e.to_string().contains("claims 100000 bytes"), "{e}");
+        assert_eq!(decompress_bounded(&c, 100_000, "x").unwrap(), zeros);
+        let raw = compress(&zeros, 0).unwrap();
+        assert!(decompress_bounded(&raw, 99_999, "x").is_err());
+        assert_eq!(decompress_bounded(&raw, 100_000, "x").unwrap(), zeros);
     }
 }
