@@ -200,11 +200,14 @@ fn write_small_group(
                                 .ok_or_else(|| {
                                     Error::corrupt(format!("pack {}: short read", loc.pack))
                                 })?;
-                        let plain = crate::format::blob::open_in_place(
+                        // Bounded by the repository's chunker maximum: what a blob may
+                        // claim never exceeds what this repository can have written.
+                        let plain = crate::format::blob::open_in_place_bounded(
                             repo.keys(),
                             BlobKind::Data,
                             id,
                             sealed,
+                            repo.max_blob(BlobKind::Data),
                         )
                         .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
                         Ok((*id, plain))
