@@ -197,7 +197,7 @@ fn passwords_can_be_added_listed_changed_and_removed() {
         .args(["key", "remove", &current[..10]])
         .assert()
         .code(1)
-        .stderr(contains("last key slot"));
+        .stderr(contains("last usable key slot"));
     with_pw3().arg("snapshots").assert().success();
 }
 

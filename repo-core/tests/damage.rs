@@ -385,3 +385,27 @@ fn concurrent_key_removals_never_leave_a_tenant_without_a_slot() {
         assert!(!left.is_empty(), "round {round}: no key slot left");
     }
 }
+
+/// A damaged key slot does not stop listing the others or its own removal, and never counts
+/// as the slot that keeps a tenant open.
+#[test]
+fn a_damaged_key_slot_can_be_removed_and_never_counts_as_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open(dir.path(), &key, "cache-main");
+    let cheap = KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let good = repo.add_key(&key, b"good", cheap).unwrap();
+    let bad = repo.add_key(&key, b"bad", cheap).unwrap();
+    flip_byte(&dir.path().join("repo/default/keys").join(&bad), 10);
+    let listed = repo.key_slots().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, good);
+    let e = repo.remove_key(&good).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(repo.remove_key(&bad).unwrap(), bad);
+    assert_eq!(repo.key_slots().unwrap().len(), 1);
+}
