@@ -133,9 +133,23 @@ pub fn check(
 ) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     for info in repo.store().list(FileType::Key)? {
-        let bytes = repo.store().read(FileType::Key, &info.name)?;
-        if let Err(e) = KeySlot::parse(&info.name, &bytes) {
-            r.problem(format!("key {}", info.name), e.to_string());
+        let bytes = match repo.store().read(FileType::Key, &info.name) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let fix = format!(
+            "remove it with `cairn key remove {}`",
+            &info.name[..12.min(info.name.len())]
+        );
+        match KeySlot::parse(&info.name, &bytes) {
+            Err(e) => r.problem(format!("key {}", info.name), format!("{e} ({fix})")),
+            // A slot no reader would try (planted, or made by something else).
+            Ok(slot) => {
+                if let Err(e) = slot.params.check() {
+                    r.problem(format!("key {}", info.name), format!("{e} ({fix})"));
+                }
+            }
         }
     }
 

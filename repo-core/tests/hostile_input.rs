@@ -127,7 +127,18 @@ fn a_planted_slot_with_absurd_kdf_cost_is_skipped_and_named() {
         SlotTrouble::Skipped(why) => assert!(why.contains("memory"), "{why}"),
         other => panic!("{other:?}"),
     }
-    open(dir.path(), "default", "pw").unwrap();
+    let opened = open(dir.path(), "default", "pw").unwrap();
+    // Check names it with the command that removes it.
+    let report =
+        cairn_repo::check::check(&opened, None, &cairn_repo::check::NoCheckProgress).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object.contains(&planted) && p.problem.contains("cairn key remove")),
+        "{:?}",
+        report.problems
+    );
     let e = open(dir.path(), "default", "not the password").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(
