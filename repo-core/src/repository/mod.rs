@@ -1,0 +1,435 @@
+//! An open tenant namespace and how it is opened or created (locations, credentials, the
+//! cache it attaches). The operations every command shares live beside it, one job a file:
+//! `key_slots` (passwords of the tenant), `index` (index files and the cache kept in step
+//! with them), `blobs` (finding and reading blobs, pack headers and trees) and `snapshots`
+//! (listing, verifying, resolving and committing snapshots).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use crate::backend::{new_runtime, FileType, RootLocation, Store};
+use crate::cache::{index_locations, BlobLocation, BlobTable, Cache};
+use crate::crypto::{Keys, MasterKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::config::{ChunkerConfig, Config, FORMAT_VERSION};
+use crate::format::index::IndexFile;
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{ContentList, Node, Tree};
+use crate::format::{self, blob, from_cbor, open_meta, seal_meta};
+use crate::id::{BlobKind, Id};
+use crate::index_sort::EntrySorter;
+use crate::keys::{KdfParams, KeySlot};
+use crate::{layout, sys};
+
+mod blobs;
+mod index;
+mod key_slots;
+mod snapshots;
+
+pub use index::IndexFileWriter;
+pub use snapshots::{SnapshotList, SnapshotRead};
+
+/// Index files decoded at once while syncing: enough to keep the cores busy, few enough that
+/// memory stays bounded (an index file holds up to 50,000 entries).
+const INDEX_READ_BATCH: usize = 4;
+
+/// Where a repository is. Only local folders for now; the same string grows `s3:` and
+/// `rest:` forms later.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Local(PathBuf),
+    /// An in-memory repository, for tests and benchmarks (`memory:`).
+    Memory,
+}
+
+impl Location {
+    pub fn parse(s: &str) -> Result<Location> {
+        if s == "memory:" {
+            return Ok(Location::Memory);
+        }
+        let path = s.strip_prefix("file:").unwrap_or(s);
+        if path.is_empty() {
+            return Err(Error::invalid("empty repository location"));
+        }
+        if let Some((scheme, _)) = path.split_once("://") {
+            return Err(Error::invalid(format!(
+                "repository scheme {scheme:?} is not supported (use a local path)"
+            )));
+        }
+        Ok(Location::Local(PathBuf::from(path)))
+    }
+
+    fn root(&self) -> Result<RootLocation> {
+        match self {
+            Location::Local(p) => RootLocation::local(p),
+            Location::Memory => RootLocation::memory(),
+        }
+    }
+}
+
+/// How to unlock a tenant.
+#[derive(Clone)]
+pub enum Credentials {
+    Password(Vec<u8>),
+    Key(MasterKey),
+}
+
+/// Local settings that are not part of the repository.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Folder for caches; `None` uses a temporary cache (as `--no-cache` does).
+    pub cache_dir: Option<PathBuf>,
+    /// Time to live of this process's leases; `None` uses [`crate::lease::DEFAULT_TTL`].
+    pub lease_ttl: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: ChunkerConfig,
+    pub pack_size: u64,
+    pub compression: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::default(),
+            chunker: ChunkerConfig::default(),
+            pack_size: 16 << 20,
+            compression: 1,
+        }
+    }
+}
+
+/// An open tenant namespace: keys unlocked, config read, cache attached.
+#[derive(Debug)]
+pub struct Repository {
+    root_description: String,
+    tenant: String,
+    store: Store,
+    keys: Keys,
+    config: Config,
+    cache: Arc<Cache>,
+    lease_ttl: std::time::Duration,
+    /// Index files that could not be read at the last sync, with why.
+    damaged_index: Mutex<Vec<(Id, String)>>,
+    /// Whether the cached index was reloaded from the repository after a miss (done at most
+    /// once per process: a blob missing after that is missing from the repository).
+    reloaded_after_miss: AtomicBool,
+}
+
+/// Opens the root of an existing repository location. A local folder that does not exist is
+/// reported, never created.
+fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::Runtime>)> {
+    if let Location::Local(p) = location {
+        if !p.exists() {
+            return Err(Error::new(
+                ErrorKind::NotARepository,
+                format!("there is no repository at {} (the folder does not exist; create one with `cairn init`)", p.display()),
+            ));
+        }
+    }
+    let rt = new_runtime()?;
+    let root = rt.block_on(async { location.root() })?;
+    Ok((root, rt))
+}
+
+fn require_repository(root: &RootLocation, rt: &tokio::runtime::Runtime) -> Result<()> {
+    if !rt.block_on(root.has_marker())? {
+        return Err(Error::new(
+            ErrorKind::NotARepository,
+            format!(
+                "{} is not a Cairn repository (create one with `cairn init`)",
+                root.description()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Lists the tenants of a repository (no keys needed).
+pub fn list_tenants(location: &Location) -> Result<Vec<String>> {
+    let (root, rt) = open_root(location)?;
+    require_repository(&root, &rt)?;
+    rt.block_on(root.tenants())
+}
+
+/// Whether a repository exists at `location`.
+pub fn exists(location: &Location) -> Result<bool> {
+    if let Location::Local(p) = location {
+        if !p.exists() {
+            return Ok(false);
+        }
+    }
+    let (root, rt) = open_root(location)?;
+    rt.block_on(root.has_marker())
+}
+
+/// The master key of `creds`. A password is tried against the key slots (see
+/// [`crate::keys::unlock_with_password`]); `is_ours` says whether a key is this tenant's.
+fn credential_key(
+    store: &Store,
+    creds: &Credentials,
+    is_ours: impl FnMut(&MasterKey) -> bool,
+) -> Result<(MasterKey, Option<String>)> {
+    match creds {
+        Credentials::Key(k) => Ok((k.clone(), None)),
+        Credentials::Password(pw) => {
+            let mut slots = Vec::new();
+            for info in store.list(FileType::Key)? {
+                match store.read(FileType::Key, &info.name) {
+                    Ok(bytes) => slots.push((info.name, bytes.to_vec())),
+                    // Removed since it was listed (a concurrent `key remove`).
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let u = crate::keys::unlock_with_password(&store.location(), slots, pw, is_ours)?;
+            Ok((u.master, Some(u.slot)))
+        }
+    }
+}
+
+/// Whether `master` is the key that sealed this tenant's config.
+fn opens_config(master: &MasterKey, sealed_config: &[u8]) -> bool {
+    Keys::derive(master)
+        .and_then(|k| open_meta::<Config>(&k, format::config::AAD, sealed_config, "config"))
+        .is_ok()
+}
+
+impl Repository {
+    /// Creates the repository root if needed and a new tenant in it, with one key slot (for a
+    /// password) or none (for a key the caller keeps in a key file).
+    pub fn init(
+        location: &Location,
+        tenant: &str,
+        creds: &Credentials,
+        opts: &InitOptions,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        layout::validate_tenant(tenant)?;
+        cairn_chunker::Params {
+            min: opts.chunker.min as usize,
+            avg: opts.chunker.avg as usize,
+            max: opts.chunker.max as usize,
+        }
+        .validate()
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        if let Location::Local(p) = location {
+            std::fs::create_dir_all(p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+        }
+        let (root, rt) = open_root(location)?;
+        if !rt.block_on(root.has_marker())? {
+            let marker = serde_json::json!({ "format": "cairn", "version": FORMAT_VERSION });
+            rt.block_on(root.write_marker(Bytes::from(marker.to_string())))?;
+        }
+        let backend = Arc::new(root.tenant(tenant)?);
+        let store = Store::new(backend, rt);
+        if !store.list(FileType::Config)?.is_empty() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("tenant {tenant:?} already exists in {}", root.description()),
+            ));
+        }
+        let master = match creds {
+            Credentials::Key(k) => k.clone(),
+            Credentials::Password(_) => MasterKey::generate()?,
+        };
+        let keys = Keys::derive(&master)?;
+        if let Credentials::Password(pw) = creds {
+            let (_, bytes) =
+                KeySlot::create(&master, pw, opts.kdf, &sys::hostname(), &sys::username())?;
+            store.put(
+                FileType::Key,
+                &Id::of_bytes(&bytes).to_hex(),
+                Bytes::from(bytes),
+            )?;
+        }
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random()?,
+            tenant: tenant.to_string(),
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+            compression: opts.compression,
+            created: jiff::Timestamp::now().to_string(),
+        };
+        // The config goes last: a tenant without one does not exist, so an interrupted init
+        // can simply be run again.
+        store.create(
+            FileType::Config,
+            "config",
+            Bytes::from(seal_meta(&keys, format::config::AAD, &config)?),
+        )?;
+        let cache = Arc::new(open_cache(open, &config)?);
+        Ok(Repository {
+            root_description: root.description().to_string(),
+            tenant: tenant.to_string(),
+            store,
+            keys,
+            config,
+            cache,
+            lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
+            damaged_index: Mutex::new(Vec::new()),
+            reloaded_after_miss: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens a tenant with a password or key.
+    pub fn open(
+        location: &Location,
+        tenant: &str,
+        creds: &Credentials,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        layout::validate_tenant(tenant)?;
+        let (root, rt) = open_root(location)?;
+        require_repository(&root, &rt)?;
+        let store = Store::new(Arc::new(root.tenant(tenant)?), rt);
+        match store.stat(FileType::Config, "config") {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let tenants = store.runtime().block_on(root.tenants()).unwrap_or_default();
+                let list = if tenants.is_empty() {
+                    "none".to_string()
+                } else {
+                    tenants.join(", ")
+                };
+                return Err(Error::not_found(format!(
+                    "{} has no tenant {tenant:?} (tenants: {list})",
+                    root.description()
+                )));
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        Repository::open_store(store, root.description().to_string(), tenant, creds, open)
+    }
+
+    /// Opens a tenant namespace on any store: the same checks as [`Repository::open`] minus
+    /// the repository marker (used for remote backends and fault injection).
+    pub fn open_store(
+        store: Store,
+        root_description: String,
+        tenant: &str,
+        creds: &Credentials,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        let sealed = store.read(FileType::Config, "config")?;
+        let (master, _) = credential_key(&store, creds, |k| opens_config(k, &sealed))?;
+        let keys = Keys::derive(&master)?;
+        let config: Config = match open_meta(&keys, format::config::AAD, &sealed, "config") {
+            Ok(c) => c,
+            Err(e) if matches!(creds, Credentials::Key(_)) && e.kind() == ErrorKind::Corrupt => {
+                return Err(Error::new(
+                    ErrorKind::WrongPassword,
+                    format!("the key does not belong to tenant {tenant:?} of {root_description}"),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if config.version != FORMAT_VERSION {
+            return Err(Error::corrupt(format!("repository format version {} is not supported (this program reads {FORMAT_VERSION})", config.version)));
+        }
+        let cache = Arc::new(open_cache(open, &config)?);
+        Ok(Repository {
+            root_description,
+            tenant: tenant.to_string(),
+            store,
+            keys,
+            config,
+            cache,
+            lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
+            damaged_index: Mutex::new(Vec::new()),
+            reloaded_after_miss: AtomicBool::new(false),
+        })
+    }
+
+    pub fn description(&self) -> String {
+        self.store.location()
+    }
+    pub fn root_description(&self) -> &str {
+        &self.root_description
+    }
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl
+    }
+
+    pub fn chunker(&self) -> Result<cairn_chunker::Chunker> {
+        cairn_chunker::Chunker::new(self.config.chunker.params(), self.keys.chunker_seed())
+            .map_err(|e| Error::corrupt(format!("config: {e}")))
+    }
+
+    /// Reads a sealed metadata object, checking that its bytes match its name first.
+    fn read_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        ft: FileType,
+        aad: &[u8],
+        id: &Id,
+        what: &str,
+    ) -> Result<T> {
+        let bytes = self.store.read(ft, &id.to_hex())?;
+        if Id::of_bytes(&bytes) != *id {
+            return Err(Error::corrupt(format!(
+                "{what} {id}: contents do not match its name"
+            )));
+        }
+        open_meta(&self.keys, aad, &bytes, &format!("{what} {id}"))
+    }
+}
+
+/// The persistent cache, or a temporary one when there is none or it cannot be used (a
+/// folder or file that cannot be written, a full disk): the cache only saves work.
+fn open_cache(open: &OpenOptions, config: &Config) -> Result<Cache> {
+    let Some(dir) = &open.cache_dir else {
+        return Cache::temporary();
+    };
+    let path = dir.join(format!("{}.redb", config.id.to_hex()));
+    match Cache::open(&path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(
+                "cannot use the cache {} ({e}); using a temporary cache for this command",
+                path.display()
+            );
+            Cache::temporary()
+        }
+    }
+}
+
+/// The default cache folder: `$XDG_CACHE_HOME/cairn` or `~/.cache/cairn`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(Path::new(&x).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("cairn"))
+}
+
+/// The bytes of a read as a buffer that can be decrypted in place: the same memory when
+/// nothing else refers to it (local reads), else a copy.
+pub fn writable(bytes: Bytes) -> bytes::BytesMut {
+    bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]))
+}
