@@ -26,8 +26,14 @@ pub enum ErrorKind {
     Conflict,
     /// A child command (e.g. `pg_dump`) failed.
     Command,
-    /// Local or backend I/O failed; may succeed when retried.
+    /// Local or backend I/O failed in a way that may succeed when retried (a network or
+    /// device error, a timeout, a rate limit).
     Io,
+    /// The storage refused the operation: no permission, a read-only folder or file system,
+    /// or credentials that do not allow it. Retrying does not help.
+    PermissionDenied,
+    /// The storage is full or the quota is used up. Retrying helps only once space is freed.
+    QuotaExceeded,
     /// The local cache is damaged or unusable. It is derived data: the repository is not
     /// affected, and the cache is rebuilt from it.
     Cache,
@@ -93,13 +99,40 @@ impl Error {
 
     /// An I/O error on a local path; the kind follows the OS error.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
-        let kind = match err.kind() {
-            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-            _ => ErrorKind::Io,
-        };
-        Error::with_source(kind, what.to_string(), err)
+        Error::with_source(kind_of_io(err.kind()), what.to_string(), err)
     }
+
+    /// Whether retrying the same operation may succeed (kind [`ErrorKind::Io`]): retry
+    /// layers retry these and nothing else.
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Io
+    }
+}
+
+/// The kind of error an OS error is.
+pub fn kind_of_io(kind: std::io::ErrorKind) -> ErrorKind {
+    use std::io::ErrorKind as Os;
+    match kind {
+        Os::NotFound => ErrorKind::NotFound,
+        Os::AlreadyExists => ErrorKind::AlreadyExists,
+        Os::PermissionDenied | Os::ReadOnlyFilesystem => ErrorKind::PermissionDenied,
+        Os::StorageFull | Os::QuotaExceeded | Os::FileTooLarge => ErrorKind::QuotaExceeded,
+        _ => ErrorKind::Io,
+    }
+}
+
+/// The OS error kind found first in an error's chain of sources, if any.
+pub fn io_kind_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Chains are short; the bound keeps a cyclic one from looping.
+    for _ in 0..16 {
+        let err = current?;
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = err.source();
+    }
+    None
 }
 
 impl fmt::Display for Error {

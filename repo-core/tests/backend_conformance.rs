@@ -38,3 +38,53 @@ async fn tenants_are_separate_namespaces() {
     assert!(b.list(FileType::Config).await.unwrap().is_empty());
     assert_eq!(root.tenants().await.unwrap(), vec!["a".to_string()]);
 }
+
+/// A full file system is reported as `QuotaExceeded` and a missing permission as
+/// `PermissionDenied`, so that retry layers retry only what is transient.
+#[test]
+fn storage_errors_say_whether_a_retry_can_help() {
+    use cairn_repo::ErrorKind;
+    let dir = tempfile::tempdir().unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run as root to mount a small file system"
+        );
+        return;
+    }
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "cairn-test"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let result = std::panic::catch_unwind(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let root = RootLocation::local(&mnt).unwrap();
+        let b = root.tenant("t").unwrap();
+        let data = bytes::Bytes::from(vec![7u8; 4 << 20]);
+        let e = rt
+            .block_on(b.create(FileType::Pack, &"ab".repeat(32), data))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::QuotaExceeded, "{e}");
+        assert!(!e.is_transient());
+    });
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .status();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(
+        cairn_repo::error::kind_of_io(std::io::ErrorKind::PermissionDenied),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        cairn_repo::error::kind_of_io(std::io::ErrorKind::ReadOnlyFilesystem),
+        ErrorKind::PermissionDenied
+    );
+    assert!(cairn_repo::Error::io("x", std::io::Error::other("reset")).is_transient());
+}

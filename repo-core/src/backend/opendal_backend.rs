@@ -9,12 +9,21 @@ use super::{Backend, FileType, ObjectInfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout;
 
+/// What an opendal error means to callers: not found, taken, refused, full, or transient.
+/// opendal reports a full disk as "unexpected", so the OS error beneath it decides then.
 fn map_err(what: impl std::fmt::Display, e: opendal::Error) -> Error {
     let kind = match e.kind() {
         OdKind::NotFound => ErrorKind::NotFound,
         OdKind::AlreadyExists | OdKind::ConditionNotMatch => ErrorKind::AlreadyExists,
         OdKind::RangeNotSatisfied => ErrorKind::Corrupt,
-        _ => ErrorKind::Io,
+        OdKind::PermissionDenied => ErrorKind::PermissionDenied,
+        _ => match crate::error::io_kind_in_chain(&e) {
+            Some(os) => match crate::error::kind_of_io(os) {
+                ErrorKind::NotFound | ErrorKind::AlreadyExists => ErrorKind::Io,
+                other => other,
+            },
+            None => ErrorKind::Io,
+        },
     };
     Error::with_source(kind, what.to_string(), e)
 }
