@@ -26,11 +26,6 @@ pub const TAG_LEN: usize = 16;
 /// Bytes a sealed message adds to its plaintext.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
-pub fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf)
-        .map_err(|e| Error::new(ErrorKind::Other, format!("no randomness from the OS: {e}")))
-}
-
 /// A tenant's master key. Never stored unwrapped except in a key file the user asked for.
 #[derive(Clone)]
 pub struct MasterKey(pub(crate) [u8; 32]);
@@ -44,7 +39,7 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     pub fn generate() -> Result<Self> {
         let mut k = [0u8; 32];
-        fill_random(&mut k)?;
+        crate::sys::fill_random(&mut k)?;
         Ok(MasterKey(k))
     }
 
@@ -182,7 +177,7 @@ pub(crate) fn seal_in_place(
         return Err(Error::invalid("seal_in_place: no room for the nonce"));
     }
     let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
+    crate::sys::fill_random(&mut nonce)?;
     buf[..NONCE_LEN].copy_from_slice(&nonce);
     let tag = cipher
         .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())

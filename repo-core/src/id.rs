@@ -23,7 +23,7 @@ impl Id {
 
     pub fn random() -> Result<Id> {
         let mut b = [0u8; 32];
-        crate::crypto::fill_random(&mut b)?;
+        crate::sys::fill_random(&mut b)?;
         Ok(Id(b))
     }
 

@@ -153,7 +153,7 @@ impl KeySlot {
     ) -> Result<(KeySlot, Vec<u8>)> {
         params.check()?;
         let mut salt = [0u8; 32];
-        crypto::fill_random(&mut salt)?;
+        crate::sys::fill_random(&mut salt)?;
         let kek = params.derive(password, &salt)?;
         let wrapped = crypto::seal_with(kek, SLOT_AAD, &master.0)?;
         let slot = KeySlot {
