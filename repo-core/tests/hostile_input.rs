@@ -160,12 +160,14 @@ fn key_slots_are_tried_cheapest_first() {
         .into_owned();
     // A costlier slot for the same password but another key, named before ours (bounded).
     let other = MasterKey::generate().unwrap();
+    // Twice our slot's cost, cheap enough to make thousands: a name that sorts first is then
+    // found unless ours sorts among the first 1/4096 of names (odds about 1 in 4,000).
     let costly = KdfParams {
-        memory_kib: 4096,
-        iterations: 2,
+        memory_kib: 2 * CHEAP.memory_kib,
+        iterations: 1,
         parallelism: 1,
     };
-    let bytes = (0..64)
+    let bytes = (0..4096)
         .map(|_| KeySlot::create(&other, b"pw", costly, "h", "u").unwrap().1)
         .find(|b| Id::of_bytes(b).to_hex() < own)
         .expect("a name that sorts first");
