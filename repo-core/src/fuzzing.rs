@@ -371,18 +371,20 @@ mod tests {
     use super::*;
     use crate::testing::Rng;
 
-    /// A few thousand inputs per target, deterministic: the seeds, random bytes, and the
-    /// seeds with bytes flipped, inserted, removed and truncated. The long runs are
-    /// `scripts/fuzz`; this keeps the targets (and the decoders' promises) exercised in the
-    /// default suite.
-    /// Writes the seed corpus for `scripts/fuzz` into `$CAIRN_FUZZ_SEEDS`.
+    /// Writes the seed corpus for `scripts/fuzz` into `$CAIRN_FUZZ_SEEDS` (`scripts/fuzz`
+    /// runs it as `CAIRN_FUZZ_SEEDS=DIR cargo test -p cairn-repo --lib -- --ignored --exact
+    /// fuzzing::tests::write_fuzz_seeds`).
     #[test]
-    #[ignore = "run by scripts/fuzz"]
+    #[ignore = "writes files for scripts/fuzz, which runs it; needs CAIRN_FUZZ_SEEDS"]
     fn write_fuzz_seeds() {
         let dir = std::env::var_os("CAIRN_FUZZ_SEEDS").unwrap();
         write_seeds(std::path::Path::new(&dir)).unwrap();
     }
 
+    /// A few thousand inputs per target, deterministic: the seeds, random bytes, and the
+    /// seeds with bytes flipped, inserted, removed and truncated. The long runs are
+    /// `scripts/fuzz`; this keeps the targets (and the decoders' promises) exercised in the
+    /// default suite.
     #[test]
     fn fuzz_targets_survive_mutated_inputs() {
         for (name, target) in TARGETS {

@@ -32,6 +32,38 @@ fn backup(repo: &Repository, seed: u64, len: usize) -> (Id, Vec<u8>) {
     (id, data)
 }
 
+/// Rewrites the rows of the cache's blob table through redb itself (so only the rows, not
+/// redb's pages, are damaged): `edit` changes or removes rows; removed ones are deleted.
+fn edit_cached_blobs(
+    cache_file: &std::path::Path,
+    edit: impl FnOnce(&mut Vec<(Vec<u8>, Vec<u8>)>),
+) {
+    use redb::ReadableTable;
+    let db = redb::Database::create(cache_file).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("blobs");
+        let mut t = tx.open_table(table).unwrap();
+        let before: Vec<(Vec<u8>, Vec<u8>)> = t
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect();
+        let mut rows = before.clone();
+        edit(&mut rows);
+        for (k, _) in &before {
+            t.remove(k.as_slice()).unwrap();
+        }
+        for (k, v) in &rows {
+            t.insert(k.as_slice(), v.as_slice()).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
 fn flip_byte(path: &std::path::Path, at: usize) {
     let mut bytes = std::fs::read(path).unwrap();
     let at = at.min(bytes.len() - 1);
@@ -95,22 +127,10 @@ fn a_damaged_cache_is_never_reported_or_repaired_as_repository_damage() {
     let (s1, data) = backup(&repo, 3, 1_000_000);
     let cache_file = repo.cache().path().to_path_buf();
     drop(repo);
-    {
-        let db = redb::Database::create(&cache_file).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("blobs");
-            let mut t = tx.open_table(table).unwrap();
-            let first: Vec<u8> = {
-                use redb::ReadableTable;
-                let mut it = t.iter().unwrap();
-                let (k, _) = it.next().unwrap().unwrap();
-                k.value().to_vec()
-            };
-            t.remove(first.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    // As a flipped key byte would: the row of one blob is gone.
+    edit_cached_blobs(&cache_file, |rows| {
+        rows.remove(0);
+    });
     let repo = open(dir.path(), &key, "cache-main");
     let report = check(&repo, None, &NoCheckProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -192,29 +212,12 @@ fn a_changed_cache_row_is_caught_by_its_checksum() {
     let (s1, data) = backup(&repo, 5, 1_000_000);
     let cache_file = repo.cache().path().to_path_buf();
     drop(repo);
-    {
-        let db = redb::Database::create(&cache_file).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("blobs");
-            let mut t = tx.open_table(table).unwrap();
-            let rows: Vec<(Vec<u8>, Vec<u8>)> = {
-                use redb::ReadableTable;
-                t.iter()
-                    .unwrap()
-                    .map(|r| {
-                        let (k, v) = r.unwrap();
-                        (k.value().to_vec(), v.value().to_vec())
-                    })
-                    .collect()
-            };
-            for (k, mut v) in rows {
-                v[35] ^= 1; // the offset
-                t.insert(k.as_slice(), v.as_slice()).unwrap();
-            }
+    // Every blob's offset changed, with redb's own page checksums kept valid.
+    edit_cached_blobs(&cache_file, |rows| {
+        for (_, v) in rows.iter_mut() {
+            v[35] ^= 1;
         }
-        tx.commit().unwrap();
-    }
+    });
     let repo = open(dir.path(), &key, "cache-main");
     let s = repo.read_snapshot(&s1).unwrap();
     let e = repo.resolve_path(&s.tree, b"/a").unwrap_err();
@@ -249,6 +252,7 @@ fn a_dry_run_prune_works_on_a_read_only_repository() {
         Arc::new(Hooked {
             inner,
             read_only: true,
+            before_mutation: Box::new(|| {}),
             after_list: Box::new(|_, _| {}),
         })
     });

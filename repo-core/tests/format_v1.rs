@@ -243,7 +243,7 @@ fn format_v1_repository_opens_restores_and_checks_clean() {
 /// `CAIRN_WRITE_V1_FIXTURE=1 cargo nextest run -p cairn-repo --run-ignored only -E 'test(write_the_v1_fixture)'`.
 /// Never rerun it for v1: the fixture must stay as written by format 1.
 #[test]
-#[ignore = "writes tests/fixtures/v1; never rerun for v1"]
+#[ignore = "rewrites tests/fixtures/v1 (command above); never rerun for v1"]
 fn write_the_v1_fixture() {
     if std::env::var_os("CAIRN_WRITE_V1_FIXTURE").is_none() {
         panic!("set CAIRN_WRITE_V1_FIXTURE=1 to write the fixture (never for v1 again)");

@@ -19,75 +19,22 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use cairn_repo::archiver::{backup_stream, BackupOptions, NoProgress};
-use cairn_repo::backend::{Backend, FileType, ObjectInfo};
 use cairn_repo::check::{check, NoCheckProgress, Subset};
 use cairn_repo::crypto::MasterKey;
-use cairn_repo::prune::{prune, PruneOptions};
+use cairn_repo::prune::prune;
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::testing::{copy_tree, Rng};
 use cairn_repo::{Id, Repository};
-
-/// Stops its caller just before the `pause_at`-th mutation until released.
-#[derive(Debug)]
-struct Stepper {
-    inner: Arc<dyn Backend>,
-    mutations: AtomicU64,
-    pause_at: u64,
-    reached: mpsc::SyncSender<()>,
-    resume: Mutex<mpsc::Receiver<()>>,
-}
-
-impl Stepper {
-    fn step(&self) {
-        if self.mutations.fetch_add(1, Ordering::SeqCst) + 1 == self.pause_at {
-            let _ = self.reached.send(());
-            if let Ok(r) = self.resume.lock() {
-                let _ = r.recv_timeout(Duration::from_secs(120));
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Backend for Stepper {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn create(&self, ft: FileType, name: &str, data: bytes::Bytes) -> cairn_repo::Result<()> {
-        self.step();
-        self.inner.create(ft, name, data).await
-    }
-    async fn read(&self, ft: FileType, name: &str) -> cairn_repo::Result<bytes::Bytes> {
-        self.inner.read(ft, name).await
-    }
-    async fn read_range(
-        &self,
-        ft: FileType,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> cairn_repo::Result<bytes::Bytes> {
-        self.inner.read_range(ft, name, offset, len).await
-    }
-    async fn stat(&self, ft: FileType, name: &str) -> cairn_repo::Result<u64> {
-        self.inner.stat(ft, name).await
-    }
-    async fn list(&self, ft: FileType) -> cairn_repo::Result<Vec<ObjectInfo>> {
-        self.inner.list(ft).await
-    }
-    async fn remove(&self, ft: FileType, name: &str) -> cairn_repo::Result<()> {
-        self.step();
-        self.inner.remove(ft, name).await
-    }
-}
 
 /// An actor's handle: its repository, how to wait for its pause, and how to release it.
 struct Actor {
     reached: mpsc::Receiver<()>,
     resume: mpsc::Sender<()>,
-    mutations: Arc<Stepper>,
+    mutations: Arc<AtomicU64>,
 }
 
+/// The repository through a backend that stops its caller just before the `pause_at`-th
+/// write or delete until released (`pause_at` 0: never).
 fn stepped(
     dir: &std::path::Path,
     key: &MasterKey,
@@ -95,23 +42,29 @@ fn stepped(
     pause_at: u64,
 ) -> (Repository, Actor) {
     let (reached_tx, reached) = mpsc::sync_channel(1);
-    let (resume, resume_rx) = mpsc::channel();
-    let mut handle = None;
-    let repo = open_wrapped(dir, key, cache, |inner| {
-        let s = Arc::new(Stepper {
+    let (resume, resume_rx) = mpsc::channel::<()>();
+    let mutations = Arc::new(AtomicU64::new(0));
+    let counter = mutations.clone();
+    let resume_rx = Mutex::new(resume_rx);
+    let repo = open_wrapped(dir, key, cache, move |inner| {
+        Arc::new(Hooked {
             inner,
-            mutations: AtomicU64::new(0),
-            pause_at,
-            reached: reached_tx,
-            resume: Mutex::new(resume_rx),
-        });
-        handle = Some(s.clone());
-        s
+            read_only: false,
+            after_list: Box::new(|_, _| {}),
+            before_mutation: Box::new(move || {
+                if counter.fetch_add(1, Ordering::SeqCst) + 1 == pause_at {
+                    let _ = reached_tx.send(());
+                    if let Ok(r) = resume_rx.lock() {
+                        let _ = r.recv_timeout(Duration::from_secs(120));
+                    }
+                }
+            }),
+        })
     });
     let actor = Actor {
         reached,
         resume,
-        mutations: handle.unwrap(),
+        mutations,
     };
     (repo, actor)
 }
@@ -172,13 +125,6 @@ fn template() -> Template {
         key,
         kept: (s0, kept),
         new,
-    }
-}
-
-fn aggressive() -> PruneOptions {
-    PruneOptions {
-        max_unused: 0.0,
-        ..Default::default()
     }
 }
 
@@ -279,8 +225,8 @@ fn schedule(t: &Template, i: u64, j: u64) -> (u64, u64, bool) {
         .collect();
     assert_eq!(snaps.len(), 2, "{what}: {snaps:?}");
     (
-        writer.mutations.mutations.load(Ordering::SeqCst),
-        pruner.mutations.mutations.load(Ordering::SeqCst),
+        writer.mutations.load(Ordering::SeqCst),
+        pruner.mutations.load(Ordering::SeqCst),
         prune_paused,
     )
 }

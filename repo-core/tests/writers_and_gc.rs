@@ -14,17 +14,10 @@ use cairn_repo::archiver::{backup_stream, BackupOptions, NoProgress};
 use cairn_repo::backend::FileType;
 use cairn_repo::check::{check, NoCheckProgress, Subset};
 use cairn_repo::lease;
-use cairn_repo::prune::{prune, PruneOptions};
+use cairn_repo::prune::prune;
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::testing::Rng;
 use cairn_repo::{ErrorKind, Id, Repository};
-
-fn aggressive() -> PruneOptions {
-    PruneOptions {
-        max_unused: 0.0,
-        ..Default::default()
-    }
-}
 
 /// Starts a stream backup of `first` + `rest` named "new" in its own repository handle,
 /// paused after `first` until the returned sender says go. Returns once the writer has
@@ -221,6 +214,7 @@ fn a_snapshot_removed_while_it_is_listed_is_skipped() {
         Arc::new(Hooked {
             inner,
             read_only: false,
+            before_mutation: Box::new(|| {}),
             after_list: Box::new(move |ft, listed| {
                 if ft == FileType::Snapshot && trigger.swap(false, Ordering::SeqCst) {
                     let _ = std::fs::remove_file(repo_dir.join(&listed[0].name));

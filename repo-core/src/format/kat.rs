@@ -281,7 +281,7 @@ fn unhex(s: &str) -> Vec<u8> {
 /// Prints every known answer as Rust constants. Run once when format 1 was pinned:
 /// `cargo nextest run -p cairn-repo --run-ignored only -E 'test(print_known_answers)' --no-capture`.
 #[test]
-#[ignore = "made the known answers of format 1; never rerun for format 1"]
+#[ignore = "prints the constants pinned for format 1 (command above); the other tests check them"]
 fn print_known_answers() {
     let k = keys();
     let (c, seed, d, m) = sub_keys(&master());

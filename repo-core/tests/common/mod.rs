@@ -146,10 +146,12 @@ pub fn open_wrapped(
 type ListHook = Box<dyn Fn(FileType, &[ObjectInfo]) + Send + Sync>;
 
 /// A backend that runs a hook after every listing (to act between a reader's list and its
-/// reads) and can refuse every write (a read-only repository).
+/// reads) and before every write or delete (to stop an actor at a chosen step), and can
+/// refuse every write (a read-only repository).
 pub struct Hooked {
     pub inner: Arc<dyn Backend>,
     pub after_list: ListHook,
+    pub before_mutation: Box<dyn Fn() + Send + Sync>,
     pub read_only: bool,
 }
 
@@ -177,6 +179,7 @@ impl Backend for Hooked {
         self.inner.location()
     }
     async fn create(&self, ft: FileType, name: &str, data: bytes::Bytes) -> cairn_repo::Result<()> {
+        (self.before_mutation)();
         self.refuse()?;
         self.inner.create(ft, name, data).await
     }
@@ -201,8 +204,17 @@ impl Backend for Hooked {
         Ok(listed)
     }
     async fn remove(&self, ft: FileType, name: &str) -> cairn_repo::Result<()> {
+        (self.before_mutation)();
         self.refuse()?;
         self.inner.remove(ft, name).await
+    }
+}
+
+/// Prune options that leave no unused byte in kept packs (so every prune repacks).
+pub fn aggressive() -> cairn_repo::prune::PruneOptions {
+    cairn_repo::prune::PruneOptions {
+        max_unused: 0.0,
+        ..Default::default()
     }
 }
 
