@@ -31,10 +31,12 @@ pub struct IndexWatch {
 }
 
 impl IndexWatch {
-    /// Notes the index files present now (call after taking the lease and syncing).
+    /// Notes the index files present now. Call it right after taking the lease, syncing the
+    /// index and requiring it intact: the cache then records exactly the listed files, so no
+    /// second listing is needed.
     pub fn start(repo: &Repository) -> Result<IndexWatch> {
         Ok(IndexWatch {
-            started_with: repo.index_file_ids()?.into_iter().collect(),
+            started_with: repo.cache().ingested_index_files()?,
         })
     }
 
