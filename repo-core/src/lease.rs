@@ -29,10 +29,6 @@ use crate::sys;
 
 const AAD: &[u8] = b"cairn:lease";
 
-/// Default time to live: long enough for a slow upload between refreshes, short enough that
-/// a crashed writer on another host delays space reclamation by at most this much.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// `backup`, `prune`, ...

@@ -1,22 +1,22 @@
-//! Cairn's repository library: the format, crypto, storage backends, the local index cache,
-//! and the archiver and restorer built on them. The `cairn` CLI is a thin layer over this
-//! crate; see docs/design.md for the format specification and its invariants.
+//! Cairn's repository library: the format, crypto, the local index cache, and the archiver
+//! and restorer built on them, over the keyless layer of `cairn-store` (ids, layout,
+//! locations, storage backends and the error type, re-exported here). The `cairn` CLI is a
+//! thin layer over this crate; see docs/design.md for the format specification and its
+//! invariants.
+
+pub use cairn_store::{backend, error, id, layout, location};
 
 pub mod archiver;
-pub mod backend;
 pub mod cache;
 pub mod check;
 pub mod commit;
 pub mod content;
 pub mod crypto;
-pub mod error;
 pub mod format;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod id;
 pub mod index_sort;
 pub mod keys;
-pub mod layout;
 pub mod lease;
 pub mod mark;
 pub mod prune;
@@ -34,4 +34,5 @@ pub mod writer;
 
 pub use error::{Error, ErrorKind, Result};
 pub use id::{BlobKind, Id};
-pub use repository::{Credentials, InitOptions, Location, OpenOptions, Repository};
+pub use location::Location;
+pub use repository::{Credentials, InitOptions, OpenOptions, Repository};

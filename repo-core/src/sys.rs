@@ -5,15 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-/// Fills `buf` with random bytes from the operating system (ids, nonces, salts, keys).
-pub fn fill_random(buf: &mut [u8]) -> crate::error::Result<()> {
-    getrandom::fill(buf).map_err(|e| {
-        crate::error::Error::new(
-            crate::error::ErrorKind::Other,
-            format!("no randomness from the OS: {e}"),
-        )
-    })
-}
+pub use crate::id::fill_random;
 
 pub fn hostname() -> String {
     nix::unistd::gethostname()

@@ -24,6 +24,7 @@ use crate::format::{self, blob, from_cbor, open_meta, seal_meta};
 use crate::id::{BlobKind, Id};
 use crate::index_sort::EntrySorter;
 use crate::keys::{KdfParams, KeySlot};
+pub use crate::location::Location;
 use crate::{layout, sys};
 
 mod blobs;
@@ -38,39 +39,11 @@ pub use snapshots::{SnapshotList, SnapshotRead};
 /// memory stays bounded (an index file holds up to 50,000 entries).
 const INDEX_READ_BATCH: usize = 4;
 
-/// Where a repository is. Only local folders for now; the same string grows `s3:` and
-/// `rest:` forms later.
-#[derive(Debug, Clone)]
-pub enum Location {
-    Local(PathBuf),
-    /// An in-memory repository, for tests and benchmarks (`memory:`).
-    Memory,
-}
-
-impl Location {
-    pub fn parse(s: &str) -> Result<Location> {
-        if s == "memory:" {
-            return Ok(Location::Memory);
-        }
-        let path = s.strip_prefix("file:").unwrap_or(s);
-        if path.is_empty() {
-            return Err(Error::invalid("empty repository location"));
-        }
-        if let Some((scheme, _)) = path.split_once("://") {
-            return Err(Error::invalid(format!(
-                "repository scheme {scheme:?} is not supported (use a local path)"
-            )));
-        }
-        Ok(Location::Local(PathBuf::from(path)))
-    }
-
-    fn root(&self) -> Result<RootLocation> {
-        match self {
-            Location::Local(p) => RootLocation::local(p),
-            Location::Memory => RootLocation::memory(),
-        }
-    }
-}
+/// Default time to live of a writer's lease: long enough for a slow upload between
+/// refreshes, short enough that a crashed writer on another host delays space reclamation by
+/// at most this much. Leases (`crate::lease`) are taken through an open repository, which
+/// carries the time to live it was opened with.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// How to unlock a tenant.
 #[derive(Clone)]
@@ -84,7 +57,7 @@ pub enum Credentials {
 pub struct OpenOptions {
     /// Folder for caches; `None` uses a temporary cache (as `--no-cache` does).
     pub cache_dir: Option<PathBuf>,
-    /// Time to live of this process's leases; `None` uses [`crate::lease::DEFAULT_TTL`].
+    /// Time to live of this process's leases; `None` uses [`DEFAULT_LEASE_TTL`].
     pub lease_ttl: Option<std::time::Duration>,
 }
 
@@ -276,7 +249,7 @@ impl Repository {
             keys,
             config,
             cache,
-            lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
+            lease_ttl: open.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             damaged_index: Mutex::new(Vec::new()),
             reloaded_after_miss: AtomicBool::new(false),
         })
@@ -345,7 +318,7 @@ impl Repository {
             keys,
             config,
             cache,
-            lease_ttl: open.lease_ttl.unwrap_or(crate::lease::DEFAULT_TTL),
+            lease_ttl: open.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             damaged_index: Mutex::new(Vec::new()),
             reloaded_after_miss: AtomicBool::new(false),
         })

@@ -17,7 +17,7 @@ fn check(cond: bool, what: &str) -> Result<(), String> {
 
 /// Runs every contract check on an empty namespace; returns the first violation.
 pub async fn run(b: &dyn Backend) -> Result<(), String> {
-    let e = |x: crate::Error| format!("conformance: unexpected error: {x}");
+    let e = |x: crate::error::Error| format!("conformance: unexpected error: {x}");
     for ft in FileType::ALL {
         check(
             b.list(ft).await.map_err(e)?.is_empty(),

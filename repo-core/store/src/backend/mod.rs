@@ -7,7 +7,7 @@
 //! - `create` is create-only and atomic: when it returns `Ok` the object is durable and
 //!   complete under its name; a failed or interrupted `create` leaves either nothing or a
 //!   complete object under the name, never a partial one. Creating a name that exists fails
-//!   with [`ErrorKind::AlreadyExists`](crate::ErrorKind::AlreadyExists); since objects are
+//!   with [`ErrorKind::AlreadyExists`](crate::error::ErrorKind::AlreadyExists); since objects are
 //!   content-addressed, callers treat that as success.
 //! - `read`/`read_range` of a missing object fail with `NotFound`. A range that extends past
 //!   the end of the object is an error (`Corrupt`): a truncated pack must never look like a
@@ -20,16 +20,16 @@
 //! runtime; async callers (the server) use the trait directly.
 
 pub mod conformance;
-mod opendal_backend;
+mod opendal;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use self::opendal::{OpendalBackend, RootLocation};
 use crate::error::Result;
 pub use crate::layout::FileType;
-pub use opendal_backend::{OpendalBackend, RootLocation};
 
 /// A stored object's name and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl Store {
     /// are content hashes, so an existing object holds the same bytes).
     pub fn put(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
         match self.rt.block_on(self.backend.create(ft, name, data)) {
-            Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == crate::error::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }
     }
@@ -163,5 +163,5 @@ pub fn new_runtime() -> Result<Arc<tokio::runtime::Runtime>> {
         .enable_all()
         .build()
         .map(Arc::new)
-        .map_err(|e| crate::Error::io("starting the I/O runtime", e))
+        .map_err(|e| crate::error::Error::io("starting the I/O runtime", e))
 }

@@ -164,6 +164,7 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
     }
 }
 
+#[cfg(feature = "redb")]
 impl From<redb::Error> for Error {
     fn from(e: redb::Error) -> Self {
         let kind = match &e {
@@ -174,6 +175,7 @@ impl From<redb::Error> for Error {
     }
 }
 
+#[cfg(feature = "redb")]
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
@@ -183,6 +185,7 @@ macro_rules! from_redb {
         }
     )*};
 }
+#[cfg(feature = "redb")]
 from_redb!(
     redb::DatabaseError,
     redb::TransactionError,

@@ -12,6 +12,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
+/// Fills `buf` with random bytes from the operating system (ids, nonces, salts, keys).
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| {
+        Error::new(
+            crate::error::ErrorKind::Other,
+            format!("no randomness from the OS: {e}"),
+        )
+    })
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Id(pub [u8; 32]);
 
@@ -23,7 +33,7 @@ impl Id {
 
     pub fn random() -> Result<Id> {
         let mut b = [0u8; 32];
-        crate::sys::fill_random(&mut b)?;
+        fill_random(&mut b)?;
         Ok(Id(b))
     }
 

@@ -1,9 +1,9 @@
 //! Backends over opendal operators: the local filesystem and memory (S3 later uses the same
 //! code with another operator).
 
+use ::opendal::{services, ErrorKind as OdKind, Operator};
 use async_trait::async_trait;
 use bytes::Bytes;
-use opendal::{services, ErrorKind as OdKind, Operator};
 
 use super::{Backend, FileType, ObjectInfo};
 use crate::error::{Error, ErrorKind, Result};
@@ -11,7 +11,7 @@ use crate::layout;
 
 /// What an opendal error means to callers: not found, taken, refused, full, or transient.
 /// opendal reports a full disk as "unexpected", so the OS error beneath it decides then.
-fn map_err(what: impl std::fmt::Display, e: opendal::Error) -> Error {
+fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
     let kind = match e.kind() {
         OdKind::NotFound => ErrorKind::NotFound,
         OdKind::AlreadyExists | OdKind::ConditionNotMatch => ErrorKind::AlreadyExists,
