@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_repo::archiver::{backup_paths, BackupOptions, NoProgress};
-use cairn_repo::backend::{new_runtime, Backend, RootLocation, Store};
+use cairn_repo::backend::{new_runtime, Backend, BackendOptions, OpendalRoot, Root, Store};
 use cairn_repo::check::{check, NoCheckProgress, Subset};
 use cairn_repo::crypto::MasterKey;
 use cairn_repo::format::config::ChunkerConfig;
@@ -63,12 +63,11 @@ impl Fixture {
 
     fn open_crashing(&self, repo_dir: &Path, crash_at: u64) -> (Repository, Arc<CrashingBackend>) {
         let rt = new_runtime().unwrap();
-        let inner: Arc<dyn Backend> = Arc::new(
-            rt.block_on(async { RootLocation::local(repo_dir) })
-                .unwrap()
-                .tenant("default")
-                .unwrap(),
-        );
+        let inner: Arc<dyn Backend> = rt
+            .block_on(async { OpendalRoot::local(repo_dir, &BackendOptions::none()) })
+            .unwrap()
+            .tenant("default")
+            .unwrap();
         let crashing = Arc::new(CrashingBackend::new(inner, crash_at));
         let store = Store::new(crashing.clone(), rt);
         let repo = Repository::open_store(

@@ -288,7 +288,7 @@ fn backups_of_changing_data_alongside_a_prune_loop() {
 /// (the sweep waits for another writer) it copies what it needs and commits; if the sweep
 /// already deleted it, it fails and commits nothing.
 fn lapsed_lease(sweep_already_ran: bool) {
-    use cairn_repo::backend::{new_runtime, Backend, RootLocation, Store};
+    use cairn_repo::backend::{new_runtime, Backend, BackendOptions, OpendalRoot, Root, Store};
     use cairn_repo::lease::{self, LeaseGuard};
     use cairn_repo::testing::NoLeaseRefresh;
     use std::sync::Arc;
@@ -318,12 +318,11 @@ fn lapsed_lease(sweep_already_ran: bool) {
     );
     let writer = std::thread::spawn(move || {
         let rt = new_runtime().unwrap();
-        let inner: Arc<dyn Backend> = Arc::new(
-            rt.block_on(async { RootLocation::local(&dirp.join("repo")) })
-                .unwrap()
-                .tenant("default")
-                .unwrap(),
-        );
+        let inner: Arc<dyn Backend> = rt
+            .block_on(async { OpendalRoot::local(&dirp.join("repo"), &BackendOptions::none()) })
+            .unwrap()
+            .tenant("default")
+            .unwrap();
         let store = Store::new(Arc::new(NoLeaseRefresh::new(inner)), rt);
         let opts = OpenOptions {
             cache_dir: Some(dirp.join("cache-writer")),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rayon::prelude::*;
 
-use crate::backend::{new_runtime, FileType, RootLocation, Store};
+use crate::backend::{new_runtime, BackendOptions, FileType, Root, Store};
 use crate::cache::{index_locations, BlobLocation, BlobTable, Cache};
 use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
@@ -99,7 +99,7 @@ pub struct Repository {
 
 /// Opens the root of an existing repository location. A local folder that does not exist is
 /// reported, never created.
-fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::Runtime>)> {
+fn open_root(location: &Location) -> Result<(Arc<dyn Root>, Arc<tokio::runtime::Runtime>)> {
     if let Location::Local(p) = location {
         if !p.exists() {
             return Err(Error::new(
@@ -109,11 +109,13 @@ fn open_root(location: &Location) -> Result<(RootLocation, Arc<tokio::runtime::R
         }
     }
     let rt = new_runtime()?;
-    let root = rt.block_on(async { location.root() })?;
+    // opendal operators are built inside the runtime they will run on.
+    let options = BackendOptions::for_location(location);
+    let root = rt.block_on(async { crate::backend::open(location, &options) })?;
     Ok((root, rt))
 }
 
-fn require_repository(root: &RootLocation, rt: &tokio::runtime::Runtime) -> Result<()> {
+fn require_repository(root: &dyn Root, rt: &tokio::runtime::Runtime) -> Result<()> {
     if !rt.block_on(root.has_marker())? {
         return Err(Error::new(
             ErrorKind::NotARepository,
@@ -129,7 +131,7 @@ fn require_repository(root: &RootLocation, rt: &tokio::runtime::Runtime) -> Resu
 /// Lists the tenants of a repository (no keys needed).
 pub fn list_tenants(location: &Location) -> Result<Vec<String>> {
     let (root, rt) = open_root(location)?;
-    require_repository(&root, &rt)?;
+    require_repository(&*root, &rt)?;
     rt.block_on(root.tenants())
 }
 
@@ -203,7 +205,7 @@ impl Repository {
             let marker = serde_json::json!({ "format": "cairn", "version": FORMAT_VERSION });
             rt.block_on(root.write_marker(Bytes::from(marker.to_string())))?;
         }
-        let backend = Arc::new(root.tenant(tenant)?);
+        let backend = root.tenant(tenant)?;
         let store = Store::new(backend, rt);
         if !store.list(FileType::Config)?.is_empty() {
             return Err(Error::new(
@@ -243,7 +245,7 @@ impl Repository {
         )?;
         let cache = Arc::new(open_cache(open, &config)?);
         Ok(Repository {
-            root_description: root.description().to_string(),
+            root_description: root.description(),
             tenant: tenant.to_string(),
             store,
             keys,
@@ -264,8 +266,8 @@ impl Repository {
     ) -> Result<Repository> {
         layout::validate_tenant(tenant)?;
         let (root, rt) = open_root(location)?;
-        require_repository(&root, &rt)?;
-        let store = Store::new(Arc::new(root.tenant(tenant)?), rt);
+        require_repository(&*root, &rt)?;
+        let store = Store::new(root.tenant(tenant)?, rt);
         match store.stat(FileType::Config, "config") {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let tenants = store.runtime().block_on(root.tenants()).unwrap_or_default();
@@ -282,7 +284,7 @@ impl Repository {
             Err(e) => return Err(e),
             Ok(_) => {}
         }
-        Repository::open_store(store, root.description().to_string(), tenant, creds, open)
+        Repository::open_store(store, root.description(), tenant, creds, open)
     }
 
     /// Opens a tenant namespace on any store: the same checks as [`Repository::open`] minus

@@ -55,6 +55,7 @@ pub fn validate_tenant(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name != TMP_DIR
+        && name != MARKER
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -63,7 +64,7 @@ pub fn validate_tenant(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid tenant name {name:?}: use 1-64 letters, digits, '-' or '_', starting with a letter or digit (and not {TMP_DIR:?})"
+            "invalid tenant name {name:?}: use 1-64 letters, digits, '-' or '_', starting with a letter or digit (and not {TMP_DIR:?} or {MARKER:?})"
         )))
     }
 }
@@ -112,7 +113,7 @@ mod tests {
     #[test]
     fn tenant_names() {
         assert!(validate_tenant("acme-1").is_ok());
-        for bad in ["", "../x", "a/b", "-x", "tmp", "é"] {
+        for bad in ["", "../x", "a/b", "-x", "tmp", "cairn-repository", "é"] {
             assert!(validate_tenant(bad).is_err(), "{bad}");
         }
     }

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::backend::RootLocation;
 use crate::error::{Error, Result};
 
 /// Where a repository is. Local folders and memory for now; the same string grows `s3:` and
-/// `rest:` forms, each opening to a [`RootLocation`].
+/// `rest:` forms, each opening to a [`crate::backend::Root`] through [`crate::backend::open`].
 #[derive(Debug, Clone)]
 pub enum Location {
     Local(PathBuf),
@@ -29,13 +28,5 @@ impl Location {
             )));
         }
         Ok(Location::Local(PathBuf::from(path)))
-    }
-
-    /// The repository root this location names.
-    pub fn root(&self) -> Result<RootLocation> {
-        match self {
-            Location::Local(p) => RootLocation::local(p),
-            Location::Memory => RootLocation::memory(),
-        }
     }
 }

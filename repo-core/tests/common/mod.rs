@@ -7,7 +7,9 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
-use cairn_repo::backend::{new_runtime, Backend, FileType, ObjectInfo, RootLocation, Store};
+use cairn_repo::backend::{
+    new_runtime, Backend, BackendOptions, FileType, ObjectInfo, OpendalRoot, Root, Store,
+};
 use cairn_repo::check::{check, NoCheckProgress, Subset};
 use cairn_repo::content::ContentReader;
 use cairn_repo::crypto::MasterKey;
@@ -124,12 +126,11 @@ pub fn open_wrapped(
     wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
 ) -> Repository {
     let rt = new_runtime().unwrap();
-    let inner: Arc<dyn Backend> = Arc::new(
-        rt.block_on(async { RootLocation::local(&dir.join("repo")) })
-            .unwrap()
-            .tenant("default")
-            .unwrap(),
-    );
+    let inner: Arc<dyn Backend> = rt
+        .block_on(async { OpendalRoot::local(&dir.join("repo"), &BackendOptions::none()) })
+        .unwrap()
+        .tenant("default")
+        .unwrap();
     Repository::open_store(
         Store::new(wrap(inner), rt),
         "test".into(),

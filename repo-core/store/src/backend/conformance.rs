@@ -1,9 +1,10 @@
-//! The conformance suite that every [`Backend`] must pass (fs, memory, and later S3 and the
-//! HTTP client). Each backend's tests call [`run`] on an empty namespace.
+//! The conformance suite that every [`Backend`] and every [`Root`] must pass (fs, memory,
+//! and later S3 and the REST client). Each backend's tests call [`run`] on an empty
+//! namespace and [`run_root`] on an empty root.
 
 use bytes::Bytes;
 
-use super::{Backend, FileType};
+use super::{Backend, FileType, Root};
 use crate::error::ErrorKind;
 use crate::id::Id;
 
@@ -203,4 +204,95 @@ pub async fn run(b: &dyn Backend) -> Result<(), String> {
         "empty object",
     )?;
     Ok(())
+}
+
+/// Runs every contract check of a [`Root`] on an empty one (no marker, no tenants); returns
+/// the first violation. Also runs [`run`] on one of its tenants.
+pub async fn run_root(root: &dyn Root) -> Result<(), String> {
+    let e = |x: crate::error::Error| format!("conformance: unexpected error: {x}");
+    check(
+        !root.has_marker().await.map_err(e)?,
+        "an empty root has no marker",
+    )?;
+    check(
+        root.tenants().await.map_err(e)?.is_empty(),
+        "an empty root has no tenants",
+    )?;
+    root.write_marker(Bytes::from_static(b"{\"format\":\"cairn\"}"))
+        .await
+        .map_err(e)?;
+    check(root.has_marker().await.map_err(e)?, "the marker is found")?;
+
+    // Names that are not tenant names are refused before any storage is touched: none may
+    // reach the marker, the staging folder, the root itself or another tenant.
+    for bad in [
+        "",
+        ".",
+        "..",
+        "../a",
+        "a/b",
+        "tmp",
+        "cairn-repository",
+        "-a",
+    ] {
+        match root.tenant(bad) {
+            Err(x) if x.kind() == ErrorKind::InvalidInput => {}
+            Err(x) => return Err(format!("conformance: tenant {bad:?} gave {x}")),
+            Ok(_) => return Err(format!("conformance: tenant {bad:?} was accepted")),
+        }
+    }
+
+    // A tenant is listed once it has a config, and only then.
+    let a = root.tenant("alpha").map_err(e)?;
+    let b = root.tenant("beta").map_err(e)?;
+    let pack = Bytes::from_static(b"pack of alpha");
+    let pack_name = Id::of_bytes(&pack).to_hex();
+    a.create(FileType::Pack, &pack_name, pack.clone())
+        .await
+        .map_err(e)?;
+    check(
+        root.tenants().await.map_err(e)?.is_empty(),
+        "a namespace without a config is not a tenant",
+    )?;
+    a.create(FileType::Config, "config", Bytes::from_static(b"a"))
+        .await
+        .map_err(e)?;
+    b.create(FileType::Config, "config", Bytes::from_static(b"b"))
+        .await
+        .map_err(e)?;
+    check(
+        root.tenants().await.map_err(e)? == ["alpha".to_string(), "beta".to_string()],
+        "tenants are listed, sorted",
+    )?;
+
+    // Namespaces are separate.
+    check(
+        b.list(FileType::Pack).await.map_err(e)?.is_empty(),
+        "one tenant's objects are not listed in another",
+    )?;
+    match b.read(FileType::Pack, &pack_name).await {
+        Err(x) if x.kind() == ErrorKind::NotFound => {}
+        other => {
+            return Err(format!(
+                "conformance: reading another tenant's object gave {:?}",
+                other.map(|b| b.len())
+            ))
+        }
+    }
+    check(
+        b.read(FileType::Config, "config").await.map_err(e)? == Bytes::from_static(b"b"),
+        "each tenant reads its own config",
+    )?;
+    b.remove(FileType::Pack, &pack_name).await.map_err(e)?;
+    check(
+        a.read(FileType::Pack, &pack_name).await.map_err(e)? == pack,
+        "removing in one tenant leaves another's object",
+    )?;
+
+    // Every tenant namespace meets the namespace contract.
+    run(&*root.tenant("gamma").map_err(e)?).await?;
+    check(
+        root.has_marker().await.map_err(e)?,
+        "tenant writes leave the marker",
+    )
 }

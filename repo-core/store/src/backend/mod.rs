@@ -1,5 +1,11 @@
 //! Storage backends: where objects are kept.
 //!
+//! A [`Root`] is a repository's storage as a whole: the marker that says "this is a Cairn
+//! repository" and the list of tenants, each a namespace reached as a [`Backend`]. Whatever
+//! else a root needs (a local folder's staging folder, a server's capabilities) stays inside
+//! its implementation, so a root need not be a local folder. [`open`] makes the root of a
+//! [`Location`] with the cross-cutting layers of [`layers`] stacked on it.
+//!
 //! A [`Backend`] stores the objects of one tenant namespace, keyed by ([`FileType`], name).
 //! It knows nothing of encryption or formats. Contracts every implementation must meet, and
 //! that [`conformance`] checks:
@@ -16,20 +22,32 @@
 //!   names that are not valid object names (stray files) are left out.
 //! - `remove` is idempotent: removing a missing object succeeds.
 //!
+//! - The calling-thread methods (`read_direct`, `read_range_direct`, `stat_direct`,
+//!   `remove_stale_staging`) are optional fast paths with defaults; a decorator that only
+//!   adds behaviour around calls (retries, limits) forwards them, as [`RetryBackend`] does.
+//!
+//! Errors say whether a retry can help: `Io` is transient; `PermissionDenied`,
+//! `QuotaExceeded`, `NotFound`, `AlreadyExists` and `Corrupt` are not.
+//!
 //! The library's synchronous code reaches backends through [`Store`], which owns the tokio
 //! runtime; async callers (the server) use the trait directly.
 
 pub mod conformance;
+pub mod layers;
 mod opendal;
+pub mod retry;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use self::opendal::{OpendalBackend, RootLocation};
+pub use self::layers::BackendOptions;
+pub use self::opendal::{OpendalBackend, OpendalRoot};
+pub use self::retry::RetryBackend;
 use crate::error::Result;
 pub use crate::layout::FileType;
+use crate::location::Location;
 
 /// A stored object's name and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +97,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn remove_stale_staging(&self, _older_than: std::time::Duration) -> Result<u64> {
         Ok(0)
     }
+}
+
+/// A repository's storage as a whole: its marker and its tenants.
+#[async_trait]
+pub trait Root: Send + Sync + std::fmt::Debug {
+    /// Where this root is, for messages.
+    fn description(&self) -> String;
+    /// Whether the repository marker exists (the root holds a Cairn repository).
+    async fn has_marker(&self) -> Result<bool>;
+    /// Writes the repository marker; `contents` says which format the repository uses.
+    async fn write_marker(&self, contents: Bytes) -> Result<()>;
+    /// The tenants, sorted: namespaces that hold a config.
+    async fn tenants(&self) -> Result<Vec<String>>;
+    /// The namespace of one tenant (which need not exist yet). Rejects names that are not
+    /// valid tenant names, so no tenant can reach the marker, the staging folder or another
+    /// tenant's objects.
+    fn tenant(&self, name: &str) -> Result<Arc<dyn Backend>>;
+}
+
+/// Opens the root a location names, with `options`' layers stacked on its storage. A local
+/// folder need not exist yet: it is created by the first write.
+pub fn open(location: &Location, options: &BackendOptions) -> Result<Arc<dyn Root>> {
+    Ok(match location {
+        Location::Local(path) => Arc::new(OpendalRoot::local(path, options)?),
+        Location::Memory => Arc::new(OpendalRoot::memory(options)?),
+    })
 }
 
 /// Blocking access to a backend for the library's synchronous code (archiver, restorer).

@@ -1,17 +1,24 @@
-//! Backends over opendal operators: the local filesystem and memory (S3 later uses the same
-//! code with another operator).
+//! Roots and tenant namespaces over opendal operators: the local file system and memory
+//! (S3 uses the same code with another operator). The operator is built once per root, with
+//! the cross-cutting layers stacked on it by [`super::layers`].
+
+use std::sync::Arc;
 
 use ::opendal::{services, ErrorKind as OdKind, Operator};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, FileType, ObjectInfo};
+use super::layers::{self, BackendOptions};
+use super::{Backend, FileType, ObjectInfo, Root};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout;
 
 /// What an opendal error means to callers: not found, taken, refused, full, or transient.
-/// opendal reports a full disk as "unexpected", so the OS error beneath it decides then.
-fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
+/// opendal reports a full disk as "unexpected" (and even as temporary), so the OS error
+/// beneath an error decides first. Everything else (a timeout, a rate limit, a 5xx, a reset
+/// connection) is transient, and stays so after the retry layer gave up on it: a later run
+/// may still succeed.
+pub(crate) fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
     let kind = match e.kind() {
         OdKind::NotFound => ErrorKind::NotFound,
         OdKind::AlreadyExists | OdKind::ConditionNotMatch => ErrorKind::AlreadyExists,
@@ -28,20 +35,22 @@ fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
     Error::with_source(kind, what.to_string(), e)
 }
 
-/// A repository root: the place that holds the marker and one namespace per tenant.
+/// A repository root over an opendal operator: the marker object and one namespace per
+/// tenant. On a local folder it also owns the staging folder `<root>/tmp`, which no tenant
+/// namespace can name.
 #[derive(Debug, Clone)]
-pub struct RootLocation {
+pub struct OpendalRoot {
     op: Operator,
     description: String,
     /// The folder, for a local root (reads are done directly, see `read_range_direct`).
     local: Option<std::path::PathBuf>,
 }
 
-impl RootLocation {
+impl OpendalRoot {
     /// A local folder. Uploads are staged in `<root>/tmp` and renamed into place after an
     /// fsync, so a partial upload is never visible under its final name. The folder need not
     /// exist yet; it is created by the first write.
-    pub fn local(path: &std::path::Path) -> Result<Self> {
+    pub fn local(path: &std::path::Path, options: &BackendOptions) -> Result<Self> {
         let root = std::path::absolute(path)
             .map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
         let root_str = root.to_str().ok_or_else(|| {
@@ -62,7 +71,8 @@ impl RootLocation {
         };
         let op = Operator::new(builder)
             .map_err(|e| map_err(format!("opening {}", root.display()), e))?;
-        Ok(RootLocation {
+        let op = layers::stack(op, options);
+        Ok(OpendalRoot {
             op,
             description: root.display().to_string(),
             local: Some(root),
@@ -70,21 +80,25 @@ impl RootLocation {
     }
 
     /// An in-memory root, for tests and benchmarks. Objects live as long as the value.
-    pub fn memory() -> Result<Self> {
+    pub fn memory(options: &BackendOptions) -> Result<Self> {
         let op = Operator::new(services::Memory::default())
             .map_err(|e| map_err("opening memory store", e))?;
-        Ok(RootLocation {
+        let op = layers::stack(op, options);
+        Ok(OpendalRoot {
             op,
             description: "memory".to_string(),
             local: None,
         })
     }
+}
 
-    pub fn description(&self) -> &str {
-        &self.description
+#[async_trait]
+impl Root for OpendalRoot {
+    fn description(&self) -> String {
+        self.description.clone()
     }
 
-    pub async fn has_marker(&self) -> Result<bool> {
+    async fn has_marker(&self) -> Result<bool> {
         self.op.exists(layout::MARKER).await.map_err(|e| {
             map_err(
                 format!("looking for a repository at {}", self.description),
@@ -93,7 +107,7 @@ impl RootLocation {
         })
     }
 
-    pub async fn write_marker(&self, contents: Bytes) -> Result<()> {
+    async fn write_marker(&self, contents: Bytes) -> Result<()> {
         self.op
             .write(layout::MARKER, contents)
             .await
@@ -102,7 +116,7 @@ impl RootLocation {
     }
 
     /// Tenant namespaces: top-level folders that hold a config.
-    pub async fn tenants(&self) -> Result<Vec<String>> {
+    async fn tenants(&self) -> Result<Vec<String>> {
         let entries = self
             .op
             .list("")
@@ -127,14 +141,14 @@ impl RootLocation {
         Ok(out)
     }
 
-    pub fn tenant(&self, tenant: &str) -> Result<OpendalBackend> {
+    fn tenant(&self, tenant: &str) -> Result<Arc<dyn Backend>> {
         layout::validate_tenant(tenant)?;
-        Ok(OpendalBackend {
+        Ok(Arc::new(OpendalBackend {
             op: self.op.clone(),
             prefix: format!("{tenant}/"),
             description: format!("{} (tenant {tenant})", self.description),
             local: self.local.clone(),
-        })
+        }))
     }
 }
 
