@@ -20,8 +20,8 @@ const FORBIDDEN: &[&str] = &[
     "cairn-chunker",
 ];
 
-#[test]
-fn the_keyless_layer_builds_without_crypto_compression_chunking_or_cache() {
+/// The crates a package depends on (normal edges, default features), by name.
+fn dependencies(package: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let out = Command::new(cargo)
@@ -32,28 +32,63 @@ fn the_keyless_layer_builds_without_crypto_compression_chunking_or_cache() {
             "--manifest-path",
             manifest,
             "-p",
-            "cairn-store",
+            package,
         ])
         .output()
-        .map_err(|e| format!("running cargo tree: {e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("running cargo tree: {e}"));
     assert!(
         out.status.success(),
         "cargo tree failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let tree = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = tree
+    let names: Vec<String> = tree
         .lines()
         .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
         .collect();
     assert!(
-        names.contains(&"cairn-store"),
+        names.iter().any(|n| n == package),
         "unexpected cargo tree output:\n{tree}"
     );
-    let found: Vec<&&str> = FORBIDDEN.iter().filter(|f| names.contains(f)).collect();
+    names
+}
+
+fn assert_keyless(package: &str) {
+    let names = dependencies(package);
+    let found: Vec<&&str> = FORBIDDEN
+        .iter()
+        .filter(|f| names.iter().any(|n| n == *f))
+        .collect();
     assert!(
         found.is_empty(),
-        "cairn-store depends on {found:?}:\n{tree}"
+        "{package} depends on {found:?}: {names:?}"
     );
+}
+
+#[test]
+fn the_keyless_layer_builds_without_crypto_compression_chunking_or_cache() {
+    assert_keyless("cairn-store");
+}
+
+#[test]
+fn the_server_builds_on_the_keyless_layer_alone() {
+    assert_keyless("cairn-server");
+}
+
+/// The check itself: cairn-repo does depend on what the rule keeps out, so a rule that
+/// passes on it would be a rule that checks nothing.
+#[test]
+fn the_check_sees_the_keyed_engine() {
+    let names = dependencies("cairn-repo");
+    for keyed in [
+        "chacha20poly1305",
+        "argon2",
+        "zstd",
+        "redb",
+        "rayon",
+        "cairn-chunker",
+    ] {
+        assert!(names.iter().any(|n| n == keyed), "{keyed} not found");
+    }
 }
