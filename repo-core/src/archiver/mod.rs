@@ -41,6 +41,7 @@ use crate::format::to_cbor;
 use crate::format::tree::Tree;
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::sys;
 use crate::walk::Excludes;
@@ -81,16 +82,6 @@ impl Default for BackupOptions {
         }
     }
 }
-
-/// Progress callbacks; every method may be called from several threads.
-pub trait Progress: Sync {
-    fn file(&self, _path: &Path) {}
-    fn bytes(&self, _n: u64) {}
-    fn warn(&self, _message: &str) {}
-}
-
-pub struct NoProgress;
-impl Progress for NoProgress {}
 
 /// What a snapshot says of its source, as the code that read the source knows it; the rest of
 /// the snapshot (time, host, tags, summary, parent, tree) the [`Archiver`] fills in. A writer

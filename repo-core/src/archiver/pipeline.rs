@@ -15,13 +15,13 @@ use std::sync::mpsc::{sync_channel, TryRecvError};
 
 use rayon::prelude::*;
 
-use super::Progress;
 use crate::crypto::Keys;
 use crate::error::Result;
 use crate::format::blob::{self, SealedBlob};
 use crate::format::to_cbor;
 use crate::format::tree::{ContentList, Node, INLINE_CONTENT_MAX};
 use crate::id::{BlobKind, Id};
+use crate::progress::Progress;
 use crate::writer::{BlobWriter, Known};
 
 /// Content ids per spilled content-list blob.

@@ -10,10 +10,11 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use super::pipeline::{self, Saved};
-use super::{Archiver, BackupOptions, BackupResult, Progress, SnapshotMeta};
+use super::{Archiver, BackupOptions, BackupResult, SnapshotMeta};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::SnapshotKind;
 use crate::format::tree::{Node, NodeKind, Time, Tree};
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::sys;
 
