@@ -1,5 +1,5 @@
 //! Backup: turning file trees and streams into blobs, trees and a snapshot. This module
-//! holds what every kind of backup shares: its options, the [`Archiver`] (lease, writer,
+//! holds what every kind of backup shares: its options, the `Archiver` (lease, writer,
 //! summary, warnings) and the commit with its lapse recheck. Its siblings do the rest:
 //! `pipeline` turns any reader into sealed blobs, `tree_walk` and `files` save a file tree,
 //! `stream` saves standard input or a command's output.
@@ -84,7 +84,7 @@ impl Default for BackupOptions {
 }
 
 /// What a snapshot says of its source, as the code that read the source knows it; the rest of
-/// the snapshot (time, host, tags, summary, parent, tree) the [`Archiver`] fills in. A writer
+/// the snapshot (time, host, tags, summary, parent, tree) the `Archiver` fills in. A writer
 /// of another kind (WAL segments, base backups) commits through the same path by giving its
 /// own kind and `pg`.
 #[derive(Debug, Clone)]
@@ -108,9 +108,10 @@ pub struct BackupResult {
 
 /// One backup in progress: it holds the backup lease from the start until its snapshot is
 /// written, and the writer its blobs go through. Every kind of backup makes one with
-/// [`Archiver::new`], stores content ([`Archiver::save_reader`], or the file walk), saves its
-/// root tree with [`Archiver::save_tree`] and ends with [`Archiver::commit`]; dropping it
-/// instead commits nothing.
+/// [`Archiver::new`], stores content (a stream with [`Archiver::save_reader`] and
+/// [`Archiver::stream_file`], or the file walk), saves its root tree with
+/// [`Archiver::save_tree`] and ends with [`Archiver::commit`]; dropping it instead commits
+/// nothing.
 pub(crate) struct Archiver<'a> {
     repo: &'a Repository,
     writer: BlobWriter,

@@ -56,6 +56,23 @@ fn validate_stream_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+impl Archiver<'_> {
+    /// The node of a stream saved as one file named `name` (from [`Archiver::save_reader`]):
+    /// its content ids stored on it (spilled into content lists when long), and counted in
+    /// the summary as a new file read whole. Several streams can make one tree this way.
+    pub(crate) fn stream_file(&mut self, name: &str, saved: Saved) -> Result<Node> {
+        validate_stream_name(name)?;
+        let Saved { ids, len } = saved;
+        let mut node = stream_node(name, len);
+        pipeline::set_content(&mut self.writer, &mut node, ids)?;
+        self.summary.files += 1;
+        self.summary.files_new += 1;
+        self.summary.total_bytes += len;
+        self.summary.bytes_read += len;
+        Ok(node)
+    }
+}
+
 /// A stream to back up as one file.
 struct Stream<'a> {
     reader: &'a mut (dyn Read + Send),
@@ -82,7 +99,7 @@ fn backup_reader(
     let started = Instant::now();
     validate_stream_name(name)?;
     let mut a = Archiver::new(repo, opts, progress)?;
-    let Saved { ids, len } = a.save_reader(reader).map_err(|e| {
+    let saved = a.save_reader(reader).map_err(|e| {
         Error::io(
             format!(
                 "reading {}",
@@ -96,12 +113,7 @@ fn backup_reader(
         )
     })??;
     before_commit()?;
-    let mut node = stream_node(name, len);
-    pipeline::set_content(&mut a.writer, &mut node, ids)?;
-    a.summary.files = 1;
-    a.summary.files_new = 1;
-    a.summary.total_bytes = len;
-    a.summary.bytes_read = len;
+    let node = a.stream_file(name, saved)?;
     let root = a.save_tree(Tree { nodes: vec![node] })?;
     let meta = SnapshotMeta {
         kind,
