@@ -235,3 +235,111 @@ pub(crate) fn set_content(writer: &mut BlobWriter, node: &mut Node, ids: Vec<Id>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::format::config::ChunkerConfig;
+    use crate::location::Location;
+    use crate::progress::NoProgress;
+    use crate::repository::{Credentials, InitOptions, OpenOptions, Repository};
+    use crate::testing::Rng;
+
+    /// A reader that yields at most `step` bytes a call, is interrupted every third call, and
+    /// fails once `fail_at` bytes have been read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        pos: usize,
+        step: usize,
+        calls: u64,
+        fail_at: Option<usize>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(3) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            if self.fail_at.is_some_and(|f| self.pos >= f) {
+                return Err(std::io::Error::other("the source failed"));
+            }
+            let n = buf.len().min(self.step).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[derive(Default)]
+    struct Bytes(AtomicU64);
+    impl Progress for Bytes {
+        fn bytes(&self, n: u64) {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn repository(dir: &std::path::Path) -> Repository {
+        let location = Location::Local(dir.join("repo"));
+        let credentials = Credentials::Key(crate::crypto::MasterKey::generate().unwrap());
+        let opts = InitOptions {
+            chunker: ChunkerConfig {
+                min: 4096,
+                avg: 16384,
+                max: 65536,
+            },
+            ..Default::default()
+        };
+        let open = OpenOptions {
+            cache_dir: Some(dir.join("cache")),
+            ..Default::default()
+        };
+        Repository::init(&location, "default", &credentials, &opts, &open).unwrap();
+        Repository::open(&location, "default", &credentials, &open).unwrap()
+    }
+
+    /// Batches never change where chunks are cut: a stream read in dribbles across several
+    /// batches gives the chunks of its bytes cut whole, and progress hears of every byte.
+    /// A source that fails is the outer error, not the repository's.
+    #[test]
+    fn a_stream_is_cut_as_if_whole_and_a_failing_source_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let chunker = repo.chunker().unwrap();
+        let data = Rng::new(7).bytes(9_000_000 + 12_345);
+        let want: Vec<Id> = cut(&chunker, &data, true)
+            .into_iter()
+            .map(|r| repo.keys().blob_id(&data[r]))
+            .collect();
+
+        let mut writer = BlobWriter::new(&repo, 1);
+        let mut r = Trickle {
+            data: &data,
+            pos: 0,
+            step: 100_003,
+            calls: 0,
+            fail_at: None,
+        };
+        let seen = Bytes::default();
+        let saved = save_reader(&mut writer, &chunker, &mut r, &seen)
+            .unwrap()
+            .unwrap();
+        assert_eq!(saved.len, data.len() as u64);
+        assert_eq!(saved.ids, want);
+        assert_eq!(seen.0.load(Ordering::Relaxed), saved.len);
+
+        let mut r = Trickle {
+            data: &data,
+            pos: 0,
+            step: 100_003,
+            calls: 0,
+            fail_at: Some(5_000_000),
+        };
+        let failed = save_reader(&mut writer, &chunker, &mut r, &NoProgress);
+        assert!(failed.is_err(), "a failing source is the outer error");
+        writer.finish().unwrap();
+    }
+}
