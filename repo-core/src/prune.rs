@@ -187,6 +187,7 @@ fn blocking(repo: &Repository, record: &Condemned, own: &Id) -> Result<Vec<Lease
 }
 
 /// Runs a prune: sweeps what is ready, marks, and sweeps again if nothing blocks.
+/// `progress` hears of each pack repacked (with its bytes read) and each pack deleted.
 pub fn prune(
     repo: &Repository,
     opts: &PruneOptions,

@@ -108,7 +108,7 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
 pub fn run(ctx: &Context, args: PruneArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let opts = options(&args.opts, args.dry_run)?;
-    // A dry run reads the index only and is quick: no bar.
+    // A dry run repacks and deletes nothing, so it has no events to show: no bar.
     let bar = Bar::new(!ctx.quiet() && !args.dry_run, None);
     let r = prune(&repo, &opts, &bar);
     bar.finish();
