@@ -4,13 +4,15 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use cairn_repo::archiver::Progress;
 use cairn_repo::format::tree::{Node, Time};
-use cairn_repo::restorer::RestoreProgress;
+use cairn_repo::progress::{PackEvent, Progress};
+use cairn_repo::Id;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-/// A byte-counting progress bar on stderr, hidden unless stderr is a terminal.
+/// A byte-counting progress bar on stderr, hidden unless stderr is a terminal: the one
+/// [`Progress`] of every command (backup, restore, check, prune). Warnings are printed
+/// whether or not the bar is shown.
 pub struct Bar {
     bar: Option<ProgressBar>,
 }
@@ -64,14 +66,13 @@ impl Progress for Bar {
     fn warn(&self, message: &str) {
         self.println(&format!("warning: {message}"));
     }
-}
-
-impl RestoreProgress for Bar {
-    fn file(&self, path: &Path) {
-        Progress::file(self, path)
-    }
-    fn bytes(&self, n: u64) {
-        Progress::bytes(self, n)
+    fn pack(&self, pack: &Id, event: PackEvent) {
+        if let Some(b) = &self.bar {
+            b.set_message(match event {
+                PackEvent::Repacked { .. } => format!("repacked pack {}", pack.short()),
+                PackEvent::Deleted { .. } => format!("deleted pack {}", pack.short()),
+            });
+        }
     }
 }
 
@@ -170,10 +171,4 @@ pub fn node_json(path: Option<&[u8]>, n: &Node) -> Value {
         v["subtree"] = json!(s);
     }
     v
-}
-
-impl cairn_repo::check::CheckProgress for Bar {
-    fn bytes(&self, n: u64) {
-        Progress::bytes(self, n)
-    }
 }

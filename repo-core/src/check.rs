@@ -23,6 +23,7 @@ use crate::format::tree::{ContentList, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::keys::KeySlot;
 use crate::mark::{overlay_of, IdSet, Locator};
+use crate::progress::Progress;
 use crate::repository::Repository;
 
 /// Which packs `--read-data` reads.
@@ -119,17 +120,10 @@ impl CheckReport {
     }
 }
 
-pub trait CheckProgress: Sync {
-    fn bytes(&self, _n: u64) {}
-}
-
-pub struct NoCheckProgress;
-impl CheckProgress for NoCheckProgress {}
-
 pub fn check(
     repo: &Repository,
     read_data: Option<Subset>,
-    progress: &dyn CheckProgress,
+    progress: &dyn Progress,
 ) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     for info in repo.store().list(FileType::Key)? {
@@ -411,7 +405,7 @@ fn read_packs(
     listed: &HashMap<Id, u64>,
     indexed: &HashSet<Id>,
     subset: Subset,
-    progress: &dyn CheckProgress,
+    progress: &dyn Progress,
     r: &mut CheckReport,
 ) -> Result<()> {
     let mut packs: Vec<Id> = listed

@@ -31,6 +31,7 @@ use crate::format::pack::{entry_bytes, parse_header, HeaderRead, PackBuilder};
 use crate::id::{BlobKind, Id};
 use crate::lease::{self, Lease, LeaseGuard};
 use crate::mark::{mark, overlay_of, IdSet, Locator};
+use crate::progress::{PackEvent, Progress};
 use crate::repository::{IndexFileWriter, Repository};
 
 /// Leases that started up to this long after a mark are still waited for, to allow for
@@ -186,7 +187,12 @@ fn blocking(repo: &Repository, record: &Condemned, own: &Id) -> Result<Vec<Lease
 }
 
 /// Runs a prune: sweeps what is ready, marks, and sweeps again if nothing blocks.
-pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+/// `progress` hears of each pack repacked (with its bytes read) and each pack deleted.
+pub fn prune(
+    repo: &Repository,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
     // A dry run writes nothing, not even a lease, so it works on a read-only repository.
     let guard = if opts.dry_run {
         None
@@ -212,7 +218,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     };
     if !opts.dry_run {
         remove_stale_staging(repo);
-        sweep_ready(repo, &own, opts, &mut report.swept)?;
+        sweep_ready(repo, &own, opts, &mut report.swept, progress)?;
     }
     // Snapshots first, index second: a writer stores its index files before its snapshot,
     // so every snapshot listed here has its index files in the index read after.
@@ -326,7 +332,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .chain(&report.plan.repack_packs)
         .copied()
         .collect();
-    let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn)?;
+    let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn, progress)?;
     let excluded: HashSet<Id> = condemn.union(&pending).copied().collect();
     write_compacted_index(repo, &inputs, &replaced, new_packs, &excluded)?;
 
@@ -351,7 +357,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     repo.sync_index()?;
 
     if blocking(repo, &record, &own)?.is_empty() {
-        sweep_one(repo, &record_id, &record, opts, &mut report.swept)?;
+        sweep_one(repo, &record_id, &record, opts, &mut report.swept, progress)?;
     }
     report_pending(repo, &own, &mut report)?;
     guard.release()?;
@@ -380,11 +386,12 @@ pub fn sweep_ready(
     own: &Id,
     opts: &PruneOptions,
     report: &mut SweepReport,
+    progress: &dyn Progress,
 ) -> Result<()> {
     let st = structure(repo)?;
     for (id, record) in &st.records {
         if blocking(repo, record, own)?.is_empty() {
-            sweep_one(repo, id, record, opts, report)?;
+            sweep_one(repo, id, record, opts, report, progress)?;
         }
     }
     Ok(())
@@ -396,6 +403,7 @@ fn sweep_one(
     record: &Condemned,
     opts: &PruneOptions,
     report: &mut SweepReport,
+    progress: &dyn Progress,
 ) -> Result<()> {
     // Snapshots before the index, as in the mark; an unreadable one stops the sweep as it
     // stops the mark.
@@ -477,6 +485,7 @@ fn sweep_one(
         repo.store().remove(FileType::Pack, &pack.to_hex())?;
         report.packs_deleted += 1;
         report.bytes_freed += size;
+        progress.pack(pack, PackEvent::Deleted { bytes: *size });
     }
     for f in &rewritten {
         repo.store().remove(FileType::Index, &f.to_hex())?;
@@ -511,6 +520,7 @@ fn repack(
     packs: &[Id],
     used: &IdSet,
     condemned: &HashSet<Id>,
+    progress: &dyn Progress,
 ) -> Result<Vec<IndexPack>> {
     let pack_size = repo.config().pack_size as usize;
     let mut out = Vec::new();
@@ -560,6 +570,9 @@ fn repack(
                 out.push(upload(repo, full)?);
             }
         }
+        let size = bytes.len() as u64;
+        progress.bytes(size);
+        progress.pack(pack, PackEvent::Repacked { bytes: size });
     }
     for (_, b) in builders {
         if !b.is_empty() {

@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_repo::archiver::{backup_paths, BackupOptions, NoProgress};
+use cairn_repo::archiver::{backup_paths, BackupOptions};
 use cairn_repo::backend::{new_runtime, Backend, BackendOptions, OpendalRoot, Root, Store};
-use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::check::{check, Subset};
 use cairn_repo::crypto::MasterKey;
 use cairn_repo::format::config::ChunkerConfig;
+use cairn_repo::progress::NoProgress;
 use cairn_repo::prune::{prune, PruneOptions};
-use cairn_repo::restorer::{restore, NoRestoreProgress, RestoreOptions};
+use cairn_repo::restorer::{restore, RestoreOptions};
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::testing::{compare_trees, copy_tree, CrashingBackend, Rng};
 use cairn_repo::{Credentials, Id, InitOptions, Location, OpenOptions, Repository};
@@ -106,7 +107,7 @@ impl Fixture {
 /// Check passes, and every snapshot restores to the source it was taken of.
 fn verify(fx: &Fixture, repo_dir: &Path, sources: &HashMap<String, PathBuf>, context: &str) {
     let repo = fx.open(repo_dir);
-    let report = check(&repo, Some(Subset::All), &NoCheckProgress).unwrap();
+    let report = check(&repo, Some(Subset::All), &NoProgress).unwrap();
     assert!(
         report.problems.is_empty(),
         "{context}: check found {:?}",
@@ -118,14 +119,8 @@ fn verify(fx: &Fixture, repo_dir: &Path, sources: &HashMap<String, PathBuf>, con
             .unwrap_or_else(|| panic!("{context}: unknown snapshot path {:?}", snap.paths));
         let out = fx.dir.path().join(format!("restore-{}", id.short()));
         let _ = std::fs::remove_dir_all(&out);
-        restore(
-            &repo,
-            &id,
-            &out,
-            &RestoreOptions::default(),
-            &NoRestoreProgress,
-        )
-        .unwrap_or_else(|e| panic!("{context}: restore {id}: {e}"));
+        restore(&repo, &id, &out, &RestoreOptions::default(), &NoProgress)
+            .unwrap_or_else(|e| panic!("{context}: restore {id}: {e}"));
         compare_trees(src, &out.join(src.strip_prefix("/").unwrap()))
             .unwrap_or_else(|e| panic!("{context}: snapshot {id}: {e}"));
         std::fs::remove_dir_all(&out).unwrap();
@@ -216,7 +211,7 @@ fn a_crash_at_every_write_or_delete_of_a_prune_loses_nothing() {
         copy_tree(&template, &work).unwrap();
         let _ = std::fs::remove_dir_all(fx.dir.path().join("cache"));
         let (repo, crashing) = fx.open_crashing(&work, n);
-        let result = prune(&repo, &opts);
+        let result = prune(&repo, &opts, &NoProgress);
         let crashed = crashing.crashed();
         drop(repo);
         verify(
@@ -239,7 +234,7 @@ fn a_crash_at_every_write_or_delete_of_a_prune_loses_nothing() {
         end_leases(&work);
         // Running prune again finishes the job.
         let repo = fx.open(&work);
-        let again = prune(&repo, &opts).unwrap();
+        let again = prune(&repo, &opts, &NoProgress).unwrap();
         assert!(
             again.pending_record.is_none(),
             "crash at {n}: sweep still waits: {:?}",

@@ -10,9 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
-use cairn_repo::archiver::{backup_stream, BackupOptions, NoProgress};
-use cairn_repo::check::{check, NoCheckProgress};
+use cairn_repo::archiver::{backup_stream, BackupOptions};
+use cairn_repo::check::check;
 use cairn_repo::keys::KdfParams;
+use cairn_repo::progress::NoProgress;
 use cairn_repo::prune::{prune, PruneOptions};
 use cairn_repo::repair::repair_snapshots;
 use cairn_repo::testing::Rng;
@@ -93,7 +94,7 @@ fn prune_refuses_while_a_snapshot_cannot_be_read() {
     let packs = count_packs(dir.path());
     for cache in ["cache-main", "cache-cold"] {
         let r = open(dir.path(), &key, cache);
-        let e = prune(&r, &PruneOptions::default()).unwrap_err();
+        let e = prune(&r, &PruneOptions::default(), &NoProgress).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
         assert!(e.to_string().contains(&s1.short()), "{e}");
         assert!(e.to_string().contains("repair snapshots"), "{e}");
@@ -110,6 +111,7 @@ fn prune_refuses_while_a_snapshot_cannot_be_read() {
             max_unused: 0.0,
             ..Default::default()
         },
+        &NoProgress,
     )
     .unwrap();
     assert!(r.swept.packs_deleted > 0, "{r:?}");
@@ -132,7 +134,7 @@ fn a_damaged_cache_is_never_reported_or_repaired_as_repository_damage() {
         rows.remove(0);
     });
     let repo = open(dir.path(), &key, "cache-main");
-    let report = check(&repo, None, &NoCheckProgress).unwrap();
+    let report = check(&repo, None, &NoProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let repaired = repair_snapshots(&repo, true, false).unwrap();
     assert!(repaired.is_empty(), "{repaired:?}");
@@ -185,7 +187,7 @@ fn random_damage_to_the_cache_never_panics_or_misleads() {
                     &BackupOptions::default(),
                     &NoProgress,
                 )?;
-                let report = check(&repo, None, &NoCheckProgress)?;
+                let report = check(&repo, None, &NoProgress)?;
                 assert!(
                     report.problems.is_empty(),
                     "seed {seed}: {:?}",
@@ -262,6 +264,7 @@ fn a_dry_run_prune_works_on_a_read_only_repository() {
             dry_run: true,
             ..Default::default()
         },
+        &NoProgress,
     )
     .unwrap();
     assert!(r.dry_run);
@@ -290,7 +293,7 @@ fn staging_files_left_by_failed_uploads_are_removed() {
     let left = stale("0a.upload-1");
     let fresh = tmp.join("0b.upload-2");
     std::fs::write(&fresh, b"being written").unwrap();
-    prune(&repo, &PruneOptions::default()).unwrap();
+    prune(&repo, &PruneOptions::default(), &NoProgress).unwrap();
     assert!(!left.exists(), "prune removes a stale staging file");
     assert!(
         fresh.exists(),

@@ -6,12 +6,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn_repo::archiver::{backup_paths, BackupOptions, NoProgress, Progress};
-use cairn_repo::check::{check, NoCheckProgress};
+use cairn_repo::archiver::{backup_paths, BackupOptions};
+use cairn_repo::check::check;
 use cairn_repo::crypto::MasterKey;
 use cairn_repo::format::tree::{Node, NodeKind};
 use cairn_repo::id::Id;
-use cairn_repo::restorer::{restore, NoRestoreProgress, RestoreOptions};
+use cairn_repo::progress::{NoProgress, Progress};
+use cairn_repo::restorer::{restore, RestoreOptions};
 use cairn_repo::testing::{compare_trees, nested_folders, random_tree, remove_nested};
 use cairn_repo::{Credentials, InitOptions, Location, OpenOptions, Repository};
 
@@ -106,12 +107,12 @@ fn a_tree_nested_10000_folders_deep_is_backed_up_whole() {
         &alone.id,
         &out,
         &RestoreOptions::default(),
-        &NoRestoreProgress,
+        &NoProgress,
     )
     .unwrap();
     compare_trees(&normal, &out.join(normal.strip_prefix("/").unwrap())).unwrap();
 
-    let report = check(&repo, None, &NoCheckProgress).unwrap();
+    let report = check(&repo, None, &NoProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.trees as usize > DEPTH);
 }

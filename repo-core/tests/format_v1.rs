@@ -13,9 +13,10 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::check::{check, Subset};
 use cairn_repo::keys::read_key_file;
-use cairn_repo::restorer::{restore, NoRestoreProgress, RestoreOptions};
+use cairn_repo::progress::NoProgress;
+use cairn_repo::restorer::{restore, RestoreOptions};
 use cairn_repo::{Credentials, Id, Location, OpenOptions, Repository};
 use serde::{Deserialize, Serialize};
 
@@ -140,14 +141,7 @@ fn describe(repo: &Repository, restore_root: &Path) -> Vec<ExpectedSnapshot> {
     let mut out = Vec::new();
     for (id, snap) in repo.snapshots().unwrap() {
         let target = restore_root.join(id.to_hex());
-        restore(
-            repo,
-            &id,
-            &target,
-            &RestoreOptions::default(),
-            &NoRestoreProgress,
-        )
-        .unwrap();
+        restore(repo, &id, &target, &RestoreOptions::default(), &NoProgress).unwrap();
         out.push(ExpectedSnapshot {
             id: id.to_hex(),
             kind: serde_json::to_value(snap.kind)
@@ -225,7 +219,7 @@ fn format_v1_repository_opens_restores_and_checks_clean() {
             for (g, w) in got.iter().zip(&want.snapshots) {
                 assert_eq!(g, w, "{tenant}: snapshot {}", w.id);
             }
-            let report = check(&repo, Some(Subset::All), &NoCheckProgress).unwrap();
+            let report = check(&repo, Some(Subset::All), &NoProgress).unwrap();
             assert!(
                 report.problems.is_empty(),
                 "{tenant}: {:?}",
@@ -253,7 +247,7 @@ fn write_the_v1_fixture() {
 
 mod generator {
     use super::*;
-    use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions, NoProgress};
+    use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions};
     use cairn_repo::backend::FileType;
     use cairn_repo::crypto::MasterKey;
     use cairn_repo::format::config::ChunkerConfig;
@@ -425,6 +419,7 @@ mod generator {
                 max_unused: 0.0,
                 ..Default::default()
             },
+            &NoProgress,
         )
         .unwrap();
         println!("first prune: {r:?}");
@@ -460,6 +455,7 @@ mod generator {
                 max_unused: 0.0,
                 ..Default::default()
             },
+            &NoProgress,
         )
         .unwrap();
         println!("second prune: {r:?}");

@@ -8,7 +8,8 @@ use common::*;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions, NoProgress};
+use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions};
+use cairn_repo::progress::NoProgress;
 use cairn_repo::prune::{prune, PruneOptions};
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::testing::Rng;
@@ -82,6 +83,7 @@ fn prune_while_a_backup_waits(succeed: bool) {
             max_unused: 0.0,
             ..Default::default()
         },
+        &NoProgress,
     )
     .unwrap();
     assert!(
@@ -104,6 +106,7 @@ fn prune_while_a_backup_waits(succeed: bool) {
             max_unused: 0.0,
             ..Default::default()
         },
+        &NoProgress,
     )
     .unwrap();
     assert!(r2.pending_record.is_none());
@@ -230,6 +233,7 @@ fn backups_of_changing_data_alongside_a_prune_loop() {
                         max_unused: 0.0,
                         ..Default::default()
                     },
+                    &NoProgress,
                 )
                 .unwrap();
                 runs += 1;
@@ -245,7 +249,7 @@ fn backups_of_changing_data_alongside_a_prune_loop() {
     let runs = pruner.join().unwrap();
     assert!(runs >= 2, "prune ran only {runs} times");
     let repo = open(dir.path(), &key, "cache-main");
-    let r = prune(&repo, &PruneOptions::default()).unwrap();
+    let r = prune(&repo, &PruneOptions::default(), &NoProgress).unwrap();
     assert!(r.pending_record.is_none());
     assert_clean(&repo);
     let present: std::collections::HashSet<Id> = repo
@@ -260,14 +264,7 @@ fn backups_of_changing_data_alongside_a_prune_loop() {
             continue; // forgotten by the prune loop
         }
         let out = dir.path().join(format!("out-{}", id.short()));
-        cairn_repo::restorer::restore(
-            &repo,
-            &id,
-            &out,
-            &Default::default(),
-            &cairn_repo::restorer::NoRestoreProgress,
-        )
-        .unwrap();
+        cairn_repo::restorer::restore(&repo, &id, &out, &Default::default(), &NoProgress).unwrap();
         let snap = repo.read_snapshot(&id).unwrap();
         let restored_src = out.join(snap.paths[0].trim_start_matches('/'));
         for name in std::fs::read_dir(&copy).unwrap() {
@@ -377,6 +374,7 @@ fn lapsed_lease(sweep_already_ran: bool) {
             max_unused: 0.0,
             ..Default::default()
         },
+        &NoProgress,
     )
     .unwrap();
     assert_eq!(r.pending_record.is_none(), sweep_already_ran, "{r:?}");
@@ -401,7 +399,7 @@ fn lapsed_lease(sweep_already_ran: bool) {
         assert_clean(&repo);
     } else {
         let id = result.unwrap();
-        let r = prune(&repo, &PruneOptions::default()).unwrap();
+        let r = prune(&repo, &PruneOptions::default(), &NoProgress).unwrap();
         assert!(r.pending_record.is_none() && r.swept.records >= 1, "{r:?}");
         assert_clean(&repo);
         assert_eq!(stream_content(&repo, &id, b"/new"), expected);

@@ -7,15 +7,16 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use cairn_repo::archiver::{backup_stream, BackupOptions, NoProgress};
+use cairn_repo::archiver::{backup_stream, BackupOptions};
 use cairn_repo::backend::FileType;
-use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::check::{check, Subset};
 use cairn_repo::crypto::MasterKey;
 use cairn_repo::format::blob;
 use cairn_repo::format::config::ChunkerConfig;
 use cairn_repo::format::index::{IndexFile, IndexPack};
 use cairn_repo::format::pack::{PackBuilder, PackEntry};
 use cairn_repo::keys::{unlock_with_password, KdfParams, KeySlot, SlotTrouble};
+use cairn_repo::progress::NoProgress;
 use cairn_repo::{
     BlobKind, Credentials, ErrorKind, Id, InitOptions, Location, OpenOptions, Repository,
 };
@@ -129,8 +130,7 @@ fn a_planted_slot_with_absurd_kdf_cost_is_skipped_and_named() {
     }
     let opened = open(dir.path(), "default", "pw").unwrap();
     // Check names it with the command that removes it.
-    let report =
-        cairn_repo::check::check(&opened, None, &cairn_repo::check::NoCheckProgress).unwrap();
+    let report = cairn_repo::check::check(&opened, None, &NoProgress).unwrap();
     assert!(
         report
             .problems
@@ -333,7 +333,7 @@ fn check_reports_a_pack_header_entry_whose_end_overflows() {
     crafted.extend_from_slice(&header);
     crafted.extend_from_slice(&(header.len() as u32).to_le_bytes());
     let crafted_id = store_pack(&repo, crafted, entries);
-    let r = check(&repo, Some(Subset::All), &NoCheckProgress).unwrap();
+    let r = check(&repo, Some(Subset::All), &NoProgress).unwrap();
     assert!(
         r.problems
             .iter()

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use cairn_repo::archiver::{backup_stream, BackupOptions, NoProgress};
-use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::archiver::{backup_stream, BackupOptions};
+use cairn_repo::check::{check, Subset};
 use cairn_repo::crypto::MasterKey;
+use cairn_repo::progress::NoProgress;
 use cairn_repo::prune::prune;
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::testing::{copy_tree, Rng};
@@ -148,7 +149,7 @@ fn assert_model(
         );
     }
     let subset = read_data.then_some(Subset::All);
-    let r = check(&reader, subset, &NoCheckProgress).unwrap();
+    let r = check(&reader, subset, &NoProgress).unwrap();
     assert!(r.problems.is_empty(), "{what}: {:?}", r.problems);
     drop(reader);
     let _ = std::fs::remove_dir_all(&cache);
@@ -177,7 +178,7 @@ fn schedule(t: &Template, i: u64, j: u64) -> (u64, u64, bool) {
     let writer_paused = wait_paused(&writer, &wthread);
 
     let (prepo, pruner) = stepped(&dir, &t.key, "cache-prune", j);
-    let pthread = std::thread::spawn(move || prune(&prepo, &aggressive()));
+    let pthread = std::thread::spawn(move || prune(&prepo, &aggressive(), &NoProgress));
     let prune_paused = wait_paused(&pruner, &pthread);
 
     if writer_paused {
@@ -208,7 +209,7 @@ fn schedule(t: &Template, i: u64, j: u64) -> (u64, u64, bool) {
 
     // With both done, a last prune sweeps everything that waited.
     let last = open(&dir, &t.key, "cache-last");
-    let r = prune(&last, &aggressive()).unwrap();
+    let r = prune(&last, &aggressive(), &NoProgress).unwrap();
     assert!(r.pending_record.is_none(), "{what}: {r:?}");
     assert_model(
         &dir,

@@ -7,9 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn_repo::archiver::{backup_paths, BackupOptions, NoProgress};
+use cairn_repo::archiver::{backup_paths, BackupOptions};
 use cairn_repo::crypto::MasterKey;
-use cairn_repo::restorer::{restore, Overwrite, RestoreOptions, RestoreProgress};
+use cairn_repo::progress::{NoProgress, Progress};
+use cairn_repo::restorer::{restore, Overwrite, RestoreOptions};
 use cairn_repo::testing::Rng;
 use cairn_repo::{Credentials, InitOptions, Location, OpenOptions, Repository};
 
@@ -43,7 +44,7 @@ struct SwapOnFirstFile {
     swapped: AtomicBool,
 }
 
-impl RestoreProgress for SwapOnFirstFile {
+impl Progress for SwapOnFirstFile {
     fn file(&self, path: &Path) {
         if path.starts_with(&self.folder) && !self.swapped.swap(true, Ordering::SeqCst) {
             let moved = self.folder.with_extension("moved");
@@ -147,7 +148,7 @@ fn restore_replaces_a_planted_symlink_instead_of_following_it() {
             overwrite: Overwrite::Always,
             ..Default::default()
         },
-        &cairn_repo::restorer::NoRestoreProgress,
+        &NoProgress,
     )
     .unwrap();
     assert_untouched(&outside);

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions, NoProgress};
+use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions};
 use cairn_repo::content::ContentReader;
 use cairn_repo::crypto::MasterKey;
-use cairn_repo::restorer::{restore, NoRestoreProgress, RestoreOptions};
+use cairn_repo::progress::NoProgress;
+use cairn_repo::restorer::{restore, RestoreOptions};
 use cairn_repo::testing::{compare_trees, random_tree, Rng};
 use cairn_repo::{Credentials, InitOptions, Location, OpenOptions, Repository};
 use proptest::prelude::*;
@@ -57,7 +58,7 @@ fn round_trip(seed: u64) {
             verify: true,
             ..Default::default()
         },
-        &NoRestoreProgress,
+        &NoProgress,
     )
     .unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
@@ -82,7 +83,7 @@ fn round_trip(seed: u64) {
         &r2.id,
         &out2,
         &RestoreOptions::default(),
-        &NoRestoreProgress,
+        &NoProgress,
     )
     .unwrap();
     compare_trees(&src, &out2.join(src.strip_prefix("/").unwrap()))
@@ -111,14 +112,7 @@ fn backup_and_restore(
         &NoProgress,
     )
     .unwrap();
-    restore(
-        repo,
-        &r.id,
-        out,
-        &RestoreOptions::default(),
-        &NoRestoreProgress,
-    )
-    .unwrap();
+    restore(repo, &r.id, out, &RestoreOptions::default(), &NoProgress).unwrap();
     let copy = out.join(src.strip_prefix("/").unwrap());
     (r, copy)
 }
@@ -322,14 +316,7 @@ fn special_files_round_trip() {
     .unwrap();
     assert!(!r.snapshot.incomplete);
     let out = dir.path().join("out");
-    restore(
-        &repo,
-        &r.id,
-        &out,
-        &RestoreOptions::default(),
-        &NoRestoreProgress,
-    )
-    .unwrap();
+    restore(&repo, &r.id, &out, &RestoreOptions::default(), &NoProgress).unwrap();
     compare_trees(&src, &out.join(src.strip_prefix("/").unwrap())).unwrap();
 }
 

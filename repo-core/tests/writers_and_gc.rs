@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use cairn_repo::archiver::{backup_stream, BackupOptions, NoProgress};
+use cairn_repo::archiver::{backup_stream, BackupOptions};
 use cairn_repo::backend::FileType;
-use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::check::{check, Subset};
 use cairn_repo::lease;
+use cairn_repo::progress::NoProgress;
 use cairn_repo::prune::prune;
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::testing::Rng;
@@ -88,7 +89,7 @@ fn a_snapshot_committed_while_a_prune_waits_restores_at_once_and_check_agrees() 
     let (go, writer) = paused_writer(dir.path(), &key, first, rest);
 
     forget(&repo, &[s1]).unwrap();
-    let r = prune(&repo, &aggressive()).unwrap();
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
     assert!(r.pending_record.is_some(), "the sweep must wait: {r:?}");
     go.send(true).unwrap();
     let id = writer.join().unwrap().unwrap();
@@ -96,11 +97,11 @@ fn a_snapshot_committed_while_a_prune_waits_restores_at_once_and_check_agrees() 
     let fresh = open(dir.path(), &key, "cache-fresh");
     assert_eq!(stream_content(&fresh, &id, b"/new"), expected);
     assert_eq!(stream_content(&repo, &id, b"/new"), expected);
-    let report = check(&fresh, Some(Subset::All), &NoCheckProgress).unwrap();
+    let report = check(&fresh, Some(Subset::All), &NoProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 
     // The next prune, with the writer gone, sweeps and keeps what the snapshot needs.
-    let r = prune(&repo, &aggressive()).unwrap();
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
     assert!(r.pending_record.is_none() && r.swept.records >= 1, "{r:?}");
     assert_clean(&repo);
     assert_eq!(stream_content(&repo, &id, b"/new"), expected);
@@ -135,7 +136,7 @@ fn a_backup_whose_data_was_swept_while_it_ran_commits_nothing() {
         repo.store().remove(FileType::Lock, &name).unwrap();
     }
     forget(&repo, &[s1]).unwrap();
-    let r = prune(&repo, &aggressive()).unwrap();
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
     assert!(r.pending_record.is_none(), "the sweep ran at once: {r:?}");
     assert!(r.swept.packs_deleted > 0, "{r:?}");
     go.send(true).unwrap();

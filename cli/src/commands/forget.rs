@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::args::ForgetArgs;
 use crate::commands::snapshots::matches;
 use crate::context::Context;
-use crate::output::{outln, print_json};
+use crate::output::{outln, print_json, Bar};
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<jiff::SignedDuration>> {
     match v {
@@ -142,7 +142,12 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     } else {
         forget(&repo, &remove)?;
         match &prune_opts {
-            Some(opts) => Some(cairn_repo::prune::prune(&repo, opts)?),
+            Some(opts) => {
+                let bar = Bar::new(!ctx.quiet(), None);
+                let r = cairn_repo::prune::prune(&repo, opts, &bar);
+                bar.finish();
+                Some(r?)
+            }
             None => None,
         }
     };

@@ -6,7 +6,7 @@ use cairn_repo::prune::{prune, PruneOptions, PruneReport};
 
 use crate::args::{PruneArgs, PruneOpts};
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json};
+use crate::output::{human_bytes, outln, print_json, Bar};
 
 pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
     let max_unused = match o.max_unused.trim().strip_suffix('%') {
@@ -107,7 +107,12 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
 
 pub fn run(ctx: &Context, args: PruneArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let r = prune(&repo, &options(&args.opts, args.dry_run)?)?;
+    let opts = options(&args.opts, args.dry_run)?;
+    // A dry run repacks and deletes nothing, so it has no events to show: no bar.
+    let bar = Bar::new(!ctx.quiet() && !args.dry_run, None);
+    let r = prune(&repo, &opts, &bar);
+    bar.finish();
+    let r = r?;
     report(ctx, &r)?;
     Ok(0)
 }

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{add_sealed, cut, fill, seal_chunk, Archiver, Sealed, FILES_CACHE_BATCH, SMALL_FILE};
+use super::pipeline::{self, add_sealed, cut, fill, seal_chunk, Saved, Sealed};
+use super::{Archiver, FILES_CACHE_BATCH, SMALL_FILE};
 use crate::cache::FileRecord;
 use crate::crypto::Keys;
 use crate::error::Result;
@@ -213,12 +214,12 @@ impl Archiver<'_> {
     ) -> Result<Option<Node>> {
         let saved = open_regular(dir, name).and_then(|(mut f, opened)| {
             let mut limited = (&f).take(opened.size);
-            let read = self.save_stream(&mut limited)?;
+            let read = self.save_reader(&mut limited)?;
             let grew = match &read {
-                Ok((_, len)) if *len == opened.size => more_to_read(&mut f)?,
+                Ok(saved) if saved.len == opened.size => more_to_read(&mut f)?,
                 _ => false,
             };
-            Ok(read.map(|(ids, len)| Content {
+            Ok(read.map(|Saved { ids, len }| Content {
                 ids,
                 len,
                 opened,
@@ -256,7 +257,7 @@ impl Archiver<'_> {
         self.summary.total_bytes = self.summary.total_bytes - st.size + len;
         set_stat(&mut node, &opened);
         node.size = len;
-        self.set_content(&mut node, ids)?;
+        pipeline::set_content(&mut self.writer, &mut node, ids)?;
         if start.known {
             self.summary.files_changed += 1;
         } else {

@@ -44,6 +44,7 @@ use crate::content::EntryBudget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::tree::{Node, NodeKind, Time};
 use crate::id::Id;
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::walk::Excludes;
 
@@ -73,14 +74,6 @@ pub struct RestoreOptions {
     /// Read every restored file back and check it against the snapshot.
     pub verify: bool,
 }
-
-pub trait RestoreProgress: Sync {
-    fn file(&self, _path: &Path) {}
-    fn bytes(&self, _n: u64) {}
-}
-
-pub struct NoRestoreProgress;
-impl RestoreProgress for NoRestoreProgress {}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreSummary {
@@ -120,7 +113,7 @@ impl Limits {
 struct Restorer<'a> {
     repo: &'a Repository,
     opts: &'a RestoreOptions,
-    progress: &'a dyn RestoreProgress,
+    progress: &'a dyn Progress,
     summary: RestoreSummary,
     /// The target folder's path, as given.
     target: PathBuf,
@@ -400,7 +393,7 @@ pub fn restore(
     snapshot: &Id,
     target: &Path,
     opts: &RestoreOptions,
-    progress: &dyn RestoreProgress,
+    progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     repo.sync_index()?;
     let snap = repo.read_snapshot(snapshot)?;

@@ -17,10 +17,11 @@ use rayon::prelude::*;
 
 use super::dirs::{errno, DirFd};
 use super::entries::apply_fd;
-use super::{io_err, RestoreProgress};
+use super::io_err;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::tree::Node;
 use crate::id::{BlobKind, Id};
+use crate::progress::Progress;
 use crate::repository::Repository;
 
 /// A new file to write: created as `name` in `dir` (its own name, or a temporary name when
@@ -56,7 +57,7 @@ pub(super) fn write_files(
     files: &[FileJob<'_>],
     group_files: usize,
     is_root: bool,
-    progress: &dyn RestoreProgress,
+    progress: &dyn Progress,
 ) -> Vec<Result<u64>> {
     let mut results: Vec<Option<Result<u64>>> = (0..files.len()).map(|_| None).collect();
     let mut small: Vec<usize> = Vec::new();
@@ -140,7 +141,7 @@ fn write_small_group(
     files: &[FileJob<'_>],
     group: &[usize],
     is_root: bool,
-    progress: &dyn RestoreProgress,
+    progress: &dyn Progress,
 ) -> Result<Vec<Result<u64>>> {
     // Every distinct blob of the group with where it is.
     let mut wanted: Vec<(crate::cache::BlobLocation, Id)> = Vec::new();
@@ -251,7 +252,7 @@ const FETCH_WINDOW: usize = 16;
 pub(super) fn write_content<'p>(
     repo: &Repository,
     job: &FileJob<'p>,
-    progress: &dyn RestoreProgress,
+    progress: &dyn Progress,
 ) -> Result<NewFile<'p>> {
     let node = job.node;
     let shown = job.shown_path();

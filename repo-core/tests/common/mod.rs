@@ -10,10 +10,11 @@ use std::sync::{mpsc, Arc};
 use cairn_repo::backend::{
     new_runtime, Backend, BackendOptions, FileType, ObjectInfo, OpendalRoot, Root, Store,
 };
-use cairn_repo::check::{check, NoCheckProgress, Subset};
+use cairn_repo::check::{check, Subset};
 use cairn_repo::content::ContentReader;
 use cairn_repo::crypto::MasterKey;
 use cairn_repo::format::config::ChunkerConfig;
+use cairn_repo::progress::NoProgress;
 use cairn_repo::{Credentials, Id, InitOptions, Location, OpenOptions, Repository};
 
 pub fn init(dir: &Path) -> MasterKey {
@@ -52,7 +53,7 @@ pub fn open(dir: &Path, key: &MasterKey, cache: &str) -> Repository {
 }
 
 pub fn assert_clean(repo: &Repository) {
-    let r = check(repo, Some(Subset::All), &NoCheckProgress).unwrap();
+    let r = check(repo, Some(Subset::All), &NoProgress).unwrap();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
 }
 

@@ -1,0 +1,43 @@
+//! Progress of the long operations (backup, restore, check, prune), reported as it happens.
+//!
+//! One trait for all of them, so that a front end implements it once (the CLI's terminal
+//! bar; a server's metrics or a JSON stream later) and each operation reports only the
+//! events it has. Every method has a default that does nothing: an implementation picks the
+//! events it shows.
+//!
+//! Methods are called from several threads at once (files are read, written and sealed on
+//! the rayon pool), hence `Sync`; they must return quickly, because the work waits for them.
+//! Progress is for watching only: what an operation did is in its result (its summary,
+//! warnings and report), never only here.
+
+use std::path::Path;
+
+use crate::id::Id;
+
+/// What an operation reports while it runs.
+pub trait Progress: Sync {
+    /// A file is being worked on: read for a backup, written for a restore.
+    fn file(&self, _path: &Path) {}
+    /// `n` more bytes done: read and stored by a backup (unchanged files count when they are
+    /// skipped), written by a restore, packs read by a check with `--read-data` or by a
+    /// prune that repacks.
+    fn bytes(&self, _n: u64) {}
+    /// Something was left out or saved otherwise than asked; the operation goes on, and the
+    /// same message is in its result.
+    fn warn(&self, _message: &str) {}
+    /// A prune is done with a pack: its used blobs copied out, or the pack deleted.
+    fn pack(&self, _pack: &Id, _event: PackEvent) {}
+}
+
+/// What a prune did with a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackEvent {
+    /// Its used blobs were copied into new packs; it is deleted by the sweep.
+    Repacked { bytes: u64 },
+    /// It was deleted, freeing `bytes`.
+    Deleted { bytes: u64 },
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
