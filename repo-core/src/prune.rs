@@ -25,9 +25,9 @@ use serde::Serialize;
 
 use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::blob::{self, SealedBlob};
+use crate::format::blob::SealedBlob;
 use crate::format::index::{Condemned, IndexFile, IndexPack};
-use crate::format::pack::{entry_bytes, parse_header, HeaderRead, PackBuilder};
+use crate::format::pack::PackBuilder;
 use crate::id::{BlobKind, Id};
 use crate::lease::{self, Lease, LeaseGuard};
 use crate::mark::{mark, overlay_of, IdSet, Locator};
@@ -517,18 +517,11 @@ fn repack(
     let mut copied = IdSet::new()?;
     let mut builders: HashMap<BlobKind, PackBuilder> = HashMap::new();
     for pack in packs {
-        let bytes = repo.store().read(FileType::Pack, &pack.to_hex())?;
-        if Id::of_bytes(&bytes) != *pack {
+        let bytes = repo.read_pack(pack)?;
+        if !bytes.matches_name() {
             return Err(Error::corrupt(format!("pack {pack}: contents do not match its name; run `cairn check --read-data` before pruning")));
         }
-        let entries = match parse_header(repo.keys(), pack, bytes.len() as u64, &bytes)? {
-            HeaderRead::Done(e) => e,
-            HeaderRead::NeedMore(_) => {
-                return Err(Error::corrupt(format!(
-                    "pack {pack}: header cannot be read"
-                )))
-            }
-        };
+        let entries = bytes.entries()?;
         for e in entries {
             if !used.contains(&e.id)? || copied.contains(&e.id)? {
                 continue;
@@ -539,8 +532,8 @@ fn repack(
                     continue;
                 }
             }
-            let sealed = entry_bytes(&bytes, &e)?;
-            blob::open(repo.keys(), e.kind, &e.id, sealed).map_err(|err| {
+            let sealed = bytes.sealed(&e)?;
+            bytes.open(&e).map_err(|err| {
                 err.context(format!(
                     "pack {pack}: repacking refused, run `cairn check --read-data`"
                 ))

@@ -1,8 +1,10 @@
 //! An open tenant namespace and how it is opened or created (locations, credentials, the
 //! cache it attaches). The operations every command shares live beside it, one job a file:
 //! `key_slots` (passwords of the tenant), `index` (index files and the cache kept in step
-//! with them), `blobs` (finding and reading blobs, pack headers and trees) and `snapshots`
-//! (listing, verifying, resolving and committing snapshots).
+//! with them), `blobs` (finding blobs and reading them by id: trees, content lists, paths),
+//! `reader` (the one path from pack bytes to verified plaintext: single blobs, runs of
+//! neighbouring blobs, pack headers, whole packs) and `snapshots` (listing, verifying,
+//! resolving and committing snapshots).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use crate::format::config::{ChunkerConfig, Config, FORMAT_VERSION};
 use crate::format::index::IndexFile;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{ContentList, Node, Tree};
-use crate::format::{self, blob, from_cbor, open_meta, seal_meta};
+use crate::format::{self, blob, open_meta, seal_meta};
 use crate::id::{BlobKind, Id};
 use crate::index_sort::EntrySorter;
 use crate::keys::{KdfParams, KeySlot};
@@ -30,9 +32,11 @@ use crate::{layout, sys};
 mod blobs;
 mod index;
 mod key_slots;
+mod reader;
 mod snapshots;
 
 pub use index::IndexFileWriter;
+pub use reader::{coalesce, BlobRun, PackBytes};
 pub use snapshots::{SnapshotList, SnapshotRead};
 
 /// Index files decoded at once while syncing: enough to keep the cores busy, few enough that
@@ -347,6 +351,11 @@ impl Repository {
     }
     pub fn lease_ttl(&self) -> std::time::Duration {
         self.lease_ttl
+    }
+
+    /// The id of a blob with this plaintext (keyed: ids differ between tenants).
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        self.keys.blob_id(plaintext)
     }
 
     pub fn chunker(&self) -> Result<cairn_chunker::Chunker> {
