@@ -260,16 +260,23 @@ impl Repository {
 
     /// Stores an index file (or condemned record); returns its name.
     pub fn save_index(&self, index: &IndexFile) -> Result<Id> {
-        let sealed = seal_meta(&self.keys, format::index::AAD, index)?;
-        let id = Id::of_bytes(&sealed);
-        self.store
-            .put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
-        Ok(id)
+        store_index_file(&self.store, &self.keys, index)
     }
 
     pub fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
         self.read_sealed(FileType::Index, format::index::AAD, id, "index file")
     }
+}
+
+/// Seals and stores an index file (or condemned record) under the hash of its bytes; returns
+/// its name. Every index file is written here: by [`Repository::save_index`], by
+/// [`IndexFileWriter`] and by the upload thread of [`crate::writer::BlobWriter`] (which holds
+/// the store and keys, not the repository). Callers store the packs a file lists first.
+pub(crate) fn store_index_file(store: &Store, keys: &Keys, index: &IndexFile) -> Result<Id> {
+    let sealed = seal_meta(keys, format::index::AAD, index)?;
+    let id = Id::of_bytes(&sealed);
+    store.put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
+    Ok(id)
 }
 
 /// Writes pack entries as a series of index files of at most [`IndexFileWriter::ENTRIES`]

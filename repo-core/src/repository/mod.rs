@@ -35,6 +35,7 @@ mod key_slots;
 mod reader;
 mod snapshots;
 
+pub(crate) use index::store_index_file;
 pub use index::IndexFileWriter;
 pub use reader::{coalesce, BlobRun, PackBytes};
 pub use snapshots::{SnapshotList, SnapshotRead};
