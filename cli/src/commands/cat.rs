@@ -25,7 +25,6 @@ pub fn run(ctx: &Context, args: CatArgs) -> Result<i32> {
             print_json(&snapshot_json(&id, &s))?;
         }
         "tree" => {
-            repo.sync_index()?;
             let spec = need(&args.id, "tree")?;
             let id = match Id::from_hex(&spec) {
                 Ok(id) => id,

@@ -20,12 +20,14 @@ impl Repository {
     }
 
     /// Where a blob is, for readers (condemned packs included: they exist until a sweep
-    /// has made sure no snapshot needs them). `None` means the repository itself does not
+    /// has made sure no snapshot needs them). The index is synced once per process before
+    /// the first lookup (see [`Repository::ensure_index_synced`]). `None` means the repository itself does not
     /// list it: a miss in the cache is followed by reading new index files (the blob may
     /// belong to a snapshot committed after the last sync) and, if it still misses, by
     /// reloading the whole index from the repository once per process, so that a damaged
     /// or stale cache can never make a present blob look missing.
     pub fn locate_verified(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        self.ensure_index_synced()?;
         if let Some(loc) = self.cache.lookup_readable(id)? {
             return Ok(Some(loc));
         }

@@ -37,9 +37,24 @@ impl Repository {
                     attempts += 1;
                     tracing::debug!("index changed while being read ({e}); reading it again");
                 }
+                Ok(()) => {
+                    self.index_synced.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Syncs the index unless it was synced in this process already. Reads by id and index
+    /// statistics call this, so a read-only command starts from the repository's index
+    /// without having to remember to sync; writers and garbage collection sync explicitly at
+    /// the points their ordering needs.
+    pub fn ensure_index_synced(&self) -> Result<()> {
+        if self.index_synced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.sync_index()
     }
 
     fn sync_index_once(&self) -> Result<()> {
@@ -258,6 +273,21 @@ impl Repository {
             .collect())
     }
 
+    /// How many packs are stored and their bytes.
+    pub fn pack_stats(&self) -> Result<PackStats> {
+        let packs = self.store.list(FileType::Pack)?;
+        Ok(PackStats {
+            packs: packs.len() as u64,
+            bytes: packs.iter().map(|p| p.size).sum(),
+        })
+    }
+
+    /// Counts and sizes of the blobs in the index (synced first if this process has not).
+    pub fn blob_totals(&self) -> Result<BlobTotals> {
+        self.ensure_index_synced()?;
+        self.cache.blob_totals()
+    }
+
     /// Stores an index file (or condemned record); returns its name.
     pub fn save_index(&self, index: &IndexFile) -> Result<Id> {
         store_index_file(&self.store, &self.keys, index)
@@ -266,6 +296,13 @@ impl Repository {
     pub fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
         self.read_sealed(FileType::Index, format::index::AAD, id, "index file")
     }
+}
+
+/// The packs stored in a repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackStats {
+    pub packs: u64,
+    pub bytes: u64,
 }
 
 /// Seals and stores an index file (or condemned record) under the hash of its bytes; returns
