@@ -121,3 +121,45 @@ pub(crate) fn store_pack(store: &Store, pack: FinishedPack) -> Result<(IndexPack
         bytes,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::format::blob;
+
+    /// Tree packs close at a quarter of the pack size, data packs at the pack size: the one
+    /// policy for the writer and for prune's repack.
+    #[test]
+    fn tree_packs_close_at_a_quarter_of_the_pack_size() {
+        let keys = Keys::derive(&MasterKey::generate().unwrap()).unwrap();
+        let pack_size = 64 << 10;
+        let mut packer = Packer::new(keys.clone(), pack_size);
+        let mut filled = |kind: BlobKind| -> usize {
+            let mut n = 0u32;
+            loop {
+                n += 1;
+                let plain: Vec<u8> = (0..4096u32)
+                    .map(|i| (i.wrapping_mul(2654435761) ^ n.wrapping_mul(40503)) as u8)
+                    .collect();
+                let id = keys.blob_id(&plain);
+                let sealed = blob::seal(&keys, kind, id, &plain, 0).unwrap();
+                if packer.add(&sealed).unwrap() {
+                    let pack = packer.flush(kind).unwrap().unwrap();
+                    assert_eq!(pack.kind, kind);
+                    return pack.entries.iter().map(|e| e.length as usize).sum();
+                }
+            }
+        };
+        let tree = filled(BlobKind::Tree);
+        let data = filled(BlobKind::Data);
+        let quarter = (pack_size / 4) as usize;
+        assert!((quarter..quarter + 5000).contains(&tree), "{tree}");
+        assert!(
+            (pack_size as usize..pack_size as usize + 5000).contains(&data),
+            "{data}"
+        );
+        assert!(packer.flush_all().unwrap().is_empty());
+    }
+}

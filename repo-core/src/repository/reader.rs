@@ -109,19 +109,22 @@ impl Repository {
             .map_err(|e| e.context(format!("pack {pack}")))
     }
 
-    /// Reads a blob at a known location (one ranged read).
-    pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+    /// The sealed bytes of one blob, read by range once its location's claims are checked.
+    fn read_claimed(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
         self.check_claim(kind, id, loc)?;
-        let sealed = self
-            .store
+        self.store
             .read_range(
                 FileType::Pack,
                 &loc.pack.to_hex(),
                 loc.offset,
                 u64::from(loc.length),
             )
-            .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
-        let mut sealed = writable(sealed);
+            .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))
+    }
+
+    /// Reads a blob at a known location (one ranged read).
+    pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let mut sealed = writable(self.read_claimed(kind, id, loc)?);
         self.open_sealed(kind, id, &loc.pack, &mut sealed)
     }
 
@@ -133,16 +136,7 @@ impl Repository {
         id: &Id,
         loc: &BlobLocation,
     ) -> Result<Vec<u8>> {
-        self.check_claim(kind, id, loc)?;
-        let sealed = self
-            .store
-            .read_range(
-                FileType::Pack,
-                &loc.pack.to_hex(),
-                loc.offset,
-                u64::from(loc.length),
-            )
-            .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
+        let sealed = self.read_claimed(kind, id, loc)?;
         blob::open_bounded(&self.keys, kind, id, &sealed, self.max_blob(kind))
             .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
         Ok(sealed.to_vec())
@@ -254,5 +248,56 @@ impl PackBytes<'_> {
         let sealed = self.sealed(entry)?;
         let max = self.repo.max_blob(entry.kind);
         blob::open_bounded(&self.repo.keys, entry.kind, &entry.id, sealed, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(pack: u8, offset: u64, length: u32) -> BlobLocation {
+        BlobLocation {
+            kind: BlobKind::Data,
+            pack: Id([pack; 32]),
+            offset,
+            length,
+            raw_length: 1,
+        }
+    }
+
+    fn shape(runs: &[BlobRun]) -> Vec<Vec<u64>> {
+        runs.iter()
+            .map(|r| r.blobs().iter().map(|(_, l)| l.offset).collect())
+            .collect()
+    }
+
+    #[test]
+    fn coalesce_joins_neighbours_of_one_pack_within_the_gap() {
+        let blobs = vec![
+            (Id([1; 32]), at(1, 200, 100)),
+            (Id([2; 32]), at(1, 0, 100)),
+            // A gap of 100 after the blob ending at 300: joins with a gap of 100.
+            (Id([3; 32]), at(1, 400, 100)),
+            // A gap of 101: starts a new run.
+            (Id([4; 32]), at(1, 601, 100)),
+            // Another pack: a new run even when the offsets would join.
+            (Id([5; 32]), at(2, 701, 10)),
+            // Overlapping the blob before it: never joins.
+            (Id([6; 32]), at(2, 705, 10)),
+        ];
+        let runs = coalesce(blobs, 100);
+        assert_eq!(
+            shape(&runs),
+            vec![vec![0, 200, 400], vec![601], vec![701], vec![705]]
+        );
+        assert_eq!(runs[0].range(), Some((0, 500)));
+        assert_eq!(runs[0].pack(), &Id([1; 32]));
+    }
+
+    #[test]
+    fn a_run_whose_claimed_end_overflows_has_no_range() {
+        let runs = coalesce(vec![(Id([1; 32]), at(1, u64::MAX - 5, 100))], 100);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].range(), None);
     }
 }
