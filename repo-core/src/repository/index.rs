@@ -167,6 +167,10 @@ impl Repository {
         loop {
             match self.index_file_ids().and_then(|l| self.load_index(&l)) {
                 Err(e) if e.kind() == ErrorKind::NotFound && attempts < 5 => attempts += 1,
+                Ok(()) => {
+                    self.index_synced.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 other => return other,
             }
         }
