@@ -16,10 +16,7 @@ use serde::Serialize;
 
 use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::blob;
-use crate::format::from_cbor;
-use crate::format::pack::{entry_bytes, parse_header, HeaderRead};
-use crate::format::tree::{ContentList, NodeKind, Tree};
+use crate::format::tree::NodeKind;
 use crate::id::{BlobKind, Id};
 use crate::keys::KeySlot;
 use crate::mark::{overlay_of, IdSet, Locator};
@@ -339,10 +336,9 @@ fn check_tree(
         if !locate_or_report(locator, BlobKind::Tree, &tree_id, snap, condemned, r)? {
             continue;
         }
-        let tree: Tree = match locator
-            .read(BlobKind::Tree, &tree_id)
-            .and_then(|p| from_cbor::<Tree>(&p, &format!("tree {tree_id}")))
-        {
+        // A tree that does not validate is reported like one that does not decode: no
+        // reader walks it (`Tree::decode`), so neither does check.
+        let tree = match locator.load_tree(&tree_id) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => {
                 r.problem(format!("tree {tree_id}"), format!("(snapshot {snap}) {e}"));
@@ -350,9 +346,6 @@ fn check_tree(
             }
             Err(e) => return Err(e),
         };
-        if let Err(e) = tree.validate() {
-            r.problem(format!("tree {tree_id}"), e.to_string());
-        }
         for node in &tree.nodes {
             match node.kind {
                 NodeKind::Dir => match node.subtree {
@@ -368,9 +361,7 @@ fn check_tree(
                         if !locate_or_report(locator, BlobKind::Tree, list, snap, condemned, r)? {
                             continue;
                         }
-                        match locator.read(BlobKind::Tree, list).and_then(|p| {
-                            from_cbor::<ContentList>(&p, &format!("content list {list}"))
-                        }) {
+                        match locator.load_content_list(list) {
                             Ok(l) => ids.extend(l.ids),
                             Err(e) => r.problem(format!("blob {list}"), e.to_string()),
                         }
@@ -437,35 +428,29 @@ fn read_packs(
         }
     };
     for pack in selected {
-        let bytes = match repo.store().read(FileType::Pack, &pack.to_hex()) {
+        let bytes = match repo.read_pack(&pack) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => continue, // reported above
             Err(e) => return Err(e),
         };
         r.packs_read += 1;
-        r.bytes_read += bytes.len() as u64;
-        progress.bytes(bytes.len() as u64);
-        if Id::of_bytes(&bytes) != pack {
+        r.bytes_read += bytes.len();
+        progress.bytes(bytes.len());
+        if !bytes.matches_name() {
             r.problem(
                 format!("pack {pack}"),
                 "contents do not match its name (damaged)",
             );
         }
-        let entries = match parse_header(repo.keys(), &pack, bytes.len() as u64, &bytes) {
-            Ok(HeaderRead::Done(e)) => e,
-            Ok(HeaderRead::NeedMore(_)) => {
-                r.problem(format!("pack {pack}"), "header cannot be read");
-                continue;
-            }
+        let entries = match bytes.entries() {
+            Ok(e) => e,
             Err(e) => {
                 r.problem(format!("pack {pack}"), e.to_string());
                 continue;
             }
         };
         for e in entries {
-            let opened = entry_bytes(&bytes, &e)
-                .and_then(|sealed| blob::open(repo.keys(), e.kind, &e.id, sealed));
-            if let Err(err) = opened {
+            if let Err(err) = bytes.open(&e) {
                 r.problem(format!("pack {pack}"), format!("blob {}: {err}", e.id));
             }
         }

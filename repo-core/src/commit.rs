@@ -17,9 +17,8 @@
 
 use std::collections::HashSet;
 
-use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::blob::{self, SealedBlob};
+use crate::format::blob::SealedBlob;
 use crate::id::Id;
 use crate::mark::{overlay_of, walk_blobs, IdSet, Locator};
 use crate::repository::Repository;
@@ -76,21 +75,13 @@ pub fn ensure_complete(repo: &Repository, root: &Id, level: i32) -> Result<u64> 
             return Err(swept(format!("{kind:?} blob {id} is gone")));
         };
         let sealed = repo
-            .store()
-            .read_range(
-                FileType::Pack,
-                &loc.pack.to_hex(),
-                loc.offset,
-                loc.length as u64,
-            )
-            .map_err(|e| swept(format!("{kind:?} blob {id} in pack {}: {e}", loc.pack)))?;
-        blob::open(repo.keys(), kind, id, &sealed)
-            .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+            .read_sealed_blob_at(kind, id, &loc)
+            .map_err(|e| swept(format!("{kind:?} blob {id}: {e}")))?;
         writer.add(SealedBlob {
             kind,
             id: *id,
             raw_length: loc.raw_length,
-            bytes: sealed.to_vec(),
+            bytes: sealed,
         })?;
         copied += 1;
         Ok(())

@@ -22,7 +22,7 @@ use crate::format::index::{Condemned, IndexFile, IndexPack};
 use crate::format::pack::{entry_bytes, parse_header, Header, HeaderRead, PackEntry, HEADER_AAD};
 use crate::format::snapshot::{Snapshot, SnapshotKind, Summary};
 use crate::format::tree::{ContentList, Node, NodeKind, Time, Tree};
-use crate::format::{self, blob, from_cbor, open_meta, to_cbor};
+use crate::format::{self, blob, open_meta, to_cbor};
 use crate::id::{BlobKind, Id};
 use crate::keys::{unlock_with_password, KdfParams, KeySlot};
 use crate::lease::Lease;
@@ -135,15 +135,13 @@ pub fn tree(data: &[u8]) {
     let Ok(plain) = blob::open_in_place(keys, BlobKind::Tree, &id, &mut sealed) else {
         return;
     };
-    if let Ok(t) = from_cbor::<Tree>(&plain, "tree") {
-        if t.validate().is_ok() {
-            for n in &t.nodes {
-                let _ = t.find(&n.name);
-                let _ = n.name_lossy();
-            }
+    if let Ok(t) = Tree::decode(&plain, &id) {
+        for n in &t.nodes {
+            let _ = t.find(&n.name);
+            let _ = n.name_lossy();
         }
     }
-    let _ = from_cbor::<ContentList>(&plain, "content list");
+    let _ = ContentList::decode(&plain, &id);
 }
 
 pub fn snapshot(data: &[u8]) {

@@ -19,6 +19,7 @@ pub mod index_sort;
 pub mod keys;
 pub mod lease;
 pub mod mark;
+mod packer;
 pub mod progress;
 pub mod prune;
 pub mod repair;

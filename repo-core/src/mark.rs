@@ -10,7 +10,6 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use crate::cache::{BlobLocation, Cache};
 use crate::error::{Error, Result};
-use crate::format::from_cbor;
 use crate::format::tree::{ContentList, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::repository::Repository;
@@ -124,6 +123,16 @@ impl<'a> Locator<'a> {
             .ok_or_else(|| Error::not_found(format!("{kind:?} blob {id} is not in the index")))?;
         self.repo.read_blob_at(kind, id, &loc)
     }
+
+    /// Reads and decodes a tree (validated: see [`Tree::decode`]).
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        Tree::decode(&self.read(BlobKind::Tree, id)?, id)
+    }
+
+    /// Reads and decodes a spilled content list.
+    pub fn load_content_list(&self, id: &Id) -> Result<ContentList> {
+        ContentList::decode(&self.read(BlobKind::Tree, id)?, id)
+    }
 }
 
 /// An overlay holding the header entries of the given packs (those that still exist).
@@ -163,10 +172,7 @@ pub fn walk_blobs(
             continue;
         }
         visit(BlobKind::Tree, &tree_id)?;
-        let plain = locator.read(BlobKind::Tree, &tree_id)?;
-        let tree: Tree = from_cbor(&plain, &format!("tree {tree_id}"))?;
-        tree.validate()
-            .map_err(|e| e.context(format!("tree {tree_id}")))?;
+        let tree = locator.load_tree(&tree_id)?;
         for node in &tree.nodes {
             match node.kind {
                 NodeKind::Dir => {
@@ -180,9 +186,7 @@ pub fn walk_blobs(
                     }
                     for list in &node.content_lists {
                         visit(BlobKind::Tree, list)?;
-                        let plain = locator.read(BlobKind::Tree, list)?;
-                        let l: ContentList = from_cbor(&plain, &format!("content list {list}"))?;
-                        for id in &l.ids {
+                        for id in &locator.load_content_list(list)?.ids {
                             visit(BlobKind::Data, id)?;
                         }
                     }

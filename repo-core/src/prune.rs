@@ -20,17 +20,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::blob::{self, SealedBlob};
+use crate::format::blob::SealedBlob;
 use crate::format::index::{Condemned, IndexFile, IndexPack};
-use crate::format::pack::{entry_bytes, parse_header, HeaderRead, PackBuilder};
 use crate::id::{BlobKind, Id};
 use crate::lease::{self, Lease, LeaseGuard};
 use crate::mark::{mark, overlay_of, IdSet, Locator};
+use crate::packer::{store_pack, Packer};
 use crate::progress::{PackEvent, Progress};
 use crate::repository::{IndexFileWriter, Repository};
 
@@ -514,7 +513,9 @@ fn remove_stale_staging(repo: &Repository) {
     }
 }
 
-/// Copies the used blobs of `packs` into new packs; returns their index entries.
+/// Copies the used blobs of `packs` into new packs, filled by the writers' policy
+/// (`crate::packer`), and stores them; returns their index entries. Nothing is indexed here:
+/// the caller lists the new packs in the compacted index, written after they are stored.
 fn repack(
     repo: &Repository,
     packs: &[Id],
@@ -522,24 +523,15 @@ fn repack(
     condemned: &HashSet<Id>,
     progress: &dyn Progress,
 ) -> Result<Vec<IndexPack>> {
-    let pack_size = repo.config().pack_size as usize;
     let mut out = Vec::new();
     let mut copied = IdSet::new()?;
-    let mut builders: HashMap<BlobKind, PackBuilder> = HashMap::new();
+    let mut packer = Packer::new(repo.keys().clone(), repo.config().pack_size);
     for pack in packs {
-        let bytes = repo.store().read(FileType::Pack, &pack.to_hex())?;
-        if Id::of_bytes(&bytes) != *pack {
+        let bytes = repo.read_pack(pack)?;
+        if !bytes.matches_name() {
             return Err(Error::corrupt(format!("pack {pack}: contents do not match its name; run `cairn check --read-data` before pruning")));
         }
-        let entries = match parse_header(repo.keys(), pack, bytes.len() as u64, &bytes)? {
-            HeaderRead::Done(e) => e,
-            HeaderRead::NeedMore(_) => {
-                return Err(Error::corrupt(format!(
-                    "pack {pack}: header cannot be read"
-                )))
-            }
-        };
-        for e in entries {
+        for e in bytes.entries()? {
             if !used.contains(&e.id)? || copied.contains(&e.id)? {
                 continue;
             }
@@ -549,49 +541,32 @@ fn repack(
                     continue;
                 }
             }
-            let sealed = entry_bytes(&bytes, &e)?;
-            blob::open(repo.keys(), e.kind, &e.id, sealed).map_err(|err| {
+            bytes.open(&e).map_err(|err| {
                 err.context(format!(
                     "pack {pack}: repacking refused, run `cairn check --read-data`"
                 ))
             })?;
             copied.insert(e.id)?;
-            let b = builders
-                .entry(e.kind)
-                .or_insert_with(|| PackBuilder::new(e.kind, pack_size));
-            b.add(&SealedBlob {
+            let full = packer.add(&SealedBlob {
                 kind: e.kind,
                 id: e.id,
                 raw_length: e.raw_length,
-                bytes: sealed.to_vec(),
+                bytes: bytes.sealed(&e)?.to_vec(),
             })?;
-            if b.len() >= pack_size {
-                let full = std::mem::replace(b, PackBuilder::new(e.kind, pack_size));
-                out.push(upload(repo, full)?);
+            if full {
+                if let Some(p) = packer.flush(e.kind)? {
+                    out.push(store_pack(repo.store(), p)?.0);
+                }
             }
         }
         let size = bytes.len() as u64;
         progress.bytes(size);
         progress.pack(pack, PackEvent::Repacked { bytes: size });
     }
-    for (_, b) in builders {
-        if !b.is_empty() {
-            out.push(upload(repo, b)?);
-        }
+    for p in packer.flush_all()? {
+        out.push(store_pack(repo.store(), p)?.0);
     }
     Ok(out)
-}
-
-fn upload(repo: &Repository, b: PackBuilder) -> Result<IndexPack> {
-    let p = b.finish(repo.keys())?;
-    let size = p.bytes.len() as u64;
-    repo.store()
-        .put(FileType::Pack, &p.id.to_hex(), Bytes::from(p.bytes))?;
-    Ok(IndexPack {
-        id: p.id,
-        size,
-        blobs: p.entries,
-    })
 }
 
 /// Writes the packs of `inputs` (minus `excluded`) and `extra` as new index files; the last

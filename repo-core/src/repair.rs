@@ -14,11 +14,10 @@ use serde::Serialize;
 
 use crate::backend::FileType;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::from_cbor;
 use crate::format::index::IndexPack;
 use crate::format::snapshot::Snapshot;
 use crate::format::to_cbor;
-use crate::format::tree::{ContentList, Node, NodeKind, Tree};
+use crate::format::tree::{Node, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
 use crate::repository::{IndexFileWriter, Repository, SnapshotRead};
@@ -122,11 +121,7 @@ impl Fixer<'_> {
             }
         }
         for list in lists {
-            let l = match self
-                .repo
-                .read_blob(BlobKind::Tree, list)
-                .and_then(|p| from_cbor::<ContentList>(&p, "content list"))
-            {
+            let l = match self.repo.load_content_list(list) {
                 Ok(l) => l,
                 Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
                     return Ok(false)
@@ -208,11 +203,9 @@ impl Fixer<'_> {
         if let Some(done) = self.memo.get(tree_id) {
             return Ok(Opened::Done(done.clone()));
         }
-        match self
-            .repo
-            .read_blob(BlobKind::Tree, tree_id)
-            .and_then(|p| from_cbor::<Tree>(&p, "tree"))
-        {
+        // A tree that does not validate is unreadable as one that does not decode: every
+        // reader refuses it (`Tree::decode`).
+        match self.repo.load_tree(tree_id) {
             Ok(t) => Ok(Opened::Frame(Box::new(Frame {
                 id: *tree_id,
                 path: path.to_string(),

@@ -1,4 +1,5 @@
-//! Writing blobs: deduplication, packing, upload, index files.
+//! Writing blobs: deduplication, packing (by the policy in `crate::packer`), upload, and the
+//! index files that list the uploaded packs (stored by `repository::store_index_file`).
 //!
 //! Ordering invariant (docs/design.md, "Write ordering"): a pack is uploaded before any index
 //! file that lists it, and every index file a snapshot needs is uploaded before the snapshot.
@@ -15,18 +16,16 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
-
 use crate::backend::{FileType, Store};
 use crate::cache::{index_locations, Cache};
 use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
-use crate::format::index::{IndexFile, IndexPack};
-use crate::format::pack::{FinishedPack, PackBuilder};
-use crate::format::{self, seal_meta};
+use crate::format::index::IndexFile;
+use crate::format::pack::FinishedPack;
 use crate::id::{BlobKind, Id};
-use crate::repository::Repository;
+use crate::packer::{store_pack, Packer};
+use crate::repository::{store_index_file, Repository};
 
 pub const UPLOAD_QUEUE: usize = 2;
 pub const INDEX_FLUSH_PACKS: usize = 32;
@@ -112,13 +111,10 @@ impl Known {
 }
 
 pub struct BlobWriter {
-    keys: Keys,
     store: Store,
     cache: Arc<Cache>,
-    pack_size: usize,
     level: i32,
-    data: PackBuilder,
-    tree: PackBuilder,
+    packer: Packer,
     shared: Arc<Shared>,
     tx: Option<SyncSender<FinishedPack>>,
     /// Buffers of uploaded data packs, handed back for the next pack.
@@ -147,15 +143,11 @@ impl BlobWriter {
                 .spawn(move || upload_loop(rx, spare_tx, store, keys, cache, shared))
                 .ok()
         };
-        let pack_size = repo.config().pack_size as usize;
         BlobWriter {
-            keys: repo.keys().clone(),
             store: repo.store().clone(),
             cache: repo.cache().clone(),
-            pack_size,
             level,
-            data: PackBuilder::new(BlobKind::Data, pack_size + pack_size / 8),
-            tree: PackBuilder::new(BlobKind::Tree, 1 << 20),
+            packer: Packer::new(repo.keys().clone(), repo.config().pack_size),
             shared,
             tx: Some(tx),
             spare,
@@ -164,7 +156,7 @@ impl BlobWriter {
     }
 
     pub fn keys(&self) -> &Keys {
-        &self.keys
+        self.packer.keys()
     }
 
     pub fn level(&self) -> i32 {
@@ -218,12 +210,7 @@ impl BlobWriter {
             s.bytes_added += sealed.raw_length as u64;
             s.bytes_stored += sealed.bytes.len() as u64;
         }
-        let (builder, limit) = match sealed.kind {
-            BlobKind::Data => (&mut self.data, self.pack_size),
-            BlobKind::Tree => (&mut self.tree, self.pack_size / 4),
-        };
-        builder.add(&sealed)?;
-        if builder.len() >= limit {
+        if self.packer.add(&sealed)? {
             self.flush_kind(sealed.kind)?;
         }
         Ok(true)
@@ -231,7 +218,7 @@ impl BlobWriter {
 
     /// Hashes, seals and adds a plaintext blob (used for trees and small data).
     pub fn add_plain(&mut self, kind: BlobKind, plaintext: &[u8]) -> Result<Id> {
-        let id = self.keys.blob_id(plaintext);
+        let id = self.keys().blob_id(plaintext);
         if self.contains(&id)? {
             return Ok(id);
         }
@@ -240,27 +227,20 @@ impl BlobWriter {
         } else {
             self.level
         };
-        self.add(blob::seal(&self.keys, kind, id, plaintext, level)?)?;
+        self.add(blob::seal(self.keys(), kind, id, plaintext, level)?)?;
         Ok(id)
     }
 
+    /// Finishes the open pack of `kind` and queues it for upload.
     fn flush_kind(&mut self, kind: BlobKind) -> Result<()> {
-        let builder = match kind {
-            BlobKind::Data => &mut self.data,
-            BlobKind::Tree => &mut self.tree,
-        };
-        if builder.is_empty() {
-            return Ok(());
+        if kind == BlobKind::Data {
+            if let Ok(buffer) = self.spare.try_recv() {
+                self.packer.recycle(buffer);
+            }
         }
-        let next = match kind {
-            BlobKind::Data => match self.spare.try_recv() {
-                Ok(buffer) => PackBuilder::with_buffer(kind, buffer),
-                Err(_) => PackBuilder::new(kind, self.pack_size + self.pack_size / 8),
-            },
-            BlobKind::Tree => PackBuilder::new(kind, 1 << 20),
+        let Some(pack) = self.packer.flush(kind)? else {
+            return Ok(());
         };
-        let full = std::mem::replace(builder, next);
-        let pack = full.finish(&self.keys)?;
         let tx = self
             .tx
             .as_ref()
@@ -319,15 +299,17 @@ fn upload_loop(
         if shared.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
             continue; // drain the queue so the sender never blocks
         }
-        let size = pack.bytes.len() as u64;
-        let bytes = Bytes::from(pack.bytes);
-        if let Err(e) = store.put(FileType::Pack, &pack.id.to_hex(), bytes.clone()) {
-            fail(e);
-            continue;
-        }
+        let kind = pack.kind;
+        let (entry, bytes) = match store_pack(&store, pack) {
+            Ok(stored) => stored,
+            Err(e) => {
+                fail(e);
+                continue;
+            }
+        };
         // The backend has let go of its reference once `put` returned; if it has not, the
         // buffer is simply freed.
-        if pack.kind == BlobKind::Data {
+        if kind == BlobKind::Data {
             if let Ok(buffer) = bytes.try_into_mut() {
                 let _ = spare.try_send(Vec::from(buffer));
             }
@@ -336,13 +318,9 @@ fn upload_loop(
             s.packs += 1;
         }
         if let Ok(mut packs) = shared.packs.lock() {
-            packs.insert(pack.id, true);
+            packs.insert(entry.id, true);
         }
-        index.packs.push(IndexPack {
-            id: pack.id,
-            size,
-            blobs: pack.entries,
-        });
+        index.packs.push(entry);
         if index.packs.len() >= INDEX_FLUSH_PACKS || index.blob_count() >= INDEX_FLUSH_BLOBS {
             if let Err(e) = write_index(&store, &keys, &cache, &shared, &mut index) {
                 fail(e);
@@ -363,9 +341,7 @@ fn write_index(
     shared: &Shared,
     index: &mut IndexFile,
 ) -> Result<()> {
-    let sealed = seal_meta(keys, format::index::AAD, &*index)?;
-    let id = Id::of_bytes(&sealed);
-    store.put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
+    let id = store_index_file(store, keys, index)?;
     let entries = index_locations(index);
     cache.ingest(&[(id, entries)])?;
     // Only now, with the blobs findable in the cache, may they leave the pending set.

@@ -127,7 +127,7 @@ fn a_damaged_cache_is_never_reported_or_repaired_as_repository_damage() {
     let key = init(dir.path());
     let repo = open(dir.path(), &key, "cache-main");
     let (s1, data) = backup(&repo, 3, 1_000_000);
-    let cache_file = repo.cache().path().to_path_buf();
+    let cache_file = repo.cache_path().to_path_buf();
     drop(repo);
     // As a flipped key byte would: the row of one blob is gone.
     edit_cached_blobs(&cache_file, |rows| {
@@ -151,7 +151,7 @@ fn random_damage_to_the_cache_never_panics_or_misleads() {
     let key = init(dir.path());
     let repo = open(dir.path(), &key, "cache-pristine");
     let (s1, data) = backup(&repo, 4, 2_000_000);
-    let pristine = repo.cache().path().to_path_buf();
+    let pristine = repo.cache_path().to_path_buf();
     drop(repo);
     for seed in 0..8u64 {
         let cache_dir = dir.path().join(format!("cache-{seed}"));
@@ -212,7 +212,7 @@ fn a_changed_cache_row_is_caught_by_its_checksum() {
     let key = init(dir.path());
     let repo = open(dir.path(), &key, "cache-main");
     let (s1, data) = backup(&repo, 5, 1_000_000);
-    let cache_file = repo.cache().path().to_path_buf();
+    let cache_file = repo.cache_path().to_path_buf();
     drop(repo);
     // Every blob's offset changed, with redb's own page checksums kept valid.
     edit_cached_blobs(&cache_file, |rows| {
@@ -239,7 +239,7 @@ fn an_unusable_cache_gives_way_to_a_temporary_one() {
     std::fs::write(dir.path().join("not-a-folder"), b"x").unwrap();
     let repo = open(dir.path(), &key, "not-a-folder/cache");
     let (s1, data) = backup(&repo, 6, 200_000);
-    assert!(repo.cache().is_temporary());
+    assert!(repo.cache_is_temporary());
     assert_eq!(stream_content(&repo, &s1, b"/a"), data);
 }
 
@@ -315,7 +315,7 @@ fn the_cache_folder_is_private_and_tagged() {
     let folder = dir.path().join("cache-main");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&folder), 0o700);
-    assert_eq!(mode(repo.cache().path()), 0o600);
+    assert_eq!(mode(repo.cache_path()), 0o600);
     let tag = std::fs::read_to_string(folder.join("CACHEDIR.TAG")).unwrap();
     assert!(tag.starts_with("Signature: 8a477f597d28d172789f06886806bc55"));
 
@@ -331,7 +331,7 @@ fn the_cache_folder_is_private_and_tagged() {
         0o1777
     );
     assert!(!shared.join("CACHEDIR.TAG").exists());
-    assert_eq!(mode(repo.cache().path()), 0o600);
+    assert_eq!(mode(repo.cache_path()), 0o600);
 }
 
 /// Two administrators remove two different key slots at the same moment: the tenant must
@@ -361,7 +361,7 @@ fn concurrent_key_removals_never_leave_a_tenant_without_a_slot() {
         // is removed here first so that the race is between exactly these.
         for (name, _) in repo.key_slots().unwrap() {
             if !slots.contains(&name) {
-                repo.store()
+                repo.store_for_tests()
                     .remove(cairn_repo::backend::FileType::Key, &name)
                     .unwrap();
             }

@@ -439,9 +439,10 @@ mod generator {
             pid_namespace: None,
             pid_start: None,
         };
-        let sealed = cairn_repo::format::seal_meta(alpha.keys(), b"cairn:lease", &lease).unwrap();
+        let sealed =
+            cairn_repo::format::seal_meta(alpha.keys_for_tests(), b"cairn:lease", &lease).unwrap();
         alpha
-            .store()
+            .store_for_tests()
             .put(
                 FileType::Lock,
                 &Id::of_bytes(&sealed).to_hex(),

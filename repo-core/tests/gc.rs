@@ -141,13 +141,7 @@ fn prune_while_a_backup_waits(succeed: bool) {
         }
     }
     // The forgotten data's space came back: only "keep" and "new" remain.
-    let stored: u64 = repo
-        .store()
-        .list(cairn_repo::backend::FileType::Pack)
-        .unwrap()
-        .iter()
-        .map(|p| p.size)
-        .sum();
+    let stored = repo.pack_stats().unwrap().bytes;
     // Either way "new" is stored once: by the writer, or by the backup run after it failed.
     let live = keep.len() + expected.len();
     assert!(

@@ -74,7 +74,7 @@ fn slot_files(dir: &Path, tenant: &str) -> Vec<PathBuf> {
 fn plant(repo: &Repository, slot: &KeySlot) -> String {
     let bytes = serde_json::to_vec_pretty(slot).unwrap();
     let name = Id::of_bytes(&bytes).to_hex();
-    repo.store()
+    repo.store_for_tests()
         .put(FileType::Key, &name, Bytes::from(bytes))
         .unwrap();
     name
@@ -172,7 +172,7 @@ fn key_slots_are_tried_cheapest_first() {
         .find(|b| Id::of_bytes(b).to_hex() < own)
         .expect("a name that sorts first");
     let name = Id::of_bytes(&bytes).to_hex();
-    repo.store()
+    repo.store_for_tests()
         .put(FileType::Key, &name, Bytes::from(bytes))
         .unwrap();
     let (ours, _) = repo
@@ -263,7 +263,7 @@ impl From<&PackEntry> for CraftedEntry {
 fn store_pack(repo: &Repository, pack: Vec<u8>, entries: Vec<PackEntry>) -> Id {
     let id = Id::of_bytes(&pack);
     let size = pack.len() as u64;
-    repo.store()
+    repo.store_for_tests()
         .put(FileType::Pack, &id.to_hex(), Bytes::from(pack))
         .unwrap();
     repo.save_index(&IndexFile {
@@ -296,7 +296,7 @@ fn check_reports_a_pack_header_entry_whose_end_overflows() {
     )
     .unwrap();
     let (pack, entries) = repo
-        .store()
+        .store_for_tests()
         .list(FileType::Pack)
         .unwrap()
         .into_iter()
@@ -305,11 +305,14 @@ fn check_reports_a_pack_header_entry_whose_end_overflows() {
                 .unwrap()
         })
         .map(|(_, e)| e)
-        .zip(repo.store().list(FileType::Pack).unwrap())
+        .zip(repo.store_for_tests().list(FileType::Pack).unwrap())
         .find(|(e, _)| e[0].kind == BlobKind::Data)
         .map(|(e, o)| (Id::from_hex(&o.name).unwrap(), e))
         .unwrap();
-    let bytes = repo.store().read(FileType::Pack, &pack.to_hex()).unwrap();
+    let bytes = repo
+        .store_for_tests()
+        .read(FileType::Pack, &pack.to_hex())
+        .unwrap();
     let area = entries
         .iter()
         .map(|e| e.offset + e.length as u64)
@@ -324,7 +327,7 @@ fn check_reports_a_pack_header_entry_whose_end_overflows() {
         raw_length: 50,
     });
     let header = cairn_repo::format::seal_meta(
-        repo.keys(),
+        repo.keys_for_tests(),
         b"cairn:pack-header",
         &CraftedHeader { version: 1, blobs },
     )
@@ -350,11 +353,11 @@ fn a_data_blob_larger_than_the_chunker_maximum_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init(dir.path(), "default", "pw");
     let plain: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let id = repo.keys().blob_id(&plain);
-    let sealed = blob::seal(repo.keys(), BlobKind::Data, id, &plain, 0).unwrap();
+    let id = repo.keys_for_tests().blob_id(&plain);
+    let sealed = blob::seal(repo.keys_for_tests(), BlobKind::Data, id, &plain, 0).unwrap();
     let mut b = PackBuilder::new(BlobKind::Data, 1 << 20);
     b.add(&sealed).unwrap();
-    let finished = b.finish(repo.keys()).unwrap();
+    let finished = b.finish(repo.keys_for_tests()).unwrap();
     store_pack(&repo, finished.bytes, finished.entries);
     repo.sync_index().unwrap();
     let e = match repo.read_blob(BlobKind::Data, &id) {
@@ -365,11 +368,11 @@ fn a_data_blob_larger_than_the_chunker_maximum_is_refused() {
     assert!(e.to_string().contains("more than"), "{e}");
     // A blob within the bound reads as before.
     let small = b"a small blob".to_vec();
-    let sid = repo.keys().blob_id(&small);
+    let sid = repo.keys_for_tests().blob_id(&small);
     let mut b = PackBuilder::new(BlobKind::Data, 1 << 20);
-    b.add(&blob::seal(repo.keys(), BlobKind::Data, sid, &small, 0).unwrap())
+    b.add(&blob::seal(repo.keys_for_tests(), BlobKind::Data, sid, &small, 0).unwrap())
         .unwrap();
-    let finished = b.finish(repo.keys()).unwrap();
+    let finished = b.finish(repo.keys_for_tests()).unwrap();
     store_pack(&repo, finished.bytes, finished.entries);
     repo.sync_index().unwrap();
     assert_eq!(repo.read_blob(BlobKind::Data, &sid).unwrap(), small);

@@ -338,7 +338,7 @@ fn a_stale_cache_is_rebuilt_when_index_files_change() {
     assert!(repo.lookup(&first).unwrap().is_some());
     // Replace all index files by one merged file (as compaction will): same entries, new name.
     use cairn_repo::backend::FileType;
-    let store = repo.store();
+    let store = repo.store_for_tests();
     let mut merged = cairn_repo::format::index::IndexFile {
         version: 1,
         ..Default::default()
@@ -358,9 +358,12 @@ fn a_stale_cache_is_rebuilt_when_index_files_change() {
     for p in &mut merged.packs {
         p.blobs.retain(|b| b.id != first);
     }
-    let sealed =
-        cairn_repo::format::seal_meta(repo.keys(), cairn_repo::format::index::AAD, &merged)
-            .unwrap();
+    let sealed = cairn_repo::format::seal_meta(
+        repo.keys_for_tests(),
+        cairn_repo::format::index::AAD,
+        &merged,
+    )
+    .unwrap();
     store
         .put(
             FileType::Index,

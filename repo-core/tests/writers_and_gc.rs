@@ -133,7 +133,9 @@ fn a_backup_whose_data_was_swept_while_it_ran_commits_nothing() {
         Rng::new(6).bytes(500_000),
     );
     for (name, _) in lease::list(&repo).unwrap() {
-        repo.store().remove(FileType::Lock, &name).unwrap();
+        repo.store_for_tests()
+            .remove(FileType::Lock, &name)
+            .unwrap();
     }
     forget(&repo, &[s1]).unwrap();
     let r = prune(&repo, &aggressive(), &NoProgress).unwrap();

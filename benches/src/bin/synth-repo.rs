@@ -56,8 +56,8 @@ fn run() -> Result<()> {
         &open,
     )?;
     repo.sync_index()?;
-    let keys = repo.keys().clone();
     let mut writer = BlobWriter::new(&repo, 0);
+    let keys = writer.keys().clone();
     let started = Instant::now();
     let mut next = 0u64;
     while next < count {

@@ -1,8 +1,7 @@
 //! `cairn cat KIND [ID]`: a decoded object as JSON, for debugging.
 
 use anyhow::{bail, Result};
-use cairn_repo::format::tree::Tree;
-use cairn_repo::{BlobKind, Id};
+use cairn_repo::Id;
 use serde_json::json;
 
 use crate::args::CatArgs;
@@ -26,14 +25,12 @@ pub fn run(ctx: &Context, args: CatArgs) -> Result<i32> {
             print_json(&snapshot_json(&id, &s))?;
         }
         "tree" => {
-            repo.sync_index()?;
             let spec = need(&args.id, "tree")?;
             let id = match Id::from_hex(&spec) {
                 Ok(id) => id,
                 Err(_) => repo.find_snapshot(&spec)?.1.tree,
             };
-            let plain = repo.read_blob(BlobKind::Tree, &id)?;
-            let tree: Tree = cairn_repo::format::from_cbor(&plain, "tree")?;
+            let tree = repo.load_tree(&id)?;
             print_json(
                 &json!({"id": id, "nodes": tree.nodes.iter().map(|n| node_json(None, n)).collect::<Vec<_>>()}),
             )?;

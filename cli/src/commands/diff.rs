@@ -159,7 +159,6 @@ fn diff(
 
 pub fn run(ctx: &Context, args: DiffArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    repo.sync_index()?;
     let (ida, a) = repo.find_snapshot(&args.first)?;
     let (idb, b) = repo.find_snapshot(&args.second)?;
     let out = std::io::stdout();

@@ -79,7 +79,6 @@ fn append(
 
 pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    repo.sync_index()?;
     let (_, snap) = repo.find_snapshot(&args.snapshot)?;
     let path = args.path.trim_end_matches('/').as_bytes().to_vec();
     let stdout = std::io::stdout();

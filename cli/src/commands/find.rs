@@ -14,7 +14,6 @@ use crate::output::{node_json, time_string};
 
 pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    repo.sync_index()?;
     // The same matcher as exclusion: names at any depth, or whole paths when it has a '/'.
     let matcher = Excludes::new(std::slice::from_ref(&args.pattern), &[])?;
     let snaps = if args.snapshots.is_empty() {

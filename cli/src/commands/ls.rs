@@ -38,7 +38,6 @@ pub fn long_line(path: &[u8], n: &Node) -> String {
 
 pub fn run(ctx: &Context, args: LsArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    repo.sync_index()?;
     let (_, snap) = repo.find_snapshot(&args.snapshot)?;
     let prefix = args
         .path

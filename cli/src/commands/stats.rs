@@ -1,7 +1,6 @@
 //! `cairn stats`: how much is stored and how well deduplication and compression work.
 
 use anyhow::Result;
-use cairn_repo::backend::FileType;
 use serde_json::json;
 
 use crate::args::StatsArgs;
@@ -18,12 +17,11 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 pub fn run(ctx: &Context, _args: StatsArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    repo.sync_index()?;
     let snaps = repo.snapshots()?;
     let logical: u64 = snaps.iter().map(|(_, s)| s.summary.total_bytes).sum();
-    let totals = repo.cache().blob_totals()?;
-    let packs = repo.store().list(FileType::Pack)?;
-    let stored: u64 = packs.iter().map(|p| p.size).sum();
+    let totals = repo.blob_totals()?;
+    let packs = repo.pack_stats()?;
+    let stored = packs.bytes;
     let v = json!({
         "snapshots": snaps.len(),
         "logical_bytes": logical,
@@ -33,7 +31,7 @@ pub fn run(ctx: &Context, _args: StatsArgs) -> Result<i32> {
         "blobs": totals.blobs,
         "data_blobs": totals.data_blobs,
         "tree_blobs": totals.blobs - totals.data_blobs,
-        "packs": packs.len(),
+        "packs": packs.packs,
         "dedup_ratio": ratio(logical, totals.raw_bytes),
         "compression_ratio": ratio(totals.raw_bytes, totals.stored_bytes),
         "total_ratio": ratio(logical, stored),
@@ -55,7 +53,7 @@ pub fn run(ctx: &Context, _args: StatsArgs) -> Result<i32> {
     outln!(
         "Stored size:        {}  in {} packs",
         human_bytes(stored),
-        packs.len()
+        packs.packs
     );
     outln!(
         "Deduplication:      {:.2}x",

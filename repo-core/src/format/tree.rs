@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::from_cbor;
 use crate::id::Id;
 
 /// Content ids of a file with more than this many chunks are spilled into separate
@@ -102,7 +103,25 @@ pub struct ContentList {
     pub ids: Vec<Id>,
 }
 
+impl ContentList {
+    /// Decodes the plaintext of the content list blob `id`.
+    pub fn decode(plain: &[u8], id: &Id) -> Result<ContentList> {
+        from_cbor(plain, &format!("content list {id}"))
+    }
+}
+
 impl Tree {
+    /// Decodes the plaintext of the tree blob `id` and validates it (see [`Tree::validate`]).
+    /// Every tree read from a repository is decoded here, so no reader walks a tree that a
+    /// writer could not have made: a name that is unsafe, unsorted or repeated is `Corrupt`
+    /// wherever the tree is read (restore, check, prune's mark, repair, `cat`).
+    pub fn decode(plain: &[u8], id: &Id) -> Result<Tree> {
+        let what = format!("tree {id}");
+        let tree: Tree = from_cbor(plain, &what)?;
+        tree.validate().map_err(|e| e.context(what))?;
+        Ok(tree)
+    }
+
     /// Sorts by name and rejects duplicate or unsafe names, so every tree is canonical and
     /// restore can never be led outside its target by a crafted name.
     pub fn canonicalize(&mut self) -> Result<()> {

@@ -1,4 +1,6 @@
-//! Finding and reading blobs, pack headers and trees.
+//! Finding blobs (the index, with a miss verified against the repository) and reading them
+//! by id: trees, content lists, a file's content ids and paths below a tree. The bytes are
+//! read and verified by `reader`.
 
 use super::*;
 
@@ -18,12 +20,14 @@ impl Repository {
     }
 
     /// Where a blob is, for readers (condemned packs included: they exist until a sweep
-    /// has made sure no snapshot needs them). `None` means the repository itself does not
+    /// has made sure no snapshot needs them). The index is synced once per process before
+    /// the first lookup (see [`Repository::ensure_index_synced`]). `None` means the repository itself does not
     /// list it: a miss in the cache is followed by reading new index files (the blob may
     /// belong to a snapshot committed after the last sync) and, if it still misses, by
     /// reloading the whole index from the repository once per process, so that a damaged
     /// or stale cache can never make a present blob look missing.
     pub fn locate_verified(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        self.ensure_index_synced()?;
         if let Some(loc) = self.cache.lookup_readable(id)? {
             return Ok(Some(loc));
         }
@@ -52,75 +56,14 @@ impl Repository {
         })
     }
 
-    pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
-        if loc.kind != kind {
-            return Err(Error::corrupt(format!(
-                "blob {id} is indexed as {:?}, expected {kind:?}",
-                loc.kind
-            )));
-        }
-        // What the index claims is checked before anything is read or allocated for it.
-        let max = self.max_blob(kind);
-        if u64::from(loc.raw_length) > max || u64::from(loc.length) > format::max_sealed(max) {
-            return Err(Error::corrupt(format!(
-                "blob {id} in pack {} claims {} bytes ({} stored), more than a {kind:?} blob of this repository may hold ({max})",
-                loc.pack, loc.raw_length, loc.length
-            )));
-        }
-        let sealed = self
-            .store
-            .read_range(
-                FileType::Pack,
-                &loc.pack.to_hex(),
-                loc.offset,
-                loc.length as u64,
-            )
-            .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))?;
-        let mut sealed = writable(sealed);
-        blob::open_in_place_bounded(&self.keys, kind, id, &mut sealed, max)
-            .map_err(|e| e.context(format!("pack {}", loc.pack)))
-    }
-
-    /// The most plaintext a blob of `kind` may hold in this repository: the chunker's
-    /// maximum for data, [`format::MAX_TREE_BLOB`] for trees.
-    pub fn max_blob(&self, kind: BlobKind) -> u64 {
-        match kind {
-            BlobKind::Data => u64::from(self.config.chunker.max).min(format::MAX_DATA_BLOB),
-            BlobKind::Tree => format::MAX_TREE_BLOB,
-        }
-    }
-
-    /// A pack's size and header entries, read from its tail.
-    pub fn read_pack_header(
-        &self,
-        pack: &Id,
-    ) -> Result<(u64, Vec<crate::format::pack::PackEntry>)> {
-        use crate::format::pack::{parse_header, HeaderRead};
-        let name = pack.to_hex();
-        let size = self.store.stat(FileType::Pack, &name)?;
-        let mut want = size.min(64 * 1024);
-        loop {
-            let tail = self
-                .store
-                .read_range(FileType::Pack, &name, size - want, want)?;
-            match parse_header(&self.keys, pack, size, &tail)? {
-                HeaderRead::Done(entries) => return Ok((size, entries)),
-                HeaderRead::NeedMore(n) if n > want => want = n,
-                HeaderRead::NeedMore(_) => {
-                    return Err(Error::corrupt(format!(
-                        "pack {pack}: header cannot be read"
-                    )))
-                }
-            }
-        }
-    }
-
+    /// Reads and decodes a tree (validated: see [`Tree::decode`]).
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
-        let plain = self.read_blob(BlobKind::Tree, id)?;
-        let tree: Tree = from_cbor(&plain, &format!("tree {id}"))?;
-        tree.validate()
-            .map_err(|e| e.context(format!("tree {id}")))?;
-        Ok(tree)
+        Tree::decode(&self.read_blob(BlobKind::Tree, id)?, id)
+    }
+
+    /// Reads and decodes a spilled content list.
+    pub fn load_content_list(&self, id: &Id) -> Result<ContentList> {
+        ContentList::decode(&self.read_blob(BlobKind::Tree, id)?, id)
     }
 
     /// The ordered data blob ids of a file node, following spilled content lists.
@@ -130,9 +73,7 @@ impl Repository {
         }
         let mut out = Vec::new();
         for list in &node.content_lists {
-            let plain = self.read_blob(BlobKind::Tree, list)?;
-            let l: ContentList = from_cbor(&plain, &format!("content list {list}"))?;
-            out.extend(l.ids);
+            out.extend(self.load_content_list(list)?.ids);
         }
         Ok(out)
     }

@@ -37,9 +37,24 @@ impl Repository {
                     attempts += 1;
                     tracing::debug!("index changed while being read ({e}); reading it again");
                 }
+                Ok(()) => {
+                    self.index_synced.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Syncs the index unless it was synced in this process already. Reads by id and index
+    /// statistics call this, so a read-only command starts from the repository's index
+    /// without having to remember to sync; writers and garbage collection sync explicitly at
+    /// the points their ordering needs.
+    pub fn ensure_index_synced(&self) -> Result<()> {
+        if self.index_synced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.sync_index()
     }
 
     fn sync_index_once(&self) -> Result<()> {
@@ -152,6 +167,10 @@ impl Repository {
         loop {
             match self.index_file_ids().and_then(|l| self.load_index(&l)) {
                 Err(e) if e.kind() == ErrorKind::NotFound && attempts < 5 => attempts += 1,
+                Ok(()) => {
+                    self.index_synced.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 other => return other,
             }
         }
@@ -258,18 +277,47 @@ impl Repository {
             .collect())
     }
 
+    /// How many packs are stored and their bytes.
+    pub fn pack_stats(&self) -> Result<PackStats> {
+        let packs = self.store.list(FileType::Pack)?;
+        Ok(PackStats {
+            packs: packs.len() as u64,
+            bytes: packs.iter().map(|p| p.size).sum(),
+        })
+    }
+
+    /// Counts and sizes of the blobs in the index (synced first if this process has not).
+    pub fn blob_totals(&self) -> Result<BlobTotals> {
+        self.ensure_index_synced()?;
+        self.cache.blob_totals()
+    }
+
     /// Stores an index file (or condemned record); returns its name.
     pub fn save_index(&self, index: &IndexFile) -> Result<Id> {
-        let sealed = seal_meta(&self.keys, format::index::AAD, index)?;
-        let id = Id::of_bytes(&sealed);
-        self.store
-            .put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
-        Ok(id)
+        store_index_file(&self.store, &self.keys, index)
     }
 
     pub fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
         self.read_sealed(FileType::Index, format::index::AAD, id, "index file")
     }
+}
+
+/// The packs stored in a repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackStats {
+    pub packs: u64,
+    pub bytes: u64,
+}
+
+/// Seals and stores an index file (or condemned record) under the hash of its bytes; returns
+/// its name. Every index file is written here: by [`Repository::save_index`], by
+/// [`IndexFileWriter`] and by the upload thread of [`crate::writer::BlobWriter`] (which holds
+/// the store and keys, not the repository). Callers store the packs a file lists first.
+pub(crate) fn store_index_file(store: &Store, keys: &Keys, index: &IndexFile) -> Result<Id> {
+    let sealed = seal_meta(keys, format::index::AAD, index)?;
+    let id = Id::of_bytes(&sealed);
+    store.put(FileType::Index, &id.to_hex(), Bytes::from(sealed))?;
+    Ok(id)
 }
 
 /// Writes pack entries as a series of index files of at most [`IndexFileWriter::ENTRIES`]

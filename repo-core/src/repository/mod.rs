@@ -1,8 +1,10 @@
 //! An open tenant namespace and how it is opened or created (locations, credentials, the
 //! cache it attaches). The operations every command shares live beside it, one job a file:
 //! `key_slots` (passwords of the tenant), `index` (index files and the cache kept in step
-//! with them), `blobs` (finding and reading blobs, pack headers and trees) and `snapshots`
-//! (listing, verifying, resolving and committing snapshots).
+//! with them), `blobs` (finding blobs and reading them by id: trees, content lists, paths),
+//! `reader` (the one path from pack bytes to verified plaintext: single blobs, runs of
+//! neighbouring blobs, pack headers, whole packs) and `snapshots` (listing, verifying,
+//! resolving and committing snapshots).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,14 +15,14 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::backend::{new_runtime, BackendOptions, FileType, Root, Store};
-use crate::cache::{index_locations, BlobLocation, BlobTable, Cache};
+use crate::cache::{index_locations, BlobLocation, BlobTable, BlobTotals, Cache};
 use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::config::{ChunkerConfig, Config, FORMAT_VERSION};
 use crate::format::index::IndexFile;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{ContentList, Node, Tree};
-use crate::format::{self, blob, from_cbor, open_meta, seal_meta};
+use crate::format::{self, blob, open_meta, seal_meta};
 use crate::id::{BlobKind, Id};
 use crate::index_sort::EntrySorter;
 use crate::keys::{KdfParams, KeySlot};
@@ -30,9 +32,12 @@ use crate::{layout, sys};
 mod blobs;
 mod index;
 mod key_slots;
+mod reader;
 mod snapshots;
 
-pub use index::IndexFileWriter;
+pub(crate) use index::store_index_file;
+pub use index::{IndexFileWriter, PackStats};
+pub use reader::{coalesce, BlobRun, PackBytes};
 pub use snapshots::{SnapshotList, SnapshotRead};
 
 /// Index files decoded at once while syncing: enough to keep the cores busy, few enough that
@@ -95,6 +100,9 @@ pub struct Repository {
     /// Whether the cached index was reloaded from the repository after a miss (done at most
     /// once per process: a blob missing after that is missing from the repository).
     reloaded_after_miss: AtomicBool,
+    /// Whether the cached index was synced with the repository in this process (readers
+    /// sync once on first need, see [`Repository::ensure_index_synced`]).
+    index_synced: AtomicBool,
 }
 
 /// Opens the root of an existing repository location. A local folder that does not exist is
@@ -254,6 +262,7 @@ impl Repository {
             lease_ttl: open.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             damaged_index: Mutex::new(Vec::new()),
             reloaded_after_miss: AtomicBool::new(false),
+            index_synced: AtomicBool::new(false),
         })
     }
 
@@ -323,6 +332,7 @@ impl Repository {
             lease_ttl: open.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             damaged_index: Mutex::new(Vec::new()),
             reloaded_after_miss: AtomicBool::new(false),
+            index_synced: AtomicBool::new(false),
         })
     }
 
@@ -335,20 +345,49 @@ impl Repository {
     pub fn tenant(&self) -> &str {
         &self.tenant
     }
-    pub fn store(&self) -> &Store {
+    /// The tenant's storage. Crate-private: callers outside go through operations that keep
+    /// the format's rules (write ordering, verified reads).
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
     pub fn config(&self) -> &Config {
         &self.config
     }
-    pub fn cache(&self) -> &Arc<Cache> {
+    pub(crate) fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+    /// The local cache's file (for a temporary cache, the temporary file).
+    pub fn cache_path(&self) -> &Path {
+        self.cache.path()
+    }
+    /// Whether the cache is a temporary one (no cache folder, or it could not be used).
+    pub fn cache_is_temporary(&self) -> bool {
+        self.cache.is_temporary()
+    }
+    /// Test escape hatch: the tenant's raw storage, for tests that plant or damage objects
+    /// as anyone with storage access could. Not part of the API.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn store_for_tests(&self) -> &Store {
+        &self.store
+    }
+    /// Test escape hatch: the tenant's keys, for tests that craft sealed objects. Not part
+    /// of the API.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn keys_for_tests(&self) -> &Keys {
+        &self.keys
     }
     pub fn lease_ttl(&self) -> std::time::Duration {
         self.lease_ttl
+    }
+
+    /// The id of a blob with this plaintext (keyed: ids differ between tenants).
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        self.keys.blob_id(plaintext)
     }
 
     pub fn chunker(&self) -> Result<cairn_chunker::Chunker> {

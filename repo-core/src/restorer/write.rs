@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::tree::Node;
 use crate::id::{BlobKind, Id};
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::repository::{coalesce, Repository};
 
 /// A new file to write: created as `name` in `dir` (its own name, or a temporary name when
 /// it replaces an entry), shown (in progress, warnings and errors) under its own name.
@@ -143,34 +143,18 @@ fn write_small_group(
     is_root: bool,
     progress: &dyn Progress,
 ) -> Result<Vec<Result<u64>>> {
-    // Every distinct blob of the group with where it is.
-    let mut wanted: Vec<(crate::cache::BlobLocation, Id)> = Vec::new();
+    // Every distinct blob of the group with where it is, in runs of neighbouring blobs of
+    // one pack.
+    let mut wanted: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
     let mut seen = HashSet::new();
     for &i in group {
         for id in &files[i].node.content {
             if seen.insert(*id) {
-                let loc = repo.locate(id)?;
-                wanted.push((loc, *id));
+                wanted.push((*id, repo.locate(id)?));
             }
         }
     }
-    wanted.sort_by_key(|(l, _)| (l.pack, l.offset));
-    // Runs of neighbouring blobs in one pack.
-    let mut runs: Vec<Vec<(crate::cache::BlobLocation, Id)>> = Vec::new();
-    for w in wanted {
-        let joins = runs.last().and_then(|r| r.last()).is_some_and(|(last, _)| {
-            last.pack == w.0.pack
-                && w.0.offset >= last.offset + last.length as u64
-                && w.0.offset - (last.offset + last.length as u64) <= COALESCE_GAP
-        });
-        if joins {
-            if let Some(r) = runs.last_mut() {
-                r.push(w);
-            }
-        } else {
-            runs.push(vec![w]);
-        }
-    }
+    let runs = coalesce(wanted, COALESCE_GAP);
     // The group's files are created on one thread while the others fetch its blobs:
     // creating entries takes their folder's lock, so creating them in parallel only spins.
     let create_all = || -> Vec<Result<NewFile<'_>>> {
@@ -178,43 +162,7 @@ fn write_small_group(
     };
     let fetch_all = || -> Vec<Result<Vec<Plain>>> {
         runs.par_iter()
-            .map(|run| {
-                let (first, last) = (&run[0].0, &run[run.len() - 1].0);
-                let start = first.offset;
-                let len = last.offset + last.length as u64 - start;
-                let bytes = repo
-                    .store()
-                    .read_range(
-                        crate::backend::FileType::Pack,
-                        &first.pack.to_hex(),
-                        start,
-                        len,
-                    )
-                    .map_err(|e| e.context(format!("pack {}", first.pack)))?;
-                let mut bytes = crate::repository::writable(bytes);
-                run.iter()
-                    .map(|(loc, id)| {
-                        let off = (loc.offset - start) as usize;
-                        let sealed =
-                            bytes
-                                .get_mut(off..off + loc.length as usize)
-                                .ok_or_else(|| {
-                                    Error::corrupt(format!("pack {}: short read", loc.pack))
-                                })?;
-                        // Bounded by the repository's chunker maximum: what a blob may
-                        // claim never exceeds what this repository can have written.
-                        let plain = crate::format::blob::open_in_place_bounded(
-                            repo.keys(),
-                            BlobKind::Data,
-                            id,
-                            sealed,
-                            repo.max_blob(BlobKind::Data),
-                        )
-                        .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
-                        Ok((*id, plain))
-                    })
-                    .collect()
-            })
+            .map(|run| repo.read_run(BlobKind::Data, run))
             .collect()
     };
     let (created, fetched) = rayon::join(create_all, fetch_all);
@@ -459,7 +407,6 @@ pub(super) fn content_matches(
 ) -> Result<bool> {
     let expected = repo.file_content(node)?;
     let chunker = repo.chunker()?;
-    let keys = repo.keys();
     let mut s = cairn_chunker::StreamChunker::new(chunker);
     let mut got = Vec::with_capacity(expected.len());
     let mut buf = vec![0u8; 1 << 20];
@@ -475,11 +422,11 @@ pub(super) fn content_matches(
         if total > node.size {
             return Ok(false);
         }
-        s.push(&buf[..n], |c| got.push(keys.blob_id(c)));
+        s.push(&buf[..n], |c| got.push(repo.blob_id(c)));
         if got.len() > expected.len() || got.iter().zip(&expected).any(|(a, b)| a != b) {
             return Ok(false);
         }
     }
-    s.finish(|c| got.push(keys.blob_id(c)));
+    s.finish(|c| got.push(repo.blob_id(c)));
     Ok(got == expected)
 }

@@ -1,0 +1,303 @@
+//! The one path from stored pack bytes to a blob's verified plaintext. Restore, check, mark,
+//! prune's repack, repair and a writer's commit-time recheck all read blobs through here.
+//!
+//! Every read follows the same rule: what the index (or a pack header) claims about a blob is
+//! bounded before anything is read or allocated for it; the sealed bytes are read (one blob
+//! by range, a run of neighbouring blobs of one pack by one range, or a whole pack); each blob
+//! is authenticated with its kind and id, decompressed within the repository's bound for its
+//! kind, and its plaintext hashed and compared with its id. Offsets and lengths that come
+//! from storage are only combined with checked arithmetic.
+
+use super::*;
+use crate::format::pack::{entry_bytes, parse_header, HeaderRead, PackEntry};
+
+/// Neighbouring blobs of one pack, fetched with one ranged read (see [`coalesce`]). The
+/// blobs are in offset order and do not overlap.
+#[derive(Debug, Clone)]
+pub struct BlobRun {
+    pack: Id,
+    blobs: Vec<(Id, BlobLocation)>,
+}
+
+impl BlobRun {
+    pub fn pack(&self) -> &Id {
+        &self.pack
+    }
+
+    /// The blobs of the run with where they are, in offset order.
+    pub fn blobs(&self) -> &[(Id, BlobLocation)] {
+        &self.blobs
+    }
+
+    /// The byte range of the pack the run covers, `None` when a claimed end overflows.
+    fn range(&self) -> Option<(u64, u64)> {
+        let start = self.blobs.first()?.1.offset;
+        let end = self.blobs.iter().try_fold(start, |end, (_, loc)| {
+            Some(end.max(loc.offset.checked_add(u64::from(loc.length))?))
+        })?;
+        Some((start, end))
+    }
+}
+
+/// Groups located blobs into runs that one ranged read each can fetch: sorted by pack and
+/// offset, a blob joins the run before it when it is in the same pack, starts at or after the
+/// end of the run's last blob, and the gap between them is at most `gap` bytes (reading a
+/// small gap costs less than a second request).
+pub fn coalesce(mut blobs: Vec<(Id, BlobLocation)>, gap: u64) -> Vec<BlobRun> {
+    blobs.sort_by_key(|(_, l)| (l.pack, l.offset));
+    let mut runs: Vec<BlobRun> = Vec::new();
+    for (id, loc) in blobs {
+        let joins = runs
+            .last()
+            .and_then(|r| r.blobs.last())
+            .and_then(|(_, last)| {
+                let end = last.offset.checked_add(u64::from(last.length))?;
+                let after = loc.offset.checked_sub(end)?;
+                Some(last.pack == loc.pack && after <= gap)
+            })
+            .unwrap_or(false);
+        match runs.last_mut() {
+            Some(run) if joins => run.blobs.push((id, loc)),
+            _ => runs.push(BlobRun {
+                pack: loc.pack,
+                blobs: vec![(id, loc)],
+            }),
+        }
+    }
+    runs
+}
+
+impl Repository {
+    /// The most plaintext a blob of `kind` may hold in this repository: the chunker's
+    /// maximum for data, [`format::MAX_TREE_BLOB`] for trees.
+    pub fn max_blob(&self, kind: BlobKind) -> u64 {
+        match kind {
+            BlobKind::Data => u64::from(self.config.chunker.max).min(format::MAX_DATA_BLOB),
+            BlobKind::Tree => format::MAX_TREE_BLOB,
+        }
+    }
+
+    /// Refuses a location of the wrong kind, or one claiming more than a blob of its kind
+    /// may hold in this repository, before anything is read or allocated for it.
+    fn check_claim(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<()> {
+        if loc.kind != kind {
+            return Err(Error::corrupt(format!(
+                "blob {id} is indexed as {:?}, expected {kind:?}",
+                loc.kind
+            )));
+        }
+        let max = self.max_blob(kind);
+        if u64::from(loc.raw_length) > max || u64::from(loc.length) > format::max_sealed(max) {
+            return Err(Error::corrupt(format!(
+                "blob {id} in pack {} claims {} bytes ({} stored), more than a {kind:?} blob of this repository may hold ({max})",
+                loc.pack, loc.raw_length, loc.length
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens sealed bytes of a blob in place (the buffer is left holding the compressed
+    /// payload) and returns its verified plaintext.
+    fn open_sealed(
+        &self,
+        kind: BlobKind,
+        id: &Id,
+        pack: &Id,
+        sealed: &mut [u8],
+    ) -> Result<Vec<u8>> {
+        blob::open_in_place_bounded(&self.keys, kind, id, sealed, self.max_blob(kind))
+            .map_err(|e| e.context(format!("pack {pack}")))
+    }
+
+    /// The sealed bytes of one blob, read by range once its location's claims are checked.
+    fn read_claimed(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
+        self.check_claim(kind, id, loc)?;
+        self.store
+            .read_range(
+                FileType::Pack,
+                &loc.pack.to_hex(),
+                loc.offset,
+                u64::from(loc.length),
+            )
+            .map_err(|e| e.context(format!("pack {} (blob {id})", loc.pack)))
+    }
+
+    /// Reads a blob at a known location (one ranged read).
+    pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let mut sealed = writable(self.read_claimed(kind, id, loc)?);
+        self.open_sealed(kind, id, &loc.pack, &mut sealed)
+    }
+
+    /// The sealed bytes of a blob at a known location, once they have been checked to open
+    /// to its plaintext: for copying a blob, still sealed, into a new pack.
+    pub fn read_sealed_blob_at(
+        &self,
+        kind: BlobKind,
+        id: &Id,
+        loc: &BlobLocation,
+    ) -> Result<Vec<u8>> {
+        let sealed = self.read_claimed(kind, id, loc)?;
+        blob::open_bounded(&self.keys, kind, id, &sealed, self.max_blob(kind))
+            .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+        Ok(sealed.to_vec())
+    }
+
+    /// Reads the blobs of a run with one ranged read and opens each in place, returning
+    /// their plaintexts in the run's order. Every blob must be of `kind`.
+    pub fn read_run(&self, kind: BlobKind, run: &BlobRun) -> Result<Vec<(Id, Vec<u8>)>> {
+        for (id, loc) in &run.blobs {
+            self.check_claim(kind, id, loc)?;
+        }
+        let pack = run.pack;
+        let overflow = || Error::corrupt(format!("pack {pack}: a blob's claimed end overflows"));
+        let (start, end) = run.range().ok_or_else(overflow)?;
+        let len = end.checked_sub(start).ok_or_else(overflow)?;
+        let bytes = self
+            .store
+            .read_range(FileType::Pack, &pack.to_hex(), start, len)
+            .map_err(|e| e.context(format!("pack {pack}")))?;
+        let mut bytes = writable(bytes);
+        run.blobs
+            .iter()
+            .map(|(id, loc)| {
+                // Within the range read: the run's blobs start at or after `start` and end
+                // at or before `end`.
+                let sealed = usize::try_from(loc.offset - start)
+                    .ok()
+                    .and_then(|off| Some(off..off.checked_add(loc.length as usize)?))
+                    .and_then(|r| bytes.get_mut(r))
+                    .ok_or_else(|| Error::corrupt(format!("pack {pack}: short read")))?;
+                Ok((*id, self.open_sealed(kind, id, &pack, sealed)?))
+            })
+            .collect()
+    }
+
+    /// A pack's size and header entries, read from its tail.
+    pub fn read_pack_header(&self, pack: &Id) -> Result<(u64, Vec<PackEntry>)> {
+        let name = pack.to_hex();
+        let size = self.store.stat(FileType::Pack, &name)?;
+        let mut want = size.min(64 * 1024);
+        loop {
+            // `want` never exceeds `size`: it starts at most `size`, and grows only to what
+            // the header says it needs, which `parse_header` has checked against `size`.
+            let tail = self
+                .store
+                .read_range(FileType::Pack, &name, size - want, want)?;
+            match parse_header(&self.keys, pack, size, &tail)? {
+                HeaderRead::Done(entries) => return Ok((size, entries)),
+                HeaderRead::NeedMore(n) if n > want && n <= size => want = n,
+                HeaderRead::NeedMore(_) => {
+                    return Err(Error::corrupt(format!(
+                        "pack {pack}: header cannot be read"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Reads a whole pack (check's `--read-data`, prune's repack).
+    pub fn read_pack(&self, pack: &Id) -> Result<PackBytes<'_>> {
+        let bytes = self.store.read(FileType::Pack, &pack.to_hex())?;
+        Ok(PackBytes {
+            repo: self,
+            id: *pack,
+            bytes,
+        })
+    }
+}
+
+/// A whole pack in memory, whose blobs are opened by the same rule as every other read.
+pub struct PackBytes<'r> {
+    repo: &'r Repository,
+    id: Id,
+    bytes: Bytes,
+}
+
+impl PackBytes<'_> {
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Whether the bytes hash to the pack's name (a pack is named by its content).
+    pub fn matches_name(&self) -> bool {
+        Id::of_bytes(&self.bytes) == self.id
+    }
+
+    /// The header's entries (each checked to lie inside the pack when it is opened).
+    pub fn entries(&self) -> Result<Vec<PackEntry>> {
+        match parse_header(&self.repo.keys, &self.id, self.len(), &self.bytes)? {
+            HeaderRead::Done(e) => Ok(e),
+            HeaderRead::NeedMore(_) => Err(Error::corrupt(format!(
+                "pack {}: header cannot be read",
+                self.id
+            ))),
+        }
+    }
+
+    /// The sealed bytes of an entry.
+    pub fn sealed(&self, entry: &PackEntry) -> Result<&[u8]> {
+        entry_bytes(&self.bytes, entry)
+    }
+
+    /// An entry's verified plaintext.
+    pub fn open(&self, entry: &PackEntry) -> Result<Vec<u8>> {
+        let sealed = self.sealed(entry)?;
+        let max = self.repo.max_blob(entry.kind);
+        blob::open_bounded(&self.repo.keys, entry.kind, &entry.id, sealed, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(pack: u8, offset: u64, length: u32) -> BlobLocation {
+        BlobLocation {
+            kind: BlobKind::Data,
+            pack: Id([pack; 32]),
+            offset,
+            length,
+            raw_length: 1,
+        }
+    }
+
+    fn shape(runs: &[BlobRun]) -> Vec<Vec<u64>> {
+        runs.iter()
+            .map(|r| r.blobs().iter().map(|(_, l)| l.offset).collect())
+            .collect()
+    }
+
+    #[test]
+    fn coalesce_joins_neighbours_of_one_pack_within_the_gap() {
+        let blobs = vec![
+            (Id([1; 32]), at(1, 200, 100)),
+            (Id([2; 32]), at(1, 0, 100)),
+            // A gap of 100 after the blob ending at 300: joins with a gap of 100.
+            (Id([3; 32]), at(1, 400, 100)),
+            // A gap of 101: starts a new run.
+            (Id([4; 32]), at(1, 601, 100)),
+            // Another pack: a new run even when the offsets would join.
+            (Id([5; 32]), at(2, 701, 10)),
+            // Overlapping the blob before it: never joins.
+            (Id([6; 32]), at(2, 705, 10)),
+        ];
+        let runs = coalesce(blobs, 100);
+        assert_eq!(
+            shape(&runs),
+            vec![vec![0, 200, 400], vec![601], vec![701], vec![705]]
+        );
+        assert_eq!(runs[0].range(), Some((0, 500)));
+        assert_eq!(runs[0].pack(), &Id([1; 32]));
+    }
+
+    #[test]
+    fn a_run_whose_claimed_end_overflows_has_no_range() {
+        let runs = coalesce(vec![(Id([1; 32]), at(1, u64::MAX - 5, 100))], 100);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].range(), None);
+    }
+}
