@@ -559,7 +559,7 @@ fn repack(
                 }
             }
         }
-        let size = bytes.len() as u64;
+        let size = bytes.len();
         progress.bytes(size);
         progress.pack(pack, PackEvent::Repacked { bytes: size });
     }
