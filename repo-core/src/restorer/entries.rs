@@ -16,7 +16,8 @@ use nix::sys::stat::{
 use nix::unistd::{fchownat, linkat, mkfifoat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use super::dirs::{errno, open_dir, open_regular, DirFd};
-use super::write::{content_matches, write_content, write_files, FileJob};
+use super::fetch::{write_content, write_files, FileJob};
+use super::write::content_matches;
 use super::{io_err, owner_ids, timespec, tmp_name, warn_xattr, Limits, Overwrite, Restorer};
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind};

@@ -30,6 +30,7 @@
 
 mod dirs;
 mod entries;
+mod fetch;
 mod write;
 
 use std::collections::HashMap;
