@@ -77,8 +77,10 @@ pub fn ensure_complete(repo: &Repository, root: &Id, level: i32) -> Result<u64> 
         let sealed = repo
             .read_sealed_blob_at(kind, id, &loc)
             .map_err(|e| swept(format!("{kind:?} blob {id}: {e}")))?;
+        // Sealed as the kind it is stored as, which may differ from the kind referenced
+        // (a data chunk and a tree with the same bytes share one blob).
         writer.add(SealedBlob {
-            kind,
+            kind: loc.kind,
             id: *id,
             raw_length: loc.raw_length,
             bytes: sealed,

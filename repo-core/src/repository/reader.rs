@@ -77,16 +77,23 @@ impl Repository {
         }
     }
 
-    /// Refuses a location of the wrong kind, or one claiming more than a blob of its kind
-    /// may hold in this repository, before anything is read or allocated for it.
+    /// The most plaintext a read of a `wanted` blob stored as `stored` may give: the bound of
+    /// each kind.
+    ///
+    /// A blob's id is the keyed hash of its plaintext alone, so a data chunk and a tree with
+    /// the same bytes have the same id and are stored once, as whichever came first (a file
+    /// may hold the bytes of a tree: the 8 bytes of an empty folder's tree are enough). A
+    /// read therefore accepts a blob stored as the other kind: it is opened as what it was
+    /// sealed as (the index's kind, which is authenticated), and its plaintext is still
+    /// checked against the id, so it is exactly the content asked for.
+    fn read_bound(&self, wanted: BlobKind, stored: BlobKind) -> u64 {
+        self.max_blob(wanted).min(self.max_blob(stored))
+    }
+
+    /// Refuses a location claiming more than the blob asked for may hold in this
+    /// repository, before anything is read or allocated for it.
     fn check_claim(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<()> {
-        if loc.kind != kind {
-            return Err(Error::corrupt(format!(
-                "blob {id} is indexed as {:?}, expected {kind:?}",
-                loc.kind
-            )));
-        }
-        let max = self.max_blob(kind);
+        let max = self.read_bound(kind, loc.kind);
         if u64::from(loc.raw_length) > max || u64::from(loc.length) > format::max_sealed(max) {
             return Err(Error::corrupt(format!(
                 "blob {id} in pack {} claims {} bytes ({} stored), more than a {kind:?} blob of this repository may hold ({max})",
@@ -96,17 +103,18 @@ impl Repository {
         Ok(())
     }
 
-    /// Opens sealed bytes of a blob in place (the buffer is left holding the compressed
-    /// payload) and returns its verified plaintext.
+    /// Opens sealed bytes of a `wanted` blob in place, as the kind it is stored as (the
+    /// buffer is left holding the compressed payload), and returns its verified plaintext.
     fn open_sealed(
         &self,
-        kind: BlobKind,
+        wanted: BlobKind,
         id: &Id,
-        pack: &Id,
+        loc: &BlobLocation,
         sealed: &mut [u8],
     ) -> Result<Vec<u8>> {
-        blob::open_in_place_bounded(&self.keys, kind, id, sealed, self.max_blob(kind))
-            .map_err(|e| e.context(format!("pack {pack}")))
+        let max = self.read_bound(wanted, loc.kind);
+        blob::open_in_place_bounded(&self.keys, loc.kind, id, sealed, max)
+            .map_err(|e| e.context(format!("pack {}", loc.pack)))
     }
 
     /// The sealed bytes of one blob, read by range once its location's claims are checked.
@@ -125,11 +133,12 @@ impl Repository {
     /// Reads a blob at a known location (one ranged read).
     pub fn read_blob_at(&self, kind: BlobKind, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
         let mut sealed = writable(self.read_claimed(kind, id, loc)?);
-        self.open_sealed(kind, id, &loc.pack, &mut sealed)
+        self.open_sealed(kind, id, loc, &mut sealed)
     }
 
     /// The sealed bytes of a blob at a known location, once they have been checked to open
-    /// to its plaintext: for copying a blob, still sealed, into a new pack.
+    /// to its plaintext: for copying a blob, still sealed, into a new pack. They are sealed
+    /// as `loc.kind`, which is the kind to index the copy under.
     pub fn read_sealed_blob_at(
         &self,
         kind: BlobKind,
@@ -137,13 +146,20 @@ impl Repository {
         loc: &BlobLocation,
     ) -> Result<Vec<u8>> {
         let sealed = self.read_claimed(kind, id, loc)?;
-        blob::open_bounded(&self.keys, kind, id, &sealed, self.max_blob(kind))
-            .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+        blob::open_bounded(
+            &self.keys,
+            loc.kind,
+            id,
+            &sealed,
+            self.read_bound(kind, loc.kind),
+        )
+        .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
         Ok(sealed.to_vec())
     }
 
     /// Reads the blobs of a run with one ranged read and opens each in place, returning
-    /// their plaintexts in the run's order. Every blob must be of `kind`.
+    /// their plaintexts in the run's order. The blobs are wanted as `kind` (see
+    /// [`Repository::read_bound`] for blobs stored as the other kind).
     pub fn read_run(&self, kind: BlobKind, run: &BlobRun) -> Result<Vec<(Id, Vec<u8>)>> {
         for (id, loc) in &run.blobs {
             self.check_claim(kind, id, loc)?;
@@ -167,7 +183,7 @@ impl Repository {
                     .and_then(|off| Some(off..off.checked_add(loc.length as usize)?))
                     .and_then(|r| bytes.get_mut(r))
                     .ok_or_else(|| Error::corrupt(format!("pack {pack}: short read")))?;
-                Ok((*id, self.open_sealed(kind, id, &pack, sealed)?))
+                Ok((*id, self.open_sealed(kind, id, loc, sealed)?))
             })
             .collect()
     }
