@@ -1,14 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Every backend passes the same conformance suite.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use cairn_repo::backend::{
     conformance, Backend, BackendOptions, FileType, ObjectInfo, OpendalRoot, RetryBackend, Root,
 };
 use cairn_repo::{Error, ErrorKind, Location};
+use common::{quick_retries, LostAnswer};
 
 fn local(dir: &std::path::Path) -> OpendalRoot {
     OpendalRoot::local(
@@ -125,15 +127,6 @@ impl Backend for Failing {
     async fn remove(&self, ft: FileType, name: &str) -> cairn_repo::Result<()> {
         self.fail()?;
         self.inner.remove(ft, name).await
-    }
-}
-
-fn quick_retries(retries: usize) -> BackendOptions {
-    BackendOptions {
-        retries,
-        retry_min_delay: Duration::from_millis(1),
-        retry_max_delay: Duration::from_millis(4),
-        ..BackendOptions::none()
     }
 }
 
@@ -267,4 +260,35 @@ fn storage_errors_say_whether_a_retry_can_help() {
         ErrorKind::PermissionDenied
     );
     assert!(cairn_repo::Error::io("x", std::io::Error::other("reset")).is_transient());
+}
+
+/// A create repeated by the retry layer after its first attempt stored the object (the
+/// answer was lost) succeeds: for content-named objects because the name holds the same
+/// bytes, for the config because reading it back shows this writer's bytes. Another
+/// writer's config is still reported as existing.
+#[test]
+fn a_retried_create_whose_answer_was_lost_succeeds() {
+    let rt = cairn_repo::backend::new_runtime().unwrap();
+    for lose in [FileType::Config, FileType::Pack, FileType::Snapshot] {
+        let root = rt
+            .block_on(async { OpendalRoot::memory(&BackendOptions::none()) })
+            .unwrap();
+        let lossy: Arc<dyn Backend> = Arc::new(LostAnswer::new(root.tenant("t").unwrap(), lose));
+        let store = cairn_repo::backend::Store::new(
+            Arc::new(RetryBackend::new(lossy, &quick_retries(3))),
+            rt.clone(),
+        );
+        let data = bytes::Bytes::from_static(b"sealed bytes");
+        let name = cairn_repo::Id::of_bytes(&data).to_hex();
+        match lose {
+            FileType::Config => {
+                store.create(lose, "config", data.clone()).unwrap();
+                let other = store
+                    .create(lose, "config", bytes::Bytes::from_static(b"another"))
+                    .unwrap_err();
+                assert_eq!(other.kind(), ErrorKind::AlreadyExists);
+            }
+            _ => store.put(lose, &name, data.clone()).unwrap(),
+        }
+    }
 }

@@ -416,3 +416,26 @@ fn a_damaged_key_slot_can_be_removed_and_never_counts_as_the_last_one() {
     assert_eq!(repo.remove_key(&bad).unwrap(), bad);
     assert_eq!(repo.key_slots().unwrap().len(), 1);
 }
+
+/// A snapshot whose upload was stored but whose answer was lost is retried; the retry finds
+/// the snapshot in place, and the backup succeeds with exactly one snapshot.
+#[test]
+fn a_backup_whose_snapshot_answer_was_lost_succeeds_once_retried() {
+    use cairn_repo::backend::{Backend, FileType, RetryBackend};
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open_wrapped(dir.path(), &key, "cache", |inner| {
+        let lossy: Arc<dyn Backend> = Arc::new(LostAnswer::new(inner, FileType::Snapshot));
+        Arc::new(RetryBackend::new(lossy, &quick_retries(3)))
+    });
+    let r = backup_stream(
+        &repo,
+        &mut &b"hello"[..],
+        "s",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(repo.snapshots().unwrap().len(), 1);
+    assert_eq!(stream_content(&repo, &r.id, b"s"), b"hello");
+}

@@ -225,8 +225,10 @@ impl Repository {
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
         let sealed = seal_meta(&self.keys, format::snapshot::AAD, snap)?;
         let id = Id::of_bytes(&sealed);
+        // Named by the hash of its bytes: an existing object of that name is this snapshot
+        // (a retried upload whose first attempt was stored).
         self.store
-            .create(FileType::Snapshot, &id.to_hex(), Bytes::from(sealed))?;
+            .put(FileType::Snapshot, &id.to_hex(), Bytes::from(sealed))?;
         self.cache.update_snapshots(&[(id, snap.clone())], &[])?;
         Ok(id)
     }

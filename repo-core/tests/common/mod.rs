@@ -240,3 +240,70 @@ pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// A backend whose first create of an object of type `lose` stores the object and then fails
+/// with a transient error, as when a network drops the answer to a request that succeeded.
+#[derive(Debug)]
+pub struct LostAnswer {
+    pub inner: Arc<dyn Backend>,
+    pub lose: FileType,
+    pub lost: std::sync::atomic::AtomicBool,
+}
+
+impl LostAnswer {
+    pub fn new(inner: Arc<dyn Backend>, lose: FileType) -> LostAnswer {
+        LostAnswer {
+            inner,
+            lose,
+            lost: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LostAnswer {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn create(&self, ft: FileType, name: &str, data: bytes::Bytes) -> cairn_repo::Result<()> {
+        self.inner.create(ft, name, data).await?;
+        if ft == self.lose && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(cairn_repo::Error::io(
+                format!("writing {name}"),
+                std::io::Error::other("connection reset"),
+            ));
+        }
+        Ok(())
+    }
+    async fn read(&self, ft: FileType, name: &str) -> cairn_repo::Result<bytes::Bytes> {
+        self.inner.read(ft, name).await
+    }
+    async fn read_range(
+        &self,
+        ft: FileType,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> cairn_repo::Result<bytes::Bytes> {
+        self.inner.read_range(ft, name, offset, len).await
+    }
+    async fn stat(&self, ft: FileType, name: &str) -> cairn_repo::Result<u64> {
+        self.inner.stat(ft, name).await
+    }
+    async fn list(&self, ft: FileType) -> cairn_repo::Result<Vec<ObjectInfo>> {
+        self.inner.list(ft).await
+    }
+    async fn remove(&self, ft: FileType, name: &str) -> cairn_repo::Result<()> {
+        self.inner.remove(ft, name).await
+    }
+}
+
+/// Retries with pauses of a millisecond or two.
+pub fn quick_retries(retries: usize) -> BackendOptions {
+    BackendOptions {
+        retries,
+        retry_min_delay: std::time::Duration::from_millis(1),
+        retry_max_delay: std::time::Duration::from_millis(4),
+        ..BackendOptions::none()
+    }
+}

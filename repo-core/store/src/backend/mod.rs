@@ -160,8 +160,24 @@ impl Store {
         }
     }
 
+    /// Creates an object whose name is not the hash of its bytes (the config): fails with
+    /// `AlreadyExists` when the name holds other bytes. A create that a retry layer repeated
+    /// after its first attempt stored the object but lost the answer also reports
+    /// `AlreadyExists`; reading the object back tells the two apart, and the same bytes are
+    /// success.
     pub fn create(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
-        self.rt.block_on(self.backend.create(ft, name, data))
+        match self
+            .rt
+            .block_on(self.backend.create(ft, name, data.clone()))
+        {
+            Err(e) if e.kind() == crate::error::ErrorKind::AlreadyExists => {
+                match self.read(ft, name) {
+                    Ok(existing) if existing == data => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     pub fn read(&self, ft: FileType, name: &str) -> Result<Bytes> {
