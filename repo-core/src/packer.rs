@@ -80,9 +80,14 @@ impl Packer {
         if self.open_pack(kind).is_empty() {
             return Ok(None);
         }
-        let next = match (kind, self.spare.take()) {
-            (BlobKind::Data, Some(buffer)) => PackBuilder::with_buffer(kind, buffer),
-            _ => Self::builder(kind, self.pack_size),
+        // Only a data pack takes the spare buffer; a tree flush leaves it for the next one.
+        let spare = match kind {
+            BlobKind::Data => self.spare.take(),
+            BlobKind::Tree => None,
+        };
+        let next = match spare {
+            Some(buffer) => PackBuilder::with_buffer(kind, buffer),
+            None => Self::builder(kind, self.pack_size),
         };
         let full = std::mem::replace(self.open_pack(kind), next);
         full.finish(&self.keys).map(Some)

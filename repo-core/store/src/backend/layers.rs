@@ -6,7 +6,8 @@
 //! Order matters, innermost first: the concurrency limit (each attempt holds a permit, none
 //! is held while sleeping between attempts), the timeouts (a stalled attempt ends as a
 //! temporary error), the retries (which retry only temporary errors, including timeouts),
-//! then logging (one line per operation; each retry is logged by the retry layer).
+//! then logging (each operation at trace level, failures at debug; each retry is logged as
+//! a warning by the retry layer).
 
 use std::time::Duration;
 
@@ -105,9 +106,9 @@ impl RetryInterceptor for LogRetry {
     }
 }
 
-/// Logs every storage operation at debug level (`RUST_LOG=cairn_store=debug`). Failures are
-/// logged at debug too: a missing object is often the expected answer, and the caller
-/// reports the failures that matter.
+/// Logs every storage operation at trace level and every failed one at debug level
+/// (`CAIRN_LOG=cairn_store=trace`). Failures are not warnings: a missing object is often the
+/// expected answer, and the caller reports the failures that matter.
 #[derive(Debug, Clone, Copy)]
 struct TraceOperations;
 

@@ -15,7 +15,8 @@ use crate::layout;
 
 /// What an opendal error means to callers: not found, taken, refused, full, or transient.
 /// opendal reports a full disk as "unexpected" (and even as temporary), so the OS error
-/// beneath an error decides first. Everything else (a timeout, a rate limit, a 5xx, a reset
+/// beneath an error decides first. What the storage cannot do or how it is set up is
+/// permanent (`Other`). Everything else (a timeout, a rate limit, a 5xx, a reset
 /// connection) is transient, and stays so after the retry layer gave up on it: a later run
 /// may still succeed.
 pub(crate) fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
@@ -24,6 +25,12 @@ pub(crate) fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Erro
         OdKind::AlreadyExists | OdKind::ConditionNotMatch => ErrorKind::AlreadyExists,
         OdKind::RangeNotSatisfied => ErrorKind::Corrupt,
         OdKind::PermissionDenied => ErrorKind::PermissionDenied,
+        // What the storage cannot do, or how it is set up: the same call fails again.
+        OdKind::Unsupported
+        | OdKind::ConfigInvalid
+        | OdKind::IsADirectory
+        | OdKind::NotADirectory
+        | OdKind::IsSameFile => ErrorKind::Other,
         _ => match crate::error::io_kind_in_chain(&e) {
             Some(os) => match crate::error::kind_of_io(os) {
                 ErrorKind::NotFound | ErrorKind::AlreadyExists => ErrorKind::Io,

@@ -2,9 +2,10 @@
 //! layer in [`super::layers`]). Only transient errors ([`crate::Error::is_transient`]) are
 //! retried: a refusal, a full quota, a missing object or damaged bytes fail at once.
 //!
-//! Retrying `create` is safe because names are content hashes: when an attempt stored the
-//! object but its answer was lost, the next attempt fails with `AlreadyExists`, which callers
-//! treat as success. `remove` is idempotent.
+//! Retrying `create` is safe: when an attempt stored the object but its answer was lost, the
+//! next attempt fails with `AlreadyExists`, which [`super::Store`] turns into success (a
+//! content-named object holds the same bytes; the config is read back and compared).
+//! `remove` is idempotent.
 
 use std::future::Future;
 use std::sync::Arc;
