@@ -20,6 +20,7 @@ pub mod keys;
 pub mod lease;
 pub mod mark;
 mod packer;
+pub mod pg;
 pub mod progress;
 pub mod prune;
 pub mod repair;

@@ -1,0 +1,8 @@
+//! PostgreSQL: what Cairn knows of WAL files and clusters (names, positions, segment headers).
+//! Archiving, fetching, base backups and restores build on these.
+
+pub mod header;
+pub mod names;
+
+pub use header::SegmentHeader;
+pub use names::{Lsn, Segment, WalFile};
