@@ -52,6 +52,8 @@ struct Shared {
     stats: Mutex<WriteStats>,
     /// Packs whose existence this run has checked (deduplicated against) or made itself.
     packs: Mutex<HashMap<Id, bool>>,
+    /// Whether blobs the index lists count as present (see [`BlobWriter::unindexed`]).
+    index_dedup: bool,
 }
 
 /// What a [`BlobWriter`] has or has accepted. A blob the writer accepts after a lookup here
@@ -82,6 +84,9 @@ impl Known {
 
     /// Whether the index lists the blob in a pack that exists.
     fn stored(&self, id: &Id) -> Result<bool> {
+        if !self.shared.index_dedup {
+            return Ok(false);
+        }
         match self.cache.lookup(id)? {
             Some(loc) => self.pack_exists(&loc.pack),
             None => Ok(false),
@@ -123,13 +128,26 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// `level` is the zstd level for data blobs (trees always use level 3).
+    /// `level` is the zstd level for data blobs (trees always use level 3). The writer
+    /// deduplicates against the index, which the caller has synced (write-ordering rule 4).
     pub fn new(repo: &Repository, level: i32) -> Self {
+        Self::with_dedup(repo, level, true)
+    }
+
+    /// A writer that deduplicates only against what it has accepted itself, for a short
+    /// process that must not read the index (a WAL push): what it stores never depends on
+    /// the cache, synced or not.
+    pub fn unindexed(repo: &Repository, level: i32) -> Self {
+        Self::with_dedup(repo, level, false)
+    }
+
+    fn with_dedup(repo: &Repository, level: i32, index_dedup: bool) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(None),
             stats: Mutex::new(WriteStats::default()),
             packs: Mutex::new(HashMap::new()),
+            index_dedup,
         });
         let (tx, rx) = sync_channel(UPLOAD_QUEUE);
         let (spare_tx, spare) = sync_channel(1);

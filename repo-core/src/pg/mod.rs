@@ -3,6 +3,7 @@
 
 pub mod header;
 pub mod names;
+pub mod wal;
 
 pub use header::SegmentHeader;
 pub use names::{Lsn, Segment, WalFile};
