@@ -2,10 +2,13 @@
 //! real `cairn` binary run with a clean environment.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use serde_json::Value;
+
+pub mod pg;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -28,27 +31,46 @@ impl Env {
         self.path("repo")
     }
 
+    /// The environment of [`Env::bare`]: an isolated home and temporary folder, and fast
+    /// password hashing.
+    pub fn bare_vars(&self) -> Vec<(OsString, OsString)> {
+        let p = |rel: &str| self.path(rel).into_os_string();
+        vec![
+            ("PATH".into(), std::env::var_os("PATH").unwrap_or_default()),
+            ("HOME".into(), p("home")),
+            ("XDG_CACHE_HOME".into(), p("home/.cache")),
+            ("XDG_DATA_HOME".into(), p("home/.local/share")),
+            ("XDG_CONFIG_HOME".into(), p("home/.config")),
+            ("TZ".into(), "UTC".into()),
+            ("TMPDIR".into(), p("tmp")),
+            ("CAIRN_KDF_PARAMS".into(), "1024,1,1".into()),
+        ]
+    }
+
+    /// The environment of [`Env::cmd`]: [`Env::bare_vars`] plus this test's repository and
+    /// password file. Also what a PostgreSQL `archive_command` running `cairn` needs.
+    pub fn cmd_vars(&self) -> Vec<(OsString, OsString)> {
+        let mut v = self.bare_vars();
+        v.push(("CAIRN_REPOSITORY".into(), self.repo().into_os_string()));
+        v.push((
+            "CAIRN_PASSWORD_FILE".into(),
+            self.path("password").into_os_string(),
+        ));
+        v
+    }
+
     /// `cairn` with nothing configured but an isolated home and temporary folder, and fast
     /// password hashing.
     pub fn bare(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CACHE_HOME", self.path("home/.cache"))
-            .env("XDG_DATA_HOME", self.path("home/.local/share"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("TZ", "UTC")
-            .env("TMPDIR", self.path("tmp"))
-            .env("CAIRN_KDF_PARAMS", "1024,1,1");
+        c.env_clear().envs(self.bare_vars());
         c
     }
 
     /// `cairn` against this test's repository with its password.
     pub fn cmd(&self) -> Command {
-        let mut c = self.bare();
-        c.env("CAIRN_REPOSITORY", self.repo())
-            .env("CAIRN_PASSWORD_FILE", self.path("password"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env_clear().envs(self.cmd_vars());
         c
     }
 
