@@ -107,6 +107,29 @@ pub enum Command {
     Protect(SnapshotIds),
     /// Remove the protection of snapshots
     Unprotect(SnapshotIds),
+    /// Archive and fetch PostgreSQL WAL (archive_command, restore_command)
+    #[command(subcommand)]
+    Wal(WalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WalCommand {
+    /// Archive one WAL file: archive_command = 'cairn wal push %p'. Exits 0 only when the
+    /// file is durable in the repository (or was archived before with the same bytes), 1 on
+    /// any failure
+    Push {
+        /// The file PostgreSQL asks to archive (%p)
+        path: std::path::PathBuf,
+    },
+    /// Fetch one WAL file: restore_command = 'cairn wal fetch %f %p'. Exits 0 when the file
+    /// was written, 1 when the archive holds no such file, and 128 when it cannot tell
+    /// (1 in standby mode, which retries)
+    Fetch {
+        /// The WAL file name PostgreSQL asks for (%f)
+        name: String,
+        /// Where to write it (%p)
+        dest: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -122,8 +122,12 @@ fn limit_malloc_arenas() {
 
 fn main() {
     limit_malloc_arenas();
-    exit_quietly_when_stdout_closes();
     let cli = args::Cli::parse();
+    // A WAL command's exit code is its whole answer to PostgreSQL: a closed stdout must
+    // never turn a failed or unfinished push into 0.
+    if !matches!(cli.command, args::Command::Wal(_)) {
+        exit_quietly_when_stdout_closes();
+    }
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",

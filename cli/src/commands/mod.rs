@@ -18,6 +18,7 @@ mod snapshots;
 mod stats;
 mod tag;
 mod tenant;
+mod wal;
 
 use anyhow::Result;
 
@@ -46,5 +47,6 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Tag(a) => tag::run(ctx, a),
         Command::Protect(a) => tag::protect(ctx, a, true),
         Command::Unprotect(a) => tag::protect(ctx, a, false),
+        Command::Wal(a) => wal::run(ctx, a),
     }
 }
