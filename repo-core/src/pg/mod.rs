@@ -1,6 +1,7 @@
 //! PostgreSQL: what Cairn knows of WAL files and clusters (names, positions, segment headers).
 //! Archiving, fetching, base backups and restores build on these.
 
+pub mod consolidate;
 pub mod header;
 pub mod names;
 pub mod wal;

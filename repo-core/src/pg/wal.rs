@@ -54,6 +54,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The `wal` snapshots, oldest first.
+    pub fn snapshots(&self) -> &[(Id, Snapshot)] {
+        &self.snapshots
+    }
+
     pub fn load(repo: &Repository) -> Result<Catalog> {
         let snapshots = repo
             .snapshots()?
@@ -303,6 +308,12 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     if let Err(e) = lease.release() {
         tracing::warn!("cannot remove the push's lease (it expires by itself): {e}");
     }
+    // The file is durable: a failed merge costs only a longer listing until the next push.
+    if catalog.snapshots.len() + 1 > super::consolidate::CONSOLIDATE_AT {
+        if let Err(e) = super::consolidate::consolidate_if_due(repo) {
+            tracing::warn!("merging the wal snapshots failed (the next push tries again): {e}");
+        }
+    }
     Ok(Pushed::Stored {
         snapshot: id,
         bytes: len,
@@ -354,7 +365,7 @@ fn file_node(name: &str, size: u64) -> Node {
     }
 }
 
-fn dir_node(name: &str, subtree: Id) -> Node {
+pub(crate) fn dir_node(name: &str, subtree: Id) -> Node {
     Node {
         kind: NodeKind::Dir,
         mode: 0o700,
