@@ -84,13 +84,20 @@ fn a_long_archive_stays_a_bounded_number_of_snapshots_and_every_segment_fetches(
     // A merged segment pushed again: the same bytes are accepted without an upload, other
     // bytes are refused.
     assert!(matches!(
-        push(&repo, &src.join(Segment::from_number(1, 3, SEG).unwrap().name(SEG))).unwrap(),
+        push(
+            &repo,
+            &src.join(Segment::from_number(1, 3, SEG).unwrap().name(SEG))
+        )
+        .unwrap(),
         Pushed::AlreadyArchived { .. }
     ));
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let changed = segment(&other, 3, 1);
-    assert_eq!(push(&repo, &changed).unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(
+        push(&repo, &changed).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
     common::assert_clean(&repo);
 }
 

@@ -168,6 +168,8 @@ pub struct Cache {
     damaged: AtomicBool,
     /// Keeps a temporary cache's folder alive; removed on drop.
     temp: Option<ScratchDir>,
+    /// No commit of this process is made durable (see [`Cache::set_volatile`]).
+    volatile: AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -229,6 +231,7 @@ impl Cache {
             undurable: AtomicUsize::new(0),
             damaged: AtomicBool::new(false),
             temp: None,
+            volatile: AtomicBool::new(false),
         };
         match cache.init_tables() {
             Ok(()) => Ok(cache),
@@ -241,6 +244,7 @@ impl Cache {
                     undurable: AtomicUsize::new(0),
                     damaged: AtomicBool::new(false),
                     temp: None,
+                    volatile: AtomicBool::new(false),
                 };
                 cache.init_tables()?;
                 Ok(cache)
@@ -291,6 +295,7 @@ impl Cache {
             undurable: AtomicUsize::new(0),
             damaged: AtomicBool::new(false),
             temp: Some(temp),
+            volatile: AtomicBool::new(false),
         };
         cache.init_tables()?;
         Ok(cache)
@@ -337,6 +342,23 @@ impl Cache {
         )
     }
 
+    /// Makes no commit of this process durable: what it writes to the cache is seen by
+    /// itself and lost when it exits. For short processes that write little worth keeping
+    /// (a WAL push), where each durable commit costs an fsync; the cache is derived data,
+    /// and the file stays as the last durable commit left it.
+    pub fn set_volatile(&self) {
+        self.volatile.store(true, Ordering::Relaxed);
+    }
+
+    /// A write transaction, durable unless the cache is volatile.
+    pub(super) fn write_tx(&self) -> std::result::Result<redb::WriteTransaction, redb::Error> {
+        let mut tx = self.db.begin_write()?;
+        if self.volatile.load(Ordering::Relaxed) {
+            tx.set_durability(Durability::None)?;
+        }
+        Ok(tx)
+    }
+
     fn init_tables(&self) -> Result<()> {
         self.guard(|| {
             let tx = self.db.begin_write()?;
@@ -366,6 +388,16 @@ impl Cache {
                 CONDEMNED,
             ] {
                 tx.open_table(t)?;
+            }
+            let current = {
+                let meta = tx.open_table(META)?;
+                let v = meta.get("version")?.map(|g| g.value().to_vec());
+                v.as_deref() == Some(CACHE_VERSION)
+            };
+            if current && !stale {
+                // Nothing to write: no commit, and no fsync for every process that opens.
+                tx.abort()?;
+                return Ok(());
             }
             tx.open_table(META)?.insert("version", CACHE_VERSION)?;
             tx.commit()?;
