@@ -29,10 +29,9 @@ pub fn run(ctx: &Context, cmd: WalCommand) -> Result<i32> {
 }
 
 fn push(ctx: &Context, path: &std::path::Path) -> i32 {
-    let result = ctx.open().and_then(|repo| {
-        repo.set_cache_volatile();
-        wal::push(&repo, path).map_err(anyhow::Error::from)
-    });
+    let result = ctx
+        .open_short_lived()
+        .and_then(|repo| wal::push(&repo, path).map_err(anyhow::Error::from));
     match result {
         Ok(Pushed::Stored { snapshot, bytes }) => {
             tracing::info!(
@@ -62,10 +61,9 @@ fn push(ctx: &Context, path: &std::path::Path) -> i32 {
 }
 
 fn fetch(ctx: &Context, name: &str, dest: &std::path::Path) -> i32 {
-    let result = ctx.open().and_then(|repo| {
-        repo.set_cache_volatile();
-        wal::fetch(&repo, name, dest).map_err(anyhow::Error::from)
-    });
+    let result = ctx
+        .open_short_lived()
+        .and_then(|repo| wal::fetch(&repo, name, dest).map_err(anyhow::Error::from));
     match result {
         Ok(Fetched::Written { bytes }) => {
             tracing::info!("restored {name} ({bytes} bytes)");

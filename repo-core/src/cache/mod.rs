@@ -301,6 +301,29 @@ impl Cache {
         Ok(cache)
     }
 
+    /// A temporary cache held in memory, whose commits are never durable (see
+    /// [`Cache::set_volatile`]): for a process that writes only a few entries to it, which
+    /// then costs no file and no fsync. (A large load, as a `--no-cache` backup makes, needs
+    /// [`Cache::temporary`], whose pages can leave memory.)
+    pub fn private() -> Result<Cache> {
+        let temp = ScratchDir::new("cairn-cache")?;
+        let path = temp.path().join("cache.redb");
+        let db = Database::builder()
+            .set_cache_size(TEMPORARY_CACHE_BYTES)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| redb_err("creating cache", e))?;
+        let cache = Cache {
+            db,
+            path,
+            undurable: AtomicUsize::new(0),
+            damaged: AtomicBool::new(false),
+            temp: Some(temp),
+            volatile: AtomicBool::new(true),
+        };
+        cache.init_tables()?;
+        Ok(cache)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -361,7 +384,7 @@ impl Cache {
 
     fn init_tables(&self) -> Result<()> {
         self.guard(|| {
-            let tx = self.db.begin_write()?;
+            let tx = self.write_tx()?;
             let stale = {
                 let meta = tx.open_table(META)?;
                 let v = meta.get("version")?.map(|g| g.value().to_vec());
