@@ -345,11 +345,6 @@ impl Repository {
         self.store.location()
     }
 
-    /// Makes none of this process's cache writes durable (see [`Cache::set_volatile`]): for
-    /// short processes such as a WAL push, which would otherwise pay an fsync for each.
-    pub fn set_cache_volatile(&self) {
-        self.cache.set_volatile();
-    }
     pub fn root_description(&self) -> &str {
         &self.root_description
     }
