@@ -83,7 +83,6 @@ impl Context {
         OpenOptions {
             cache_dir,
             lease_ttl: self.global.lease_ttl.map(std::time::Duration::from_secs),
-            ..Default::default()
         }
     }
 
@@ -175,19 +174,6 @@ impl Context {
 
     /// Opens the configured (or default) repository.
     pub fn open(&self) -> Result<Repository> {
-        self.open_with(&self.open_options())
-    }
-
-    /// Opens the repository for a short process that needs little of the cache (a WAL push
-    /// or fetch): with a private cache that is never written durably.
-    pub fn open_short_lived(&self) -> Result<Repository> {
-        self.open_with(&OpenOptions {
-            private_cache: true,
-            ..self.open_options()
-        })
-    }
-
-    fn open_with(&self, options: &OpenOptions) -> Result<Repository> {
         let (location, default) = self.location()?;
         if default.is_some() && !exists(&location)? {
             return Err(cairn_repo::Error::new(
@@ -197,7 +183,12 @@ impl Context {
             .into());
         }
         let (tenant, creds) = self.credentials(default.as_ref())?;
-        Ok(Repository::open(&location, &tenant, &creds, options)?)
+        Ok(Repository::open(
+            &location,
+            &tenant,
+            &creds,
+            &self.open_options(),
+        )?)
     }
 
     /// Opens the repository, creating the default one on first use (backup only).

@@ -318,7 +318,6 @@ fn lapsed_lease(sweep_already_ran: bool) {
         let opts = OpenOptions {
             cache_dir: Some(dirp.join("cache-writer")),
             lease_ttl: Some(Duration::from_secs(1)),
-            ..Default::default()
         };
         let repo = Repository::open_store(
             store,
@@ -423,7 +422,6 @@ fn a_held_lease_is_refreshed_past_its_time_to_live_and_removed_when_released() {
         &OpenOptions {
             cache_dir: Some(dir.path().join("cache")),
             lease_ttl: Some(Duration::from_secs(2)),
-            ..Default::default()
         },
     )
     .unwrap();

@@ -47,7 +47,7 @@ fn run() -> Result<()> {
     let password = password.strip_suffix(b"\n").unwrap_or(&password).to_vec();
     let open = OpenOptions {
         cache_dir: args.get(3).map(PathBuf::from),
-        ..Default::default()
+        lease_ttl: None,
     };
     let repo = Repository::open(
         &Location::Local(PathBuf::from(repo_path)),

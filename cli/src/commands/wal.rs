@@ -30,7 +30,7 @@ pub fn run(ctx: &Context, cmd: WalCommand) -> Result<i32> {
 
 fn push(ctx: &Context, path: &std::path::Path) -> i32 {
     let result = ctx
-        .open_short_lived()
+        .open()
         .and_then(|repo| wal::push(&repo, path).map_err(anyhow::Error::from));
     match result {
         Ok(Pushed::Stored { snapshot, bytes }) => {
@@ -62,7 +62,7 @@ fn push(ctx: &Context, path: &std::path::Path) -> i32 {
 
 fn fetch(ctx: &Context, name: &str, dest: &std::path::Path) -> i32 {
     let result = ctx
-        .open_short_lived()
+        .open()
         .and_then(|repo| wal::fetch(&repo, name, dest).map_err(anyhow::Error::from));
     match result {
         Ok(Fetched::Written { bytes }) => {

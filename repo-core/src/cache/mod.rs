@@ -168,8 +168,6 @@ pub struct Cache {
     damaged: AtomicBool,
     /// Keeps a temporary cache's folder alive; removed on drop.
     temp: Option<ScratchDir>,
-    /// No commit of this process is made durable (see [`Cache::set_volatile`]).
-    volatile: AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -231,7 +229,6 @@ impl Cache {
             undurable: AtomicUsize::new(0),
             damaged: AtomicBool::new(false),
             temp: None,
-            volatile: AtomicBool::new(false),
         };
         match cache.init_tables() {
             Ok(()) => Ok(cache),
@@ -244,7 +241,6 @@ impl Cache {
                     undurable: AtomicUsize::new(0),
                     damaged: AtomicBool::new(false),
                     temp: None,
-                    volatile: AtomicBool::new(false),
                 };
                 cache.init_tables()?;
                 Ok(cache)
@@ -295,30 +291,6 @@ impl Cache {
             undurable: AtomicUsize::new(0),
             damaged: AtomicBool::new(false),
             temp: Some(temp),
-            volatile: AtomicBool::new(false),
-        };
-        cache.init_tables()?;
-        Ok(cache)
-    }
-
-    /// A temporary cache held in memory, whose commits are never durable (see
-    /// [`Cache::set_volatile`]): for a process that writes only a few entries to it, which
-    /// then costs no file and no fsync. (A large load, as a `--no-cache` backup makes, needs
-    /// [`Cache::temporary`], whose pages can leave memory.)
-    pub fn private() -> Result<Cache> {
-        let temp = ScratchDir::new("cairn-cache")?;
-        let path = temp.path().join("cache.redb");
-        let db = Database::builder()
-            .set_cache_size(TEMPORARY_CACHE_BYTES)
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| redb_err("creating cache", e))?;
-        let cache = Cache {
-            db,
-            path,
-            undurable: AtomicUsize::new(0),
-            damaged: AtomicBool::new(false),
-            temp: Some(temp),
-            volatile: AtomicBool::new(true),
         };
         cache.init_tables()?;
         Ok(cache)
@@ -365,42 +337,19 @@ impl Cache {
         )
     }
 
-    /// Makes no commit of this process durable: what it writes to the cache is seen by
-    /// itself and lost when it exits. For short processes that write little worth keeping
-    /// (a WAL push), where each durable commit costs an fsync; the cache is derived data,
-    /// and the file stays as the last durable commit left it.
-    pub fn set_volatile(&self) {
-        self.volatile.store(true, Ordering::Relaxed);
-    }
-
-    /// A write transaction, durable unless the cache is volatile.
-    pub(super) fn write_tx(&self) -> std::result::Result<redb::WriteTransaction, redb::Error> {
-        let mut tx = self.db.begin_write()?;
-        if self.volatile.load(Ordering::Relaxed) {
-            tx.set_durability(Durability::None)?;
-        }
-        Ok(tx)
-    }
-
     fn init_tables(&self) -> Result<()> {
         self.guard(|| {
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             let stale = {
                 let meta = tx.open_table(META)?;
                 let v = meta.get("version")?.map(|g| g.value().to_vec());
                 v.as_deref() != Some(CACHE_VERSION)
             };
-            if stale {
-                for t in [
-                    BLOBS,
-                    READABLE_ONLY,
-                    SNAPSHOTS,
-                    FILES,
-                    INDEX_FILES,
-                    CONDEMNED,
-                ] {
-                    tx.delete_table(t)?;
-                }
+            if !stale {
+                // Written by this version, so every table exists: nothing to commit, and no
+                // fsync for every process that opens the cache.
+                tx.abort()?;
+                return Ok(());
             }
             for t in [
                 BLOBS,
@@ -410,17 +359,8 @@ impl Cache {
                 INDEX_FILES,
                 CONDEMNED,
             ] {
+                tx.delete_table(t)?;
                 tx.open_table(t)?;
-            }
-            let current = {
-                let meta = tx.open_table(META)?;
-                let v = meta.get("version")?.map(|g| g.value().to_vec());
-                v.as_deref() == Some(CACHE_VERSION)
-            };
-            if current && !stale {
-                // Nothing to write: no commit, and no fsync for every process that opens.
-                tx.abort()?;
-                return Ok(());
             }
             tx.open_table(META)?.insert("version", CACHE_VERSION)?;
             tx.commit()?;

@@ -76,7 +76,7 @@ impl Cache {
         self.guard(|| {
             let count: usize = files.iter().map(|(_, e)| e.len()).sum();
             let pending = self.undurable.fetch_add(count, Ordering::Relaxed) + count;
-            let mut tx = self.write_tx()?;
+            let mut tx = self.db.begin_write()?;
             if pending >= DURABLE_EVERY {
                 self.undurable.store(0, Ordering::Relaxed);
             } else {
@@ -113,7 +113,7 @@ impl Cache {
             return Ok(());
         }
         self.guard(|| {
-            let mut tx = self.write_tx()?;
+            let mut tx = self.db.begin_write()?;
             tx.set_durability(Durability::None)?;
             {
                 let mut t = tx.open_table(READABLE_ONLY)?;
@@ -151,7 +151,7 @@ impl Cache {
             let mut entries = entries.peekable();
             let mut last: [Option<Id>; 2] = [None, None];
             while entries.peek().is_some() {
-                let tx = self.write_tx()?;
+                let tx = self.db.begin_write()?;
                 {
                     let mut index = tx.open_table(BLOBS)?;
                     let mut readable = tx.open_table(READABLE_ONLY)?;
@@ -176,7 +176,7 @@ impl Cache {
                 }
                 tx.commit()?;
             }
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             {
                 let mut idx = tx.open_table(INDEX_FILES)?;
                 for (id, count) in files {
@@ -195,7 +195,7 @@ impl Cache {
     /// Forgets every blob and index file (before a rebuild).
     pub fn clear_index(&self) -> Result<()> {
         self.guard(|| {
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             for t in [BLOBS, READABLE_ONLY, INDEX_FILES] {
                 tx.delete_table(t)?;
                 tx.open_table(t)?;
@@ -212,7 +212,7 @@ impl Cache {
 
     pub fn set_condemned(&self, packs: &HashSet<Id>) -> Result<()> {
         self.guard(|| {
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             tx.delete_table(CONDEMNED)?;
             {
                 let mut t = tx.open_table(CONDEMNED)?;
@@ -227,11 +227,8 @@ impl Cache {
 
     /// Makes everything written so far durable (a commit with Durability::None is not).
     pub fn flush(&self) -> Result<()> {
-        if self.volatile.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
         self.guard(|| {
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             tx.commit()?;
             Ok(())
         })
@@ -257,7 +254,7 @@ impl Cache {
 
     pub fn update_snapshots(&self, add: &[(Id, Snapshot)], remove: &[Id]) -> Result<()> {
         self.guard(|| {
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             {
                 let mut t = tx.open_table(SNAPSHOTS)?;
                 for (id, s) in add {
@@ -312,7 +309,7 @@ impl Cache {
             return Ok(());
         }
         self.guard(|| {
-            let tx = self.write_tx()?;
+            let tx = self.db.begin_write()?;
             {
                 let mut t = tx.open_table(FILES)?;
                 for (path, rec) in records {

@@ -64,11 +64,6 @@ pub struct OpenOptions {
     pub cache_dir: Option<PathBuf>,
     /// Time to live of this process's leases; `None` uses [`DEFAULT_LEASE_TTL`].
     pub lease_ttl: Option<std::time::Duration>,
-    /// A private cache that lives only as long as the process and is never written durably,
-    /// whatever `cache_dir` says: for short processes that need little of the cache (a WAL
-    /// push or fetch), to which opening, checking and syncing a cache file costs more than
-    /// the few manifests they read without one.
-    pub private_cache: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -422,9 +417,6 @@ impl Repository {
 /// The persistent cache, or a temporary one when there is none or it cannot be used (a
 /// folder or file that cannot be written, a full disk): the cache only saves work.
 fn open_cache(open: &OpenOptions, config: &Config) -> Result<Cache> {
-    if open.private_cache {
-        return Cache::private();
-    }
     let Some(dir) = &open.cache_dir else {
         return Cache::temporary();
     };
