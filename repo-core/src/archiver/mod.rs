@@ -23,7 +23,7 @@
 
 mod files;
 pub(crate) mod pipeline;
-mod stream;
+pub(crate) mod stream;
 mod tree_walk;
 
 pub use stream::{backup_command, backup_stream};

@@ -20,7 +20,7 @@ use crate::sys;
 
 /// The node of a stream saved as one file: owned by the user running the backup, readable
 /// by them only, timed now.
-fn stream_node(name: &str, size: u64) -> Node {
+pub(crate) fn stream_node(name: &str, size: u64) -> Node {
     let now = jiff::Timestamp::now();
     let t = Time(now.as_second(), now.subsec_nanosecond().max(0) as u32);
     Node {

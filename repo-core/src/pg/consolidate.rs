@@ -15,15 +15,14 @@
 
 use std::collections::BTreeMap;
 
-use super::wal::{dir_node, Catalog};
+use super::wal::{dir_node, wal_snapshot, Catalog};
 use crate::error::{Error, Result};
-use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind, Summary};
+use crate::format::snapshot::Summary;
 use crate::format::to_cbor;
 use crate::format::tree::{Node, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
 use crate::repository::Repository;
-use crate::sys;
 use crate::writer::BlobWriter;
 
 /// `wal` snapshots a tenant may hold before a push merges them.
@@ -143,31 +142,7 @@ pub fn consolidate(repo: &Repository, catalog: &Catalog) -> Result<Id> {
         .and_then(|n| n.get(0..8))
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .unwrap_or(0);
-    let snapshot = Snapshot {
-        version: 1,
-        time: jiff::Timestamp::now().to_string(),
-        host: sys::hostname(),
-        user: sys::username(),
-        tenant: repo.tenant().to_string(),
-        kind: SnapshotKind::Wal,
-        paths: Vec::new(),
-        tags: Vec::new(),
-        parent: None,
-        tree: root,
-        incomplete: false,
-        summary,
-        program_version: env!("CARGO_PKG_VERSION").to_string(),
-        command: Vec::new(),
-        pg: Some(PgInfo {
-            system_identifier: system_id.map(|s| s.to_string()).unwrap_or_default(),
-            timeline,
-            start_lsn: None,
-            stop_lsn: None,
-            wal_first: first,
-            wal_last: last,
-        }),
-        original: None,
-    };
+    let snapshot = wal_snapshot(repo, root, summary, system_id, timeline, (first, last));
     let id = repo.save_snapshot(&snapshot)?;
     // Removal is idempotent: another push merging at the same moment may have removed some.
     let merged: Vec<Id> = catalog.snapshots().iter().map(|(id, _)| *id).collect();

@@ -23,11 +23,12 @@ use rayon::prelude::*;
 use super::header::{SegmentHeader, LONG_HEADER_LEN};
 use super::names::WalFile;
 use crate::archiver::pipeline::set_content;
+use crate::archiver::stream::stream_node;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob;
 use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind, Summary};
 use crate::format::to_cbor;
-use crate::format::tree::{Node, NodeKind, Time, Tree};
+use crate::format::tree::{Node, NodeKind, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
 use crate::repository::Repository;
@@ -251,7 +252,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         }
     }
     // The file node and the folders above it.
-    let mut node = file_node(name, len);
+    let mut node = stream_node(name, len);
     set_content(&mut writer, &mut node, ids)?;
     let path_in_tree = tree_path(&file);
     let mut child = node;
@@ -263,19 +264,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let root = writer.add_plain(BlobKind::Tree, &to_cbor(&Tree { nodes: vec![child] })?)?;
     let stats = writer.finish()?;
 
-    let snapshot = Snapshot {
-        version: 1,
-        time: jiff::Timestamp::now().to_string(),
-        host: sys::hostname(),
-        user: sys::username(),
-        tenant: repo.tenant().to_string(),
-        kind: SnapshotKind::Wal,
-        paths: Vec::new(),
-        tags: Vec::new(),
-        parent: None,
-        tree: root,
-        incomplete: false,
-        summary: Summary {
+    let snapshot = wal_snapshot(
+        repo,
+        root,
+        Summary {
             files: 1,
             dirs: path_in_tree.len().saturating_sub(1) as u64,
             files_new: 1,
@@ -287,18 +279,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             duration_secs: started.elapsed().as_secs_f64(),
             ..Summary::default()
         },
-        program_version: env!("CARGO_PKG_VERSION").to_string(),
-        command: Vec::new(),
-        pg: Some(PgInfo {
-            system_identifier: system_id.map(|s| s.to_string()).unwrap_or_default(),
-            timeline: file.timeline(),
-            start_lsn: None,
-            stop_lsn: None,
-            wal_first: Some(name.to_string()),
-            wal_last: Some(name.to_string()),
-        }),
-        original: None,
-    };
+        system_id,
+        file.timeline(),
+        (Some(name.to_string()), Some(name.to_string())),
+    );
     if !lease.held() {
         // Nothing this push stored was deduplicated against the index, so a sweep could
         // only have removed its own packs, which it indexed before they could be marked.
@@ -335,43 +319,51 @@ fn read_up_to(f: &File, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-fn now() -> Time {
-    let now = jiff::Timestamp::now();
-    Time(now.as_second(), now.subsec_nanosecond().max(0) as u32)
-}
-
-fn file_node(name: &str, size: u64) -> Node {
-    Node {
-        name: name.as_bytes().to_vec(),
-        kind: NodeKind::File,
-        mode: 0o600,
-        uid: nix::unistd::getuid().as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
-        user: Some(sys::username()),
-        group: sys::group_name(nix::unistd::getgid().as_raw()),
-        mtime: now(),
-        atime: None,
-        ctime: now(),
-        size,
-        inode: 0,
-        device: 0,
-        links: 1,
-        rdev: 0,
-        link_target: None,
-        xattrs: Vec::new(),
-        content: Vec::new(),
-        content_lists: Vec::new(),
-        subtree: None,
+/// A `wal` snapshot of the tree `root`, holding the files named `first..=last` (in name
+/// order) of the cluster `system_id`.
+pub(crate) fn wal_snapshot(
+    repo: &Repository,
+    root: Id,
+    summary: Summary,
+    system_id: Option<u64>,
+    timeline: u32,
+    (first, last): (Option<String>, Option<String>),
+) -> Snapshot {
+    Snapshot {
+        version: 1,
+        time: jiff::Timestamp::now().to_string(),
+        host: sys::hostname(),
+        user: sys::username(),
+        tenant: repo.tenant().to_string(),
+        kind: SnapshotKind::Wal,
+        paths: Vec::new(),
+        tags: Vec::new(),
+        parent: None,
+        tree: root,
+        incomplete: false,
+        summary,
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: Vec::new(),
+        pg: Some(PgInfo {
+            system_identifier: system_id.map(|s| s.to_string()).unwrap_or_default(),
+            timeline,
+            start_lsn: None,
+            stop_lsn: None,
+            wal_first: first,
+            wal_last: last,
+        }),
+        original: None,
     }
 }
 
+/// A folder of a `wal` snapshot's tree (a timeline or a log), owner-only.
 pub(crate) fn dir_node(name: &str, subtree: Id) -> Node {
     Node {
         kind: NodeKind::Dir,
         mode: 0o700,
         size: 0,
         subtree: Some(subtree),
-        ..file_node(name, 0)
+        ..stream_node(name, 0)
     }
 }
 
