@@ -252,8 +252,29 @@ impl Repository {
             Bytes::from(seal_meta(&keys, format::config::AAD, &config)?),
         )?;
         let cache = Arc::new(open_cache(open, &config)?);
-        Ok(Repository {
-            root_description: root.description(),
+        Ok(Repository::assemble(
+            root.description(),
+            tenant,
+            store,
+            keys,
+            config,
+            cache,
+            open,
+        ))
+    }
+
+    /// A repository from its opened parts, with nothing synced or read yet.
+    fn assemble(
+        root_description: String,
+        tenant: &str,
+        store: Store,
+        keys: Keys,
+        config: Config,
+        cache: Arc<Cache>,
+        open: &OpenOptions,
+    ) -> Repository {
+        Repository {
+            root_description,
             tenant: tenant.to_string(),
             store,
             keys,
@@ -263,7 +284,7 @@ impl Repository {
             damaged_index: Mutex::new(Vec::new()),
             reloaded_after_miss: AtomicBool::new(false),
             index_synced: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Opens a tenant with a password or key.
@@ -322,18 +343,15 @@ impl Repository {
             return Err(Error::corrupt(format!("repository format version {} is not supported (this program reads {FORMAT_VERSION})", config.version)));
         }
         let cache = Arc::new(open_cache(open, &config)?);
-        Ok(Repository {
+        Ok(Repository::assemble(
             root_description,
-            tenant: tenant.to_string(),
+            tenant,
             store,
             keys,
             config,
             cache,
-            lease_ttl: open.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
-            damaged_index: Mutex::new(Vec::new()),
-            reloaded_after_miss: AtomicBool::new(false),
-            index_synced: AtomicBool::new(false),
-        })
+            open,
+        ))
     }
 
     pub fn description(&self) -> String {
