@@ -292,3 +292,22 @@ fn a_retried_create_whose_answer_was_lost_succeeds() {
         }
     }
 }
+
+/// Every layer `backend::open` can stack (limit, timeouts, retries, logging) keeps the whole
+/// contract, on memory and on a local folder.
+#[tokio::test]
+async fn a_root_with_every_layer_conforms() {
+    let layered = BackendOptions {
+        concurrency: Some(2),
+        timeout: Some(std::time::Duration::from_secs(30)),
+        io_timeout: Some(std::time::Duration::from_secs(30)),
+        ..quick_retries(2)
+    };
+    conformance::run_root(&OpendalRoot::memory(&layered).unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    conformance::run_root(&OpendalRoot::local(dir.path(), &layered).unwrap())
+        .await
+        .unwrap();
+}

@@ -239,3 +239,27 @@ fn a_snapshot_removed_while_it_is_listed_is_skipped() {
     let r: &Repository = &racing;
     assert_eq!(r.snapshots().unwrap().len(), 2);
 }
+
+/// A writer that must not rely on the index (a WAL push, which never syncs it) stores a blob
+/// again even when the cache lists it, so what it commits never rests on the cache's belief;
+/// an ordinary writer deduplicates against the same entry.
+#[test]
+fn an_unindexed_writer_stores_what_the_index_already_lists() {
+    use cairn_repo::writer::BlobWriter;
+    use cairn_repo::BlobKind;
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open(dir.path(), &key, "cache");
+    let plain = b"a blob that both writers are given".to_vec();
+    let mut first = BlobWriter::new(&repo, 1);
+    first.add_plain(BlobKind::Data, &plain).unwrap();
+    assert_eq!(first.finish().unwrap().blobs_added, 1);
+    repo.sync_index().unwrap();
+    let mut indexed = BlobWriter::new(&repo, 1);
+    indexed.add_plain(BlobKind::Data, &plain).unwrap();
+    assert_eq!(indexed.finish().unwrap().blobs_added, 0);
+    let mut unindexed = BlobWriter::unindexed(&repo, 1);
+    unindexed.add_plain(BlobKind::Data, &plain).unwrap();
+    unindexed.add_plain(BlobKind::Data, &plain).unwrap();
+    assert_eq!(unindexed.finish().unwrap().blobs_added, 1);
+}
