@@ -188,6 +188,8 @@ fn snapshot() -> Snapshot {
             stop_lsn: None,
             wal_first: None,
             wal_last: Some("000000010000000000000002".into()),
+            start_time: None,
+            stop_time: None,
         }),
         original: Some(id(13)),
     }

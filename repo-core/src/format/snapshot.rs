@@ -55,6 +55,11 @@ pub struct PgInfo {
     pub wal_first: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_last: Option<String>,
+    /// When a base backup started and stopped (RFC 3339, UTC), as PostgreSQL recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

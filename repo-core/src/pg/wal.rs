@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob;
 use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind, Summary};
 use crate::format::to_cbor;
-use crate::format::tree::{Node, NodeKind, Tree};
+use crate::format::tree::{Node, NodeKind, Time, Tree};
 use crate::id::{BlobKind, Id};
 use crate::lease::LeaseGuard;
 use crate::repository::Repository;
@@ -176,10 +176,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         .ok_or_else(|| Error::invalid(format!("{} names no WAL file", path.display())))?;
     let file = WalFile::parse(name)?;
     let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let len = f
+    let meta = f
         .metadata()
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-        .len();
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let len = meta.len();
     if len > MAX_WAL_FILE {
         return Err(Error::invalid(format!(
             "{name}: {len} bytes, more than a WAL file can hold"
@@ -253,6 +253,9 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     }
     // The file node and the folders above it.
     let mut node = stream_node(name, len);
+    // The file's last write bounds the time of the newest record it holds: status and
+    // restore use it to tell whether a moment is covered by the archive.
+    node.mtime = Time(meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0));
     set_content(&mut writer, &mut node, ids)?;
     let path_in_tree = tree_path(&file);
     let mut child = node;
@@ -351,6 +354,7 @@ pub(crate) fn wal_snapshot(
             stop_lsn: None,
             wal_first: first,
             wal_last: last,
+            ..PgInfo::default()
         }),
         original: None,
     }
