@@ -110,6 +110,9 @@ pub enum Command {
     /// Archive and fetch PostgreSQL WAL (archive_command, restore_command)
     #[command(subcommand)]
     Wal(WalCommand),
+    /// PostgreSQL base backups, point-in-time restores and drills
+    #[command(subcommand)]
+    Pg(crate::pg_args::PgCommand),
 }
 
 #[derive(Subcommand, Debug)]
