@@ -76,7 +76,7 @@ pub fn check_wal(
         return Err(gap(first_name, target));
     };
     if let Target::Time(t) = target {
-        if !last_written.is_some_and(|w| w > *t) {
+        if last_written.is_none_or(|w| w <= *t) {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
