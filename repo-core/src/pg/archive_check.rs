@@ -58,7 +58,8 @@ pub fn check_wal(
             }
             break;
         };
-        let written = jiff::Timestamp::new(node.mtime.0, 0).ok();
+        let written =
+            jiff::Timestamp::new(node.mtime.0, i32::try_from(node.mtime.1).unwrap_or(0)).ok();
         last = Some((number, written));
         let reached = match target {
             Target::Time(t) => written.is_some_and(|w| w > *t) && number >= stop.number,
