@@ -29,7 +29,7 @@ use crate::repository::Repository;
 
 /// The size of the fixed pieces data files are cut into (see the module's comment and
 /// docs/performance.md for the measurements that chose it).
-pub const PAGE_CUT: usize = 64 * 1024;
+pub const PAGE_CUT: usize = 16 * 1024;
 /// PostgreSQL's default WAL segment size, assumed until an archived segment says otherwise.
 const DEFAULT_SEG_SIZE: u32 = 16 << 20;
 
