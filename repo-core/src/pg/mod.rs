@@ -1,9 +1,12 @@
 //! PostgreSQL: what Cairn knows of WAL files and clusters (names, positions, segment headers).
 //! Archiving, fetching, base backups and restores build on these.
 
+pub mod archive_map;
 pub mod consolidate;
 pub mod header;
 pub mod names;
+pub mod recovery_plan;
+pub mod timeline;
 pub mod wal;
 
 pub use header::SegmentHeader;
