@@ -154,12 +154,14 @@ impl ArchiveMap {
                         let name = String::from_utf8_lossy(&node.name).into_owned();
                         match WalFile::parse(&name) {
                             Ok(WalFile::History(t)) if t == timeline => {
-                                if !histories.contains_key(&t) {
+                                if let std::collections::btree_map::Entry::Vacant(slot) =
+                                    histories.entry(t)
+                                {
                                     let parsed = read_history(repo, &node, t);
                                     if let Err(e) = &parsed {
                                         problems.push(e.clone());
                                     }
-                                    histories.insert(t, HistoryFile { parsed, info });
+                                    slot.insert(HistoryFile { parsed, info });
                                 }
                             }
                             _ => problems.push(format!(
