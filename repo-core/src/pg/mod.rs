@@ -5,7 +5,9 @@ pub mod archive_map;
 pub mod consolidate;
 pub mod header;
 pub mod names;
+pub mod pitr_retention;
 pub mod recovery_plan;
+pub mod status;
 pub mod timeline;
 pub mod wal;
 
