@@ -11,7 +11,8 @@
 //!   a segment last written after the target (a commit after the target is what stops
 //!   recovery; without one PostgreSQL ends with "recovery ended before configured
 //!   recovery target was reached"); "end of archive" takes every segment reachable without
-//!   a gap.
+//!   a gap, and is a gap error when archived WAL of the path lies beyond the first missing
+//!   segment (recovery would end there, early, and silently).
 
 use std::fmt;
 
@@ -378,6 +379,12 @@ impl ArchiveMap {
         }
         let end = match target {
             RecoveryTarget::Immediate => stop,
+            // A gap that cuts off archived WAL would end recovery early and silently.
+            RecoveryTarget::EndOfArchive if reach.beyond => {
+                return Err(gap(
+                    "archived WAL of the path continues after it: recovery to the end of the archive would stop short".into(),
+                ))
+            }
             RecoveryTarget::EndOfArchive => reached.unwrap_or(stop),
             RecoveryTarget::Lsn(l) => {
                 if l < b.stop {
