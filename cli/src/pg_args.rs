@@ -15,6 +15,10 @@ pub enum PgCommand {
     /// Restore a base backup into an empty data directory, set up to replay archived WAL to
     /// a target: a plain `pg_ctl start` then recovers and (by default) promotes
     Restore(RestoreArgs),
+    /// The archive's state: base backups, timelines, gaps and the windows of time a restore
+    /// can reach. Exits 1 when a complete base backup cannot be made consistent or the
+    /// newest WAL of a timeline is cut off by a gap
+    Status,
 }
 
 #[derive(Args, Debug)]

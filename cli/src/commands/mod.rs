@@ -13,6 +13,7 @@ mod leases;
 mod ls;
 mod pg;
 mod pg_restore;
+mod pg_status;
 mod prune;
 mod repair;
 mod restore;

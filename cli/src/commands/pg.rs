@@ -15,6 +15,7 @@ pub fn run(ctx: &Context, cmd: PgCommand) -> Result<i32> {
     match cmd {
         PgCommand::Basebackup(a) => base(ctx, a),
         PgCommand::Restore(a) => super::pg_restore::run(ctx, a),
+        PgCommand::Status => super::pg_status::status(ctx),
     }
 }
 

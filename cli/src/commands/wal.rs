@@ -25,6 +25,8 @@ pub fn run(ctx: &Context, cmd: WalCommand) -> Result<i32> {
     match cmd {
         WalCommand::Push { path } => Ok(push(ctx, &path)),
         WalCommand::Fetch { name, dest } => Ok(fetch(ctx, &name, &dest)),
+        WalCommand::List { timeline } => super::pg_status::list(ctx, timeline),
+        WalCommand::Verify => super::pg_status::status(ctx),
     }
 }
 

@@ -2,14 +2,19 @@
 //! Archiving, fetching, base backups and restores build on these.
 
 pub mod archive_check;
+pub mod archive_map;
 pub mod basebackup;
 pub mod consolidate;
 pub mod header;
 pub mod names;
+pub mod pitr_retention;
+pub mod recovery_plan;
 pub mod restore;
+pub mod status;
 mod tar_stream;
 mod tar_tree;
 pub mod target;
+pub mod timeline;
 pub mod wal;
 
 pub use header::SegmentHeader;
