@@ -239,7 +239,7 @@ fn a_restore_refuses_what_it_cannot_do_and_writes_nothing() {
     let out = arc.restore(&w.join("future"), &["--target-time", &after_all]);
     assert_eq!(code(&out), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("no WAL written after"),
+        text(&out).contains("needs WAL written after it"),
         "{}",
         text(&out)
     );
@@ -248,7 +248,11 @@ fn a_restore_refuses_what_it_cannot_do_and_writes_nothing() {
     // An LSN beyond the archive.
     let out = arc.restore(&w.join("far"), &["--target-lsn", "FF/0"]);
     assert_eq!(code(&out), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("lacks WAL segment"), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not in the archive"),
+        "{}",
+        text(&out)
+    );
     assert!(!w.join("far").exists());
 
     // A data directory that is not empty is left as it is.

@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::context::Context;
 use crate::output::{outln, print_json};
 
-
 fn load(ctx: &Context) -> Result<Status> {
     let repo = ctx.open()?;
     Ok(archive_status(&repo)?)

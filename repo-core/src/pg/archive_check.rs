@@ -1,108 +1,166 @@
-//! Whether the archive holds the WAL a recovery needs, checked before a restore writes
-//! anything.
+//! Which base backup a restore uses, and whether the archive holds the WAL its recovery
+//! needs: decided from the archive map before a restore writes anything.
 
-use super::names::{Segment, WalFile};
+use super::archive_map::{ArchiveMap, Scope};
+use super::names::Lsn;
+use super::recovery_plan::{RecoveryPlan, RecoveryTarget, TargetTimeline};
 use super::target::Target;
 use super::wal::Catalog;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::snapshot::PgInfo;
+use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind};
+use crate::id::Id;
 use crate::repository::Repository;
 
-/// PostgreSQL's default segment size, used until an archived segment says otherwise.
-const DEFAULT_SEG_SIZE: u32 = 16 << 20;
-
-/// The WAL a recovery will replay from the archive: consecutive segments `first..=last`.
+/// The WAL a recovery will replay from the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalReach {
     pub first: String,
     pub last: String,
     pub segments: u64,
-    /// When the last segment was last written (an upper bound of its newest record).
+    /// The timeline recovery ends on.
+    pub timeline: u32,
+    /// When the last needed segment was last written (an upper bound of its newest record).
     pub last_written: Option<jiff::Timestamp>,
 }
 
-/// Checks that the archive has continuous WAL from the base backup's start to what the
-/// target needs: an LSN's segment; for a time, a segment written after it; for the other
-/// targets at least the backup's stop (recovery then runs to the end of the archive).
-pub fn check_wal(
-    repo: &Repository,
-    catalog: &Catalog,
-    base: &PgInfo,
-    target: &Target,
-    _timeline: &str,
-) -> Result<WalReach> {
-    let first_name = base
-        .wal_first
-        .as_deref()
-        .ok_or_else(|| Error::corrupt("the base backup records no first WAL segment"))?;
-    let tli = base.timeline;
-    let seg_size = match catalog.find(repo, &WalFile::parse(first_name)?)? {
-        Some((_, node)) => u32::try_from(node.size).unwrap_or(DEFAULT_SEG_SIZE),
-        None => DEFAULT_SEG_SIZE,
-    };
-    let first = Segment::parse(first_name, seg_size)?;
-    let stop = Segment::parse(base.wal_last.as_deref().unwrap_or(first_name), seg_size)?;
-    let must_reach = match target {
-        Target::Lsn(l) => Some(l.segment(tli, seg_size)?.number.max(stop.number)),
-        _ => Some(stop.number),
-    };
-    let mut last: Option<(u64, Option<jiff::Timestamp>)> = None;
-    let mut number = first.number;
-    loop {
-        let seg = Segment::from_number(tli, number, seg_size)?;
-        let found = catalog.find(repo, &WalFile::Segment(seg.name(seg_size)))?;
-        let Some((_, node)) = found else {
-            let needed = must_reach.is_some_and(|m| number <= m);
-            if needed {
-                return Err(gap(&seg.name(seg_size), target));
-            }
-            break;
-        };
-        let written =
-            jiff::Timestamp::new(node.mtime.0, i32::try_from(node.mtime.1).unwrap_or(0)).ok();
-        last = Some((number, written));
-        let reached = match target {
-            Target::Time(t) => written.is_some_and(|w| w > *t) && number >= stop.number,
-            Target::Lsn(_) | Target::Immediate => must_reach.is_some_and(|m| number >= m),
-            _ => false,
-        };
-        if reached {
-            break;
-        }
-        number = number
-            .checked_add(1)
-            .ok_or_else(|| Error::corrupt("WAL segment numbers overflow"))?;
-    }
-    let Some((last_number, last_written)) = last else {
-        return Err(gap(first_name, target));
-    };
-    if let Target::Time(t) = target {
-        if last_written.is_none_or(|w| w <= *t) {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "the archive holds no WAL written after {t} (its newest continuous segment is {}); recovery could not tell that it passed the target. Wait for the next segment to be archived (archive_timeout) or choose an earlier time",
-                    Segment::from_number(tli, last_number, seg_size)?.name(seg_size)
-                ),
-            ));
-        }
-    }
-    Ok(WalReach {
-        first: first.name(seg_size),
-        last: Segment::from_number(tli, last_number, seg_size)?.name(seg_size),
-        segments: last_number - first.number + 1,
-        last_written,
-    })
+/// A base backup chosen for a restore, and what its recovery reads.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    pub wal: WalReach,
 }
 
-fn gap(missing: &str, target: &Target) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!(
-            "the archive lacks WAL segment {missing}, which recovery to {} needs; nothing was restored",
-            describe(target)
-        ),
-    )
+/// Parses `recovery_target_timeline`'s value: `latest`, `current` or a number.
+pub fn target_timeline(text: &str) -> Result<TargetTimeline> {
+    match text.trim() {
+        "latest" => Ok(TargetTimeline::Latest),
+        "current" => Ok(TargetTimeline::Current),
+        n => n.parse().map(TargetTimeline::Id).map_err(|_| {
+            Error::invalid(format!(
+                "target timeline {n:?}: give a number, `current` or `latest`"
+            ))
+        }),
+    }
+}
+
+fn recovery_target(target: &Target) -> RecoveryTarget {
+    match target {
+        Target::Immediate => RecoveryTarget::Immediate,
+        Target::Time(t) => RecoveryTarget::Time(*t),
+        Target::Lsn(l) => RecoveryTarget::Lsn(*l),
+        // Where a transaction or a restore point is, only replay finds out: recovery runs
+        // to the end of the archive unless it meets the target first, so all of it must be
+        // continuous.
+        Target::Latest | Target::Xid(_) | Target::Name(_) => RecoveryTarget::EndOfArchive,
+    }
+}
+
+fn stop_lsn(pg: &PgInfo) -> Option<Lsn> {
+    pg.stop_lsn.as_deref().and_then(|l| Lsn::parse(l).ok())
+}
+
+/// Whether a base backup ended before the target (so recovery can reach it).
+fn ends_before(pg: &PgInfo, target: &Target) -> bool {
+    match target {
+        Target::Time(t) => pg
+            .stop_time
+            .as_deref()
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|stop| stop <= *t),
+        Target::Lsn(l) => stop_lsn(pg).is_some_and(|stop| stop <= *l),
+        _ => true,
+    }
+}
+
+/// Chooses the base backup for a restore to `target` along `timeline` and plans its
+/// recovery: `wanted` when given (it must be complete), otherwise the newest complete base
+/// backup that ended before the target and whose recovery the archive can carry to it. When
+/// none can, the error is the newest candidate's (the first missing segment, say).
+pub fn choose(
+    repo: &Repository,
+    target: &Target,
+    timeline: &str,
+    wanted: Option<&Id>,
+) -> Result<Choice> {
+    let timeline = target_timeline(timeline)?;
+    let mut candidates: Vec<(Id, Snapshot)> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| s.kind == SnapshotKind::PgBasebackup && s.pg.is_some())
+        .collect();
+    if let Some(w) = wanted {
+        let (id, s) = candidates
+            .into_iter()
+            .find(|(id, _)| id == w)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("snapshot {} is not a base backup of this tenant", w.short()),
+                )
+            })?;
+        if s.incomplete {
+            return Err(Error::invalid(format!(
+                "base backup {} is incomplete (the archive lacked its WAL) and cannot be restored",
+                id.short()
+            )));
+        }
+        candidates = vec![(id, s)];
+    } else {
+        let any = candidates.iter().any(|(_, s)| !s.incomplete);
+        candidates.retain(|(_, s)| {
+            !s.incomplete && s.pg.as_ref().is_some_and(|pg| ends_before(pg, target))
+        });
+        if candidates.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                if any {
+                    "every complete base backup of this tenant ends after the target: none can reach it"
+                } else {
+                    "this tenant holds no complete base backup (take one with `cairn pg basebackup`)"
+                },
+            ));
+        }
+        // Newest first: the least WAL to replay.
+        candidates.sort_by_key(|(_, s)| std::cmp::Reverse(s.pg.as_ref().and_then(stop_lsn)));
+    }
+    let catalog = Catalog::load(repo)?;
+    let map = ArchiveMap::load(repo, &catalog, &Scope::All)?;
+    let mut first_error = None;
+    for (id, snapshot) in candidates {
+        let Some(pg) = snapshot.pg.clone() else {
+            continue;
+        };
+        match map.plan(&pg, timeline, recovery_target(target)) {
+            Ok(plan) => {
+                let wal = reach(&map, &plan);
+                return Ok(Choice { id, snapshot, wal });
+            }
+            Err(e) => {
+                let e: Error = e.into();
+                tracing::info!("base backup {} cannot reach the target: {e}", id.short());
+                first_error
+                    .get_or_insert(Error::new(e.kind(), format!("{e}; nothing was restored")));
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::new(ErrorKind::NotFound, "no base backup to restore")))
+}
+
+fn reach(map: &ArchiveMap, plan: &RecoveryPlan) -> WalReach {
+    let names = plan.names();
+    let last_written = plan
+        .runs
+        .last()
+        .and_then(|r| map.segment(r.timeline, r.last))
+        .and_then(|i| i.timestamp());
+    WalReach {
+        first: names.first().cloned().unwrap_or_default(),
+        last: names.last().cloned().unwrap_or_default(),
+        segments: plan.count(),
+        timeline: plan.timeline,
+        last_written,
+    }
 }
 
 /// A target in words, for messages.

@@ -2,13 +2,13 @@
 //! plain `pg_ctl start` replays archived WAL to the target (docs/postgresql.md).
 //!
 //! Order, and why:
-//! 1. Choose the base backup: the one given, or the newest complete one of this tenant's
-//!    cluster that can reach the target (for a time, one that stopped at or before it; for
-//!    an LSN, one that stopped at or before it on the target's timeline).
-//! 2. Check the archive before anything is written: the WAL from the backup's start to the
-//!    target must be there without a gap (for a time target, up to a segment written after
-//!    that time, so recovery can see that the target was passed). A restore that could only
-//!    stop early is refused with the first missing segment named.
+//! 1. Choose the base backup and check the archive before anything is written
+//!    (`archive_check`): the one given, or the newest complete one that stopped before the
+//!    target and whose recovery the archive carries to the target along the target
+//!    timeline without a gap (for a time target, up to a segment written after that time,
+//!    so recovery can see that the target was passed; for the end of the archive, with no
+//!    archived WAL cut off by a gap). A restore that could only stop early is refused with
+//!    the first missing segment named.
 //! 3. Refuse a data directory that is not empty: nothing of an existing cluster is touched.
 //! 4. Restore every file but `global/pg_control`, flush the file system, then restore
 //!    `pg_control` and flush again: a restore interrupted before the end leaves a directory
@@ -20,12 +20,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Instant;
 
-use super::archive_check::{check_wal, WalReach};
-use super::names::Lsn;
+use super::archive_check::{choose, Choice, WalReach};
 use super::target::{recovery_settings, Action, Target};
-use super::wal::Catalog;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind};
+use crate::format::snapshot::PgInfo;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -61,81 +59,6 @@ pub struct PgRestored {
     pub duration_secs: f64,
 }
 
-/// The base backups of this tenant that can be restored (complete, with PostgreSQL facts),
-/// oldest first.
-pub fn base_backups(repo: &Repository) -> Result<Vec<(Id, Snapshot)>> {
-    Ok(repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| s.kind == SnapshotKind::PgBasebackup && s.pg.is_some())
-        .collect())
-}
-
-fn stop_lsn(pg: &PgInfo) -> Result<Lsn> {
-    Lsn::parse(pg.stop_lsn.as_deref().unwrap_or(""))
-}
-
-fn stop_time(pg: &PgInfo) -> Option<jiff::Timestamp> {
-    pg.stop_time.as_deref().and_then(|t| t.parse().ok())
-}
-
-/// The base backup a restore to `target` uses: `wanted` when given (it must be a complete
-/// base backup), otherwise the newest complete one that stopped before the target.
-pub fn choose(repo: &Repository, target: &Target, wanted: Option<&Id>) -> Result<(Id, Snapshot)> {
-    let all = base_backups(repo)?;
-    if let Some(w) = wanted {
-        let (id, s) = all.into_iter().find(|(id, _)| id == w).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("snapshot {} is not a base backup of this tenant", w.short()),
-            )
-        })?;
-        if s.incomplete {
-            return Err(Error::invalid(format!(
-                "base backup {} is incomplete (the archive lacked its WAL) and cannot be restored",
-                id.short()
-            )));
-        }
-        return Ok((id, s));
-    }
-    let mut best: Option<(Id, Snapshot)> = None;
-    let mut newer_only = false;
-    for (id, s) in all.into_iter().filter(|(_, s)| !s.incomplete) {
-        let Some(pg) = &s.pg else { continue };
-        let reaches = match target {
-            Target::Time(t) => stop_time(pg).is_some_and(|stop| stop <= *t),
-            Target::Lsn(l) => stop_lsn(pg).is_ok_and(|stop| stop <= *l),
-            _ => true,
-        };
-        if !reaches {
-            newer_only = true;
-            continue;
-        }
-        let newer = best.as_ref().is_none_or(|(_, b)| {
-            let b = b.pg.as_ref().and_then(|p| stop_lsn(p).ok());
-            match (stop_lsn(pg).ok(), b) {
-                (Some(a), Some(b)) => a >= b,
-                _ => true,
-            }
-        });
-        if newer {
-            best = Some((id, s));
-        }
-    }
-    best.ok_or_else(|| {
-        Error::new(
-            ErrorKind::NotFound,
-            if newer_only {
-                "every complete base backup of this tenant ends after the target: none can reach it"
-                    .to_string()
-            } else {
-                "this tenant holds no complete base backup (take one with `cairn pg basebackup`)"
-                    .to_string()
-            },
-        )
-    })
-}
-
 /// Restores a base backup into `pgdata` for recovery to `opts.target`.
 pub fn restore(
     repo: &Repository,
@@ -144,10 +67,9 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<PgRestored> {
     let started = Instant::now();
-    let (id, snap) = choose(repo, &opts.target, opts.snapshot.as_ref())?;
-    let base = snap.pg.clone().unwrap_or_default();
-    let catalog = Catalog::load(repo)?;
-    let wal = check_wal(repo, &catalog, &base, &opts.target, &opts.timeline)?;
+    let Choice { id, snapshot, wal } =
+        choose(repo, &opts.target, &opts.timeline, opts.snapshot.as_ref())?;
+    let base = snapshot.pg.clone().unwrap_or_default();
     prepare_dir(pgdata)?;
 
     let all_but_control = RestoreOptions {
