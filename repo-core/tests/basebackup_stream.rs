@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use cairn_repo::archiver::BackupOptions;
 use cairn_repo::format::snapshot::SnapshotKind;
+use cairn_repo::pg::archive_check::choose;
 use cairn_repo::pg::basebackup::{basebackup, BasebackupOptions};
+use cairn_repo::pg::target::Target;
 use cairn_repo::pg::wal::push;
 use cairn_repo::pg::Segment;
 use cairn_repo::progress::NoProgress;
@@ -164,11 +166,19 @@ fn the_stream_becomes_the_tree_and_the_archive_decides_completeness() {
     );
     assert_eq!(pg.start_time.as_deref(), Some("2026-12-07T04:03:19Z"));
     assert_eq!(pg.wal_first.as_deref(), Some("000000010000000000000002"));
+    // An incomplete base backup is never restored, chosen or named.
+    let err = choose(&repo, &Target::Latest, "latest", None).unwrap_err();
+    assert!(err.to_string().contains("no complete base backup"), "{err}");
+    let err = choose(&repo, &Target::Latest, "latest", Some(&done.result.id)).unwrap_err();
+    assert!(err.to_string().contains("incomplete"), "{err}");
 
     // With the segment archived: complete.
     archive_segment_2(&repo, dir.path(), SYSID);
     let done = run(&repo, program(dir.path(), "pgbb2", &tar(&entries), 0)).unwrap();
     assert!(!done.result.snapshot.incomplete, "{:?}", done.missing_wal);
+    let chosen = choose(&repo, &Target::Immediate, "latest", None).unwrap();
+    assert_eq!(chosen.id, done.result.id);
+    assert_eq!(chosen.wal.first, "000000010000000000000002");
 
     // The tree is the data directory, pg_control in its folder, `./` gone.
     let target = dir.path().join("restored");
