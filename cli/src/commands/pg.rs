@@ -15,6 +15,7 @@ pub fn run(ctx: &Context, cmd: PgCommand) -> Result<i32> {
     match cmd {
         PgCommand::Basebackup(a) => base(ctx, a),
         PgCommand::Restore(a) => super::pg_restore::run(ctx, a),
+        PgCommand::Drill(a) => super::pg_drill::run(ctx, a),
     }
 }
 

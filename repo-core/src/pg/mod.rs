@@ -4,6 +4,7 @@
 pub mod archive_check;
 pub mod basebackup;
 pub mod consolidate;
+pub mod drill;
 pub mod header;
 pub mod names;
 pub mod restore;
