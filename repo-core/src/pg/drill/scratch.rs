@@ -240,3 +240,39 @@ pub(super) fn blocked_for(path: &Path, uid: u32, gid: u32, last_bits: u32) -> Op
     }
     (!allowed(path, last_bits)).then(|| path.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_given_folder_must_be_empty_and_is_emptied_a_created_one_removed() {
+        let base = tempfile::tempdir().unwrap();
+        let full = base.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("precious"), "x").unwrap();
+        assert_eq!(
+            Scratch::create(Some(&full), false).unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
+        assert!(full.join("precious").exists());
+
+        let empty = base.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let mut s = Scratch::create(Some(&empty), false).unwrap();
+        std::fs::create_dir_all(s.data().join("base")).unwrap();
+        assert!(!s.finish().unwrap());
+        assert!(empty.exists() && std::fs::read_dir(&empty).unwrap().next().is_none());
+
+        let new = base.path().join("a/new");
+        let s = Scratch::create(Some(&new), false).unwrap();
+        std::fs::write(s.log(), "log").unwrap();
+        drop(s);
+        assert!(!new.exists(), "dropping removes a folder the drill created");
+
+        let mut s = Scratch::create(Some(&new), true).unwrap();
+        assert!(s.finish().unwrap());
+        assert!(new.exists(), "a kept folder stays");
+    }
+}
