@@ -117,8 +117,13 @@ fn print_text(r: &DrillReport) -> Result<()> {
         );
     }
     outln!(
-        "total     {:>9.1} s  (recovery time objective)",
-        t.total_secs
+        "total     {:>9.1} s{}",
+        t.total_secs,
+        if r.passed {
+            "  (recovery time objective)"
+        } else {
+            ""
+        }
     );
     if let Some(v) = &r.recovered {
         outln!(
