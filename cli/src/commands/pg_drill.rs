@@ -104,9 +104,9 @@ fn print_text(r: &DrillReport) -> Result<()> {
         let wal = r
             .recovered
             .as_ref()
-            .map(|v| format!("{} WAL files restored", v.wal_files_restored))
+            .map(|v| format!("  {} WAL files restored", v.wal_files_restored))
             .unwrap_or_default();
-        outln!("recovery  {:>9.1} s  {wal}", t.recovery_secs);
+        outln!("recovery  {:>9.1} s{wal}", t.recovery_secs);
     }
     if !r.checks.is_empty() {
         let ok = r.checks.iter().filter(|c| c.passed).count();
