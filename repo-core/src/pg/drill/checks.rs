@@ -146,6 +146,12 @@ pub(super) fn run_checks(
     } else {
         opts.databases.clone()
     };
+    if databases.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "no database allows connections: nothing to check",
+        ));
+    }
     let default = [DEFAULT_CHECK.to_string()];
     let checks: &[String] = if opts.checks.is_empty() {
         &default
