@@ -377,6 +377,14 @@ fn failed_drills_exit_1_and_clean_up() {
     assert!(err.contains("lacks WAL segment"), "{err}");
     assert_cleaned(&scratch);
 
+    // A scratch folder too deep for the server's socket: refused before the restore.
+    let scratch = s.path(&format!("work/{}", "deep".repeat(25)));
+    let out = s.drill(&["--scratch", scratch.to_str().unwrap()]);
+    expect_code(&out, 1, "pg drill in a folder too deep for a socket");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give a shorter --scratch"), "{err}");
+    assert_cleaned(&scratch);
+
     // SIGTERM while the server runs (a check that would take a minute): the drill stops
     // the server and removes its folder before it exits.
     let scratch = s.path("work/signal");

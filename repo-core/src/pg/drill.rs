@@ -251,6 +251,15 @@ fn run(
     report: &mut DrillReport,
     started: Instant,
 ) -> Result<()> {
+    // Checked before the restore, which may take long, rather than after it.
+    let socket = scratch.socket_dir();
+    let socket_file = socket.join(format!(".s.PGSQL.{}", report.port));
+    if socket_file.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(Error::invalid(format!(
+            "the server's socket {} would be longer than {MAX_SOCKET_PATH} bytes: give a shorter --scratch",
+            socket_file.display()
+        )));
+    }
     let data = scratch.data();
     let ropts = PgRestoreOptions {
         target: opts.target.clone(),
@@ -272,14 +281,6 @@ fn run(
     });
     report.timings.restore_secs = round(done.duration_secs);
 
-    let socket = scratch.socket_dir();
-    let socket_file = socket.join(format!(".s.PGSQL.{}", report.port));
-    if socket_file.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(Error::invalid(format!(
-            "the server's socket {} would be longer than {MAX_SOCKET_PATH} bytes: give a shorter --scratch",
-            socket_file.display()
-        )));
-    }
     let run_as = run_as(&data)?;
     let (hba, ident) = scratch.prepare_for(run_as.ids)?;
     if let Some((uid, gid)) = run_as.ids {
