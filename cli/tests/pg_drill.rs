@@ -326,7 +326,22 @@ fn a_drill_recovers_checks_reports_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "scratch folders left in $TMPDIR: {left:?}");
     assert!(processes_in(&s.path("tmp")).is_empty());
 
-    // Neither drill wrote to the repository: no snapshot, no WAL file, no object.
+    // --keep leaves the folder with the stopped server's data directory and log.
+    let kept = s.path("work/kept");
+    let out = s.drill(&["--keep", "--scratch", kept.to_str().unwrap()]);
+    expect_code(&out, 0, "pg drill --keep");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("kept {}", kept.display())), "{text}");
+    assert!(kept.join("data/PG_VERSION").is_file() && kept.join("postgres.log").is_file());
+    assert!(
+        !kept.join("data/postmaster.pid").exists(),
+        "the server was not stopped"
+    );
+    let left = processes_in(&kept);
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    std::fs::remove_dir_all(&kept).unwrap();
+
+    // No drill wrote to the repository: no snapshot, no WAL file, no object.
     assert_eq!(s.snapshots(), before.0, "the drills changed the snapshots");
     assert_eq!(
         s.listing(),
