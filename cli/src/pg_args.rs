@@ -19,6 +19,12 @@ pub enum PgCommand {
     /// can reach. Exits 1 when a complete base backup cannot be made consistent or the
     /// newest WAL of a timeline is cut off by a gap
     Status,
+    /// Test a restore: restore a base backup into a scratch folder, let a private
+    /// PostgreSQL replay the archived WAL and promote, run checks in its databases, report
+    /// the timings (the total is the recovery time objective), then stop the server and
+    /// remove the folder. Never writes to the repository. Exits 0 when everything passed,
+    /// 1 when anything failed
+    Drill(DrillArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,4 +115,47 @@ pub struct RestoreArgs {
     /// Stop just before the target instead of just after it (time, LSN and xid targets)
     #[arg(long)]
     pub target_exclusive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Restore this base backup instead of choosing one (an id or unique prefix)
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// The timeline to recover along: a number, `current` (the base backup's) or `latest`
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// The scratch folder (created, or empty; all of it is removed at the end)
+    /// [default: a new folder in $TMPDIR]
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// Leave the scratch folder (data directory, log) in place and print where it is
+    #[arg(long)]
+    pub keep: bool,
+    /// The private server's port (it listens only on a socket in the scratch folder)
+    /// [default: a free port]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The folder holding PostgreSQL's programs (postgres, psql); the PATH when not given
+    #[arg(long, env = "CAIRN_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Seconds recovery may take, and each check
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// SQL run in each database after recovery; passes when psql exits 0 (repeatable)
+    /// [default: select count(*) from pg_class]
+    #[arg(long = "check-sql", value_name = "SQL")]
+    pub check_sql: Vec<String>,
+    /// Run the checks only in this database (repeatable) [default: every database that
+    /// allows connections]
+    #[arg(long, value_name = "NAME")]
+    pub database: Vec<String>,
+    /// The role psql connects as [default: the name of the cluster's OS user]
+    #[arg(long)]
+    pub pguser: Option<String>,
+    /// A server setting for the drill, e.g. `shared_buffers=1GB` (repeatable)
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
 }

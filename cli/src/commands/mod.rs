@@ -12,6 +12,7 @@ mod key;
 mod leases;
 mod ls;
 mod pg;
+mod pg_drill;
 mod pg_restore;
 mod pg_status;
 mod prune;

@@ -16,6 +16,7 @@ pub fn run(ctx: &Context, cmd: PgCommand) -> Result<i32> {
         PgCommand::Basebackup(a) => base(ctx, a),
         PgCommand::Restore(a) => super::pg_restore::run(ctx, a),
         PgCommand::Status => super::pg_status::status(ctx),
+        PgCommand::Drill(a) => super::pg_drill::run(ctx, a),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod archive_check;
 pub mod archive_map;
 pub mod basebackup;
 pub mod consolidate;
+pub mod drill;
 pub mod header;
 pub mod names;
 pub mod pitr_retention;
