@@ -2,8 +2,12 @@
 //! Archiving, fetching, base backups and restores build on these.
 
 pub mod consolidate;
+pub mod fetch;
 pub mod header;
 pub mod names;
+pub mod prefetch;
+pub mod push_ahead;
+pub mod spool;
 pub mod wal;
 
 pub use header::SegmentHeader;
