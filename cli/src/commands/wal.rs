@@ -36,6 +36,8 @@ use crate::context::Context;
 pub const EXIT_FETCH_UNKNOWN: i32 = 128;
 /// Bytes a push takes ahead at most.
 const AHEAD_BYTES: u64 = 256 << 20;
+/// How long a fetch waits for the prefetcher to finish the file it asks for.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes the prefetcher keeps in the spool at most.
 const PREFETCH_BYTES: u64 = 256 << 20;
 
@@ -187,7 +189,7 @@ fn pushed_before(spool: &Spool, name: &str, path: &Path) -> bool {
 
 fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Spool>) -> i32 {
     if let Some(spool) = spool {
-        match spool.take_fetched(name, dest) {
+        match from_spool(spool, name, dest) {
             Ok(Some(bytes)) => {
                 tracing::info!("restored {name} ({bytes} bytes) from the spool");
                 start_prefetch(ctx, spool, name, bytes, ahead);
@@ -230,6 +232,20 @@ fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Sp
             }
         }
     }
+}
+
+/// The prefetched file `name` moved to `dest`, when the spool has it whole and matching.
+/// When the prefetcher is writing it right now, waits (a bounded time) for it rather than
+/// read the same blobs from the repository beside it.
+fn from_spool(spool: &Spool, name: &str, dest: &Path) -> cairn_repo::Result<Option<u64>> {
+    if let Some(bytes) = spool.take_fetched(name, dest)? {
+        return Ok(Some(bytes));
+    }
+    let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
+    while spool.in_flight(name) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    spool.take_fetched(name, dest)
 }
 
 /// Notes `name` as the last one asked for and starts a detached prefetcher for the segments

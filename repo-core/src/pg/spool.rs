@@ -256,21 +256,19 @@ impl Spool {
 
     /// Moves the prefetched file `name` to `dest` when it is whole and its bytes hash to its
     /// record; returns its size. `None` (nothing at `dest`) when there is no such file or it
-    /// does not match, in which case the spool's copy is removed. The file is copied to a
-    /// temporary name beside `dest` and hashed on the way, then renamed into place, so
-    /// `dest` never holds a short or unverified file.
+    /// does not match, in which case the spool's copy is removed. The file is first moved
+    /// (renamed, or copied across file systems) to a temporary name beside `dest`, then
+    /// hashed there and renamed into place only when it matches, so `dest` never holds a
+    /// short or unverified file, and what is checked is what PostgreSQL reads.
     pub fn take_fetched(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
         let dir = self.sub(FETCH)?;
         let data = dir.join(name);
-        let rec_path = dir.join(format!("{name}.b3"));
-        let mut src = match File::open(&data) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("opening {}", data.display()), e)),
-        };
-        let record = match read_record(&rec_path)? {
+        let record = match read_record(&dir.join(format!("{name}.b3")))? {
+            // The prefetcher records a file before it renames it into place, so a file
+            // without a record is not whole (or not there).
+            None => return Ok(None),
             Some(Some(r)) if r.name == name => r,
-            _ => {
+            Some(_) => {
                 tracing::warn!(
                     "the spool's record of {name} is damaged; fetching from the repository"
                 );
@@ -279,8 +277,16 @@ impl Spool {
             }
         };
         let tmp = temp_beside(dest)?;
-        let copied = copy_hashing(&mut src, &tmp, record.size);
-        match copied {
+        let moved = match std::fs::rename(&data, &tmp) {
+            Ok(()) => digest_file(&tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => File::open(&data)
+                .map_err(|e| Error::io(format!("opening {}", data.display()), e))
+                .and_then(|mut src| copy_hashing(&mut src, &tmp, record.size)),
+            Err(e) => return Err(Error::io(format!("moving {}", data.display()), e)),
+        };
+        self.drop_fetched(name);
+        match moved {
             Ok((size, digest)) if size == record.size && digest == record.digest => {
                 if let Err(e) = std::fs::rename(&tmp, dest) {
                     let _ = std::fs::remove_file(&tmp);
@@ -289,13 +295,11 @@ impl Spool {
                         e,
                     ));
                 }
-                self.drop_fetched(name);
                 Ok(Some(size))
             }
             Ok(_) => {
                 let _ = std::fs::remove_file(&tmp);
                 tracing::warn!("the spool's copy of {name} does not match its record; fetching from the repository");
-                self.drop_fetched(name);
                 Ok(None)
             }
             Err(e) => {
@@ -303,6 +307,15 @@ impl Spool {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the prefetcher is writing `name` into the spool now (its temporary file is
+    /// there).
+    pub fn in_flight(&self, name: &str) -> bool {
+        let prefix = format!(".{name}.");
+        entries(&self.dir.join(FETCH))
+            .iter()
+            .any(|(_, n, age)| n.starts_with(&prefix) && n.ends_with(".tmp") && *age < TEMP_TTL)
     }
 
     /// Whether a whole prefetched file `name` is in the spool.
