@@ -732,7 +732,7 @@ fn fetch_prefetches_the_next_segments_into_the_spool() {
     let Some(_pg) = Pg::require() else { return };
     let arc = Archive::new();
     let work = postgres_tempdir();
-    let (archive, _) = real_wal(work.path());
+    let (archive, sysid) = real_wal(work.path());
     let all = names_in(&archive);
     let segments: Vec<&String> = all.iter().filter(|n| is_segment_name(n)).collect();
     assert!(segments.len() >= 3, "archived: {all:?}");
@@ -766,10 +766,25 @@ fn fetch_prefetches_the_next_segments_into_the_spool() {
     assert_eq!(names_in(&pg_wal), ["RECOVERYXLOG"]);
     std::fs::remove_file(&dest).unwrap();
 
+    // A data directory as restore_command's working directory: the spool serves only
+    // segments of its cluster.
+    let pg_control = |dir: &str, id: u64| {
+        let d = arc.path(dir);
+        write_as(&d.join("global"), "pg_control", &id.to_ne_bytes());
+        d
+    };
+    let ours = pg_control("ours", sysid);
+    let theirs = pg_control("theirs", sysid ^ 1);
+    let fetch_in = |cwd: &Path, name: &str| {
+        let mut c = arc.cmd();
+        c.current_dir(cwd).args(["wal", "fetch", name]).arg(&dest);
+        run_timeout(c, RUN)
+    };
+
     with_repo_away(&arc, || {
         // The next segment comes from the spool without the repository.
         expect_code(
-            &arc.fetch(segments[1], &dest),
+            &fetch_in(&ours, segments[1]),
             0,
             "fetch from the spool, repository away",
         );
@@ -804,6 +819,25 @@ fn fetch_prefetches_the_next_segments_into_the_spool() {
             "fetch of a history file, repository away",
         );
         assert!(names_in(&pg_wal).is_empty());
+    });
+
+    // Another cluster's data directory is never served this cluster's segments.
+    expect_code(
+        &arc.fetch(segments[0], &dest),
+        0,
+        "fetch of the first segment again",
+    );
+    std::fs::remove_file(&dest).unwrap();
+    wait_for("the prefetcher", Duration::from_secs(60), || {
+        fetch_dir.join(segments[1].as_str()).exists().then_some(())
+    });
+    with_repo_away(&arc, || {
+        expect_code(
+            &fetch_in(&theirs, segments[1]),
+            128,
+            "fetch from the spool for another cluster, repository away",
+        );
+        assert!(names_in(&pg_wal).is_empty(), "{:?}", names_in(&pg_wal));
     });
 
     // The tampered file was dropped; the repository serves the genuine one.

@@ -238,14 +238,27 @@ fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Sp
 /// When the prefetcher is writing it right now, waits (a bounded time) for it rather than
 /// read the same blobs from the repository beside it.
 fn from_spool(spool: &Spool, name: &str, dest: &Path) -> cairn_repo::Result<Option<u64>> {
-    if let Some(bytes) = spool.take_fetched(name, dest)? {
+    let cluster = data_dir_system_id();
+    if let Some(bytes) = spool.take_fetched(name, dest, cluster)? {
         return Ok(Some(bytes));
     }
     let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
     while spool.in_flight(name) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    spool.take_fetched(name, dest)
+    spool.take_fetched(name, dest, cluster)
+}
+
+/// The system identifier of the cluster whose data directory is the working directory
+/// (restore_command runs there): the first field of `global/pg_control`, in the machine's
+/// byte order. `None` when there is no such file.
+fn data_dir_system_id() -> Option<u64> {
+    use std::io::Read;
+    let mut first = [0u8; 8];
+    std::fs::File::open("global/pg_control")
+        .and_then(|mut f| f.read_exact(&mut first))
+        .ok()?;
+    Some(u64::from_ne_bytes(first))
 }
 
 /// Notes `name` as the last one asked for and starts a detached prefetcher for the segments

@@ -24,6 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::header::{SegmentHeader, LONG_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -260,7 +261,16 @@ impl Spool {
     /// (renamed, or copied across file systems) to a temporary name beside `dest`, then
     /// hashed there and renamed into place only when it matches, so `dest` never holds a
     /// short or unverified file, and what is checked is what PostgreSQL reads.
-    pub fn take_fetched(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
+    ///
+    /// With `cluster`, the file must also be a segment of that cluster (its page header's
+    /// system identifier): a spool left by the recovery of another cluster archived under
+    /// the same repository and tenant is then never served.
+    pub fn take_fetched(
+        &self,
+        name: &str,
+        dest: &Path,
+        cluster: Option<u64>,
+    ) -> Result<Option<u64>> {
         let dir = self.sub(FETCH)?;
         let data = dir.join(name);
         let record = match read_record(&dir.join(format!("{name}.b3")))? {
@@ -288,6 +298,11 @@ impl Spool {
         self.drop_fetched(name);
         match moved {
             Ok((size, digest)) if size == record.size && digest == record.digest => {
+                if let Some(expected) = cluster.filter(|id| !of_cluster(&tmp, name, *id)) {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::warn!("the spool's copy of {name} is not a segment of cluster {expected}; fetching from the repository");
+                    return Ok(None);
+                }
                 if let Err(e) = std::fs::rename(&tmp, dest) {
                     let _ = std::fs::remove_file(&tmp);
                     return Err(Error::io(
@@ -423,6 +438,14 @@ impl Spool {
             }
         }
     }
+}
+
+/// Whether the file at `path` starts with the page header of a segment `name` of the
+/// cluster `system_id`.
+fn of_cluster(path: &Path, name: &str, system_id: u64) -> bool {
+    let mut first = [0u8; LONG_HEADER_LEN];
+    let read = File::open(path).and_then(|mut f| f.read_exact(&mut first));
+    read.is_ok() && SegmentHeader::parse(&first, name).is_ok_and(|h| h.system_id == system_id)
 }
 
 /// `Ok(None)` when there is no file at `path`; `Ok(Some(None))` when there is one that is
@@ -593,16 +616,16 @@ mod tests {
                 .unwrap();
         };
         let dest = d.path().join("RECOVERYXLOG");
-        assert_eq!(spool.take_fetched(name, &dest).unwrap(), None);
+        assert_eq!(spool.take_fetched(name, &dest, None).unwrap(), None);
         store(b"wal bytes");
         assert!(spool.has_fetched(name));
-        assert_eq!(spool.take_fetched(name, &dest).unwrap(), Some(9));
+        assert_eq!(spool.take_fetched(name, &dest, None).unwrap(), Some(9));
         assert_eq!(std::fs::read(&dest).unwrap(), b"wal bytes");
         assert!(!spool.has_fetched(name));
         store(b"wal bytes");
         std::fs::write(spool.dir().join(FETCH).join(name), b"wal bytez").unwrap();
         std::fs::remove_file(&dest).unwrap();
-        assert_eq!(spool.take_fetched(name, &dest).unwrap(), None);
+        assert_eq!(spool.take_fetched(name, &dest, None).unwrap(), None);
         assert!(!dest.exists());
         assert!(!spool.has_fetched(name));
         let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
