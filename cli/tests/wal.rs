@@ -605,6 +605,10 @@ fn postgres_archives_and_recovers_through_cairn() {
         "a fetch failed during recovery:\n{}",
         back.log_tail(40)
     );
+    // Both commands used the default spool: pushes kept records there, fetches noted what
+    // to prefetch.
+    let spool = spool_dir(&arc).expect("no spool under the cache folder");
+    assert!(spool.join("push").is_dir() && spool.join("wanted").is_file());
 }
 
 /// The spool folder of the archive's (only) repository and tenant, once it exists.
