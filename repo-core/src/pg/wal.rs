@@ -253,6 +253,21 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
 /// PostgreSQL will ask for it by itself, and it is pushed then. `PushReport::ahead` lists
 /// the files that were stored, once they are durable.
 pub fn push_with_ahead(repo: &Repository, path: &Path, ahead: &[PathBuf]) -> Result<PushReport> {
+    match push_batch(repo, path, ahead) {
+        // The extra files may be what failed (a full disk takes the larger commit first):
+        // the answer for `path` is the one it gets alone.
+        Err(e) if !ahead.is_empty() && e.kind() != ErrorKind::Conflict => {
+            tracing::info!(
+                "pushing ahead failed ({e}); pushing {} alone",
+                path.display()
+            );
+            push_batch(repo, path, &[])
+        }
+        result => result,
+    }
+}
+
+fn push_batch(repo: &Repository, path: &Path, ahead: &[PathBuf]) -> Result<PushReport> {
     let catalog = Catalog::load(repo)?;
     let cluster = catalog.system_id()?;
     let main = prepare(path, cluster)?;
