@@ -78,6 +78,8 @@ pub struct Chunker {
     mask_l: u64,
     gear: Cow<'static, [u64]>,
     gear_ls: Cow<'static, [u64]>,
+    /// Cut every `params.max` bytes instead of by content (see [`Chunker::fixed`]).
+    fixed: bool,
 }
 
 impl Chunker {
@@ -93,6 +95,31 @@ impl Chunker {
             mask_l,
             gear,
             gear_ls,
+            fixed: false,
+        })
+    }
+
+    /// A chunker that cuts every `size` bytes from the start of a stream, whatever the
+    /// content. For files that change in place at fixed offsets (a database's pages), where
+    /// content-defined cuts find nothing better and cost time. `size` must be a valid
+    /// FastCDC maximum, so that readers' bound on a blob's size holds.
+    pub fn fixed(size: usize) -> Result<Self, ParamsError> {
+        let params = Params {
+            min: size,
+            avg: size,
+            max: size,
+        };
+        if !(v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&size) {
+            return Err(ParamsError(params));
+        }
+        let (gear, gear_ls) = v2020::get_gear_with_seed(0);
+        Ok(Chunker {
+            params,
+            mask_s: 0,
+            mask_l: 0,
+            gear,
+            gear_ls,
+            fixed: true,
         })
     }
 
@@ -110,6 +137,9 @@ impl Chunker {
             return None;
         }
         let window = &buf[..buf.len().min(self.params.max)];
+        if self.fixed {
+            return (at_end || window.len() == self.params.max).then_some(window.len());
+        }
         if window.len() <= self.params.min {
             return (at_end || window.len() == self.params.max).then_some(window.len());
         }
@@ -185,4 +215,19 @@ pub fn split(chunker: &Chunker, data: &[u8]) -> Vec<usize> {
         start += n;
     }
     cuts
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_cuts_at_every_size_bytes_and_keeps_the_rest_at_the_end() {
+        let c = Chunker::fixed(64 * 1024).unwrap();
+        let data = vec![7u8; 64 * 1024 * 3 + 100];
+        assert_eq!(split(&c, &data), vec![65536, 65536, 65536, 100]);
+        assert_eq!(c.next_cut(&data[..1000], false), None);
+        assert!(Chunker::fixed(1).is_err());
+    }
 }

@@ -62,6 +62,8 @@ pub struct Global {
     pub kdf_params: Option<String>,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository (or a new tenant in an existing one)
@@ -110,6 +112,9 @@ pub enum Command {
     /// Archive and fetch PostgreSQL WAL (archive_command, restore_command)
     #[command(subcommand)]
     Wal(WalCommand),
+    /// PostgreSQL base backups, point-in-time restores and drills
+    #[command(subcommand)]
+    Pg(crate::pg_args::PgCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +162,15 @@ pub enum WalCommand {
         #[arg(long, value_name = "K")]
         files: usize,
     },
+    /// List the archived WAL per timeline: runs of consecutive segments, gaps, history
+    /// files with their switchpoints, .partial and .backup files
+    List {
+        /// Only this timeline
+        #[arg(long)]
+        timeline: Option<u32>,
+    },
+    /// The same as `cairn pg status` (exit 1 when the archive cannot do its job)
+    Verify,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +216,10 @@ pub struct ForgetArgs {
     pub keep_within_monthly: Option<String>,
     #[arg(long)]
     pub keep_within_yearly: Option<String>,
+    /// PostgreSQL: keep the base backups and WAL needed to restore to any moment this
+    /// recent (relative to the newest base backup or WAL snapshot), e.g. 7d; drop other WAL
+    #[arg(long)]
+    pub keep_within_pitr: Option<String>,
     /// Keep snapshots with this tag
     #[arg(long)]
     pub keep_tag: Vec<String>,

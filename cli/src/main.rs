@@ -17,6 +17,7 @@ mod commands;
 mod context;
 mod output;
 mod password;
+mod pg_args;
 
 use std::io::IsTerminal;
 

@@ -1,9 +1,21 @@
 //! `cairn forget`: remove snapshots by id, or by a retention policy with `--keep-*` rules.
+//!
+//! `wal` snapshots are never judged by the `--keep-*` rules nor removed by id: WAL is
+//! forgotten only by `--keep-within-pitr`, which keeps what restoring to any moment of its
+//! window needs plus the start..stop WAL of every other kept base backup
+//! (`cairn_repo::pg::pitr_retention`). Without it, WAL is left as it is, so plain rules
+//! never remove WAL a kept base backup needs.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use cairn_repo::retention::{apply, parse_duration, GroupBy, Period, Policy};
+use cairn_repo::format::snapshot::{Snapshot, SnapshotKind};
+use cairn_repo::pg::archive_map::{ArchiveMap, Scope};
+use cairn_repo::pg::pitr_retention::{self, TrimReport, WalKeep};
+use cairn_repo::pg::wal::Catalog;
+use cairn_repo::retention::{
+    apply, parse_duration, Decision, GroupBy, GroupKey, Period, Policy, HOLD_TAG,
+};
 use cairn_repo::snapshot_edit::forget;
 use cairn_repo::Id;
 use serde_json::json;
@@ -79,7 +91,11 @@ fn group_by(s: &str) -> Result<GroupBy> {
 pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let policy = policy(&args)?;
-    if policy.is_empty() && args.snapshots.is_empty() {
+    let pitr = duration("keep-within-pitr", &args.keep_within_pitr)?;
+    if pitr.is_some_and(|d| !d.is_positive()) {
+        bail!("--keep-within-pitr: the window must be longer than zero");
+    }
+    if policy.is_empty() && args.snapshots.is_empty() && pitr.is_none() {
         bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
     }
     if !policy.is_empty() && !policy.keeps_something() {
@@ -90,20 +106,59 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     let all = repo.snapshots_for_gc(args.prune_opts.drop_unreadable && !args.dry_run)?;
     let mut remove: Vec<Id> = Vec::new();
     for spec in &args.snapshots {
-        remove.push(repo.find_snapshot(spec)?.0);
+        let (id, snap) = repo.find_snapshot(spec)?;
+        if snap.kind == SnapshotKind::Wal {
+            bail!("snapshot {} holds archived WAL: WAL is forgotten by --keep-within-pitr, which keeps what the kept base backups need", id.short());
+        }
+        remove.push(id);
     }
+    // The window and the base backups it keeps.
+    let window_start = match pitr {
+        Some(d) => pitr_retention::anchor(&all).map(|a| a - d),
+        None => None,
+    };
+    let pitr_kept = match window_start {
+        Some(w) => pitr_retention::pitr_backups(&all, w),
+        None => Default::default(),
+    };
     let mut groups: BTreeMap<String, (Vec<serde_json::Value>, Vec<serde_json::Value>)> =
         BTreeMap::new();
-    if !policy.is_empty() {
+    if !policy.is_empty() || pitr.is_some() {
+        // Rules never judge WAL; with --keep-within-pitr alone, only base backups are judged.
         let selected: Vec<_> = all
             .iter()
             .filter(|(_, s)| matches(&args.filter, s))
+            .filter(|(_, s)| s.kind != SnapshotKind::Wal)
+            .filter(|(_, s)| !policy.is_empty() || s.kind == SnapshotKind::PgBasebackup)
             .cloned()
             .collect();
         let tz = jiff::tz::TimeZone::system();
         let by_id: std::collections::HashMap<Id, &cairn_repo::format::snapshot::Snapshot> =
             selected.iter().map(|(id, s)| (*id, s)).collect();
-        for d in apply(&selected, &policy, group_by(&args.group_by)?, &tz)? {
+        let decisions = if policy.is_empty() {
+            selected
+                .iter()
+                .map(|(id, s)| Decision {
+                    id: *id,
+                    group: GroupKey {
+                        host: None,
+                        paths: None,
+                        tags: None,
+                    },
+                    reasons: if s.tags.iter().any(|t| t == HOLD_TAG) {
+                        vec!["hold".into()]
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect()
+        } else {
+            apply(&selected, &policy, group_by(&args.group_by)?, &tz)?
+        };
+        for mut d in decisions {
+            if let Some(reason) = pitr_kept.get(&d.id) {
+                d.reasons.push(reason.clone());
+            }
             let s = by_id.get(&d.id);
             let label = format!(
                 "host={} paths={} tags={}",
@@ -137,10 +192,18 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         true => Some(super::prune::options(&args.prune_opts, false)?),
         false => None,
     };
+    let mut wal_report = None;
+    if !args.dry_run {
+        forget(&repo, &remove)?;
+    }
+    // Base backups are forgotten first and WAL after, so a crash in between leaves WAL
+    // that nothing needs rather than a base backup without its WAL.
+    if let Some(w) = window_start {
+        wal_report = trim_wal(&repo, &all, &remove, &pitr_kept, w, args.dry_run)?;
+    }
     let pruned = if args.dry_run {
         None
     } else {
-        forget(&repo, &remove)?;
         match &prune_opts {
             Some(opts) => {
                 let bar = Bar::new(!ctx.quiet(), None);
@@ -156,7 +219,9 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
             .iter()
             .map(|(g, (k, r))| json!({"group": g, "keep": k, "remove": r}))
             .collect();
-        print_json(&json!({"dry_run": args.dry_run, "groups": v, "removed": remove}))?;
+        print_json(
+            &json!({"dry_run": args.dry_run, "groups": v, "removed": remove, "wal": wal_report}),
+        )?;
     } else if !ctx.quiet() {
         for (g, (keep, rem)) in &groups {
             outln!("{g}: keep {}, remove {}", keep.len(), rem.len());
@@ -184,6 +249,9 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
             }
         }
     }
+    if let (Some(r), false) = (&wal_report, ctx.quiet() || ctx.json()) {
+        print_wal(r, args.dry_run)?;
+    }
     if args.dry_run {
         if !ctx.quiet() && !ctx.json() {
             outln!("dry run: {} snapshots would be removed", remove.len());
@@ -199,4 +267,75 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Drops the WAL that neither the window nor another kept base backup needs. Refuses when
+/// the timelines cannot be followed (an unreadable or missing history file): what a
+/// timeline reaches would be unknown, and WAL is never dropped on a guess.
+fn trim_wal(
+    repo: &cairn_repo::Repository,
+    all: &[(Id, Snapshot)],
+    removed: &[Id],
+    pitr_kept: &BTreeMap<Id, String>,
+    window_start: jiff::Timestamp,
+    dry_run: bool,
+) -> Result<Option<TrimReport>> {
+    let onward: Vec<_> = all
+        .iter()
+        .filter(|(id, _)| pitr_kept.contains_key(id))
+        .filter_map(|(_, s)| s.pg.as_ref())
+        .collect();
+    if onward.is_empty() {
+        tracing::warn!("no complete base backup with a stop time: all WAL is kept");
+        return Ok(None);
+    }
+    let others: Vec<_> = all
+        .iter()
+        .filter(|(id, s)| {
+            s.kind == SnapshotKind::PgBasebackup
+                && !removed.contains(id)
+                && !pitr_kept.contains_key(id)
+        })
+        .filter_map(|(_, s)| s.pg.as_ref())
+        .collect();
+    let catalog = Catalog::load(repo)?;
+    let map = ArchiveMap::load(repo, &catalog, &Scope::All)?;
+    for (t, h) in map.histories() {
+        if let Err(e) = &h.parsed {
+            bail!("WAL is kept: the history of timeline {t} cannot be read ({e})");
+        }
+    }
+    for t in map.timelines().keys() {
+        if *t > 1 && !map.histories().contains_key(t) {
+            bail!("WAL is kept: timeline {t} has segments but no history file ({t:08X}.history), so where it branched is unknown");
+        }
+    }
+    let keep = WalKeep::compute(&map, &onward, &others, Some(window_start))?;
+    Ok(Some(pitr_retention::trim_wal(repo, &keep, dry_run)?))
+}
+
+fn print_wal(r: &TrimReport, dry_run: bool) -> Result<()> {
+    let verb = if dry_run { "would drop" } else { "dropped" };
+    let segments: u64 = r
+        .dropped_segments
+        .values()
+        .flat_map(|runs| runs.iter().map(|(_, _, n)| *n))
+        .sum();
+    outln!(
+        "WAL: {verb} {segments} segments and {} other files ({} bytes); {} wal snapshots rewritten, {} removed, {} unchanged",
+        r.dropped_other.len(),
+        r.dropped_bytes,
+        r.rewritten.len(),
+        r.removed.len(),
+        r.unchanged
+    );
+    for (t, runs) in &r.dropped_segments {
+        for (first, last, n) in runs {
+            outln!("  {verb}  timeline {t}: {first}..{last} ({n})");
+        }
+    }
+    for name in &r.dropped_other {
+        outln!("  {verb}  {name}");
+    }
+    Ok(())
 }

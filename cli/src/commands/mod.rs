@@ -11,6 +11,10 @@ mod init;
 mod key;
 mod leases;
 mod ls;
+mod pg;
+mod pg_drill;
+mod pg_restore;
+mod pg_status;
 mod prune;
 mod repair;
 mod restore;
@@ -48,5 +52,6 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Protect(a) => tag::protect(ctx, a, true),
         Command::Unprotect(a) => tag::protect(ctx, a, false),
         Command::Wal(a) => wal::run(ctx, a),
+        Command::Pg(a) => pg::run(ctx, a),
     }
 }

@@ -59,6 +59,8 @@ pub fn run(ctx: &Context, cmd: WalCommand) -> Result<i32> {
             spool_for(ctx, spool).as_ref(),
         )),
         WalCommand::Prefetch { spool, files } => run_prefetch(ctx, &Spool::new(spool), files),
+        WalCommand::List { timeline } => super::pg_status::list(ctx, timeline),
+        WalCommand::Verify => super::pg_status::status(ctx),
     }
 }
 

@@ -9,6 +9,7 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 pub mod pg;
+pub mod pg_archive;
 
 pub struct Env {
     pub dir: tempfile::TempDir,

@@ -97,6 +97,9 @@ pub struct SnapshotMeta {
     pub command: Vec<String>,
     /// PostgreSQL facts of a base backup or WAL snapshot.
     pub pg: Option<PgInfo>,
+    /// The source knows the snapshot cannot be used as it is (a base backup whose WAL is
+    /// not all archived); it is saved, marked incomplete.
+    pub incomplete: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +187,15 @@ impl<'a> Archiver<'a> {
         pipeline::save_reader(&mut self.writer, &self.chunker, r, self.progress)
     }
 
+    /// As [`Archiver::save_reader`], cut by `chunker` instead of the repository's.
+    pub(crate) fn save_reader_cut(
+        &mut self,
+        chunker: &cairn_chunker::Chunker,
+        r: &mut (dyn Read + Send),
+    ) -> std::io::Result<Result<pipeline::Saved>> {
+        pipeline::save_reader(&mut self.writer, chunker, r, self.progress)
+    }
+
     /// Saves a tree as a tree blob, in canonical order; returns its id.
     pub(crate) fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
         tree.canonicalize()?;
@@ -212,6 +224,7 @@ impl<'a> Archiver<'a> {
             paths,
             command,
             pg,
+            incomplete,
         } = meta;
         let parent = find_parent(self.repo, &self.opts.host, &paths, kind)?;
         let snapshot = Snapshot {
@@ -229,7 +242,7 @@ impl<'a> Archiver<'a> {
             tags: self.opts.tags.clone(),
             parent,
             tree: root,
-            incomplete: self.summary.errors > 0,
+            incomplete: incomplete || self.summary.errors > 0,
             summary: self.summary,
             program_version: env!("CARGO_PKG_VERSION").to_string(),
             command,
@@ -325,6 +338,7 @@ pub fn backup_paths(
         paths: names,
         command: Vec::new(),
         pg: None,
+        incomplete: false,
     };
     a.commit(meta, root, started)
 }

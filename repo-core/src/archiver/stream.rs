@@ -62,14 +62,30 @@ impl Archiver<'_> {
     /// the summary as a new file read whole. Several streams can make one tree this way.
     pub(crate) fn stream_file(&mut self, name: &str, saved: Saved) -> Result<Node> {
         validate_stream_name(name)?;
+        let node = stream_node(name, saved.len);
+        self.file_with_content(node, saved)
+    }
+
+    /// `node` (a file whose metadata the caller knows) with the content `saved` stored on
+    /// it, counted in the summary as a new file read whole. Its size is the content's.
+    pub(crate) fn file_with_content(&mut self, mut node: Node, saved: Saved) -> Result<Node> {
         let Saved { ids, len } = saved;
-        let mut node = stream_node(name, len);
+        node.size = len;
         pipeline::set_content(&mut self.writer, &mut node, ids)?;
         self.summary.files += 1;
         self.summary.files_new += 1;
         self.summary.total_bytes += len;
         self.summary.bytes_read += len;
         Ok(node)
+    }
+
+    /// Counts an entry that has no content (a folder, or a symlink and the like).
+    pub(crate) fn count_entry(&mut self, kind: crate::format::tree::NodeKind) {
+        match kind {
+            crate::format::tree::NodeKind::Dir => self.summary.dirs += 1,
+            crate::format::tree::NodeKind::File => self.summary.files += 1,
+            _ => self.summary.others += 1,
+        }
     }
 }
 
@@ -120,6 +136,7 @@ fn backup_reader(
         paths: vec![format!("/{name}")],
         command,
         pg: None,
+        incomplete: false,
     };
     a.commit(meta, root, started)
 }

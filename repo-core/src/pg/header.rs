@@ -89,7 +89,7 @@ impl SegmentHeader {
     }
 
     /// Checks that a segment (or a `.partial` one) of `len` bytes named `name` is what its
-    /// header says: the same timeline and segment, the full size, and, when the repository
+    /// header says: the same timeline (or an ancestor's, see below) and segment, the full size, and, when the repository
     /// already archives a cluster, that cluster's system identifier. A segment of another
     /// cluster is a `Conflict`; one whose header does not match its name or size `Corrupt`.
     pub fn check(&self, name: &str, len: u64, cluster: Option<u64>) -> Result<()> {
@@ -107,7 +107,10 @@ impl SegmentHeader {
                 ));
             }
         }
-        if self.timeline != named.timeline {
+        // The first segment of a new timeline starts as a copy of its parent timeline's
+        // segment (PostgreSQL copies the pages before the switch point), so its first page
+        // may carry an older timeline; never a newer one.
+        if self.timeline == 0 || self.timeline > named.timeline {
             return Err(Error::corrupt(format!(
                 "{name}: its header says timeline {}, its name timeline {}",
                 self.timeline, named.timeline
@@ -183,7 +186,14 @@ mod tests {
                 .kind(),
             ErrorKind::Corrupt
         );
-        assert!(h.check("000000020000000000000001", 16 << 20, None).is_err());
+        // A timeline's first segment may begin with its parent's pages; not the reverse.
+        h.check("000000020000000000000001", 16 << 20, None).unwrap();
+        let newer = SegmentHeader::parse(
+            &header(0xD110, 2, 16 << 20, SYSID),
+            "000000020000000000000001",
+        )
+        .unwrap();
+        assert!(newer.check(NAME, 16 << 20, None).is_err());
         assert!(h.check(NAME, 8 << 20, None).is_err());
         assert!(h.check("00000001000000000000001", 16 << 20, None).is_err());
     }

@@ -173,18 +173,33 @@ impl Repository {
             .read_range(FileType::Pack, &pack.to_hex(), start, len)
             .map_err(|e| e.context(format!("pack {pack}")))?;
         let mut bytes = writable(bytes);
-        run.blobs
-            .iter()
-            .map(|(id, loc)| {
-                // Within the range read: the run's blobs start at or after `start` and end
-                // at or before `end`.
-                let sealed = usize::try_from(loc.offset - start)
-                    .ok()
-                    .and_then(|off| Some(off..off.checked_add(loc.length as usize)?))
-                    .and_then(|r| bytes.get_mut(r))
-                    .ok_or_else(|| Error::corrupt(format!("pack {pack}: short read")))?;
-                Ok((*id, self.open_sealed(kind, id, loc, sealed)?))
-            })
+        // Cut the range into each blob's bytes (the run's blobs are in offset order and do
+        // not overlap: `coalesce` joins a blob only at or after the end of the one before),
+        // then open them in parallel.
+        let short = || Error::corrupt(format!("pack {pack}: short read"));
+        let mut pieces = Vec::with_capacity(run.blobs.len());
+        let mut rest: &mut [u8] = &mut bytes[..];
+        let mut at = start;
+        for (id, loc) in &run.blobs {
+            let skip = loc
+                .offset
+                .checked_sub(at)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(short)?;
+            let (_, tail) = rest.split_at_mut_checked(skip).ok_or_else(short)?;
+            let (sealed, tail) = tail
+                .split_at_mut_checked(loc.length as usize)
+                .ok_or_else(short)?;
+            pieces.push((id, loc, sealed));
+            rest = tail;
+            at = loc
+                .offset
+                .checked_add(u64::from(loc.length))
+                .ok_or_else(overflow)?;
+        }
+        pieces
+            .into_par_iter()
+            .map(|(id, loc, sealed)| Ok((*id, self.open_sealed(kind, id, loc, sealed)?)))
             .collect()
     }
 

@@ -183,10 +183,16 @@ fn write_small_group(
         .collect())
 }
 
-/// Blobs of one file fetched and decrypted in parallel before being written in order.
-const FETCH_WINDOW: usize = 16;
+/// A large file's blobs are fetched in windows of at most this many stored bytes...
+const FETCH_WINDOW_BYTES: u64 = 16 << 20;
+/// ... and at most this many blobs.
+const FETCH_WINDOW_BLOBS: usize = 1024;
+/// A run read in one request holds at most this many stored bytes, so that a window's runs
+/// are fetched and opened in parallel.
+const RUN_BYTES: u64 = 2 << 20;
 
-/// Writes a file's content to `path` (a new file), fetching blobs in parallel windows and
+/// Writes a file's content to `path` (a new file), fetching blobs in windows (one ranged read
+/// per run of neighbouring blobs in a pack, runs in parallel, blobs opened in parallel) and
 /// turning all-zero blobs into holes; returns the file to be finished. The file is not
 /// fsynced: a write error, including a full disk, is reported by `write` itself.
 pub(super) fn write_content<'p>(
@@ -199,18 +205,67 @@ pub(super) fn write_content<'p>(
     progress.file(&shown);
     let mut out = NewFile::create(job)?;
     let ids = repo.file_content(node)?;
-    for window in ids.chunks(FETCH_WINDOW) {
-        let blobs: Vec<Result<Vec<u8>>> = window
+    let mut start = 0;
+    while start < ids.len() {
+        // The window: blobs in file order up to the byte or count bound (at least one).
+        let mut wanted: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stored = 0u64;
+        let mut end = start;
+        while end < ids.len()
+            && (end == start || (stored < FETCH_WINDOW_BYTES && end - start < FETCH_WINDOW_BLOBS))
+        {
+            let id = ids[end];
+            if seen.insert(id) {
+                let loc = repo
+                    .locate(&id)
+                    .map_err(|e| e.context(out.shown.display()))?;
+                stored = stored.saturating_add(u64::from(loc.length));
+                wanted.push((id, loc));
+            }
+            end += 1;
+        }
+        let runs = split_runs(coalesce(wanted, COALESCE_GAP), RUN_BYTES);
+        let fetched: Vec<Result<Vec<Plain>>> = runs
             .par_iter()
-            .map(|id| repo.read_blob(BlobKind::Data, id))
+            .map(|run| repo.read_run(BlobKind::Data, run))
             .collect();
-        let blobs: Vec<Vec<u8>> = blobs
-            .into_iter()
-            .collect::<Result<_>>()
-            .map_err(|e| e.context(out.shown.display()))?;
-        let slices: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+        let mut blobs: HashMap<Id, Vec<u8>> = HashMap::with_capacity(seen.len());
+        for f in fetched {
+            blobs.extend(f.map_err(|e| e.context(out.shown.display()))?);
+        }
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(end - start);
+        for id in &ids[start..end] {
+            let data = blobs
+                .get(id)
+                .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
+            slices.push(data.as_slice());
+        }
         out.append_all(&slices)?;
         progress.bytes(slices.iter().map(|b| b.len() as u64).sum());
+        start = end;
     }
     Ok(out)
+}
+
+/// Splits runs longer than `max` stored bytes into shorter ones (each keeps at least one
+/// blob), so that one large run does not serialise a window.
+fn split_runs(runs: Vec<crate::repository::BlobRun>, max: u64) -> Vec<crate::repository::BlobRun> {
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let mut part: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
+        let mut bytes = 0u64;
+        for (id, loc) in run.blobs().iter().cloned() {
+            if !part.is_empty() && bytes.saturating_add(u64::from(loc.length)) > max {
+                out.extend(coalesce(std::mem::take(&mut part), COALESCE_GAP));
+                bytes = 0;
+            }
+            bytes = bytes.saturating_add(u64::from(loc.length));
+            part.push((id, loc));
+        }
+        if !part.is_empty() {
+            out.extend(coalesce(part, COALESCE_GAP));
+        }
+    }
+    out
 }

@@ -1,0 +1,195 @@
+//! `cairn pg restore`: a base backup written into an empty data directory, set up so that a
+//! plain `pg_ctl start` replays archived WAL to the target (docs/postgresql.md).
+//!
+//! Order, and why:
+//! 1. Choose the base backup and check the archive before anything is written
+//!    (`archive_check`): the one given, or the newest complete one that stopped before the
+//!    target and whose recovery the archive carries to the target along the target
+//!    timeline without a gap (for a time target, up to a segment written after that time,
+//!    so recovery can see that the target was passed; for the end of the archive, with no
+//!    archived WAL cut off by a gap). A restore that could only stop early is refused with
+//!    the first missing segment named.
+//! 3. Refuse a data directory that is not empty: nothing of an existing cluster is touched.
+//! 4. Restore every file but `global/pg_control`, flush the file system, then restore
+//!    `pg_control` and flush again: a restore interrupted before the end leaves a directory
+//!    PostgreSQL refuses to start, never a cluster that starts on half its files.
+//! 5. Append the recovery settings to `postgresql.auto.conf` and create `recovery.signal`.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use super::archive_check::{choose, Choice, WalReach};
+use super::target::{recovery_settings, Action, Target};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::snapshot::PgInfo;
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::restorer::{self, RestoreOptions};
+use crate::walk::Excludes;
+
+/// The control file, restored last.
+const PG_CONTROL: &str = "/global/pg_control";
+
+#[derive(Debug, Clone, Default)]
+pub struct PgRestoreOptions {
+    pub target: Target,
+    /// Restore this base backup instead of choosing one.
+    pub snapshot: Option<Id>,
+    pub action: Action,
+    /// `recovery_target_timeline`: `latest`, `current` or a number.
+    pub timeline: String,
+    /// Stop just before the target instead of just after.
+    pub exclusive: bool,
+    /// The program and global options restore_command runs (`wal fetch %f %p` is added).
+    pub command: Vec<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct PgRestored {
+    pub snapshot: Id,
+    pub base: PgInfo,
+    pub files: u64,
+    pub bytes: u64,
+    /// What the archive holds for this recovery.
+    pub wal: WalReach,
+    pub duration_secs: f64,
+}
+
+/// Restores a base backup into `pgdata` for recovery to `opts.target`.
+pub fn restore(
+    repo: &Repository,
+    pgdata: &Path,
+    opts: &PgRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<PgRestored> {
+    let started = Instant::now();
+    let Choice { id, snapshot, wal } =
+        choose(repo, &opts.target, &opts.timeline, opts.snapshot.as_ref())?;
+    let base = snapshot.pg.clone().unwrap_or_default();
+    prepare_dir(pgdata)?;
+
+    let all_but_control = RestoreOptions {
+        exclude: Excludes::new(&[PG_CONTROL.to_string()], &[])?,
+        ..RestoreOptions::default()
+    };
+    let first = restorer::restore(repo, &id, pgdata, &all_but_control, progress)?;
+    sync_fs(pgdata)?;
+    let control = RestoreOptions {
+        include: Some(Excludes::new(&[PG_CONTROL.to_string()], &[])?),
+        overwrite: restorer::Overwrite::IfChanged,
+        ..RestoreOptions::default()
+    };
+    let second = restorer::restore(repo, &id, pgdata, &control, progress)?;
+    if !pgdata.join("global/pg_control").is_file() {
+        return Err(Error::corrupt(format!(
+            "base backup {} holds no global/pg_control",
+            id.short()
+        )));
+    }
+    write_recovery(pgdata, opts)?;
+    give_to_cluster_owner(pgdata)?;
+    sync_fs(pgdata)?;
+    Ok(PgRestored {
+        snapshot: id,
+        base,
+        files: first.files + second.files,
+        bytes: first.bytes_written + second.bytes_written,
+        wal,
+        duration_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Creates `dir` (owner only, as PostgreSQL requires) or accepts it when empty.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is not empty: a restore writes only into an empty data directory (move the old one aside first)",
+                        dir.display()
+                    ),
+                ));
+            }
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e)),
+        Err(e) => Err(Error::io(format!("reading {}", dir.display()), e)),
+    }
+}
+
+/// PostgreSQL starts only in a data directory its own user owns. When a restore runs as
+/// root, the directory it created takes the owner of the restored files (`PG_VERSION`'s);
+/// so do the files this restore wrote itself.
+fn give_to_cluster_owner(pgdata: &Path) -> Result<()> {
+    if !crate::sys::is_root() {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(pgdata.join("PG_VERSION"))
+        .map_err(|e| Error::io(format!("reading {}/PG_VERSION", pgdata.display()), e))?;
+    let owner = (
+        Some(std::os::unix::fs::MetadataExt::uid(&meta)),
+        Some(std::os::unix::fs::MetadataExt::gid(&meta)),
+    );
+    for p in [
+        pgdata.to_path_buf(),
+        pgdata.join("postgresql.auto.conf"),
+        pgdata.join("recovery.signal"),
+    ] {
+        std::os::unix::fs::chown(&p, owner.0, owner.1)
+            .map_err(|e| Error::io(format!("giving {} to the cluster's owner", p.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Flushes the file system holding `dir`.
+fn sync_fs(dir: &Path) -> Result<()> {
+    let f =
+        std::fs::File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    nix::unistd::syncfs(&f).map_err(|e| {
+        Error::io(
+            format!("flushing {}", dir.display()),
+            std::io::Error::from_raw_os_error(e as i32),
+        )
+    })
+}
+
+/// Appends the recovery settings to `postgresql.auto.conf` and creates `recovery.signal`.
+fn write_recovery(pgdata: &Path, opts: &PgRestoreOptions) -> Result<()> {
+    let text = recovery_settings(
+        &opts.command,
+        &opts.target,
+        opts.action,
+        &opts.timeline,
+        opts.exclusive,
+    );
+    let conf = pgdata.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&conf)
+        .map_err(|e| Error::io(format!("opening {}", conf.display()), e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
+    let signal = pgdata.join("recovery.signal");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&signal)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("creating {}", signal.display()), e))
+}

@@ -1,0 +1,242 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `pg basebackup`'s handling of the tar stream `pg_basebackup` writes, with a stand-in
+//! program that prints a stream made here: the tree stored is the stream's (with
+//! `global/pg_control` arriving last), the facts are read from `backup_label`, the manifest
+//! and `pg_control`, the WAL check marks a backup incomplete, and every broken stream or
+//! failed program saves nothing. Real PostgreSQL is exercised by the CLI's tests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use cairn_repo::archiver::BackupOptions;
+use cairn_repo::format::snapshot::SnapshotKind;
+use cairn_repo::pg::archive_check::choose;
+use cairn_repo::pg::basebackup::{basebackup, BasebackupOptions};
+use cairn_repo::pg::target::Target;
+use cairn_repo::pg::wal::push;
+use cairn_repo::pg::Segment;
+use cairn_repo::progress::NoProgress;
+use cairn_repo::restorer::{restore, RestoreOptions};
+use cairn_repo::{ErrorKind, Repository};
+
+const SYSID: u64 = 7_400_000_000_000_000_001;
+const SEG: u32 = 16 << 20;
+
+/// One tar entry: a path, and content for a file or `None` for a folder.
+type Entry<'a> = (&'a str, Option<Vec<u8>>);
+
+fn header(name: &str, size: u64, kind: u8) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[..name.len()].copy_from_slice(name.as_bytes());
+    b[100..107].copy_from_slice(if kind == b'5' { b"0000700" } else { b"0000600" });
+    b[108..115].copy_from_slice(b"0001750");
+    b[116..123].copy_from_slice(b"0001750");
+    b[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    b[136..147].copy_from_slice(b"15000000000");
+    b[156] = kind;
+    b[257..263].copy_from_slice(b"ustar\0");
+    b[263..265].copy_from_slice(b"00");
+    let sum: u64 = b.iter().map(|&x| u64::from(x)).sum::<u64>() + 8 * 32;
+    b[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    b
+}
+
+fn tar(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, content) in entries {
+        match content {
+            None => out.extend_from_slice(&header(&format!("{name}/"), 0, b'5')),
+            Some(data) => {
+                out.extend_from_slice(&header(name, data.len() as u64, b'0'));
+                out.extend_from_slice(data);
+                out.resize(out.len().div_ceil(512) * 512, 0);
+            }
+        }
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn control(sysid: u64) -> Vec<u8> {
+    let mut c = vec![0u8; 8192];
+    c[..8].copy_from_slice(&sysid.to_le_bytes());
+    c
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+const LABEL: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+CHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+START TIME: 2026-12-07 04:03:19 UTC\nLABEL: test\nSTART TIMELINE: 1\n";
+const MANIFEST: &str = "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [],\n\
+\"WAL-Ranges\": [\n{ \"Timeline\": 1, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n\
+\"Manifest-Checksum\": \"00\"}\n";
+
+/// A stream as PostgreSQL orders it: backup_label first, each folder's entries together,
+/// the manifest and `global/pg_control` last.
+fn good_stream(sysid: u64) -> Vec<Entry<'static>> {
+    vec![
+        ("backup_label", Some(LABEL.as_bytes().to_vec())),
+        ("base", None),
+        ("base/1", None),
+        ("base/1/1259", Some(data(200_000, 3))),
+        ("base/1/1259_fsm", Some(data(24_576, 5))),
+        ("base/5", None),
+        ("base/5/2600", Some(data(40_000, 7))),
+        ("global", None),
+        ("global/1262", Some(data(8192, 9))),
+        ("./pg_wal", None),
+        ("./pg_wal/archive_status", None),
+        ("PG_VERSION", Some(b"15\n".to_vec())),
+        ("backup_manifest", Some(MANIFEST.as_bytes().to_vec())),
+        ("global/pg_control", Some(control(sysid))),
+    ]
+}
+
+/// A stand-in for pg_basebackup that prints `stream` and exits with `code`.
+fn program(dir: &Path, name: &str, stream: &[u8], code: i32) -> PathBuf {
+    let t = dir.join(format!("{name}.tar"));
+    std::fs::write(&t, stream).unwrap();
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ncat '{}'\nexit {code}\n", t.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+fn run(
+    repo: &Repository,
+    program: PathBuf,
+) -> cairn_repo::Result<cairn_repo::pg::basebackup::Basebackup> {
+    let opts = BasebackupOptions {
+        program: Some(program),
+        ..BasebackupOptions::default()
+    };
+    basebackup(repo, &opts, &BackupOptions::default(), &NoProgress)
+}
+
+fn base_backups(repo: &Repository) -> usize {
+    repo.snapshots()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s.kind == SnapshotKind::PgBasebackup)
+        .count()
+}
+
+/// Archives segment 2 of timeline 1 (which holds 0/2000028..0/2000100) for `sysid`.
+fn archive_segment_2(repo: &Repository, dir: &Path, sysid: u64) {
+    let seg = Segment::from_number(1, 2, SEG).unwrap();
+    let mut b = vec![0u8; SEG as usize];
+    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    b[2..4].copy_from_slice(&2u16.to_le_bytes());
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    b[8..16].copy_from_slice(&seg.start(SEG).0.to_le_bytes());
+    b[24..32].copy_from_slice(&sysid.to_le_bytes());
+    b[32..36].copy_from_slice(&SEG.to_le_bytes());
+    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    let p = dir.join(seg.name(SEG));
+    std::fs::write(&p, &b).unwrap();
+    push(repo, &p).unwrap();
+}
+
+#[test]
+fn the_stream_becomes_the_tree_and_the_archive_decides_completeness() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    let entries = good_stream(SYSID);
+
+    // No WAL archived: saved, but incomplete, naming the segment.
+    let done = run(&repo, program(dir.path(), "pgbb", &tar(&entries), 0)).unwrap();
+    assert!(done.result.snapshot.incomplete);
+    assert_eq!(done.missing_wal, ["000000010000000000000002"]);
+    let pg = done.result.snapshot.pg.clone().unwrap();
+    assert_eq!(pg.system_identifier, SYSID.to_string());
+    assert_eq!(
+        (pg.start_lsn.as_deref(), pg.stop_lsn.as_deref()),
+        (Some("0/2000028"), Some("0/2000100"))
+    );
+    assert_eq!(pg.start_time.as_deref(), Some("2026-12-07T04:03:19Z"));
+    assert_eq!(pg.wal_first.as_deref(), Some("000000010000000000000002"));
+    // An incomplete base backup is never restored, chosen or named.
+    let err = choose(&repo, &Target::Latest, "latest", None).unwrap_err();
+    assert!(err.to_string().contains("no complete base backup"), "{err}");
+    let err = choose(&repo, &Target::Latest, "latest", Some(&done.result.id)).unwrap_err();
+    assert!(err.to_string().contains("incomplete"), "{err}");
+
+    // With the segment archived: complete.
+    archive_segment_2(&repo, dir.path(), SYSID);
+    let done = run(&repo, program(dir.path(), "pgbb2", &tar(&entries), 0)).unwrap();
+    assert!(!done.result.snapshot.incomplete, "{:?}", done.missing_wal);
+    let chosen = choose(&repo, &Target::Immediate, "latest", None).unwrap();
+    assert_eq!(chosen.id, done.result.id);
+    assert_eq!(chosen.wal.first, "000000010000000000000002");
+
+    // The tree is the data directory, pg_control in its folder, `./` gone.
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    restore(
+        &repo,
+        &done.result.id,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    for (name, content) in &entries {
+        let p = target.join(name.trim_start_matches("./"));
+        match content {
+            Some(c) => assert_eq!(&std::fs::read(&p).unwrap(), c, "{name}"),
+            None => assert!(p.is_dir(), "{name}"),
+        }
+    }
+    common::assert_clean(&repo);
+}
+
+#[test]
+fn broken_streams_and_failed_programs_save_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    archive_segment_2(&repo, dir.path(), SYSID);
+    let good = tar(&good_stream(SYSID));
+
+    // pg_basebackup fails after printing a whole stream.
+    let err = run(&repo, program(dir.path(), "fails", &good, 1)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Command, "{err}");
+    // The stream stops in the middle of a file.
+    let err = run(
+        &repo,
+        program(dir.path(), "short", &good[..good.len() / 2], 0),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("tar stream"), "{err}");
+    // A deeper folder's entries after the stream moved on.
+    let mut reopened = good_stream(SYSID);
+    reopened.insert(7, ("base/1/2601", Some(data(100, 1))));
+    let err = run(&repo, program(dir.path(), "reopened", &tar(&reopened), 0)).unwrap_err();
+    assert!(err.to_string().contains("outside its folder"), "{err}");
+    // No backup_label.
+    let mut unlabelled = good_stream(SYSID);
+    unlabelled.remove(0);
+    let err = run(&repo, program(dir.path(), "nolabel", &tar(&unlabelled), 0)).unwrap_err();
+    assert!(err.to_string().contains("backup_label"), "{err}");
+    // Another cluster than the archived one.
+    let foreign = tar(&good_stream(SYSID + 1));
+    let err = run(&repo, program(dir.path(), "foreign", &foreign, 0)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    // A program that cannot start.
+    let err = run(&repo, dir.path().join("no-such-program")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Command, "{err}");
+
+    assert_eq!(base_backups(&repo), 0);
+    common::assert_clean(&repo);
+}
