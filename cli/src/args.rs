@@ -125,6 +125,15 @@ pub enum WalCommand {
     Push {
         /// The file PostgreSQL asks to archive (%p)
         path: std::path::PathBuf,
+        /// Also archive, in the same commit, up to this many further segments that
+        /// PostgreSQL has marked ready (archive_status/*.ready beside %p), at most 256 MiB;
+        /// PostgreSQL's later calls for them then return at once. 0 turns this off
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        ahead: usize,
+        /// Folder for the records of files pushed ahead [default: a folder per repository
+        /// and tenant under the cache folder]
+        #[arg(long, env = "CAIRN_WAL_SPOOL", value_name = "DIR")]
+        spool: Option<std::path::PathBuf>,
     },
     /// Fetch one WAL file: restore_command = 'cairn wal fetch %f %p'. Exits 0 when the file
     /// was written, 1 when the archive holds no such file, and 128 when it cannot tell
@@ -134,6 +143,24 @@ pub enum WalCommand {
         name: String,
         /// Where to write it (%p)
         dest: std::path::PathBuf,
+        /// After a segment, fetch up to this many following segments of its timeline in a
+        /// background process into the spool, at most 256 MiB; 0 turns this off
+        #[arg(long, default_value_t = 4, value_name = "K")]
+        prefetch: usize,
+        /// Folder for prefetched files [default: a folder per repository and tenant under
+        /// the cache folder]
+        #[arg(long, env = "CAIRN_WAL_SPOOL", value_name = "DIR")]
+        spool: Option<std::path::PathBuf>,
+    },
+    /// The background prefetcher `wal fetch` starts (not for direct use)
+    #[command(hide = true)]
+    Prefetch {
+        /// The spool to fill
+        #[arg(long, value_name = "DIR")]
+        spool: std::path::PathBuf,
+        /// Segments to keep ahead of the last one asked for
+        #[arg(long, value_name = "K")]
+        files: usize,
     },
     /// List the archived WAL per timeline: runs of consecutive segments, gaps, history
     /// files with their switchpoints, .partial and .backup files

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::pg::{
-    cairn_for_postgres, give_to_postgres, postgres_tempdir, run_timeout, Bench, Cluster,
+    cairn_for_postgres, give_to_postgres, postgres_tempdir, run_timeout, wait_for, Bench, Cluster,
     ClusterOpts, Pg, RestoredOpts,
 };
 use common::{packs, Tmpfs};
@@ -605,4 +605,276 @@ fn postgres_archives_and_recovers_through_cairn() {
         "a fetch failed during recovery:\n{}",
         back.log_tail(40)
     );
+    // Both commands used the default spool: pushes kept records there, fetches noted what
+    // to prefetch.
+    let spool = spool_dir(&arc).expect("no spool under the cache folder");
+    assert!(spool.join("push").is_dir() && spool.join("wanted").is_file());
+}
+
+/// The spool folder of the archive's (only) repository and tenant, once it exists.
+fn spool_dir(arc: &Archive) -> Option<PathBuf> {
+    let base = arc.path("cache/wal-spool");
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&base)
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(dirs.len() <= 1, "several spools: {dirs:?}");
+    dirs.into_iter().next()
+}
+
+/// The objects of one kind in the archive's repository (`snapshots`, `index`).
+fn objects(arc: &Archive, kind: &str) -> usize {
+    std::fs::read_dir(arc.repo().join("default").join(kind))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A `pg_wal` folder holding `segments` (copied from `archive`), each marked ready in
+/// `archive_status` as PostgreSQL marks a completed segment.
+fn pg_wal_with_ready(dir: &Path, archive: &Path, segments: &[&String]) -> PathBuf {
+    let pg_wal = dir.join("pg_wal");
+    for s in segments {
+        copy_as(&archive.join(s.as_str()), &pg_wal, s);
+        write_as(&pg_wal.join("archive_status"), &format!("{s}.ready"), b"");
+    }
+    pg_wal
+}
+
+/// Runs `f` with the repository moved away (unreachable at its path), then moves it back.
+fn with_repo_away<T>(arc: &Archive, f: impl FnOnce() -> T) -> T {
+    let away = arc.path("repo.away");
+    std::fs::rename(arc.repo(), &away).unwrap();
+    let out = f();
+    std::fs::rename(&away, arc.repo()).unwrap();
+    out
+}
+
+#[test]
+fn push_ahead_archives_ready_segments_in_one_commit_and_answers_from_the_spool() {
+    let Some(_pg) = Pg::require() else { return };
+    let arc = Archive::new();
+    let work = postgres_tempdir();
+    let (archive, _) = real_wal(work.path());
+    let all = names_in(&archive);
+    let segments: Vec<&String> = all.iter().filter(|n| is_segment_name(n)).collect();
+    assert!(segments.len() >= 3, "archived: {all:?}");
+    let pg_wal = pg_wal_with_ready(work.path(), &archive, &segments);
+    let status_before = names_in(&pg_wal.join("archive_status"));
+    let index_before = objects(&arc, "index");
+
+    // One push archives the file asked for and the ready segments after it: one snapshot,
+    // one index file, every segment fetchable.
+    arc.push_ok(&pg_wal.join(segments[0].as_str()));
+    assert_eq!(arc.snapshot_count(), 1);
+    assert_eq!(objects(&arc, "index"), index_before + 1, "one index file");
+    for s in &segments {
+        assert!(
+            arc.fetched(s) == std::fs::read(archive.join(s.as_str())).unwrap(),
+            "{s} fetched other bytes"
+        );
+    }
+    let spool = spool_dir(&arc).expect("no spool folder");
+    let records = names_in(&spool.join("push"));
+    let ahead: Vec<String> = segments[1..].iter().map(|s| s.to_string()).collect();
+    assert_eq!(records, ahead, "records of the files pushed ahead");
+    // PostgreSQL's markers are untouched.
+    assert_eq!(names_in(&pg_wal.join("archive_status")), status_before);
+
+    // PostgreSQL's call for a file pushed ahead succeeds without the repository, and the
+    // record is gone once acknowledged.
+    let out = with_repo_away(&arc, || arc.push(&pg_wal.join(segments[1].as_str())));
+    expect_code(&out, 0, "push of a file pushed ahead, repository away");
+    assert!(!spool.join("push").join(segments[1].as_str()).exists());
+
+    // Other bytes under a name pushed ahead are not acknowledged from the spool: the
+    // repository refuses them.
+    let last = segments[2].as_str();
+    let mut changed = std::fs::read(pg_wal.join(last)).unwrap();
+    changed[SEG / 2 + 77] ^= 0xff;
+    let other = write_as(&work.path().join("changed"), last, &changed);
+    let out = with_repo_away(&arc, || arc.push(&other));
+    expect_code(
+        &out,
+        1,
+        "push of other bytes under a name pushed ahead, repository away",
+    );
+    let err = expect_code(
+        &arc.push(&other),
+        1,
+        "push of other bytes under a name pushed ahead",
+    );
+    assert!(err.contains("other content"), "stderr: {err}");
+
+    // A damaged record is not trusted: without the repository the push fails, with it the
+    // push succeeds as a file archived before.
+    std::fs::write(spool.join("push").join(last), b"cairn-wal-spool 1\nname ").unwrap();
+    let out = with_repo_away(&arc, || arc.push(&pg_wal.join(last)));
+    expect_code(&out, 1, "push with a damaged record, repository away");
+    arc.push_ok(&pg_wal.join(last));
+    assert_eq!(
+        arc.snapshot_count(),
+        1,
+        "a push of an archived file stored a snapshot"
+    );
+
+    // With --ahead 0 a push takes only its own file.
+    let arc2 = Archive::new();
+    let mut c = arc2.cmd();
+    c.args(["wal", "push", "--ahead", "0"])
+        .arg(pg_wal.join(segments[0].as_str()));
+    expect_code(&run_timeout(c, RUN), 0, "push --ahead 0");
+    let dest = arc2.path("absent");
+    expect_code(
+        &arc2.fetch(segments[1], &dest),
+        1,
+        "fetch of a file not pushed ahead",
+    );
+}
+
+#[test]
+fn fetch_prefetches_the_next_segments_into_the_spool() {
+    let Some(_pg) = Pg::require() else { return };
+    let arc = Archive::new();
+    let work = postgres_tempdir();
+    let (archive, sysid) = real_wal(work.path());
+    let all = names_in(&archive);
+    let segments: Vec<&String> = all.iter().filter(|n| is_segment_name(n)).collect();
+    assert!(segments.len() >= 3, "archived: {all:?}");
+    for s in &segments {
+        let mut c = arc.cmd();
+        c.args(["wal", "push", "--ahead", "0"])
+            .arg(archive.join(s.as_str()));
+        expect_code(&run_timeout(c, RUN), 0, &format!("push {s}"));
+    }
+    let original = |s: &str| std::fs::read(archive.join(s)).unwrap();
+    let pg_wal = arc.path("restore/pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+
+    // A fetch of the first segment leaves the ones after it (up to 4) in the spool.
+    expect_code(
+        &arc.fetch(segments[0], &dest),
+        0,
+        "fetch of the first segment",
+    );
+    assert!(std::fs::read(&dest).unwrap() == original(segments[0]));
+    let expected: Vec<String> = segments[1..segments.len().min(5)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let fetch_dir = wait_for("the prefetcher", Duration::from_secs(60), || {
+        let dir = spool_dir(&arc)?.join("fetch");
+        expected.iter().all(|s| dir.join(s).exists()).then_some(dir)
+    });
+    // It wrote nothing into the data directory.
+    assert_eq!(names_in(&pg_wal), ["RECOVERYXLOG"]);
+    std::fs::remove_file(&dest).unwrap();
+
+    // A data directory as restore_command's working directory: the spool serves only
+    // segments of its cluster.
+    let pg_control = |dir: &str, id: u64| {
+        let d = arc.path(dir);
+        write_as(&d.join("global"), "pg_control", &id.to_ne_bytes());
+        d
+    };
+    let ours = pg_control("ours", sysid);
+    let theirs = pg_control("theirs", sysid ^ 1);
+    let fetch_in = |cwd: &Path, name: &str| {
+        let mut c = arc.cmd();
+        c.current_dir(cwd).args(["wal", "fetch", name]).arg(&dest);
+        run_timeout(c, RUN)
+    };
+
+    with_repo_away(&arc, || {
+        // The next segment comes from the spool without the repository.
+        expect_code(
+            &fetch_in(&ours, segments[1]),
+            0,
+            "fetch from the spool, repository away",
+        );
+        assert!(std::fs::read(&dest).unwrap() == original(segments[1]));
+        std::fs::remove_file(&dest).unwrap();
+        assert!(
+            !fetch_dir.join(segments[1].as_str()).exists(),
+            "served twice"
+        );
+
+        // A spool file whose bytes changed is not served.
+        let tampered = fetch_dir.join(segments[2].as_str());
+        let mut bytes = std::fs::read(&tampered).unwrap();
+        bytes[SEG / 3] ^= 0x01;
+        std::fs::write(&tampered, bytes).unwrap();
+        expect_code(
+            &arc.fetch(segments[2], &dest),
+            128,
+            "fetch of a tampered spool file",
+        );
+        assert!(names_in(&pg_wal).is_empty(), "{:?}", names_in(&pg_wal));
+
+        // Nothing in the spool and no repository: cannot tell.
+        expect_code(
+            &arc.fetch("000000010000000000000099", &dest),
+            128,
+            "fetch, repository away",
+        );
+        expect_code(
+            &arc.fetch("00000002.history", &dest),
+            128,
+            "fetch of a history file, repository away",
+        );
+        assert!(names_in(&pg_wal).is_empty());
+    });
+
+    // Another cluster's data directory is never served this cluster's segments.
+    expect_code(
+        &arc.fetch(segments[0], &dest),
+        0,
+        "fetch of the first segment again",
+    );
+    std::fs::remove_file(&dest).unwrap();
+    wait_for("the prefetcher", Duration::from_secs(60), || {
+        fetch_dir.join(segments[1].as_str()).exists().then_some(())
+    });
+    with_repo_away(&arc, || {
+        expect_code(
+            &fetch_in(&theirs, segments[1]),
+            128,
+            "fetch from the spool for another cluster, repository away",
+        );
+        assert!(names_in(&pg_wal).is_empty(), "{:?}", names_in(&pg_wal));
+    });
+
+    // The tampered file was dropped; the repository serves the genuine one.
+    expect_code(
+        &arc.fetch(segments[2], &dest),
+        0,
+        "fetch after a tampered spool file",
+    );
+    assert!(std::fs::read(&dest).unwrap() == original(segments[2]));
+    std::fs::remove_file(&dest).unwrap();
+    // Absent names are still answered by the repository alone.
+    for missing in ["000000010000000000000099", "00000002.history"] {
+        expect_code(
+            &arc.fetch(missing, &dest),
+            1,
+            &format!("fetch of {missing}"),
+        );
+    }
+    assert!(names_in(&pg_wal).is_empty());
+
+    // With --prefetch 0 nothing is prefetched.
+    let arc2 = Archive::new();
+    let mut c = arc2.cmd();
+    c.args(["wal", "push", "--ahead", "0"])
+        .arg(archive.join(segments[0].as_str()));
+    expect_code(&run_timeout(c, RUN), 0, "push");
+    let mut c = arc2.cmd();
+    c.args(["wal", "push", "--ahead", "0"])
+        .arg(archive.join(segments[1].as_str()));
+    expect_code(&run_timeout(c, RUN), 0, "push");
+    let mut c = arc2.cmd();
+    c.args(["wal", "fetch", "--prefetch", "0", segments[0]])
+        .arg(&dest);
+    expect_code(&run_timeout(c, RUN), 0, "fetch --prefetch 0");
+    assert!(spool_dir(&arc2).is_none_or(|d| !d.join("fetch").join(segments[1].as_str()).exists()));
 }

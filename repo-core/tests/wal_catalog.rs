@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_repo::format::snapshot::SnapshotKind;
 use cairn_repo::pg::consolidate::CONSOLIDATE_AT;
-use cairn_repo::pg::wal::{fetch, push, Fetched, Pushed};
+use cairn_repo::pg::wal::{fetch, push, push_with_ahead, Fetched, Pushed};
 use cairn_repo::pg::Segment;
 use cairn_repo::{ErrorKind, Repository};
 
@@ -116,4 +116,71 @@ fn a_segment_of_another_cluster_is_refused() {
     let e = push(&repo, &p).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains("tenant of its own"), "{e}");
+}
+
+#[test]
+fn segments_pushed_ahead_share_a_snapshot_and_survive_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    let src = dir.path().join("pg_wal");
+    std::fs::create_dir_all(&src).unwrap();
+    // 4096 segments of 1 MiB make a log: these cross from log 0 to log 1.
+    let first = 4094u64;
+    let main = segment(&src, first, 0);
+    let already = segment(&src, first + 1, 0);
+    push(&repo, &already).unwrap();
+    let mut ahead = vec![already];
+    for n in first + 2..first + 5 {
+        ahead.push(segment(&src, n, 0));
+    }
+    // A damaged file and a missing one are left out without failing the push.
+    let damaged = src.join(Segment::from_number(1, first + 5, SEG).unwrap().name(SEG));
+    std::fs::write(&damaged, b"not a segment").unwrap();
+    ahead.push(damaged);
+    ahead.push(src.join(Segment::from_number(1, first + 6, SEG).unwrap().name(SEG)));
+
+    let report = push_with_ahead(&repo, &main, &ahead).unwrap();
+    let Pushed::Stored { snapshot, .. } = report.pushed else {
+        panic!("{report:?}")
+    };
+    let names: Vec<String> = report.ahead.iter().map(|a| a.name.clone()).collect();
+    let expected: Vec<String> = (first + 2..first + 5)
+        .map(|n| Segment::from_number(1, n, SEG).unwrap().name(SEG))
+        .collect();
+    assert_eq!(names, expected, "pushed ahead");
+    assert!(report.ahead.iter().all(|a| a.snapshot == snapshot));
+    for a in &report.ahead {
+        let bytes = std::fs::read(src.join(&a.name)).unwrap();
+        assert_eq!(a.digest, *blake3::hash(&bytes).as_bytes());
+        assert_eq!(a.size, bytes.len() as u64);
+    }
+    assert_eq!(
+        wal_snapshots(&repo),
+        2,
+        "one snapshot for the push and its extras"
+    );
+
+    // Enough further pushes to merge, then every segment still fetches.
+    for n in 0..CONSOLIDATE_AT as u64 {
+        push(&repo, &segment(&src, 100 + n, 0)).unwrap();
+    }
+    assert!(wal_snapshots(&repo) <= CONSOLIDATE_AT);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for n in (first..first + 5).chain(100..100 + CONSOLIDATE_AT as u64) {
+        let name = Segment::from_number(1, n, SEG).unwrap().name(SEG);
+        let dest = out.join("RECOVERYXLOG");
+        assert_eq!(
+            fetch(&repo, &name, &dest).unwrap(),
+            Fetched::Written { bytes: SEG as u64 },
+            "{name}"
+        );
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(src.join(&name)).unwrap());
+    }
+    let gone = Segment::from_number(1, first + 5, SEG).unwrap().name(SEG);
+    assert_eq!(
+        fetch(&repo, &gone, &out.join("x")).unwrap(),
+        Fetched::Absent
+    );
 }

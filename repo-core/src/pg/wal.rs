@@ -13,10 +13,11 @@
 //! never overwritten. A segment must carry the system identifier of the cluster the catalog
 //! already archives.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
@@ -35,10 +36,12 @@ use crate::repository::Repository;
 use crate::sys;
 use crate::writer::BlobWriter;
 
+pub use super::fetch::{fetch, Fetched};
+
 /// The largest file a push accepts: PostgreSQL's largest segment size.
 const MAX_WAL_FILE: u64 = 1 << 30;
 /// Blobs sealed in parallel at a time (bounds the memory of a push to this many blobs).
-const SEAL_BATCH: usize = 8;
+pub(crate) const SEAL_BATCH: usize = 8;
 
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,8 +171,38 @@ fn content_digest(ids: &[Id]) -> String {
     Id::of_bytes(&all).short()
 }
 
-/// Archives the WAL file at `path` (PostgreSQL's `%p`; its file name is `%f`).
-pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+/// A WAL file pushed ahead of PostgreSQL's request, in the same commit as the one it asked
+/// for: its name, size and BLAKE3, and the snapshot that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedAhead {
+    pub name: String,
+    pub size: u64,
+    pub digest: [u8; 32],
+    pub snapshot: Id,
+}
+
+/// What a push with push-ahead did: the file asked for, and the further files stored with
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    pub pushed: Pushed,
+    pub ahead: Vec<PushedAhead>,
+}
+
+/// A WAL file opened and checked, ready to be stored.
+struct Prepared {
+    file: WalFile,
+    name: String,
+    path: PathBuf,
+    f: File,
+    len: u64,
+    mtime: Time,
+    system_id: Option<u64>,
+}
+
+/// Opens the WAL file at `path` and checks it: its name, its size, and (for a segment) its
+/// long page header against the name and the cluster `cluster` the tenant archives.
+fn prepare(path: &Path, cluster: Option<u64>) -> Result<Prepared> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -185,8 +218,6 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             "{name}: {len} bytes, more than a WAL file can hold"
         )));
     }
-    let catalog = Catalog::load(repo)?;
-    let cluster = catalog.system_id()?;
     let system_id = match &file {
         WalFile::Segment(_) | WalFile::Partial(_) => {
             let mut first = [0u8; LONG_HEADER_LEN];
@@ -197,85 +228,126 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         }
         WalFile::History(_) | WalFile::Backup(_) => cluster,
     };
+    Ok(Prepared {
+        file,
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        f,
+        len,
+        // The file's last write bounds the time of the newest record it holds: status and
+        // restore use it to tell whether a moment is covered by the archive.
+        mtime: Time(meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0)),
+        system_id,
+    })
+}
+
+/// Archives the WAL file at `path` (PostgreSQL's `%p`; its file name is `%f`).
+pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+    push_with_ahead(repo, path, &[]).map(|r| r.pushed)
+}
+
+/// Archives the WAL file at `path`, and with it, in the same pack, index file and snapshot,
+/// the further segments `ahead` (see [`super::push_ahead::ready_after`]). The result is
+/// `Ok` only when `path` is durable. A file of `ahead` that cannot be stored (unreadable, a
+/// bad header, already archived, another timeline) is left out and never fails the push:
+/// PostgreSQL will ask for it by itself, and it is pushed then. `PushReport::ahead` lists
+/// the files that were stored, once they are durable.
+pub fn push_with_ahead(repo: &Repository, path: &Path, ahead: &[PathBuf]) -> Result<PushReport> {
+    match push_batch(repo, path, ahead) {
+        // The extra files may be what failed (a full disk takes the larger commit first):
+        // the answer for `path` is the one it gets alone.
+        Err(e) if !ahead.is_empty() && e.kind() != ErrorKind::Conflict => {
+            tracing::info!(
+                "pushing ahead failed ({e}); pushing {} alone",
+                path.display()
+            );
+            push_batch(repo, path, &[])
+        }
+        result => result,
+    }
+}
+
+fn push_batch(repo: &Repository, path: &Path, ahead: &[PathBuf]) -> Result<PushReport> {
+    let catalog = Catalog::load(repo)?;
+    let cluster = catalog.system_id()?;
+    let main = prepare(path, cluster)?;
     let piece = usize::try_from(repo.config().chunker.max)
         .map_err(|_| Error::corrupt("the chunker's maximum does not fit in memory"))?
         .max(1);
 
-    if let Some((snapshot, node)) = catalog.find(repo, &file)? {
+    if let Some((snapshot, node)) = catalog.find(repo, &main.file)? {
         let stored = repo.file_content(&node)?;
-        let ours = content_ids(repo, &f, len, piece)?;
-        if stored == ours && node.size == len {
-            return Ok(Pushed::AlreadyArchived { snapshot });
+        let ours = content_ids(repo, &main.f, main.len, piece)?;
+        if stored == ours && node.size == main.len {
+            return Ok(PushReport {
+                pushed: Pushed::AlreadyArchived { snapshot },
+                ahead: Vec::new(),
+            });
         }
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "{name} is already archived (snapshot {}) with other content: archived {} bytes, content {}; this file {len} bytes, content {}. \
+                "{} is already archived (snapshot {}) with other content: archived {} bytes, content {}; this file {} bytes, content {}. \
                  The archived file is kept; two clusters or a restored copy may be archiving into one tenant",
+                main.name,
                 snapshot.short(),
                 node.size,
                 content_digest(&stored),
+                main.len,
                 content_digest(&ours)
             ),
         ));
     }
+    // Push-ahead takes only plain segments of the same timeline after a plain segment:
+    // one snapshot holds one timeline, and its name range then spans only segments.
+    let extras: Vec<Prepared> = match &main.file {
+        WalFile::Segment(_) => ahead
+            .iter()
+            .filter_map(|p| prepare_ahead(repo, &catalog, &main, p))
+            .collect(),
+        _ => Vec::new(),
+    };
 
     let started = std::time::Instant::now();
     let lease = LeaseGuard::acquire(repo, "wal")?;
     let level = repo.config().compression;
     let mut writer = BlobWriter::unindexed(repo, level);
-    let mut ids = Vec::new();
-    let mut offset = 0u64;
-    while offset < len {
-        // Read a batch of pieces, seal them in parallel, add them in order.
-        let mut pieces = Vec::with_capacity(SEAL_BATCH);
-        while pieces.len() < SEAL_BATCH && offset < len {
-            let n = usize::try_from((len - offset).min(piece as u64)).unwrap_or(piece);
-            let mut buf = vec![0u8; n];
-            f.read_exact_at(&mut buf, offset)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            offset += n as u64;
-            pieces.push(buf);
-        }
-        let keys = writer.keys().clone();
-        let sealed: Vec<Result<blob::SealedBlob>> = pieces
-            .par_iter()
-            .map(|p| {
-                let id = keys.blob_id(p);
-                blob::seal(&keys, BlobKind::Data, id, p, level)
-            })
-            .collect();
-        for s in sealed {
-            let s = s?;
-            ids.push(s.id);
-            writer.add(s)?;
+    let mut stored: Vec<(Prepared, Node, Option<[u8; 32]>)> = Vec::new();
+    let (main_len, system_id, timeline) = (main.len, main.system_id, main.file.timeline());
+    let node = store_file(&mut writer, &main, piece, None)?;
+    stored.push((main, node, None));
+    for extra in extras {
+        let mut hasher = blake3::Hasher::new();
+        match store_file(&mut writer, &extra, piece, Some(&mut hasher)) {
+            Ok(node) => {
+                let digest = *hasher.finalize().as_bytes();
+                stored.push((extra, node, Some(digest)));
+            }
+            // Its blobs may sit in a pack no snapshot refers to; a prune frees them.
+            Err(e) => tracing::info!("not pushing {} ahead: {e}", extra.name),
         }
     }
-    // The file node and the folders above it.
-    let mut node = stream_node(name, len);
-    // The file's last write bounds the time of the newest record it holds: status and
-    // restore use it to tell whether a moment is covered by the archive.
-    node.mtime = Time(meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0));
-    set_content(&mut writer, &mut node, ids)?;
-    let path_in_tree = tree_path(&file);
-    let mut child = node;
-    for folder in path_in_tree.iter().rev().skip(1) {
-        let tree = Tree { nodes: vec![child] };
-        let id = writer.add_plain(BlobKind::Tree, &to_cbor(&tree)?)?;
-        child = dir_node(folder, id);
-    }
-    let root = writer.add_plain(BlobKind::Tree, &to_cbor(&Tree { nodes: vec![child] })?)?;
+    let (root, dirs) = build_tree(
+        &mut writer,
+        stored
+            .iter()
+            .map(|(p, n, _)| (&p.file, n.clone()))
+            .collect(),
+    )?;
     let stats = writer.finish()?;
 
+    let total: u64 = stored.iter().map(|(p, _, _)| p.len).sum();
+    let first = stored.iter().map(|(p, _, _)| p.name.clone()).min();
+    let last = stored.iter().map(|(p, _, _)| p.name.clone()).max();
     let snapshot = wal_snapshot(
         repo,
         root,
         Summary {
-            files: 1,
-            dirs: path_in_tree.len().saturating_sub(1) as u64,
-            files_new: 1,
-            total_bytes: len,
-            bytes_read: len,
+            files: stored.len() as u64,
+            dirs,
+            files_new: stored.len() as u64,
+            total_bytes: total,
+            bytes_read: total,
             blobs_added: stats.blobs_added,
             bytes_added: stats.bytes_added,
             bytes_stored: stats.bytes_stored,
@@ -283,8 +355,8 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             ..Summary::default()
         },
         system_id,
-        file.timeline(),
-        (Some(name.to_string()), Some(name.to_string())),
+        timeline,
+        (first, last),
     );
     if !lease.held() {
         // Nothing this push stored was deduplicated against the index, so a sweep could
@@ -295,16 +367,143 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     if let Err(e) = lease.release() {
         tracing::warn!("cannot remove the push's lease (it expires by itself): {e}");
     }
-    // The file is durable: a failed merge costs only a longer listing until the next push.
+    // The files are durable: a failed merge costs only a longer listing until the next push.
     if catalog.snapshots.len() + 1 > super::consolidate::CONSOLIDATE_AT {
         if let Err(e) = super::consolidate::consolidate_if_due(repo) {
             tracing::warn!("merging the wal snapshots failed (the next push tries again): {e}");
         }
     }
-    Ok(Pushed::Stored {
-        snapshot: id,
-        bytes: len,
+    let ahead = stored
+        .iter()
+        .filter_map(|(p, _, digest)| {
+            digest.map(|digest| PushedAhead {
+                name: p.name.clone(),
+                size: p.len,
+                digest,
+                snapshot: id,
+            })
+        })
+        .collect();
+    Ok(PushReport {
+        pushed: Pushed::Stored {
+            snapshot: id,
+            bytes: main_len,
+        },
+        ahead,
     })
+}
+
+/// The file at `path` prepared to be pushed ahead of `main`, or `None` (logged) when it
+/// must be left for PostgreSQL to ask for: not a plain segment after `main` on its
+/// timeline, unreadable, a bad header, or a name the catalog already holds (a push of it
+/// must compare contents, which PostgreSQL's own call will do).
+fn prepare_ahead(
+    repo: &Repository,
+    catalog: &Catalog,
+    main: &Prepared,
+    path: &Path,
+) -> Option<Prepared> {
+    let skip = |why: String| {
+        tracing::info!("not pushing {} ahead: {why}", path.display());
+        None
+    };
+    let p = match prepare(path, main.system_id) {
+        Ok(p) => p,
+        Err(e) => return skip(e.to_string()),
+    };
+    if !matches!(p.file, WalFile::Segment(_))
+        || p.file.timeline() != main.file.timeline()
+        || p.name <= main.name
+    {
+        return skip("not a later segment of the same timeline".into());
+    }
+    match catalog.find(repo, &p.file) {
+        Ok(None) => Some(p),
+        Ok(Some(_)) => skip("already archived".into()),
+        Err(e) => skip(e.to_string()),
+    }
+}
+
+/// Stores the content of `p` through `writer` (cut at fixed offsets into pieces of
+/// `piece` bytes, sealed in parallel), feeding its bytes to `hasher` in order; returns its
+/// file node.
+fn store_file(
+    writer: &mut BlobWriter,
+    p: &Prepared,
+    piece: usize,
+    mut hasher: Option<&mut blake3::Hasher>,
+) -> Result<Node> {
+    let level = writer.level();
+    let mut ids = Vec::new();
+    let mut offset = 0u64;
+    while offset < p.len {
+        // Read a batch of pieces, seal them in parallel, add them in order.
+        let mut pieces = Vec::with_capacity(SEAL_BATCH);
+        while pieces.len() < SEAL_BATCH && offset < p.len {
+            let n = usize::try_from((p.len - offset).min(piece as u64)).unwrap_or(piece);
+            let mut buf = vec![0u8; n];
+            p.f.read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::io(format!("reading {}", p.path.display()), e))?;
+            offset += n as u64;
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&buf);
+            }
+            pieces.push(buf);
+        }
+        let keys = writer.keys().clone();
+        let sealed: Vec<Result<blob::SealedBlob>> = pieces
+            .par_iter()
+            .map(|b| {
+                let id = keys.blob_id(b);
+                blob::seal(&keys, BlobKind::Data, id, b, level)
+            })
+            .collect();
+        for s in sealed {
+            let s = s?;
+            ids.push(s.id);
+            writer.add(s)?;
+        }
+    }
+    let mut node = stream_node(&p.name, p.len);
+    node.mtime = p.mtime;
+    set_content(writer, &mut node, ids)?;
+    Ok(node)
+}
+
+/// Writes the folders of a `wal` snapshot holding `files` (`<timeline>/<log>/<name>`,
+/// `<timeline>/<name>` for a `.history` file); returns the root tree and the folder count.
+fn build_tree(writer: &mut BlobWriter, files: Vec<(&WalFile, Node)>) -> Result<(Id, u64)> {
+    // Timeline folder -> (log folder -> files, files directly in the timeline folder).
+    type Folder = (BTreeMap<String, Vec<Node>>, Vec<Node>);
+    let mut timelines: BTreeMap<String, Folder> = BTreeMap::new();
+    for (file, node) in files {
+        let mut path = tree_path(file);
+        path.pop();
+        let timeline = path.first().cloned().unwrap_or_default();
+        let entry = timelines.entry(timeline).or_default();
+        match path.get(1) {
+            Some(log) => entry.0.entry(log.clone()).or_default().push(node),
+            None => entry.1.push(node),
+        }
+    }
+    let mut dirs = 0u64;
+    let mut root_nodes = Vec::new();
+    for (timeline, (logs, mut nodes)) in timelines {
+        for (log, files) in logs {
+            let mut tree = Tree { nodes: files };
+            tree.canonicalize()?;
+            let id = writer.add_plain(BlobKind::Tree, &to_cbor(&tree)?)?;
+            nodes.push(dir_node(&log, id));
+            dirs += 1;
+        }
+        let mut tree = Tree { nodes };
+        tree.canonicalize()?;
+        let id = writer.add_plain(BlobKind::Tree, &to_cbor(&tree)?)?;
+        root_nodes.push(dir_node(&timeline, id));
+        dirs += 1;
+    }
+    let root = writer.add_plain(BlobKind::Tree, &to_cbor(&Tree { nodes: root_nodes })?)?;
+    Ok((root, dirs))
 }
 
 /// Reads up to `buf.len()` bytes from the start of `f`; returns how many it read.
@@ -369,84 +568,4 @@ pub(crate) fn dir_node(name: &str, subtree: Id) -> Node {
         subtree: Some(subtree),
         ..stream_node(name, 0)
     }
-}
-
-/// What a fetch found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetched {
-    /// The whole file is at the destination, verified.
-    Written { bytes: u64 },
-    /// The repository answered and holds no file of this name.
-    Absent,
-}
-
-/// Writes the archived WAL file `name` (PostgreSQL's `%f`) to `dest` (`%p`). The file is
-/// written under a temporary name beside `dest` and renamed into place only when complete
-/// and of the archived size, so PostgreSQL never sees a short file. Every blob is
-/// authenticated and checked against its id on the way.
-///
-/// `Absent` is returned only when the catalog was read completely and holds no such name;
-/// any failure to decide (storage, keys, damage) is an error, which the caller must not
-/// report as absent.
-pub fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Fetched> {
-    let file = WalFile::parse(name)?;
-    let catalog = Catalog::load(repo)?;
-    let Some((_, node)) = catalog.find(repo, &file)? else {
-        return Ok(Fetched::Absent);
-    };
-    let ids = repo.file_content(&node)?;
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
-    let tmp_name = format!(
-        ".{}.cairn-{}.tmp",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal"),
-        Id::random()?.short()
-    );
-    let tmp = match dir {
-        Some(d) => d.join(&tmp_name),
-        None => Path::new(&tmp_name).to_path_buf(),
-    };
-    let written = write_all_blobs(repo, &ids, &tmp);
-    let written = match written {
-        Ok(n) if n == node.size => Ok(n),
-        Ok(n) => Err(Error::corrupt(format!(
-            "{name}: the archive's content is {n} bytes, its record says {}",
-            node.size
-        ))),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = written.and_then(|n| {
-        std::fs::rename(&tmp, dest)
-            .map_err(|e| Error::io(format!("moving {name} into place at {}", dest.display()), e))
-            .map(|()| n)
-    }) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(Fetched::Written { bytes: node.size })
-}
-
-/// Writes the blobs in order to a new file at `path`; returns the bytes written.
-fn write_all_blobs(repo: &Repository, ids: &[Id], path: &Path) -> Result<u64> {
-    use std::io::Write;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let mut total = 0u64;
-    for batch in ids.chunks(SEAL_BATCH) {
-        let blobs: Vec<Result<Vec<u8>>> = batch
-            .par_iter()
-            .map(|id| repo.read_blob(BlobKind::Data, id))
-            .collect();
-        for b in blobs {
-            let b = b?;
-            out.write_all(&b)
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-            total += b.len() as u64;
-        }
-    }
-    out.flush()
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    Ok(total)
 }
