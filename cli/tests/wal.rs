@@ -732,6 +732,45 @@ fn push_ahead_archives_ready_segments_in_one_commit_and_answers_from_the_spool()
 }
 
 #[test]
+fn a_fetch_command_line_that_cannot_be_parsed_stops_recovery() {
+    // PostgreSQL reads any exit code below 126 as "no such file" and ends recovery there.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env_clear()
+            .env("HOME", dir.path())
+            .envs(vars.iter().copied())
+            .current_dir(dir.path())
+            .args(args);
+        run_timeout(c, RUN)
+    };
+    let name = "000000010000000000000003";
+    let unknown_option = ["wal", "fetch", name, "RECOVERYXLOG", "--no-such-option"];
+    expect_code(
+        &run(&unknown_option, &[]),
+        128,
+        "fetch with an unknown option",
+    );
+    expect_code(
+        &run(
+            &["wal", "fetch", name, "RECOVERYXLOG"],
+            &[("CAIRN_LEASE_TTL", "x")],
+        ),
+        128,
+        "fetch with a bad value in the environment",
+    );
+    expect_code(&run(&["wal", "fetch", name], &[]), 128, "fetch without %p");
+    expect_code(&run(&["wal", "fetch", "--help"], &[]), 0, "fetch --help");
+    expect_code(&run(&["wal", "push"], &[]), 2, "push without %p");
+    std::fs::write(dir.path().join("standby.signal"), b"").unwrap();
+    expect_code(
+        &run(&unknown_option, &[]),
+        1,
+        "fetch with an unknown option in standby mode",
+    );
+}
+
+#[test]
 fn a_spool_shared_by_two_repositories_never_answers_for_the_other() {
     let Some(_pg) = Pg::require() else { return };
     // One cluster archived into two repositories, one after the other in archive_command,

@@ -239,7 +239,7 @@ fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Sp
             1
         }
         Err(e) => {
-            let standby = std::path::Path::new("standby.signal").exists();
+            let standby = in_standby();
             eprintln!(
                 "error: cairn wal fetch {name}: {} ({})",
                 crate::error_text(&e),
@@ -255,6 +255,22 @@ fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Sp
                 EXIT_FETCH_UNKNOWN
             }
         }
+    }
+}
+
+/// Whether restore_command runs for a standby (`standby.signal` in its working directory,
+/// the data directory).
+fn in_standby() -> bool {
+    std::path::Path::new("standby.signal").exists()
+}
+
+/// The exit code of a fetch that cannot tell whether the file exists: 128, or 1 in standby
+/// mode (a standby asks again).
+pub fn fetch_unknown_exit() -> i32 {
+    if in_standby() {
+        1
+    } else {
+        EXIT_FETCH_UNKNOWN
     }
 }
 
