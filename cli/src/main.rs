@@ -121,9 +121,28 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The command line. A usage error exits 2, except for `wal fetch`: PostgreSQL takes any
+/// exit code below 126 from restore_command for "no such file" and would end recovery there
+/// (promoting the cluster without the rest of the archive), so a restore_command it cannot
+/// even parse exits as one that cannot tell ([`commands::wal::fetch_unknown_exit`]).
+fn parse_args() -> args::Cli {
+    match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let words: Vec<String> = std::env::args().skip(1).collect();
+            let is_fetch = words.windows(2).any(|w| w[0] == "wal" && w[1] == "fetch");
+            if is_fetch && e.use_stderr() {
+                let _ = e.print();
+                std::process::exit(commands::wal::fetch_unknown_exit());
+            }
+            e.exit()
+        }
+    }
+}
+
 fn main() {
     limit_malloc_arenas();
-    let cli = args::Cli::parse();
+    let cli = parse_args();
     // A WAL command's exit code is its whole answer to PostgreSQL: a closed stdout must
     // never turn a failed or unfinished push into 0.
     if !matches!(cli.command, args::Command::Wal(_)) {

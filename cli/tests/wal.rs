@@ -732,6 +732,97 @@ fn push_ahead_archives_ready_segments_in_one_commit_and_answers_from_the_spool()
 }
 
 #[test]
+fn a_fetch_command_line_that_cannot_be_parsed_stops_recovery() {
+    // PostgreSQL reads any exit code below 126 as "no such file" and ends recovery there.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env_clear()
+            .env("HOME", dir.path())
+            .envs(vars.iter().copied())
+            .current_dir(dir.path())
+            .args(args);
+        run_timeout(c, RUN)
+    };
+    let name = "000000010000000000000003";
+    let unknown_option = ["wal", "fetch", name, "RECOVERYXLOG", "--no-such-option"];
+    expect_code(
+        &run(&unknown_option, &[]),
+        128,
+        "fetch with an unknown option",
+    );
+    expect_code(
+        &run(
+            &["wal", "fetch", name, "RECOVERYXLOG"],
+            &[("CAIRN_LEASE_TTL", "x")],
+        ),
+        128,
+        "fetch with a bad value in the environment",
+    );
+    expect_code(&run(&["wal", "fetch", name], &[]), 128, "fetch without %p");
+    expect_code(&run(&["wal", "fetch", "--help"], &[]), 0, "fetch --help");
+    expect_code(&run(&["wal", "push"], &[]), 2, "push without %p");
+    std::fs::write(dir.path().join("standby.signal"), b"").unwrap();
+    expect_code(
+        &run(&unknown_option, &[]),
+        1,
+        "fetch with an unknown option in standby mode",
+    );
+}
+
+#[test]
+fn a_spool_shared_by_two_repositories_never_answers_for_the_other() {
+    let Some(_pg) = Pg::require() else { return };
+    // One cluster archived into two repositories, one after the other in archive_command,
+    // both with the same spool folder (CAIRN_WAL_SPOOL).
+    let (a, b) = (Archive::new(), Archive::new());
+    let work = postgres_tempdir();
+    let (archive, _) = real_wal(work.path());
+    let all = names_in(&archive);
+    let segments: Vec<&String> = all.iter().filter(|n| is_segment_name(n)).collect();
+    assert!(segments.len() >= 2, "archived: {all:?}");
+    let shared = work.path().join("spool");
+    let push = |arc: &Archive, file: &Path| {
+        let mut c = arc.cmd();
+        c.env("CAIRN_WAL_SPOOL", &shared)
+            .args(["wal", "push"])
+            .arg(file);
+        run_timeout(c, RUN)
+    };
+    let pg_wal = pg_wal_with_ready(work.path(), &archive, &segments[..1]);
+    let (first, second) = (segments[0].as_str(), segments[1].as_str());
+    expect_code(&push(&a, &pg_wal.join(first)), 0, "push to A");
+    // The next segment is marked ready between the push to A and the push to B: B takes it
+    // ahead.
+    copy_as(&archive.join(second), &pg_wal, second);
+    write_as(
+        &pg_wal.join("archive_status"),
+        &format!("{second}.ready"),
+        b"",
+    );
+    expect_code(&push(&b, &pg_wal.join(first)), 0, "push to B");
+    // PostgreSQL's call for it: A must store it, not take B's record for its own.
+    expect_code(
+        &push(&a, &pg_wal.join(second)),
+        0,
+        "push of the next segment to A",
+    );
+    expect_code(
+        &push(&b, &pg_wal.join(second)),
+        0,
+        "push of the next segment to B",
+    );
+    for arc in [&a, &b] {
+        assert_eq!(
+            arc.fetched(second),
+            std::fs::read(archive.join(second)).unwrap(),
+            "{second} in {}",
+            arc.repo().display()
+        );
+    }
+}
+
+#[test]
 fn fetch_prefetches_the_next_segments_into_the_spool() {
     let Some(_pg) = Pg::require() else { return };
     let arc = Archive::new();

@@ -22,7 +22,7 @@ mod snapshots;
 mod stats;
 mod tag;
 mod tenant;
-mod wal;
+pub mod wal;
 
 use anyhow::Result;
 

@@ -58,21 +58,43 @@ pub fn run(ctx: &Context, cmd: WalCommand) -> Result<i32> {
             prefetch,
             spool_for(ctx, spool).as_ref(),
         )),
-        WalCommand::Prefetch { spool, files } => run_prefetch(ctx, &Spool::new(spool), files),
+        WalCommand::Prefetch { spool, files } => {
+            let spool = match archive_key(ctx) {
+                Some(key) => Spool::new(spool).for_archive(key),
+                None => Spool::new(spool),
+            };
+            run_prefetch(ctx, &spool, files)
+        }
         WalCommand::List { timeline } => super::pg_status::list(ctx, timeline),
         WalCommand::Verify => super::pg_status::status(ctx),
     }
 }
 
 /// The spool: the one given, else a folder per repository location and tenant in the cache
-/// folder. Found without opening the repository (that is its point), so the tenant comes
-/// from `--tenant` or the key file's header. `None` when there is none to use (an in-memory
-/// repository, no cache folder, an unreadable key file): everything then goes through the
-/// repository.
+/// folder; either way it trusts only records written for this repository location and
+/// tenant (a folder given may be shared by pushes to several repositories). Found without
+/// opening the repository (that is its point), so the tenant comes from `--tenant` or the
+/// key file's header. `None` when there is none to use (an in-memory repository, no cache
+/// folder, an unreadable key file): everything then goes through the repository.
 fn spool_for(ctx: &Context, given: Option<PathBuf>) -> Option<Spool> {
+    let (repo, tenant) = archive_of(ctx)?;
+    let key = Spool::archive_key(&repo, &tenant);
     if let Some(dir) = given {
-        return Some(Spool::new(std::path::absolute(&dir).unwrap_or(dir)));
+        return Some(Spool::new(std::path::absolute(&dir).unwrap_or(dir)).for_archive(key));
     }
+    let cache = ctx.global.cache_dir.clone().or_else(default_cache_dir)?;
+    let cache = std::path::absolute(&cache).ok()?;
+    Some(Spool::new(Spool::default_dir(&cache, &repo, &tenant)).for_archive(key))
+}
+
+/// The key naming this command's repository location and tenant in spool records.
+fn archive_key(ctx: &Context) -> Option<String> {
+    archive_of(ctx).map(|(repo, tenant)| Spool::archive_key(&repo, &tenant))
+}
+
+/// The absolute location of the local repository and the tenant, found without opening the
+/// repository.
+fn archive_of(ctx: &Context) -> Option<(String, String)> {
     let (location, default) = ctx.location().ok()?;
     let Location::Local(repo) = location else {
         return None;
@@ -85,14 +107,8 @@ fn spool_for(ctx: &Context, given: Option<PathBuf>) -> Option<Spool> {
             None => ctx.tenant(),
         },
     };
-    let cache = ctx.global.cache_dir.clone().or_else(default_cache_dir)?;
-    let cache = std::path::absolute(&cache).ok()?;
     let repo = std::path::absolute(&repo).ok()?;
-    Some(Spool::new(Spool::default_dir(
-        &cache,
-        &repo.to_string_lossy(),
-        &tenant,
-    )))
+    Some((repo.to_string_lossy().into_owned(), tenant))
 }
 
 fn push(ctx: &Context, path: &Path, ahead: usize, spool: Option<&Spool>) -> i32 {
@@ -175,6 +191,12 @@ fn pushed_before(spool: &Spool, name: &str, path: &Path) -> bool {
             spool.forget_pushed(name);
             false
         }
+        Ok(PushCheck::OtherArchive) => {
+            tracing::info!(
+                "the spool's record of {name} was written for another repository or tenant; asking the repository"
+            );
+            false
+        }
         Ok(PushCheck::Differs) => {
             tracing::warn!(
                 "{} differs from what was archived ahead under its name; asking the repository",
@@ -217,7 +239,7 @@ fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Sp
             1
         }
         Err(e) => {
-            let standby = std::path::Path::new("standby.signal").exists();
+            let standby = in_standby();
             eprintln!(
                 "error: cairn wal fetch {name}: {} ({})",
                 crate::error_text(&e),
@@ -233,6 +255,22 @@ fn fetch(ctx: &Context, name: &str, dest: &Path, ahead: usize, spool: Option<&Sp
                 EXIT_FETCH_UNKNOWN
             }
         }
+    }
+}
+
+/// Whether restore_command runs for a standby (`standby.signal` in its working directory,
+/// the data directory).
+fn in_standby() -> bool {
+    std::path::Path::new("standby.signal").exists()
+}
+
+/// The exit code of a fetch that cannot tell whether the file exists: 128, or 1 in standby
+/// mode (a standby asks again).
+pub fn fetch_unknown_exit() -> i32 {
+    if in_standby() {
+        1
+    } else {
+        EXIT_FETCH_UNKNOWN
     }
 }
 

@@ -59,7 +59,9 @@ pub struct Record {
 }
 
 impl Record {
-    fn encode(&self) -> String {
+    /// The record's text; `archive` (the key of the repository and tenant it was written
+    /// for) is its last line when given.
+    fn encode(&self, archive: Option<&str>) -> String {
         let mut s = format!(
             "{MAGIC}\nname {}\nsize {}\nblake3 {}\n",
             self.name,
@@ -69,11 +71,15 @@ impl Record {
         if let Some(id) = &self.snapshot {
             s.push_str(&format!("snapshot {}\n", id.to_hex()));
         }
+        if let Some(key) = archive {
+            s.push_str(&format!("archive {key}\n"));
+        }
         s
     }
 
-    /// The record in `text`, or `None` when it is not a whole, well-formed record.
-    fn decode(text: &str) -> Option<Record> {
+    /// The record in `text` and the archive key it names, or `None` when it is not a
+    /// whole, well-formed record.
+    fn decode(text: &str) -> Option<Keyed> {
         let mut lines = text.lines();
         if lines.next()? != MAGIC {
             return None;
@@ -87,20 +93,32 @@ impl Record {
         let name = field("name")?;
         let size = field("size")?.parse().ok()?;
         let digest: [u8; 32] = hex::decode(field("blake3")?).ok()?.try_into().ok()?;
-        // The snapshot line is optional; when present it must be an id.
-        let snapshot = match lines.next() {
-            None => None,
-            Some(line) => Some(Id::from_hex(line.strip_prefix("snapshot ")?).ok()?),
-        };
-        if lines.next().is_some() || !text.ends_with('\n') {
+        // The snapshot and archive lines are optional, in this order; a snapshot must be
+        // an id, an archive key is not empty.
+        let mut next = lines.next();
+        let mut snapshot = None;
+        if let Some(hex) = next.and_then(|l| l.strip_prefix("snapshot ")) {
+            snapshot = Some(Id::from_hex(hex).ok()?);
+            next = lines.next();
+        }
+        let mut archive = None;
+        if let Some(key) = next.and_then(|l| l.strip_prefix("archive ")) {
+            archive = Some(key.to_string()).filter(|k| !k.is_empty());
+            archive.as_ref()?;
+            next = lines.next();
+        }
+        if next.is_some() || !text.ends_with('\n') {
             return None;
         }
-        Some(Record {
-            name,
-            size,
-            digest,
-            snapshot,
-        })
+        Some((
+            Record {
+                name,
+                size,
+                digest,
+                snapshot,
+            },
+            archive,
+        ))
     }
 }
 
@@ -135,30 +153,64 @@ pub enum PushCheck {
     Damaged,
     /// A record exists for other bytes.
     Differs,
+    /// A record exists, written for another repository or tenant sharing this spool folder:
+    /// it says nothing of this archive.
+    OtherArchive,
 }
 
 /// A spool folder (see the module's comment).
+///
+/// A spool knows the archive (repository location and tenant) it is used for, when it was
+/// given with [`Spool::for_archive`]: every record it writes names that archive, and it
+/// trusts only records naming it. A folder given by the user (`--spool`, `CAIRN_WAL_SPOOL`)
+/// may be shared by the pushes to two repositories of one cluster; a record that one of them
+/// holds a segment must never answer for the other.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    archive: Option<String>,
 }
 
 impl Spool {
     pub fn new(dir: impl Into<PathBuf>) -> Spool {
-        Spool { dir: dir.into() }
+        Spool {
+            dir: dir.into(),
+            archive: None,
+        }
     }
 
-    /// The default spool of a repository location and tenant, in the cache folder: one
-    /// folder per (location, tenant), so two archives never share records.
-    pub fn default_dir(cache_dir: &Path, location: &str, tenant: &str) -> PathBuf {
+    /// This spool, used for the archive whose [`Spool::archive_key`] is `key`.
+    pub fn for_archive(mut self, key: String) -> Spool {
+        self.archive = Some(key);
+        self
+    }
+
+    /// The key of a repository location and tenant: it names the archive in records.
+    pub fn archive_key(location: &str, tenant: &str) -> String {
         let mut key = Vec::new();
         for part in ["cairn wal spool", location, tenant] {
             key.extend_from_slice(part.as_bytes());
             key.push(0);
         }
+        Id::of_bytes(&key).to_hex()
+    }
+
+    /// The default spool of a repository location and tenant, in the cache folder: one
+    /// folder per (location, tenant), so two archives never share records.
+    pub fn default_dir(cache_dir: &Path, location: &str, tenant: &str) -> PathBuf {
         cache_dir
             .join("wal-spool")
-            .join(&Id::of_bytes(&key).to_hex()[..32])
+            .join(&Self::archive_key(location, tenant)[..32])
+    }
+
+    /// The record in the file at `path`, as [`read_record`] reads it, when it was written
+    /// for this spool's archive; a record of another archive is `Some(Err(()))`.
+    fn read_own(&self, path: &Path) -> Result<Option<std::result::Result<Option<Record>, ()>>> {
+        Ok(read_record(path)?.map(|parsed| match parsed {
+            None => Ok(None),
+            Some((record, archive)) if archive == self.archive => Ok(Some(record)),
+            Some(_) => Err(()),
+        }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -198,14 +250,21 @@ impl Spool {
     /// snapshot holding it was saved.
     pub fn record_pushed(&self, record: &Record) -> Result<()> {
         let dir = self.sub(PUSH)?;
-        write_new(&dir, &record.name, record.encode().as_bytes())
+        write_new(
+            &dir,
+            &record.name,
+            record.encode(self.archive.as_deref()).as_bytes(),
+        )
     }
 
     /// Whether the file at `path` (named `name`) is recorded as archived with these bytes.
     pub fn check_pushed(&self, name: &str, path: &Path) -> Result<PushCheck> {
         let dir = self.sub(PUSH)?;
-        let Some(record) = read_record(&dir.join(name))? else {
+        let Some(record) = self.read_own(&dir.join(name))? else {
             return Ok(PushCheck::NoRecord);
+        };
+        let Ok(record) = record else {
+            return Ok(PushCheck::OtherArchive);
         };
         let Some(record) = record.filter(|r| r.name == name) else {
             return Ok(PushCheck::Damaged);
@@ -273,11 +332,16 @@ impl Spool {
     ) -> Result<Option<u64>> {
         let dir = self.sub(FETCH)?;
         let data = dir.join(name);
-        let record = match read_record(&dir.join(format!("{name}.b3")))? {
+        let record = match self.read_own(&dir.join(format!("{name}.b3")))? {
             // The prefetcher records a file before it renames it into place, so a file
             // without a record is not whole (or not there).
             None => return Ok(None),
-            Some(Some(r)) if r.name == name => r,
+            Some(Ok(Some(r))) if r.name == name => r,
+            Some(Err(())) => {
+                tracing::warn!("the spool's copy of {name} was fetched from another repository or tenant; fetching from the repository");
+                self.drop_fetched(name);
+                return Ok(None);
+            }
             Some(_) => {
                 tracing::warn!(
                     "the spool's record of {name} is damaged; fetching from the repository"
@@ -361,7 +425,11 @@ impl Spool {
                 digest,
                 snapshot: None,
             };
-            write_new(&dir, &format!("{name}.b3"), record.encode().as_bytes())?;
+            write_new(
+                &dir,
+                &format!("{name}.b3"),
+                record.encode(self.archive.as_deref()).as_bytes(),
+            )?;
             std::fs::rename(&tmp, dir.join(name))
                 .map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
             Ok(size)
@@ -448,9 +516,12 @@ fn of_cluster(path: &Path, name: &str, system_id: u64) -> bool {
     read.is_ok() && SegmentHeader::parse(&first, name).is_ok_and(|h| h.system_id == system_id)
 }
 
+/// A record and the archive key it names.
+type Keyed = (Record, Option<String>);
+
 /// `Ok(None)` when there is no file at `path`; `Ok(Some(None))` when there is one that is
-/// not a record.
-fn read_record(path: &Path) -> Result<Option<Option<Record>>> {
+/// not a record; else the record and the archive key it names.
+fn read_record(path: &Path) -> Result<Option<Option<Keyed>>> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -559,16 +630,83 @@ mod tests {
             digest: [7; 32],
             snapshot: Some(Id([9; 32])),
         };
-        let text = r.encode();
-        assert_eq!(Record::decode(&text), Some(r.clone()));
+        let text = r.encode(None);
+        assert_eq!(Record::decode(&text), Some((r.clone(), None)));
         assert_eq!(Record::decode(&text[..text.len() - 3]), None);
         assert_eq!(Record::decode(&text.replace("blake3 07", "blake3 0")), None);
         assert_eq!(Record::decode(""), None);
+        let keyed = r.encode(Some("abc"));
+        assert_eq!(
+            Record::decode(&keyed),
+            Some((r.clone(), Some("abc".to_string())))
+        );
+        assert_eq!(
+            Record::decode(&keyed.replace("archive abc", "archive ")),
+            None
+        );
         let no_snapshot = Record {
             snapshot: None,
             ..r
         };
-        assert_eq!(Record::decode(&no_snapshot.encode()), Some(no_snapshot));
+        assert_eq!(
+            Record::decode(&no_snapshot.encode(Some("k"))),
+            Some((no_snapshot.clone(), Some("k".to_string())))
+        );
+        assert_eq!(
+            Record::decode(&no_snapshot.encode(None)),
+            Some((no_snapshot, None))
+        );
+    }
+
+    #[test]
+    fn a_record_answers_only_for_the_archive_it_was_written_for() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("spool");
+        let a = Spool::new(&dir).for_archive(Spool::archive_key("/repo/a", "db"));
+        let b = Spool::new(&dir).for_archive(Spool::archive_key("/repo/b", "db"));
+        let other_tenant = Spool::new(&dir).for_archive(Spool::archive_key("/repo/a", "db2"));
+        let name = "000000010000000000000005";
+        let file = d.path().join(name);
+        std::fs::write(&file, b"segment bytes").unwrap();
+        let (size, digest) = digest_file(&file).unwrap();
+        let rec = Record {
+            name: name.into(),
+            size,
+            digest,
+            snapshot: None,
+        };
+        b.record_pushed(&rec).unwrap();
+        assert_eq!(
+            a.check_pushed(name, &file).unwrap(),
+            PushCheck::OtherArchive
+        );
+        assert_eq!(
+            b.check_pushed(name, &file).unwrap(),
+            PushCheck::Archived(rec.clone())
+        );
+        // A record without an archive (an older spool) answers for none.
+        Spool::new(&dir).record_pushed(&rec).unwrap();
+        assert_eq!(
+            a.check_pushed(name, &file).unwrap(),
+            PushCheck::OtherArchive
+        );
+
+        // Prefetched files likewise.
+        a.store_fetched(name, |p| {
+            std::fs::write(p, b"wal bytes").unwrap();
+            Ok(9)
+        })
+        .unwrap();
+        let dest = d.path().join("RECOVERYXLOG");
+        assert_eq!(other_tenant.take_fetched(name, &dest, None).unwrap(), None);
+        assert!(!dest.exists());
+        assert!(!a.has_fetched(name), "another archive's copy is removed");
+        a.store_fetched(name, |p| {
+            std::fs::write(p, b"wal bytes").unwrap();
+            Ok(9)
+        })
+        .unwrap();
+        assert_eq!(a.take_fetched(name, &dest, None).unwrap(), Some(9));
     }
 
     #[test]

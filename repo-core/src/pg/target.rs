@@ -96,9 +96,23 @@ pub fn shell_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// A string literal of postgresql.conf.
+/// A string literal of postgresql.conf. PostgreSQL's configuration lexer reads a backslash
+/// in a quoted value as an escape (`\\` for one backslash, `\n` for a newline) and a quoted
+/// value cannot span lines; a quote is doubled.
 fn conf_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str(r"\\"),
+            '\n' => out.push_str(r"\n"),
+            '\r' => out.push_str(r"\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The recovery settings for a restore: restore_command is `command` (shell words, `%`
@@ -154,6 +168,29 @@ pub fn recovery_settings(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conf_literals_escape_what_the_configuration_lexer_reads() {
+        assert_eq!(conf_literal("plain"), "'plain'");
+        assert_eq!(conf_literal("it's"), "'it''s'");
+        assert_eq!(conf_literal(r"a\b"), r"'a\\b'");
+        assert_eq!(conf_literal("a\nb\rc"), r"'a\nb\rc'");
+        // A path with a quote becomes a shell word with a backslash in it.
+        let settings = recovery_settings(
+            &[
+                "/usr/bin/cairn".into(),
+                "-r".into(),
+                "/srv/o'neil repo".into(),
+            ],
+            &Target::Latest,
+            Action::Promote,
+            "latest",
+            false,
+        );
+        let want =
+            r"restore_command = '/usr/bin/cairn -r ''/srv/o''\\''''neil repo'' wal fetch %f %p'";
+        assert!(settings.contains(want), "{settings}");
+    }
 
     #[test]
     fn times_in_every_accepted_form_mean_the_same_moment() {
