@@ -264,6 +264,35 @@ fn a_restore_refuses_what_it_cannot_do_and_writes_nothing() {
     assert!(text(&out).contains("not empty"), "{}", text(&out));
     assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
 
+    // Run by root with a key file only root can read: the cluster's owner could not fetch
+    // a single segment, so nothing is restored.
+    if common::pg::is_root() {
+        let private = tempfile::tempdir().unwrap();
+        let key = private.path().join("root.key");
+        std::fs::copy(arc.key(), &key).unwrap();
+        let data = w.join("as-root");
+        let mut c = std::process::Command::new(&arc.cairn);
+        c.env_clear()
+            .envs(arc.base_vars())
+            .args([
+                "-r",
+                arc.repo().to_str().unwrap(),
+                "--key-file",
+                key.to_str().unwrap(),
+            ])
+            .args([
+                "--no-cache",
+                "pg",
+                "restore",
+                "--pgdata",
+                data.to_str().unwrap(),
+            ]);
+        let out = common::pg::run_timeout(c, Duration::from_secs(120));
+        assert_eq!(code(&out), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("cannot read"), "{}", text(&out));
+        assert!(!data.exists(), "a refused restore wrote files");
+    }
+
     // Bad targets are usage errors.
     let out = arc.restore(&w.join("x"), &["--target-time", "yesterday-ish"]);
     assert_ne!(code(&out), Some(0));

@@ -44,6 +44,9 @@ pub struct PgRestoreOptions {
     /// Stop just before the target instead of just after.
     pub exclusive: bool,
     /// The program and global options restore_command runs (`wal fetch %f %p` is added).
+    /// When a restore runs as root, the cluster's owner must be able to read the program
+    /// and a `--key-file` or `--password-file` it names, or recovery would stop at its
+    /// first fetch: that is checked before anything is written.
     pub command: Vec<String>,
 }
 
@@ -70,6 +73,9 @@ pub fn restore(
     let Choice { id, snapshot, wal } =
         choose(repo, &opts.target, &opts.timeline, opts.snapshot.as_ref())?;
     let base = snapshot.pg.clone().unwrap_or_default();
+    if crate::sys::is_root() {
+        check_owner_can_fetch(repo, &snapshot, &fetch_needs(&opts.command))?;
+    }
     prepare_dir(pgdata)?;
 
     let all_but_control = RestoreOptions {
@@ -148,6 +154,80 @@ fn give_to_cluster_owner(pgdata: &Path) -> Result<()> {
     ] {
         std::os::unix::fs::chown(&p, owner.0, owner.1)
             .map_err(|e| Error::io(format!("giving {} to the cluster's owner", p.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The files a fetch command reads: the program, and a key or password file.
+fn fetch_needs(command: &[String]) -> Vec<std::path::PathBuf> {
+    let mut needs: Vec<std::path::PathBuf> = command
+        .first()
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .collect();
+    for pair in command.windows(2) {
+        if pair[0] == "--key-file" || pair[0] == "--password-file" {
+            needs.push(std::path::PathBuf::from(&pair[1]));
+        }
+    }
+    needs
+}
+
+/// Refuses a restore whose restore_command the cluster's owner (the owner of the base
+/// backup's `PG_VERSION`) could not run: a program or key file it cannot reach. Checked from
+/// the mode bits of each file and the folders above it (supplementary groups are not
+/// considered, so a file reachable only through one is refused too; give it to the owner).
+fn check_owner_can_fetch(
+    repo: &Repository,
+    snapshot: &crate::format::snapshot::Snapshot,
+    needs: &[std::path::PathBuf],
+) -> Result<()> {
+    let Some(version) = repo.resolve_path(&snapshot.tree, b"PG_VERSION")? else {
+        return Ok(());
+    };
+    let (uid, gid) = (version.uid, version.gid);
+    if uid == 0 {
+        return Ok(());
+    }
+    for path in needs {
+        if let Err(why) = reachable(path, uid, gid) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "PostgreSQL's restore_command runs as the cluster's owner (uid {uid}), who cannot read {}: {why}. \
+                     Nothing was restored; put it where that user can read it (a key file must be the user's own, mode 0600), \
+                     or run the restore as that user",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `uid`/`gid` can read `path` (and search every folder above it), by mode bits.
+fn reachable(path: &Path, uid: u32, gid: u32) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let allowed = |meta: &std::fs::Metadata, bit: u32| {
+        let mode = meta.mode();
+        if meta.uid() == uid {
+            mode & (bit << 6) != 0
+        } else if meta.gid() == gid {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    let abs = std::path::absolute(path).map_err(|e| e.to_string())?;
+    for dir in abs.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !allowed(&meta, 0o1) {
+            return Err(format!("it cannot enter {}", dir.display()));
+        }
+    }
+    let meta = std::fs::metadata(&abs).map_err(|e| e.to_string())?;
+    if !allowed(&meta, 0o4) {
+        return Err("it cannot read the file".to_string());
     }
     Ok(())
 }
