@@ -49,6 +49,11 @@ pub struct BasebackupArgs {
     /// The folder holding PostgreSQL's programs (pg_basebackup); the PATH when not given
     #[arg(long, env = "CAIRN_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
+    /// Give up when pg_basebackup sends nothing for this many seconds once data has
+    /// started (PostgreSQL waits for archive_command to archive the backup's last WAL
+    /// segment; a broken one would hold the backup forever); 0 waits
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub stall_timeout: u64,
     /// Add tags to the snapshot (repeatable, or comma separated)
     #[arg(long)]
     pub tag: Vec<String>,

@@ -233,6 +233,29 @@ fn broken_streams_and_failed_programs_save_nothing() {
     let foreign = tar(&good_stream(SYSID + 1));
     let err = run(&repo, program(dir.path(), "foreign", &foreign, 0)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    // A program that sends its data and then nothing (PostgreSQL waiting for a broken
+    // archive_command) is stopped after the stall limit.
+    let half = dir.path().join("half.tar");
+    std::fs::write(&half, &good[..good.len() / 2]).unwrap();
+    let hangs = dir.path().join("hangs");
+    std::fs::write(
+        &hangs,
+        format!("#!/bin/sh\ncat '{}'\nexec sleep 300\n", half.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hangs, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let opts = BasebackupOptions {
+        program: Some(hangs),
+        stall_timeout: Some(std::time::Duration::from_secs(1)),
+        ..BasebackupOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let err = basebackup(&repo, &opts, &BackupOptions::default(), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("archive_command"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "the stall was not noticed"
+    );
     // A program that cannot start.
     let err = run(&repo, dir.path().join("no-such-program")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Command, "{err}");

@@ -38,6 +38,8 @@ fn base(ctx: &Context, args: BasebackupArgs) -> Result<i32> {
         program: args.pg_bin.as_ref().map(|d| d.join("pg_basebackup")),
         connection,
         fast_checkpoint: args.checkpoint == Checkpoint::Fast,
+        stall_timeout: (args.stall_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.stall_timeout)),
     };
     let backup = BackupOptions {
         tags: args

@@ -15,9 +15,12 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::names::{Lsn, Segment, WalFile};
+use super::stall::{Watchdog, Watched};
 use super::tar_stream::TarStream;
 use super::tar_tree::{store_tar, Captured};
 use super::wal::Catalog;
@@ -43,6 +46,9 @@ pub struct BasebackupOptions {
     pub connection: Vec<String>,
     /// Ask for an immediate checkpoint rather than a spread one.
     pub fast_checkpoint: bool,
+    /// Give up when `pg_basebackup` sends nothing for this long once data has started
+    /// (PostgreSQL waiting for a broken archive_command, see `stall.rs`); `None` waits.
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 /// A base backup saved; `missing_wal` lists the segments whose absence made it incomplete.
@@ -109,19 +115,32 @@ pub fn basebackup(
         .stdout
         .take()
         .ok_or_else(|| Error::new(ErrorKind::Command, "no stdout pipe"))?;
-    let mut tar = TarStream::new(stdout);
+    let last = Arc::new(AtomicU64::new(0));
+    let dog = Watchdog::start(child.id(), started, last.clone(), opts.stall_timeout);
+    let mut tar = TarStream::new(Watched::new(stdout, started, last));
     let stored = store_tar(&mut a, &mut tar, &chunker);
     if stored.is_err() {
         // Stop pg_basebackup rather than leave it blocked on a full pipe.
         let _ = child.kill();
     } else {
         // Whatever follows the end-of-archive blocks is drained, so pg_basebackup can exit.
-        let mut rest = tar.into_inner();
+        let mut rest = tar.into_inner().into_inner();
         let _ = std::io::copy(&mut rest, &mut std::io::sink());
     }
+    let stalled = dog.finish();
     let status = child
         .wait()
         .map_err(|e| Error::io(format!("waiting for `{shown}`"), e))?;
+    if stalled {
+        return Err(Error::new(
+            ErrorKind::Command,
+            format!(
+                "`{shown}` sent nothing for {} s and was stopped: PostgreSQL ends a base backup only once archive_command has archived its last WAL segment \
+                 (see pg_stat_archiver and the server's log); no base backup was saved",
+                opts.stall_timeout.map(|d| d.as_secs()).unwrap_or(0)
+            ),
+        ));
+    }
     let (root, captured) = stored?;
     if !status.success() {
         return Err(Error::new(

@@ -15,6 +15,7 @@ pub mod push_ahead;
 pub mod recovery_plan;
 pub mod restore;
 pub mod spool;
+mod stall;
 pub mod status;
 mod tar_stream;
 mod tar_tree;
