@@ -396,3 +396,50 @@ fn a_second_base_backup_stores_only_what_changed() {
         text(&out)
     );
 }
+
+#[test]
+fn retention_keeps_what_a_window_needs_across_a_timeline_switch() {
+    let Some(_pg) = Pg::require() else { return };
+    let arc = PgArchive::new();
+    let work = postgres_tempdir();
+    let w = work.path();
+    let pg = archiving_cluster(&arc, &w.join("cluster"));
+    arc.basebackup(&pg);
+    mark(&pg, 1);
+    let t12 = moment_between(&pg);
+    mark(&pg, 2);
+    let t23 = moment_between(&pg);
+    mark(&pg, 3);
+    pg.switch_and_archive(ARCHIVED);
+    drop(pg);
+    // Promoted on timeline 2, which archives on and gets a base backup of its own (whose
+    // postgresql.auto.conf holds the recovery settings of the restore that made it).
+    let second = restore_and_start(&arc, w, "second", &["--target-time", &t23], true);
+    second.wait_recovery_end(RECOVERY);
+    mark(&second, 100);
+    second.switch_and_archive(ARCHIVED);
+    let b2 = arc.basebackup(&second);
+    assert_eq!(b2["pg"]["timeline"], 2, "{b2}");
+    mark(&second, 101);
+    second.switch_and_archive(ARCHIVED);
+    drop(second);
+
+    // A window that covers everything keeps everything.
+    arc.ok(&["forget", "--keep-within-pitr", "1d", "--prune"]);
+    arc.ok(&["check", "--read-data"]);
+    assert_eq!(
+        restore_and_read(&arc, w, "before", &["--target-time", &t12]),
+        [1]
+    );
+
+    // A window of a second keeps the newest base backup (timeline 2) and the WAL after it;
+    // the first base backup and the WAL only it needed go.
+    arc.ok(&["forget", "--keep-within-pitr", "1s", "--prune"]);
+    arc.ok(&["check", "--read-data"]);
+    let back = restore_and_start(&arc, w, "latest", &[], false);
+    back.wait_recovery_end(RECOVERY);
+    assert_eq!(marks(&back), [1, 2, 100, 101], "{}", back.log_tail(40));
+    let out = arc.restore(&w.join("gone"), &["--target-time", &t12]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out));
+    assert!(!w.join("gone").exists(), "a refused restore wrote files");
+}

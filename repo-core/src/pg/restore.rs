@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::archive_check::{choose, Choice, WalReach};
-use super::target::{recovery_settings, Action, Target};
+use super::target::{recovery_settings, replace_recovery_settings, Action, Target};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::PgInfo;
 use crate::id::Id;
@@ -30,6 +30,8 @@ use crate::repository::Repository;
 use crate::restorer::{self, RestoreOptions};
 use crate::walk::Excludes;
 
+/// The most of an existing postgresql.auto.conf a restore reads (it is a few lines).
+const MAX_AUTO_CONF: u64 = 1 << 20;
 /// The control file, restored last.
 const PG_CONTROL: &str = "/global/pg_control";
 
@@ -244,7 +246,7 @@ fn sync_fs(dir: &Path) -> Result<()> {
     })
 }
 
-/// Appends the recovery settings to `postgresql.auto.conf` and creates `recovery.signal`.
+/// Adds the recovery settings to `postgresql.auto.conf` and creates `recovery.signal`.
 fn write_recovery(pgdata: &Path, opts: &PgRestoreOptions) -> Result<()> {
     let text = recovery_settings(
         &opts.command,
@@ -253,15 +255,40 @@ fn write_recovery(pgdata: &Path, opts: &PgRestoreOptions) -> Result<()> {
         &opts.timeline,
         opts.exclusive,
     );
+    // The file is rewritten whole (under a temporary name, then renamed): an earlier
+    // restore's recovery settings in it are commented out, the rest kept.
     let conf = pgdata.join("postgresql.auto.conf");
+    let old = match std::fs::File::open(&conf) {
+        Ok(f) => {
+            let len = f
+                .metadata()
+                .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?
+                .len();
+            if len > MAX_AUTO_CONF {
+                return Err(Error::corrupt(format!(
+                    "{} is {len} bytes, more than a settings file holds",
+                    conf.display()
+                )));
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_AUTO_CONF), &mut text)
+                .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?;
+            text
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(format!("reading {}", conf.display()), e)),
+    };
+    let tmp = pgdata.join("postgresql.auto.conf.cairn-tmp");
     let mut f = std::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&conf)
-        .map_err(|e| Error::io(format!("opening {}", conf.display()), e))?;
-    f.write_all(text.as_bytes())
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("opening {}", tmp.display()), e))?;
+    f.write_all(replace_recovery_settings(&old, &text).as_bytes())
         .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &conf))
         .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
     let signal = pgdata.join("recovery.signal");
     std::fs::OpenOptions::new()

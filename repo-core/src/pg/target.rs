@@ -85,6 +85,45 @@ pub fn pg_time(t: jiff::Timestamp) -> String {
     format!("{}+00", z.strftime("%Y-%m-%d %H:%M:%S%.6f"))
 }
 
+/// The settings a restore decides. A base backup of a cluster that was itself restored
+/// carries that restore's settings in its postgresql.auto.conf: they are commented out
+/// before this restore's are added (see [`replace_recovery_settings`]), since an old target
+/// would stop the new recovery early, or clash with its target.
+pub const RECOVERY_SETTINGS: [&str; 11] = [
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "recovery_end_command",
+    "archive_cleanup_command",
+];
+
+/// `conf` (the text of a postgresql.auto.conf) with every line that sets one of
+/// [`RECOVERY_SETTINGS`] commented out, followed by `settings`.
+pub fn replace_recovery_settings(conf: &str, settings: &str) -> String {
+    let mut out = String::with_capacity(conf.len() + settings.len());
+    for line in conf.lines() {
+        let name: String = line
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if RECOVERY_SETTINGS.contains(&name.as_str()) {
+            out.push_str("# replaced by cairn pg restore: ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(settings);
+    out
+}
+
 /// Quotes `s` as one word for the shell PostgreSQL runs restore_command through.
 pub fn shell_word(s: &str) -> String {
     if !s.is_empty()
@@ -144,14 +183,17 @@ pub fn recovery_settings(
     };
     if let Some((name, value)) = target_line {
         lines.push(format!("{name} = {}", conf_literal(&value)));
-        lines.push(format!(
-            "recovery_target_action = {}",
-            conf_literal(action.setting())
-        ));
-        if exclusive && matches!(target, Target::Time(_) | Target::Lsn(_) | Target::Xid(_)) {
-            lines.push("recovery_target_inclusive = false".to_string());
-        }
     }
+    lines.push(format!(
+        "recovery_target_action = {}",
+        conf_literal(action.setting())
+    ));
+    let inclusive =
+        !(exclusive && matches!(target, Target::Time(_) | Target::Lsn(_) | Target::Xid(_)));
+    lines.push(format!(
+        "recovery_target_inclusive = {}",
+        if inclusive { "on" } else { "off" }
+    ));
     lines.push(format!(
         "recovery_target_timeline = {}",
         conf_literal(timeline)
@@ -233,8 +275,16 @@ mod tests {
             .1
             .strip_suffix('\'')
             .unwrap();
-        let command = literal
-            .replace("''", "'")
+        // The configuration lexer's unescaping: `''` and `\\x` give the next character.
+        let mut unescaped = String::new();
+        let mut chars = literal.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('\'', Some('\'')) | ('\\', Some(_)) => unescaped.extend(chars.next()),
+                _ => unescaped.push(c),
+            }
+        }
+        let command = unescaped
             .replace("%f", "F")
             .replace("%p", "P")
             .replace("%%", "%");
@@ -247,7 +297,20 @@ mod tests {
             String::from_utf8_lossy(&out.stdout),
             "[it's 100%][a b][wal][fetch][F][P]"
         );
-        let s = recovery_settings(&cmd, &Target::Latest, Action::Promote, "latest", false);
-        assert!(!s.contains("recovery_target_action"), "{s}");
+        let latest = recovery_settings(&cmd, &Target::Latest, Action::Promote, "latest", false);
+        assert!(!latest.contains("recovery_target_name"), "{latest}");
+        // An earlier restore's settings are commented out, the rest kept.
+        let old = "# Do not edit\nwork_mem = '4MB'\nrecovery_target_time = '2026-01-01 00:00:00+00'\n  Restore_Command='x'\n";
+        let conf = replace_recovery_settings(old, &latest);
+        assert!(conf.contains("\nwork_mem = '4MB'\n"), "{conf}");
+        assert!(
+            conf.contains("# replaced by cairn pg restore: recovery_target_time"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("# replaced by cairn pg restore:   Restore_Command"),
+            "{conf}"
+        );
+        assert!(conf.ends_with(&latest), "{conf}");
     }
 }
