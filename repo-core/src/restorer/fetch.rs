@@ -183,7 +183,8 @@ fn write_small_group(
         .collect())
 }
 
-/// A large file's blobs are fetched in windows of at most this many stored bytes...
+/// A large file's blobs are fetched in windows of at most this many bytes (sealed or
+/// plaintext, whichever is larger; two windows are in memory at once)...
 const FETCH_WINDOW_BYTES: u64 = 16 << 20;
 /// ... and at most this many blobs.
 const FETCH_WINDOW_BLOBS: usize = 1024;
@@ -193,8 +194,10 @@ const RUN_BYTES: u64 = 2 << 20;
 
 /// Writes a file's content to `path` (a new file), fetching blobs in windows (one ranged read
 /// per run of neighbouring blobs in a pack, runs in parallel, blobs opened in parallel) and
-/// turning all-zero blobs into holes; returns the file to be finished. The file is not
-/// fsynced: a write error, including a full disk, is reported by `write` itself.
+/// turning all-zero blobs into holes; returns the file to be finished. The next window is
+/// fetched while the current one is written, so a large file keeps reading, opening and
+/// writing busy at once. The file is not fsynced: a write error, including a full disk, is
+/// reported by `write` itself.
 pub(super) fn write_content<'p>(
     repo: &Repository,
     job: &FileJob<'p>,
@@ -205,47 +208,73 @@ pub(super) fn write_content<'p>(
     progress.file(&shown);
     let mut out = NewFile::create(job)?;
     let ids = repo.file_content(node)?;
+    let fetch =
+        |start: usize| fetch_window(repo, &ids, start).map_err(|e| e.context(shown.display()));
+    let mut next = if ids.is_empty() {
+        None
+    } else {
+        Some(fetch(0)?)
+    };
     let mut start = 0;
-    while start < ids.len() {
-        // The window: blobs in file order up to the byte or count bound (at least one).
-        let mut wanted: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
-        let mut seen = HashSet::new();
-        let mut stored = 0u64;
-        let mut end = start;
-        while end < ids.len()
-            && (end == start || (stored < FETCH_WINDOW_BYTES && end - start < FETCH_WINDOW_BLOBS))
-        {
-            let id = ids[end];
-            if seen.insert(id) {
-                let loc = repo
-                    .locate(&id)
-                    .map_err(|e| e.context(out.shown.display()))?;
-                stored = stored.saturating_add(u64::from(loc.length));
-                wanted.push((id, loc));
+    while let Some((end, blobs)) = next.take() {
+        let write = |out: &mut NewFile<'p>| -> Result<()> {
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(end - start);
+            for id in &ids[start..end] {
+                let data = blobs
+                    .get(id)
+                    .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
+                slices.push(data.as_slice());
             }
-            end += 1;
+            out.append_all(&slices)?;
+            progress.bytes(slices.iter().map(|b| b.len() as u64).sum());
+            Ok(())
+        };
+        if end < ids.len() {
+            let (written, fetched) = rayon::join(|| write(&mut out), || fetch(end));
+            written?;
+            next = Some(fetched?);
+        } else {
+            write(&mut out)?;
         }
-        let runs = split_runs(coalesce(wanted, COALESCE_GAP), RUN_BYTES);
-        let fetched: Vec<Result<Vec<Plain>>> = runs
-            .par_iter()
-            .map(|run| repo.read_run(BlobKind::Data, run))
-            .collect();
-        let mut blobs: HashMap<Id, Vec<u8>> = HashMap::with_capacity(seen.len());
-        for f in fetched {
-            blobs.extend(f.map_err(|e| e.context(out.shown.display()))?);
-        }
-        let mut slices: Vec<&[u8]> = Vec::with_capacity(end - start);
-        for id in &ids[start..end] {
-            let data = blobs
-                .get(id)
-                .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
-            slices.push(data.as_slice());
-        }
-        out.append_all(&slices)?;
-        progress.bytes(slices.iter().map(|b| b.len() as u64).sum());
         start = end;
     }
     Ok(out)
+}
+
+/// The blobs of the window of `ids` that starts at `start`: in file order up to the byte or
+/// count bound (at least one); returns where the window ends and its blobs by id.
+fn fetch_window(
+    repo: &Repository,
+    ids: &[Id],
+    start: usize,
+) -> Result<(usize, HashMap<Id, Vec<u8>>)> {
+    let mut wanted: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stored = 0u64;
+    let mut end = start;
+    while end < ids.len()
+        && (end == start || (stored < FETCH_WINDOW_BYTES && end - start < FETCH_WINDOW_BLOBS))
+    {
+        let id = ids[end];
+        if seen.insert(id) {
+            let loc = repo.locate(&id)?;
+            // Memory holds a window's sealed bytes while reading and its plaintext after.
+            let held = loc.length.max(loc.raw_length);
+            stored = stored.saturating_add(u64::from(held));
+            wanted.push((id, loc));
+        }
+        end += 1;
+    }
+    let runs = split_runs(coalesce(wanted, COALESCE_GAP), RUN_BYTES);
+    let fetched: Vec<Result<Vec<Plain>>> = runs
+        .par_iter()
+        .map(|run| repo.read_run(BlobKind::Data, run))
+        .collect();
+    let mut blobs: HashMap<Id, Vec<u8>> = HashMap::with_capacity(seen.len());
+    for f in fetched {
+        blobs.extend(f?);
+    }
+    Ok((end, blobs))
 }
 
 /// Splits runs longer than `max` stored bytes into shorter ones (each keeps at least one
