@@ -304,7 +304,7 @@ fn retention_keeps_the_window_and_kept_backups_consistency_ranges() {
     for n in 1..=10 {
         push(&repo, &segment(&src, 1, n, old(n))).unwrap();
     }
-    consolidate(&repo, &Catalog::load(&repo).unwrap()).unwrap();
+    consolidate(&repo).unwrap();
     for n in 11..=12 {
         push(&repo, &segment(&src, 1, n, old(n))).unwrap();
     }

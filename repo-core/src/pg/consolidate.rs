@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::wal::{dir_node, wal_snapshot, Catalog};
+use crate::commit::ensure_complete;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Summary;
 use crate::format::to_cbor;
@@ -40,16 +41,21 @@ struct Timeline {
 /// [`CONSOLIDATE_AT`]; returns the new snapshot's id, or `None` when there was nothing to
 /// do.
 pub fn consolidate_if_due(repo: &Repository) -> Result<Option<Id>> {
-    let catalog = Catalog::load(repo)?;
-    if catalog.snapshots().len() <= CONSOLIDATE_AT {
+    if Catalog::load(repo)?.snapshots().len() <= CONSOLIDATE_AT {
         return Ok(None);
     }
-    consolidate(repo, &catalog).map(Some)
+    consolidate(repo).map(Some)
 }
 
-/// Merges every `wal` snapshot of the catalog into one, then removes them.
-pub fn consolidate(repo: &Repository, catalog: &Catalog) -> Result<Id> {
+/// Merges every `wal` snapshot into one, then removes them.
+///
+/// The lease comes before the catalog is read: the merged snapshot reuses the tree blobs of
+/// the snapshots it reads, and a prune protects the blobs a writer may use only when the
+/// writer's lease existed before it read them (see lease.rs). Read first, a snapshot that
+/// WAL retention removed meanwhile could lend the merge trees a prune then deletes.
+pub fn consolidate(repo: &Repository) -> Result<Id> {
     let lease = LeaseGuard::acquire(repo, "wal")?;
+    let catalog = &Catalog::load(repo)?;
     let system_id = catalog.system_id()?;
     let mut timelines: BTreeMap<Vec<u8>, Timeline> = BTreeMap::new();
     let (mut first, mut last): (Option<String>, Option<String>) = (None, None);
@@ -143,6 +149,13 @@ pub fn consolidate(repo: &Repository, catalog: &Catalog) -> Result<Id> {
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .unwrap_or(0);
     let snapshot = wal_snapshot(repo, root, summary, system_id, timeline, (first, last));
+    // The merge reuses tree blobs a prune may have condemned since they were written (a
+    // snapshot that retention rewrote held them): they are copied out of condemned packs,
+    // or the merge fails, before the snapshot that needs them exists (commit.rs).
+    let copied = ensure_complete(repo, &root, repo.config().compression)?;
+    if copied > 0 {
+        tracing::info!("copied {copied} blobs out of packs a prune had condemned");
+    }
     let id = repo.save_snapshot(&snapshot)?;
     // Removal is idempotent: another push merging at the same moment may have removed some.
     let merged: Vec<Id> = catalog.snapshots().iter().map(|(id, _)| *id).collect();

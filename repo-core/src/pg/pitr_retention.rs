@@ -28,6 +28,7 @@ use super::archive_map::ArchiveMap;
 use super::names::{Segment, WalFile};
 use super::recovery_plan::BackupPoint;
 use super::wal::{dir_node, wal_snapshot, Catalog};
+use crate::commit::ensure_complete;
 use crate::error::Result;
 use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind, Summary};
 use crate::format::to_cbor;
@@ -178,12 +179,14 @@ struct Trimmed {
 
 /// Rewrites the tenant's `wal` snapshots to hold only the files `keep` keeps.
 pub fn trim_wal(repo: &Repository, keep: &WalKeep, dry_run: bool) -> Result<TrimReport> {
-    let catalog = Catalog::load(repo)?;
+    // The lease before the catalog: the rewritten snapshots reuse tree blobs of the ones
+    // read, which a prune protects only for writers whose lease existed first (lease.rs).
     let lease = if dry_run {
         None
     } else {
         Some(LeaseGuard::acquire(repo, "wal-retention")?)
     };
+    let catalog = Catalog::load(repo)?;
     let mut report = TrimReport::default();
     let mut dropped: BTreeSet<(u32, u64)> = BTreeSet::new();
     let mut other: BTreeSet<String> = BTreeSet::new();
@@ -237,6 +240,9 @@ pub fn trim_wal(repo: &Repository, keep: &WalKeep, dry_run: bool) -> Result<Trim
         // by a snapshot that exists.
         writer.finish()?;
         for (old, new) in replacements {
+            // The rewritten trees reuse blobs a prune may have condemned meanwhile: copied
+            // out of condemned packs (or the trim fails) before the snapshot exists.
+            ensure_complete(repo, &new.tree, repo.config().compression)?;
             let new_id = repo.save_snapshot(&new)?;
             report.rewritten.push((old, Some(new_id)));
         }
