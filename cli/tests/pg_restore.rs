@@ -178,13 +178,10 @@ fn restores_to_times_an_lsn_a_restore_point_a_transaction_and_the_end() {
     );
 }
 
-#[test]
-fn a_restore_before_a_timeline_switch_and_the_latest_after_it() {
-    let Some(_pg) = Pg::require() else { return };
-    let arc = PgArchive::new();
-    let work = postgres_tempdir();
-    let w = work.path();
-    let pg = archiving_cluster(&arc, &w.join("cluster"));
+/// A cluster archiving into `arc` with a base backup and marks 1, 2, 3, then lost; returns
+/// a moment between 1 and 2 and one between 2 and 3.
+fn archive_marks_then_lose(arc: &PgArchive, w: &Path) -> (String, String) {
+    let pg = archiving_cluster(arc, &w.join("cluster"));
     arc.basebackup(&pg);
     mark(&pg, 1);
     let t12 = moment_between(&pg);
@@ -192,7 +189,16 @@ fn a_restore_before_a_timeline_switch_and_the_latest_after_it() {
     let t23 = moment_between(&pg);
     mark(&pg, 3);
     pg.switch_and_archive(ARCHIVED);
-    drop(pg);
+    (t12, t23)
+}
+
+#[test]
+fn a_restore_before_a_timeline_switch_and_the_latest_after_it() {
+    let Some(_pg) = Pg::require() else { return };
+    let arc = PgArchive::new();
+    let work = postgres_tempdir();
+    let w = work.path();
+    let (t12, t23) = archive_marks_then_lose(&arc, w);
 
     // Back to before 3, promoted on timeline 2, which goes on archiving into the same tenant.
     let second = restore_and_start(&arc, w, "second", &["--target-time", &t23], true);
@@ -403,15 +409,7 @@ fn retention_keeps_what_a_window_needs_across_a_timeline_switch() {
     let arc = PgArchive::new();
     let work = postgres_tempdir();
     let w = work.path();
-    let pg = archiving_cluster(&arc, &w.join("cluster"));
-    arc.basebackup(&pg);
-    mark(&pg, 1);
-    let t12 = moment_between(&pg);
-    mark(&pg, 2);
-    let t23 = moment_between(&pg);
-    mark(&pg, 3);
-    pg.switch_and_archive(ARCHIVED);
-    drop(pg);
+    let (t12, t23) = archive_marks_then_lose(&arc, w);
     // Promoted on timeline 2, which archives on and gets a base backup of its own (whose
     // postgresql.auto.conf holds the recovery settings of the restore that made it).
     let second = restore_and_start(&arc, w, "second", &["--target-time", &t23], true);

@@ -15,7 +15,6 @@ use cairn_repo::pg::archive_check::choose;
 use cairn_repo::pg::basebackup::{basebackup, BasebackupOptions};
 use cairn_repo::pg::target::Target;
 use cairn_repo::pg::wal::push;
-use cairn_repo::pg::Segment;
 use cairn_repo::progress::NoProgress;
 use cairn_repo::restorer::{restore, RestoreOptions};
 use cairn_repo::{ErrorKind, Repository};
@@ -133,17 +132,7 @@ fn base_backups(repo: &Repository) -> usize {
 
 /// Archives segment 2 of timeline 1 (which holds 0/2000028..0/2000100) for `sysid`.
 fn archive_segment_2(repo: &Repository, dir: &Path, sysid: u64) {
-    let seg = Segment::from_number(1, 2, SEG).unwrap();
-    let mut b = vec![0u8; SEG as usize];
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&2u16.to_le_bytes());
-    b[4..8].copy_from_slice(&1u32.to_le_bytes());
-    b[8..16].copy_from_slice(&seg.start(SEG).0.to_le_bytes());
-    b[24..32].copy_from_slice(&sysid.to_le_bytes());
-    b[32..36].copy_from_slice(&SEG.to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    let p = dir.join(seg.name(SEG));
-    std::fs::write(&p, &b).unwrap();
+    let p = common::wal_segment(dir, 1, 2, SEG, sysid, 0);
     push(repo, &p).unwrap();
 }
 

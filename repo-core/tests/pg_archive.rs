@@ -38,20 +38,7 @@ fn rfc(secs: u64) -> String {
 
 /// A 1 MiB segment with a valid long header, last written at `mtime` (seconds).
 fn segment(dir: &Path, timeline: u32, number: u64, mtime: u64) -> PathBuf {
-    let seg = Segment::from_number(timeline, number, SEG).unwrap();
-    let mut b = vec![0u8; SEG as usize];
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&2u16.to_le_bytes());
-    b[4..8].copy_from_slice(&timeline.to_le_bytes());
-    b[8..16].copy_from_slice(&seg.start(SEG).0.to_le_bytes());
-    b[24..32].copy_from_slice(&SYSID.to_le_bytes());
-    b[32..36].copy_from_slice(&SEG.to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    for (i, x) in b.iter_mut().enumerate().skip(40).step_by(97) {
-        *x = (i as u64 ^ number ^ u64::from(timeline) << 20).wrapping_mul(31) as u8;
-    }
-    let p = dir.join(seg.name(SEG));
-    std::fs::write(&p, &b).unwrap();
+    let p = common::wal_segment(dir, timeline, number, SEG, SYSID, 0);
     std::fs::File::options()
         .write(true)
         .open(&p)

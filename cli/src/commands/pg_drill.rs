@@ -19,9 +19,7 @@ pub fn run(ctx: &Context, args: DrillArgs) -> Result<i32> {
     let stop = drill::stop_on_signals()?;
     let target = super::pg_restore::target(&args.target)?;
     let timeline = args.target_timeline.trim().to_string();
-    if !(timeline == "latest" || timeline == "current" || timeline.parse::<u32>().is_ok()) {
-        bail!("--target-timeline {timeline:?}: give a number, `current` or `latest`");
-    }
+    cairn_repo::pg::archive_check::target_timeline(&timeline)?;
     let mut settings = Vec::new();
     for s in &args.set {
         let Some((k, v)) = s.split_once('=') else {

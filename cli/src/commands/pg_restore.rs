@@ -18,9 +18,7 @@ use crate::pg_args::{RestoreArgs, TargetAction, TargetArgs};
 pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
     let target = target(&args.target)?;
     let timeline = args.target_timeline.trim().to_string();
-    if !(timeline == "latest" || timeline == "current" || timeline.parse::<u32>().is_ok()) {
-        bail!("--target-timeline {timeline:?}: give a number, `current` or `latest`");
-    }
+    cairn_repo::pg::archive_check::target_timeline(&timeline)?;
     let repo = ctx.open()?;
     let snapshot = match &args.snapshot {
         Some(s) => Some(repo.find_snapshot(s)?.0),

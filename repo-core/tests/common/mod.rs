@@ -307,3 +307,31 @@ pub fn quick_retries(retries: usize) -> BackendOptions {
         ..BackendOptions::none()
     }
 }
+
+/// A WAL segment file made for a test: `seg_size` bytes with a valid long page header for
+/// `timeline`/`number` and cluster `sysid`, and bytes of its own (varied by `salt`), written
+/// as `dir/<its name>`.
+pub fn wal_segment(
+    dir: &Path,
+    timeline: u32,
+    number: u64,
+    seg_size: u32,
+    sysid: u64,
+    salt: u8,
+) -> std::path::PathBuf {
+    let seg = cairn_repo::pg::Segment::from_number(timeline, number, seg_size).unwrap();
+    let mut b = vec![0u8; seg_size as usize];
+    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    b[2..4].copy_from_slice(&2u16.to_le_bytes());
+    b[4..8].copy_from_slice(&timeline.to_le_bytes());
+    b[8..16].copy_from_slice(&seg.start(seg_size).0.to_le_bytes());
+    b[24..32].copy_from_slice(&sysid.to_le_bytes());
+    b[32..36].copy_from_slice(&seg_size.to_le_bytes());
+    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    for (i, x) in b.iter_mut().enumerate().skip(40).step_by(97) {
+        *x = (i as u64 ^ number ^ u64::from(timeline) << 20).wrapping_mul(31) as u8 ^ salt;
+    }
+    let p = dir.join(seg.name(seg_size));
+    std::fs::write(&p, &b).unwrap();
+    p
+}
