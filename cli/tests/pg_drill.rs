@@ -8,19 +8,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pg::{
-    as_postgres, cairn_for_postgres, give_to_postgres, pg_bindir, postgres_tempdir, run_timeout,
-    wait_for, Bench, Cluster, ClusterOpts, Pg,
+    give_to_postgres, pg_bindir, run_timeout, wait_for, Bench, Cluster, ClusterOpts, Pg,
 };
+use common::pg_archive::PgArchive;
 use serde_json::Value;
 
-const RUN: Duration = Duration::from_secs(120);
 /// A whole drill of a small cluster: restore, recovery, checks, cleanup.
 const DRILL: Duration = Duration::from_secs(300);
 
@@ -29,8 +27,7 @@ const DRILL: Duration = Duration::from_secs(300);
 /// PostgreSQL user runs belongs to it; the cluster is stopped once archived, so nothing
 /// writes to the repository while a drill runs.
 struct Setup {
-    dir: tempfile::TempDir,
-    cairn: PathBuf,
+    arc: PgArchive,
     /// The base backup's stop and what was committed after it.
     marker_lsn: String,
     base_packs: Vec<PathBuf>,
@@ -38,29 +35,19 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let dir = postgres_tempdir();
-        for d in ["home", "tmp", "cache", "work"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        give_to_postgres(dir.path());
+        let arc = PgArchive::new();
+        std::fs::create_dir_all(arc.path("work")).unwrap();
+        give_to_postgres(&arc.path("work"));
         let mut s = Setup {
-            cairn: cairn_for_postgres(dir.path()),
-            dir,
+            arc,
             marker_lsn: String::new(),
             base_packs: Vec::new(),
         };
-        expect_code(&s.as_postgres(&["init"]), 0, "cairn init");
-        let push = format!(
-            "{} --key-file {} -r {} wal push %p",
-            s.cairn.display(),
-            s.key().display(),
-            s.repo().display()
-        );
         let mut pg = Cluster::init(
             &s.path("work/cluster"),
             &ClusterOpts {
                 fsync: false,
-                ..ClusterOpts::archiving(&push).env(s.base_vars())
+                ..ClusterOpts::archiving(&s.arc.archive_command()).env(s.arc.base_vars())
             },
         );
         pg.start();
@@ -91,48 +78,21 @@ impl Setup {
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.arc.path(rel)
     }
 
     fn repo(&self) -> PathBuf {
-        self.path("repo")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.path("repo.key")
-    }
-
-    fn base_vars(&self) -> Vec<(OsString, OsString)> {
-        let p = |rel: &str| self.path(rel).into_os_string();
-        vec![
-            ("PATH".into(), std::env::var_os("PATH").unwrap_or_default()),
-            ("HOME".into(), p("home")),
-            ("XDG_CACHE_HOME".into(), p("home/.cache")),
-            ("XDG_CONFIG_HOME".into(), p("home/.config")),
-            ("TMPDIR".into(), p("tmp")),
-            ("TZ".into(), "UTC".into()),
-            ("CAIRN_KDF_PARAMS".into(), "1024,1,1".into()),
-            ("CAIRN_CACHE_DIR".into(), p("cache")),
-        ]
+        self.arc.repo()
     }
 
     /// `cairn` (the copy PostgreSQL's user can run) against the repository with its key.
     fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.cairn);
-        c.env_clear()
-            .envs(self.base_vars())
-            .env("CAIRN_REPOSITORY", self.repo())
-            .env("CAIRN_KEY_FILE", self.key())
-            .current_dir(self.dir.path());
-        c
+        self.arc.cmd_as_caller()
     }
 
     /// Runs cairn as PostgreSQL's user (what writes the repository in these tests).
     fn as_postgres(&self, args: &[&str]) -> Output {
-        let mut c = self.cmd();
-        c.args(args);
-        as_postgres(&mut c);
-        run_timeout(c, RUN)
+        self.arc.run(args)
     }
 
     /// `cairn pg drill` as the test's own user (root in CI: the drill then runs PostgreSQL

@@ -79,14 +79,20 @@ impl PgArchive {
         format!("{} wal push %p", self.cairn_line())
     }
 
-    /// `cairn` against this repository, as the PostgreSQL user, in this folder.
-    pub fn cmd(&self) -> Command {
+    /// `cairn` against this repository, as the test's own user, in this folder.
+    pub fn cmd_as_caller(&self) -> Command {
         let mut c = Command::new(&self.cairn);
         c.env_clear()
             .envs(self.base_vars())
             .env("CAIRN_REPOSITORY", self.repo())
             .env("CAIRN_KEY_FILE", self.key())
             .current_dir(self.dir.path());
+        c
+    }
+
+    /// `cairn` against this repository, as the PostgreSQL user, in this folder.
+    pub fn cmd(&self) -> Command {
+        let mut c = self.cmd_as_caller();
         as_postgres(&mut c);
         c
     }
