@@ -308,6 +308,23 @@ mod tests {
     }
 
     #[test]
+    fn numbers_in_octal_and_base_256() {
+        assert_eq!(number(b"0000644\0", "x").unwrap(), 0o644);
+        assert_eq!(number(b"   17 \0", "x").unwrap(), 0o17);
+        // A size past the octal field's 8 GiB, as GNU tar and PostgreSQL write it.
+        let mut big = [0u8; 12];
+        big[0] = 0x80;
+        big[7] = 0x02; // 2 << 32
+        assert_eq!(number(&big, "x").unwrap(), 2 << 32);
+        big[0] = 0xC0;
+        assert!(number(&big, "x").is_err(), "negative");
+        assert!(number(b"0000899\0", "x").is_err());
+        let mut huge = [0xFFu8; 12];
+        huge[0] = 0xBF;
+        assert!(number(&huge, "x").is_err(), "overflow");
+    }
+
+    #[test]
     fn damage_is_an_error_not_a_guess() {
         let mut data = archive(&[("a", b'0', b"abc")]);
         data[0] = b'b';
