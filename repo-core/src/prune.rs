@@ -333,7 +333,9 @@ pub fn prune(
         .collect();
     let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn, progress)?;
     let excluded: HashSet<Id> = condemn.union(&pending).copied().collect();
-    write_compacted_index(repo, &inputs, &replaced, new_packs, &excluded)?;
+    let mut waiting: Vec<Id> = pending.difference(&condemn).copied().collect();
+    waiting.sort();
+    write_compacted_index(repo, &inputs, &replaced, new_packs, &excluded, &waiting)?;
 
     let holders: Vec<String> = lease::live(repo)?
         .into_iter()
@@ -569,14 +571,24 @@ fn repack(
     Ok(out)
 }
 
-/// Writes the packs of `inputs` (minus `excluded`) and `extra` as new index files; the last
-/// one supersedes every file of `replaced`, so until it exists the inputs stay in force.
+/// Writes the packs of `inputs` (minus `excluded`) and `extra` as new index files, then the
+/// packs of `waiting` as their headers list them; the last file supersedes every file of
+/// `replaced`, so until it exists the inputs stay in force.
+///
+/// `waiting` are the packs that earlier records, still waiting for their sweep, condemn.
+/// They stay listed because the files that listed them are among `replaced`, which this
+/// prune's sweep deletes, and that sweep may run before theirs (a lease that held them back
+/// can end meanwhile): unlisted, a pack that a snapshot committed since their mark uses could
+/// not be read until their sweep rescued it. The records still name them, so no writer
+/// deduplicates against them. They come last, so that the sweep that deletes them rewrites
+/// few files.
 fn write_compacted_index(
     repo: &Repository,
     inputs: &[Id],
     replaced: &[Id],
     extra: Vec<IndexPack>,
     excluded: &HashSet<Id>,
+    waiting: &[Id],
 ) -> Result<()> {
     let mut out = IndexFileWriter::new(repo);
     for p in extra {
@@ -587,6 +599,23 @@ fn write_compacted_index(
             if !excluded.contains(&p.id) {
                 out.push(p)?;
             }
+        }
+    }
+    for pack in waiting {
+        match repo.read_pack_header(pack) {
+            Ok((size, blobs)) => out.push(IndexPack {
+                id: *pack,
+                size,
+                blobs,
+            })?,
+            // Swept meanwhile: nothing left to list.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            // Its sweep deletes it; nothing could be read from it anyway.
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                tracing::warn!("condemned pack {pack} is damaged: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
         }
     }
     out.finish(replaced.to_vec())?;

@@ -263,3 +263,102 @@ fn an_unindexed_writer_stores_what_the_index_already_lists() {
     unindexed.add_plain(BlobKind::Data, &plain).unwrap();
     assert_eq!(unindexed.finish().unwrap().blobs_added, 1);
 }
+
+/// Releases a lease when a prune repacks its first pack: a writer that ends while a prune
+/// runs, after the prune found an earlier record blocked by it.
+struct EndsDuringRepack(std::sync::Mutex<Option<lease::LeaseGuard>>);
+
+impl cairn_repo::progress::Progress for EndsDuringRepack {
+    fn pack(&self, _pack: &Id, event: cairn_repo::progress::PackEvent) {
+        if let cairn_repo::progress::PackEvent::Repacked { .. } = event {
+            if let Some(guard) = self.0.lock().unwrap().take() {
+                guard.release().unwrap();
+            }
+        }
+    }
+}
+
+/// A prune whose own record is swept while an earlier record still waits (the lease that held
+/// the earlier one back ended during this prune) replaces every index file, also the only
+/// ones listing the packs the earlier record condemned. A snapshot committed in between uses
+/// those packs: it must restore at once and after the next prune, and check must agree.
+#[test]
+fn sweeping_one_record_keeps_the_packs_of_a_waiting_record_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open(dir.path(), &key, "cache-main");
+    let old = Rng::new(1).bytes(3_000_000);
+    let s1 = backup_stream(
+        &repo,
+        &mut &old[..],
+        "old",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .id;
+    // Another writer, live through the first prune and ending during the second.
+    let other = lease::LeaseGuard::acquire(&repo, "backup").unwrap();
+    let first = [&old[..1_500_000], &Rng::new(2).bytes(9_000_000)[..]].concat();
+    let rest = Rng::new(3).bytes(1_000_000);
+    let expected = [&first[..], &rest[..]].concat();
+    let (go, writer) = paused_writer(dir.path(), &key, first, rest);
+    forget(&repo, &[s1]).unwrap();
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
+    let waiting = r
+        .pending_record
+        .expect("the first record waits for the writers");
+    go.send(true).unwrap();
+    let id = writer.join().unwrap().unwrap();
+
+    // Work for the second prune: packs that mix blobs a kept snapshot uses with blobs only
+    // a forgotten one used, so it repacks.
+    let mut mixed = Vec::new();
+    let mut kept = Vec::new();
+    for i in 0..20u64 {
+        let piece = Rng::new(100 + i).bytes(100_000);
+        if i % 2 == 0 {
+            kept.extend_from_slice(&piece);
+        }
+        mixed.extend_from_slice(&piece);
+    }
+    let gone = backup_stream(
+        &repo,
+        &mut &mixed[..],
+        "mixed",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .id;
+    backup_stream(
+        &repo,
+        &mut &kept[..],
+        "kept",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    forget(&repo, &[gone]).unwrap();
+    let progress = EndsDuringRepack(std::sync::Mutex::new(Some(other)));
+    let r = prune(&repo, &aggressive(), &progress).unwrap();
+    assert!(
+        progress.0.lock().unwrap().is_none(),
+        "the second prune repacked nothing"
+    );
+    assert!(
+        r.swept.records >= 1,
+        "the second prune swept its own record: {r:?}"
+    );
+
+    let fresh = open(dir.path(), &key, "cache-fresh");
+    assert_eq!(stream_content(&fresh, &id, b"/new"), expected);
+    assert_clean(&fresh);
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
+    assert!(r.pending_record.is_none(), "{r:?}");
+    let listed = repo.index_file_ids().unwrap();
+    assert!(!listed.contains(&waiting), "the first record was swept");
+    let fresh = open(dir.path(), &key, "cache-fresh-2");
+    assert_eq!(stream_content(&fresh, &id, b"/new"), expected);
+    assert_clean(&fresh);
+}
