@@ -133,3 +133,23 @@ pub fn process_exists(pid: u32) -> bool {
         Err(nix::errno::Errno::ESRCH)
     )
 }
+
+/// Asks the kernel to start writing `len` bytes of `f` from `offset` to storage now, without
+/// waiting (Linux's `sync_file_range` with `SYNC_FILE_RANGE_WRITE`; `len` 0 means to the
+/// end). It makes nothing durable: a caller that needs durability still syncs. A restore
+/// uses it so that the disk works while later files are decrypted, and the final flush
+/// finds little left to write. Best effort: a failure only loses the head start.
+pub fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range reads no memory of ours; the descriptor stays open for the
+    // call because `f` is borrowed across it.
+    #[allow(unsafe_code)]
+    let _ =
+        unsafe { libc::sync_file_range(f.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+}

@@ -26,6 +26,14 @@ use crate::repository::Repository;
 /// machine writing 800 MB in aligned 1 MiB pieces takes 0.2 s of system time, in 64 KiB or
 /// unaligned pieces 1.1-2.1 s (see docs/performance.md).
 const STAGE: usize = 1 << 20;
+/// A large file's writing to storage is started each time this much more of it has been
+/// written (see [`crate::sys::start_writeback`]), so that the flush after a restore (a
+/// PostgreSQL restore syncs the file system before it writes `pg_control`) overlaps with
+/// the restore instead of following it: on the reference machine a 340 MB data directory
+/// restores in 0.44-0.52 s instead of 0.58-0.61 s (docs/performance.md).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Files from this size on have their writing to storage started when they are complete.
+const WRITEBACK_MIN: u64 = 64 << 10;
 
 /// A file being restored: created owner-only and new, filled blob by blob, with all-zero
 /// blobs left as holes, then given its metadata through the open descriptor (no path
@@ -47,6 +55,8 @@ pub(super) struct NewFile<'p> {
     /// Set once complete; until then dropping the file removes it, so a failed or
     /// abandoned file never stays behind as a partial one.
     done: bool,
+    /// For staged files: where the next writeback starts.
+    written_back: u64,
 }
 
 impl Drop for NewFile<'_> {
@@ -84,6 +94,7 @@ impl<'p> NewFile<'p> {
             hole_at_end: false,
             staged: (size >= STAGE as u64).then(|| Vec::with_capacity(2 * STAGE)),
             done: false,
+            written_back: 0,
         })
     }
 
@@ -106,6 +117,14 @@ impl<'p> NewFile<'p> {
                 .write_all(&staged[..n])
                 .map_err(|e| io_err(&self.shown, e))?;
             staged.drain(..n);
+            if boundary - self.written_back >= WRITEBACK_EVERY {
+                crate::sys::start_writeback(
+                    &self.f,
+                    self.written_back,
+                    boundary - self.written_back,
+                );
+                self.written_back = boundary;
+            }
         }
         Ok(())
     }
@@ -182,6 +201,11 @@ impl<'p> NewFile<'p> {
         let err = |e: std::io::Error| io_err(&shown, e);
         if self.hole_at_end {
             self.f.set_len(self.len).map_err(err)?;
+        }
+        // Small files are left to the kernel, which writes many of them in one go; a
+        // writeback of its own for each would cost a request each.
+        if self.len >= WRITEBACK_MIN {
+            crate::sys::start_writeback(&self.f, self.written_back, 0);
         }
         apply_fd(&self.f, &shown, node, is_root)?;
         self.done = true;
