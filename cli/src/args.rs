@@ -20,9 +20,15 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location (a local path). Without one, a default local repository is used.
+    /// Repository location: a local path, or rest:http(s)://[USER:PASS@]HOST[:PORT]/ for a
+    /// server (user and password also from CAIRN_REST_USERNAME / CAIRN_REST_PASSWORD).
+    /// Without one, a default local repository is used.
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// A PEM file of certificate authorities to trust for an https server, besides the
+    /// system's (a private CA)
+    #[arg(long, env = "CAIRN_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Tenant namespace inside the repository [default: the key file's tenant, or "default"]
     #[arg(long, env = "CAIRN_TENANT", global = true)]
     pub tenant: Option<String>,

@@ -58,10 +58,20 @@ impl Context {
 
     /// The configured location, or `None` when the default repository applies.
     pub fn configured_location(&self) -> Result<Option<Location>> {
-        match &self.global.repo {
-            Some(r) => Ok(Some(Location::parse(r)?)),
-            None => Ok(None),
+        let Some(r) = &self.global.repo else {
+            return Ok(None);
+        };
+        let mut location = Location::parse(r)?;
+        if let Location::Rest(target) = &mut location {
+            if target.username.is_none() {
+                target.username = std::env::var("CAIRN_REST_USERNAME").ok();
+            }
+            if target.password.is_none() {
+                target.password = std::env::var("CAIRN_REST_PASSWORD").ok();
+            }
+            target.ca_file = self.global.tls_ca.clone();
         }
+        Ok(Some(location))
     }
 
     pub fn location(&self) -> Result<(Location, Option<DefaultRepo>)> {

@@ -46,6 +46,21 @@ impl BackendOptions {
     pub fn for_location(location: &Location) -> BackendOptions {
         match location {
             Location::Local(_) | Location::Memory => BackendOptions::none(),
+            Location::Rest(_) => BackendOptions::remote(),
+        }
+    }
+
+    /// For storage across a network: six retries from 0.5 s doubling to 30 s (about a
+    /// minute and a half of outage survived), a minute for a control operation, two minutes
+    /// for a stalled transfer step, 16 operations in flight.
+    pub fn remote() -> BackendOptions {
+        BackendOptions {
+            retries: 6,
+            retry_min_delay: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(30),
+            timeout: Some(Duration::from_secs(60)),
+            io_timeout: Some(Duration::from_secs(120)),
+            concurrency: Some(16),
         }
     }
 

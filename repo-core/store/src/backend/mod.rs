@@ -35,6 +35,7 @@
 pub mod conformance;
 pub mod layers;
 mod opendal;
+pub mod rest;
 pub mod retry;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ pub fn open(location: &Location, options: &BackendOptions) -> Result<Arc<dyn Roo
     Ok(match location {
         Location::Local(path) => Arc::new(OpendalRoot::local(path, options)?),
         Location::Memory => Arc::new(OpendalRoot::memory(options)?),
+        Location::Rest(target) => Arc::new(rest::RestRoot::new(target, options)?),
     })
 }
 

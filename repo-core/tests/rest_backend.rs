@@ -1,0 +1,175 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The REST client against real servers on loopback: `rclone serve restic`, another
+//! implementation of restic's REST protocol v2. (`cairn-server` has its own tests.)
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_repo::backend::rest::{RestRoot, RestTarget};
+use cairn_repo::backend::{BackendOptions, FileType, Root};
+use cairn_repo::ErrorKind;
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `rclone serve restic` on a free loopback port, once it accepts connections; `None` (or a
+/// failure under CI, where scripts/test installs rclone) when rclone is missing.
+fn rclone(extra: &[&str]) -> Option<Server> {
+    if Command::new("rclone").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "rclone is required under CI (scripts/test installs it)"
+        );
+        eprintln!("skipped: rclone not found (scripts/test installs it)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new("rclone")
+        .args(["serve", "restic", "--addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .arg(dir.path().join("store"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}/"),
+        _dir: dir,
+    };
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rclone did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(server)
+}
+
+fn root(url: &str) -> RestRoot {
+    let target = RestTarget::parse(url).unwrap();
+    let mut options = BackendOptions::remote();
+    options.retries = 1;
+    options.retry_min_delay = Duration::from_millis(10);
+    RestRoot::new(&target, &options).unwrap()
+}
+
+/// rclone's server replaces an object on a second upload instead of refusing it, so it
+/// cannot pass the create-only part of the conformance suite (`cairn-server` does); a
+/// repository works through it all the same, since every name but `config` is the hash of
+/// its bytes and `init` refuses a namespace that holds a config.
+#[test]
+fn a_repository_works_through_rclone_serve_restic() {
+    use cairn_repo::archiver::{backup_stream, BackupOptions};
+    use cairn_repo::crypto::MasterKey;
+    use cairn_repo::progress::NoProgress;
+    use cairn_repo::{Credentials, InitOptions, Location, OpenOptions, Repository};
+
+    let Some(server) = rclone(&[]) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::parse(&format!("rest:{}", server.url)).unwrap();
+    let key = Credentials::Key(MasterKey::generate().unwrap());
+    let open = |cache: &str| OpenOptions {
+        cache_dir: Some(dir.path().join(cache)),
+        ..Default::default()
+    };
+    let repo = Repository::init(
+        &location,
+        "team",
+        &key,
+        &InitOptions::default(),
+        &open("c1"),
+    )
+    .unwrap();
+    let data = cairn_repo::testing::Rng::new(7).bytes(3_000_000);
+    let id = backup_stream(
+        &repo,
+        &mut &data[..],
+        "db.dump",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .id;
+    let err = Repository::init(
+        &location,
+        "team",
+        &key,
+        &InitOptions::default(),
+        &open("c2"),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+
+    let again = Repository::open(&location, "team", &key, &open("c3")).unwrap();
+    let node = again
+        .resolve_path(&again.read_snapshot(&id).unwrap().tree, b"/db.dump")
+        .unwrap()
+        .unwrap();
+    let mut back = Vec::new();
+    for blob in again.file_content(&node).unwrap() {
+        back.extend(again.read_blob(cairn_repo::BlobKind::Data, &blob).unwrap());
+    }
+    assert!(back == data, "the stream reads back whole");
+    let report =
+        cairn_repo::check::check(&again, Some(cairn_repo::check::Subset::All), &NoProgress)
+            .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let err = Repository::open(&location, "other", &key, &open("c4"))
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_a_transient_error() {
+    let root = root(&format!("http://127.0.0.1:{}/", free_port()));
+    let err = root
+        .tenant("t1")
+        .unwrap()
+        .list(FileType::Index)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+}
+
+#[test]
+fn urls_are_parsed_with_their_credentials() {
+    let t = RestTarget::parse("https://al%40ice:p%3Ass@backup.example:8000/team").unwrap();
+    assert_eq!(t.url, "https://backup.example:8000/team/");
+    assert_eq!(t.username.as_deref(), Some("al@ice"));
+    assert_eq!(t.password.as_deref(), Some("p:ss"));
+    assert!(
+        !format!("{t:?}").contains("p:ss"),
+        "the password is not shown"
+    );
+    let t = RestTarget::parse("http://host").unwrap();
+    assert_eq!((t.url.as_str(), t.username), ("http://host/", None));
+    for bad in ["host:8000/", "ftp://host/", "http:///x", "http://a:%zz@h/"] {
+        assert!(RestTarget::parse(bad).is_err(), "{bad}");
+    }
+}
