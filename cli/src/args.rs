@@ -177,6 +177,10 @@ pub enum WalCommand {
     },
     /// The same as `cairn pg status` (exit 1 when the archive cannot do its job)
     Verify,
+    /// Merge the tenant's wal snapshots into one. Pushes do this by themselves once there
+    /// are more than 64, unless their credential may not delete (an append-only user on a
+    /// server): run this then from time to time with a credential that may
+    Merge,
 }
 
 #[derive(Args, Debug)]

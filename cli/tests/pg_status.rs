@@ -198,3 +198,25 @@ fn status_exit_codes_list_and_retention_by_recovery_window() {
     );
     assert_eq!(st["timelines"][0]["segments"], 7);
 }
+
+/// `cairn wal merge` merges every wal snapshot into one that serves the same segments.
+#[test]
+fn wal_merge_merges_every_wal_snapshot_into_one() {
+    let env = Env::new();
+    env.init();
+    let repo = crafted::open(&env);
+    let src = env.path("pg_wal");
+    std::fs::create_dir_all(&src).unwrap();
+    let now = jiff::Timestamp::now().as_second() as u64;
+    for n in 1..=4u64 {
+        push(&repo, &segment(&src, n, now - 3600 + n)).unwrap();
+    }
+    assert_eq!(wal_snapshots(&repo).len(), 4);
+    let out = env.json(&["wal", "merge"]);
+    assert_eq!(out["merged"], 4, "{out}");
+    let after = wal_snapshots(&repo);
+    assert_eq!(after, vec![out["snapshot"].as_str().unwrap().to_string()]);
+    let list = env.json(&["wal", "list"]);
+    assert_eq!(list["timelines"][0]["ranges"][0]["count"], 4, "{list}");
+    assert!(env.ok(&["wal", "merge"]).contains("nothing to merge"));
+}

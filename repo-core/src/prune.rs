@@ -192,6 +192,9 @@ pub fn prune(
     opts: &PruneOptions,
     progress: &dyn Progress,
 ) -> Result<PruneReport> {
+    if !opts.dry_run {
+        repo.require_deletes(FileType::Pack, "prune")?;
+    }
     // A dry run writes nothing, not even a lease, so it works on a read-only repository.
     let guard = if opts.dry_run {
         None

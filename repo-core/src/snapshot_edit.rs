@@ -14,6 +14,9 @@ use crate::retention::HOLD_TAG;
 /// Removes snapshots; protected ones (tag `hold`) are refused. Their data stays until the
 /// next prune.
 pub fn forget(repo: &Repository, ids: &[Id]) -> Result<()> {
+    if !ids.is_empty() {
+        repo.require_deletes(FileType::Snapshot, "forget")?;
+    }
     for id in ids {
         let snap = repo.read_snapshot(id)?;
         if snap.tags.iter().any(|t| t == HOLD_TAG) {

@@ -2,6 +2,8 @@
 //! The REST client against real servers on loopback: `rclone serve restic`, another
 //! implementation of restic's REST protocol v2. (`cairn-server` has its own tests.)
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -172,4 +174,64 @@ fn urls_are_parsed_with_their_credentials() {
     for bad in ["host:8000/", "ftp://host/", "http:///x", "http://a:%zz@h/"] {
         assert!(RestTarget::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// A credential that may not delete (rclone's `--append-only`, like an append-only user of
+/// cairn-server) backs up and archives WAL, but forget and prune refuse before they change
+/// anything, and pushes stop merging wal snapshots (which would need deletes) instead of
+/// adding a merged copy on every push.
+#[test]
+fn an_append_only_credential_backs_up_but_deletes_nothing() {
+    use cairn_repo::archiver::{backup_stream, BackupOptions};
+    use cairn_repo::crypto::MasterKey;
+    use cairn_repo::pg::wal::{push, Catalog};
+    use cairn_repo::progress::NoProgress;
+    use cairn_repo::{Credentials, InitOptions, Location, OpenOptions, Repository};
+
+    let Some(server) = rclone(&["--append-only"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::parse(&format!("rest:{}", server.url)).unwrap();
+    let key = Credentials::Key(MasterKey::generate().unwrap());
+    let opts = OpenOptions {
+        cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
+    };
+    let repo = Repository::init(&location, "db", &key, &InitOptions::default(), &opts).unwrap();
+    let mut ids = Vec::new();
+    for seed in 0..2 {
+        let data = cairn_repo::testing::Rng::new(seed).bytes(500_000);
+        ids.push(
+            backup_stream(
+                &repo,
+                &mut &data[..],
+                "dump",
+                &BackupOptions::default(),
+                &NoProgress,
+            )
+            .unwrap()
+            .id,
+        );
+    }
+    let err = cairn_repo::snapshot_edit::forget(&repo, &ids[..1]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    let err = cairn_repo::prune::prune(&repo, &Default::default(), &NoProgress).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(repo.snapshots().unwrap().len(), 2);
+
+    let wal = dir.path().join("pg_wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let merge_at = cairn_repo::pg::consolidate::CONSOLIDATE_AT as u64;
+    for n in 1..=merge_at + 3 {
+        let seg = common::wal_segment(&wal, 1, n, 1 << 20, 7_300_000_000_000_000_001, 0);
+        push(&repo, &seg).unwrap();
+    }
+    let catalog = Catalog::load(&repo).unwrap();
+    assert_eq!(
+        catalog.snapshots().len() as u64,
+        merge_at + 3,
+        "no push merged"
+    );
 }

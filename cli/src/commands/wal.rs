@@ -67,7 +67,34 @@ pub fn run(ctx: &Context, cmd: WalCommand) -> Result<i32> {
         }
         WalCommand::List { timeline } => super::pg_status::list(ctx, timeline),
         WalCommand::Verify => super::pg_status::status(ctx),
+        WalCommand::Merge => merge(ctx),
     }
+}
+
+/// `cairn wal merge`: every wal snapshot of the tenant merged into one.
+fn merge(ctx: &Context) -> Result<i32> {
+    let repo = ctx.open()?;
+    let before = cairn_repo::pg::wal::Catalog::load(&repo)?.snapshots().len();
+    if before <= 1 {
+        if !ctx.quiet() {
+            println!("{before} wal snapshots: nothing to merge");
+        }
+        return Ok(0);
+    }
+    repo.require_deletes(
+        cairn_repo::backend::FileType::Snapshot,
+        "merging wal snapshots",
+    )?;
+    let id = cairn_repo::pg::consolidate::consolidate(&repo)?;
+    if ctx.json() {
+        println!(
+            "{}",
+            serde_json::json!({ "merged": before, "snapshot": id.to_hex() })
+        );
+    } else if !ctx.quiet() {
+        println!("merged {before} wal snapshots into {}", id.short());
+    }
+    Ok(0)
 }
 
 /// The spool: the one given, else a folder per repository location and tenant in the cache

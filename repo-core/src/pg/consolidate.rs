@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::wal::{dir_node, wal_snapshot, Catalog};
+use crate::backend::FileType;
 use crate::commit::ensure_complete;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Summary;
@@ -43,6 +44,17 @@ struct Timeline {
 pub fn consolidate_if_due(repo: &Repository) -> Result<Option<Id>> {
     if Catalog::load(repo)?.snapshots().len() <= CONSOLIDATE_AT {
         return Ok(None);
+    }
+    // A push with a credential that may not delete (append-only, as archiving hosts should
+    // have) cannot remove what it merged; merging anyway would add a snapshot holding
+    // everything on every push. Its snapshots are merged by `cairn wal merge` (or a push)
+    // with a credential that may delete.
+    if let Err(e) = repo.require_deletes(FileType::Snapshot, "merging wal snapshots") {
+        if e.kind() == crate::error::ErrorKind::PermissionDenied {
+            tracing::info!("not merging wal snapshots: this credential may not delete");
+            return Ok(None);
+        }
+        return Err(e);
     }
     consolidate(repo).map(Some)
 }

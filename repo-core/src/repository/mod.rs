@@ -372,6 +372,28 @@ impl Repository {
     pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
+
+    /// Fails with `PermissionDenied` when the storage refuses to delete objects of type `ft`
+    /// (an append-only or read-only user on a server), before an operation that deletes
+    /// (`what`) has changed anything. Found out by removing a random name that does not
+    /// exist: removal is idempotent, so storage that allows deleting answers with success, and
+    /// nothing is removed either way.
+    pub fn require_deletes(&self, ft: FileType, what: &str) -> Result<()> {
+        let absent = Id::random()?.to_hex();
+        match self.store.remove(ft, &absent) {
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{what} deletes objects, and {} does not allow this credential to delete {} ({}); \
+                     nothing was changed. Run it with a credential that may delete (on cairn-server, a user with --access full)",
+                    self.root_description,
+                    ft.dir(),
+                    e.message()
+                ),
+            )),
+            other => other,
+        }
+    }
     pub fn config(&self) -> &Config {
         &self.config
     }
