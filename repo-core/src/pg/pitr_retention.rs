@@ -184,6 +184,7 @@ pub fn trim_wal(repo: &Repository, keep: &WalKeep, dry_run: bool) -> Result<Trim
     let lease = if dry_run {
         None
     } else {
+        repo.require_deletes(crate::backend::FileType::Snapshot, "WAL retention")?;
         Some(LeaseGuard::acquire(repo, "wal-retention")?)
     };
     let catalog = Catalog::load(repo)?;
