@@ -56,6 +56,33 @@ fn default_repository_is_created_on_first_backup() {
 
 use predicates::prelude::PredicateBooleanExt;
 
+/// The README's first command backs up the home folder, which holds the default repository,
+/// its key and the cache: the repository and the cache are left out, so a second backup adds
+/// nothing instead of storing the first one's packs again.
+#[test]
+fn a_backup_of_the_home_folder_leaves_out_the_repository_and_the_cache() {
+    let env = Env::new();
+    let home = env.path("home");
+    std::fs::create_dir_all(home.join("docs")).unwrap();
+    std::fs::write(home.join("docs/notes.txt"), "notes\n").unwrap();
+    let h = home.to_str().unwrap();
+    env.bare().args(["backup", h]).assert().success();
+    let out = env.bare().args(["--json", "backup", h]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["summary"]["bytes_added"], 0, "{summary}");
+    let listing = env.bare().args(["ls", "latest"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("docs/notes.txt"), "{listing}");
+    for own in [".local/share/cairn/repository", ".cache/cairn/"] {
+        assert!(!listing.contains(own), "{own} was backed up:\n{listing}");
+    }
+}
+
 #[test]
 fn commands_other_than_backup_do_not_create_the_default_repository() {
     let env = Env::new();

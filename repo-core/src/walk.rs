@@ -25,6 +25,10 @@ pub struct Excludes {
     by_name: Option<GlobSet>,
     /// A directory containing an entry of one of these names is left out.
     pub if_present: Vec<Vec<u8>>,
+    /// Absolute paths always left out, with everything below them: a backup never stores
+    /// the repository it writes to or Cairn's own cache (each run would store the previous
+    /// run's packs again).
+    pub own: Vec<std::path::PathBuf>,
 }
 
 impl Excludes {
@@ -60,7 +64,16 @@ impl Excludes {
             by_path: build(by_path, np)?,
             by_name: build(by_name, nn)?,
             if_present: if_present.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            own: Vec::new(),
         })
+    }
+
+    /// Leaves out `path` (made absolute and resolved when it exists) and what is below it.
+    pub fn leave_out(&mut self, path: &Path) {
+        let path = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf());
+        self.own.push(path);
     }
 
     /// Reads patterns from a file: one per line, `#` starts a comment line.
@@ -75,6 +88,9 @@ impl Excludes {
     }
 
     pub fn excluded(&self, path: &Path) -> bool {
+        if self.own.iter().any(|o| o == path) {
+            return true;
+        }
         if let Some(set) = &self.by_path {
             if set.is_match(path) {
                 return true;

@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     for f in &args.exclude_file {
         patterns.extend(Excludes::read_file(f)?);
     }
-    let opts = BackupOptions {
+    let mut opts = BackupOptions {
         excludes: Excludes::new(&patterns, &args.exclude_if_present)?,
         one_file_system: args.one_file_system,
         tags: args
@@ -77,6 +77,14 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
         bail!("nothing to back up: give paths, --stdin or --stdin-from-command");
     }
     let repo = ctx.open_or_create_default()?;
+    // The repository and the cache are never backed up (a backup of a home folder holds
+    // both by default): every run would store the packs of the runs before it again.
+    if let (cairn_repo::Location::Local(path), _) = ctx.location()? {
+        opts.excludes.leave_out(&path);
+    }
+    if let Some(cache) = ctx.open_options().cache_dir {
+        opts.excludes.leave_out(&cache);
+    }
     let bar = Bar::new(!ctx.quiet(), None);
     let name = args
         .stdin_filename
