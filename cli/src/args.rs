@@ -236,6 +236,11 @@ pub struct ForgetArgs {
     /// Apply the policy per group of these fields: host, paths, tags (empty for one group)
     #[arg(long, default_value = "host,paths")]
     pub group_by: String,
+    /// Judge snapshots by when the storage received them (a server's or S3's clock, a
+    /// local file's modification time) instead of the time they claim, which a client that
+    /// writes snapshots can set to anything
+    #[arg(long)]
+    pub by_received_time: bool,
     #[command(flatten)]
     pub filter: SnapshotFilter,
     /// Show what would be kept and removed, and why; change nothing

@@ -413,3 +413,49 @@ fn repair_index_and_snapshots_recover_what_is_left() {
         .success()
         .stdout(contains("repaired"));
 }
+
+/// A snapshot that claims an old time (as a compromised client can make it claim) is judged
+/// by when the storage received it with `--by-received-time`: `--keep-last 1` then keeps
+/// the snapshot received last, not the one claiming to be newest.
+#[test]
+fn forget_by_received_time_ignores_the_time_a_snapshot_claims() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s, "--time", "2030-01-01 00:00:00"]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    env.ok(&["backup", s, "--time", "2020-01-01 00:00:00"]);
+    let ids = env.snapshot_ids();
+    let decide = |extra: &[&str]| {
+        let mut args = vec!["forget", "--keep-last", "1", "--dry-run"];
+        args.extend_from_slice(extra);
+        let out = env.json(&args);
+        let group = &out["groups"][0];
+        let kept: Vec<String> = group["keep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .collect();
+        kept
+    };
+    let claimed = decide(&[]);
+    let received = decide(&["--by-received-time"]);
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(received.len(), 1);
+    assert_ne!(claimed, received, "the claimed time decided both");
+    // The one received last is the one claiming 2020.
+    let newest_received = env
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["time"].as_str().unwrap().starts_with("2020"))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(received, vec![newest_received]);
+    assert!(ids.len() == 2);
+}

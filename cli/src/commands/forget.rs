@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use cairn_repo::format::snapshot::{Snapshot, SnapshotKind};
 use cairn_repo::pg::archive_map::{ArchiveMap, Scope};
 use cairn_repo::pg::pitr_retention::{self, TrimReport, WalKeep};
@@ -88,6 +88,32 @@ fn group_by(s: &str) -> Result<GroupBy> {
     Ok(g)
 }
 
+/// Gives each snapshot the time the storage received it instead of the time it claims
+/// (`--by-received-time`).
+fn received_times(
+    repo: &cairn_repo::Repository,
+    snapshots: &mut [(Id, cairn_repo::format::snapshot::Snapshot)],
+) -> Result<()> {
+    let Some(times) = repo.snapshot_received_times()? else {
+        bail!(
+            "--by-received-time: {} does not record when it received objects",
+            repo.root_description()
+        );
+    };
+    for (id, snap) in snapshots.iter_mut() {
+        let at = times.get(id).with_context(|| {
+            format!(
+                "--by-received-time: no receive time for snapshot {}",
+                id.short()
+            )
+        })?;
+        snap.time = jiff::Timestamp::try_from(*at)
+            .with_context(|| format!("the receive time of snapshot {}", id.short()))?
+            .to_string();
+    }
+    Ok(())
+}
+
 pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let policy = policy(&args)?;
@@ -125,13 +151,16 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
         BTreeMap::new();
     if !policy.is_empty() || pitr.is_some() {
         // Rules never judge WAL; with --keep-within-pitr alone, only base backups are judged.
-        let selected: Vec<_> = all
+        let mut selected: Vec<_> = all
             .iter()
             .filter(|(_, s)| matches(&args.filter, s))
             .filter(|(_, s)| s.kind != SnapshotKind::Wal)
             .filter(|(_, s)| !policy.is_empty() || s.kind == SnapshotKind::PgBasebackup)
             .cloned()
             .collect();
+        if args.by_received_time {
+            received_times(&repo, &mut selected)?;
+        }
         let tz = jiff::tz::TimeZone::system();
         let by_id: std::collections::HashMap<Id, &cairn_repo::format::snapshot::Snapshot> =
             selected.iter().map(|(id, s)| (*id, s)).collect();

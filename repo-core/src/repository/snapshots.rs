@@ -21,6 +21,24 @@ pub struct SnapshotList {
 impl Repository {
     // ---- snapshots ----
 
+    /// When the storage received each snapshot object, by its own clock (see
+    /// [`crate::backend::Backend::received_times`]); `None` when the storage keeps no such
+    /// time.
+    pub fn snapshot_received_times(
+        &self,
+    ) -> Result<Option<std::collections::HashMap<Id, std::time::SystemTime>>> {
+        let Some(times) = self.store.received_times(FileType::Snapshot)? else {
+            return Ok(None);
+        };
+        let mut out = std::collections::HashMap::with_capacity(times.len());
+        for (name, at) in times {
+            if let Ok(id) = Id::from_hex(&name) {
+                out.insert(id, at);
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Every readable snapshot, oldest first, trusting manifests already in the cache. An
     /// unreadable snapshot is reported as a warning and left out; use
     /// [`Repository::list_snapshots`] to act on it, and [`Repository::snapshots_for_gc`]

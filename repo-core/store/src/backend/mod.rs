@@ -91,6 +91,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
     async fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>>;
+    /// When the storage received each object of a type, by its own clock: a file's
+    /// modification time, an S3 object's `Last-Modified`, a server's record of the upload.
+    /// `None` when the storage keeps no such time. Retention can judge snapshots by it
+    /// instead of the time they claim (`forget --by-received-time`), which a client that
+    /// writes but cannot set the storage's clock cannot forge.
+    async fn received_times(
+        &self,
+        _ft: FileType,
+    ) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        Ok(None)
+    }
     async fn remove(&self, ft: FileType, name: &str) -> Result<()>;
     /// Removes staging files (uploads in progress) not modified for `older_than`: what a
     /// writer that failed or was killed mid-upload left behind. Returns how many were
@@ -206,6 +217,14 @@ impl Store {
 
     pub fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>> {
         self.rt.block_on(self.backend.list(ft))
+    }
+
+    /// See [`Backend::received_times`].
+    pub fn received_times(
+        &self,
+        ft: FileType,
+    ) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        self.rt.block_on(self.backend.received_times(ft))
     }
 
     pub fn remove(&self, ft: FileType, name: &str) -> Result<()> {

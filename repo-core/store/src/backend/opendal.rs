@@ -295,6 +295,29 @@ impl Backend for OpendalBackend {
             .map_err(|e| map_err(format!("stat {path}"), e))
     }
 
+    /// Each object's modification time (a local file's mtime, an S3 object's
+    /// `Last-Modified`), one stat per object: meant for snapshots, which are few.
+    async fn received_times(
+        &self,
+        ft: FileType,
+    ) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        let mut out = Vec::new();
+        for object in self.list(ft).await? {
+            let path = self.path(ft, &object.name)?;
+            let meta = match self.op.stat(&path).await {
+                Ok(m) => m,
+                // Removed since it was listed.
+                Err(e) if e.kind() == OdKind::NotFound => continue,
+                Err(e) => return Err(map_err(format!("stat {path}"), e)),
+            };
+            match meta.last_modified() {
+                Some(t) => out.push((object.name, t.into())),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>> {
         if ft == FileType::Config {
             let size = match self.stat(ft, "config").await {

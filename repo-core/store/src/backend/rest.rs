@@ -223,6 +223,10 @@ impl std::fmt::Debug for RestBackend {
 struct Listed {
     name: String,
     size: u64,
+    /// When the server received the object, in seconds since the Unix epoch (a field
+    /// `cairn-server` adds to v2 listings; other servers leave it out and restic ignores it).
+    #[serde(default)]
+    received: Option<u64>,
 }
 
 impl RestBackend {
@@ -416,11 +420,55 @@ impl Backend for RestBackend {
     }
 
     async fn list(&self, ft: FileType) -> Result<Vec<ObjectInfo>> {
+        Ok(self
+            .list_v2(ft)
+            .await?
+            .into_iter()
+            .map(|l| ObjectInfo {
+                name: l.name,
+                size: l.size,
+            })
+            .collect())
+    }
+
+    async fn received_times(
+        &self,
+        ft: FileType,
+    ) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        let mut out = Vec::new();
+        for l in self.list_v2(ft).await? {
+            let Some(secs) = l.received else {
+                return Ok(None);
+            };
+            let at = std::time::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| Error::new(ErrorKind::Other, "a receive time out of range"))?;
+            out.push((l.name, at));
+        }
+        Ok(Some(out))
+    }
+
+    async fn remove(&self, ft: FileType, name: &str) -> Result<()> {
+        let url = self.url(ft, name);
+        let resp = self
+            .send("removing", self.request(Method::DELETE, &url))
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(()),
+            s => expect_ok(s, "removing", &url),
+        }
+    }
+}
+
+impl RestBackend {
+    /// The objects of a type as the server's v2 listing gives them.
+    async fn list_v2(&self, ft: FileType) -> Result<Vec<Listed>> {
         if ft == FileType::Config {
             return Ok(match self.stat(ft, "config").await {
-                Ok(size) => vec![ObjectInfo {
+                Ok(size) => vec![Listed {
                     name: "config".to_string(),
                     size,
+                    received: None,
                 }],
                 Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(e),
@@ -454,21 +502,6 @@ impl Backend for RestBackend {
         Ok(listed
             .into_iter()
             .filter(|l| crate::id::Id::from_hex(&l.name).is_ok())
-            .map(|l| ObjectInfo {
-                name: l.name,
-                size: l.size,
-            })
             .collect())
-    }
-
-    async fn remove(&self, ft: FileType, name: &str) -> Result<()> {
-        let url = self.url(ft, name);
-        let resp = self
-            .send("removing", self.request(Method::DELETE, &url))
-            .await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => Ok(()),
-            s => expect_ok(s, "removing", &url),
-        }
     }
 }

@@ -105,6 +105,13 @@ impl Backend for RetryBackend {
         self.attempt("remove", || self.inner.remove(ft, name)).await
     }
 
+    async fn received_times(
+        &self,
+        ft: FileType,
+    ) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        self.attempt("list", || self.inner.received_times(ft)).await
+    }
+
     // The calling-thread paths are local and not retried; a decorator forwards them so the
     // backend beneath keeps its fast path.
     fn read_direct(&self, ft: FileType, name: &str) -> Option<Result<Bytes>> {
