@@ -37,6 +37,11 @@ fn free_port() -> u16 {
 /// `rclone serve restic` on a free loopback port, once it accepts connections; `None` (or a
 /// failure under CI, where scripts/test installs rclone) when rclone is missing.
 fn rclone(extra: &[&str]) -> Option<Server> {
+    rclone_with(extra, "http")
+}
+
+/// [`rclone`] with its URL's scheme (`https` when `extra` gives it a certificate).
+fn rclone_with(extra: &[&str], scheme: &str) -> Option<Server> {
     if Command::new("rclone").arg("version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -57,7 +62,7 @@ fn rclone(extra: &[&str]) -> Option<Server> {
         .unwrap();
     let server = Server {
         child,
-        url: format!("http://127.0.0.1:{port}/"),
+        url: format!("{scheme}://localhost:{port}/"),
         _dir: dir,
     };
     let start = Instant::now();
@@ -236,4 +241,70 @@ fn an_append_only_credential_backs_up_but_deletes_nothing() {
         merge_at + 3,
         "no push merged"
     );
+}
+
+/// A certificate authority and a server certificate for `localhost` signed by it, as PEM
+/// files in `dir`: (CA certificate, server certificate, server key).
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// An https server whose certificate comes from a private CA: refused (at once, not
+/// retried) until the client is given the CA with `ca_file` (`--tls-ca`), then used.
+#[tokio::test]
+async fn https_with_a_private_ca_needs_the_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(certs.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let Some(server) = rclone_with(&["--cert", cert, "--key", key], "https") else {
+        return;
+    };
+    let mut target = RestTarget::parse(&server.url).unwrap();
+    let mut options = BackendOptions::remote();
+    options.retry_min_delay = Duration::from_secs(5);
+    let refused = RestRoot::new(&target, &options).unwrap();
+    let started = Instant::now();
+    let err = refused
+        .tenant("t1")
+        .unwrap()
+        .list(FileType::Snapshot)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Other, "{err}");
+    assert!(err.to_string().contains("--tls-ca"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a certificate error was retried"
+    );
+    target.ca_file = Some(ca);
+    let root = RestRoot::new(&target, &options).unwrap();
+    let tenant = root.tenant("t1").unwrap();
+    let data = bytes::Bytes::from_static(b"over https");
+    let name = cairn_repo::Id::of_bytes(&data).to_hex();
+    tenant
+        .create(FileType::Index, &name, data.clone())
+        .await
+        .unwrap();
+    assert_eq!(tenant.read(FileType::Index, &name).await.unwrap(), data);
 }

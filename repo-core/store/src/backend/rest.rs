@@ -247,6 +247,16 @@ impl RestBackend {
 
     async fn send(&self, what: &str, r: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         r.send().await.map_err(|e| {
+            // A certificate the client does not trust fails the same way every time.
+            if let Some(tls) = tls_error(&e) {
+                return Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "{what} on {}: TLS: {tls} (a server with a certificate from a private CA needs --tls-ca or CAIRN_TLS_CA)",
+                        self.base
+                    ),
+                );
+            }
             let kind = if e.is_builder() {
                 ErrorKind::Other
             } else {
@@ -273,6 +283,25 @@ impl RestBackend {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The TLS error beneath a transport error, if it is one.
+fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An I/O error carrying another error hides it from `source()`.
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// The error an unsuccessful status means (module docs).
