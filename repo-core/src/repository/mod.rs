@@ -115,6 +115,17 @@ fn open_root(location: &Location) -> Result<(Arc<dyn Root>, Arc<tokio::runtime::
                 format!("there is no repository at {} (the folder does not exist; create one with `cairn init`)", p.display()),
             ));
         }
+        // Checked before the root is opened, which would create its staging folder: a
+        // restic repository is left exactly as it is, by `init` too.
+        if !p.join(layout::MARKER).exists() && looks_like_restic(p) {
+            return Err(Error::new(
+                ErrorKind::NotARepository,
+                format!(
+                    "{} is a restic repository, not a Cairn one: Cairn cannot read it (use restic for it, and `cairn init` for a Cairn repository in a folder of its own)",
+                    p.display()
+                ),
+            ));
+        }
     }
     let rt = new_runtime()?;
     // opendal operators are built inside the runtime they will run on.
@@ -134,6 +145,15 @@ fn require_repository(root: &dyn Root, rt: &tokio::runtime::Runtime) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// A restic repository has, at its top, the `config` file and the `keys`, `data`,
+/// `snapshots` and `index` folders (where Cairn keeps them one level down, per tenant).
+fn looks_like_restic(dir: &std::path::Path) -> bool {
+    dir.join("config").is_file()
+        && ["keys", "data", "snapshots", "index"]
+            .iter()
+            .all(|d| dir.join(d).is_dir())
 }
 
 /// Lists the tenants of a repository (no keys needed).
