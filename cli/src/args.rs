@@ -384,6 +384,24 @@ pub struct BackupArgs {
     /// Leave out directories containing an entry of this name
     #[arg(long)]
     pub exclude_if_present: Vec<String>,
+    /// Like --exclude, ignoring case (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Leave out folders holding a CACHEDIR.TAG file (the Cache Directory Tagging
+    /// Specification's, with its signature)
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out files larger than this, e.g. 2G, 500M, 4KiB or a byte count
+    #[arg(long, value_name = "SIZE")]
+    pub exclude_larger_than: Option<String>,
+    /// Also back up the paths listed in this file, one per line (empty lines and lines
+    /// starting with # are skipped); repeatable
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Also back up the paths in this file, separated by NUL bytes and taken verbatim (as
+    /// `find -print0` writes them); repeatable
+    #[arg(long, value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
     /// Do not cross filesystem boundaries
     #[arg(long, short = 'x')]
     pub one_file_system: bool,

@@ -305,3 +305,65 @@ fn cache_dir_and_quiet() {
         .collect();
     assert!(files.iter().any(|f| f.ends_with(".redb")), "{files:?}");
 }
+
+/// restic's everyday selection flags: --iexclude, --exclude-caches, --exclude-larger-than,
+/// --files-from and --files-from-raw.
+#[test]
+fn restic_selection_flags_choose_what_is_backed_up() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    std::fs::write(src.join("PHOTO.JPG"), "jpeg").unwrap();
+    std::fs::create_dir_all(src.join("cache")).unwrap();
+    std::fs::write(
+        src.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("cache/blob"), "cached").unwrap();
+    std::fs::create_dir_all(src.join("fake")).unwrap();
+    std::fs::write(src.join("fake/CACHEDIR.TAG"), "not the signature").unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&[
+        "backup",
+        s,
+        "--iexclude",
+        "*.jpg",
+        "--exclude-caches",
+        "--exclude-larger-than",
+        "100K",
+    ]);
+    let listing = env.ok(&["ls", "latest"]);
+    for gone in ["PHOTO.JPG", "cache/blob", "sub/c.txt"] {
+        assert!(!listing.contains(gone), "{gone} was backed up:\n{listing}");
+    }
+    for kept in ["a.txt", "fake/CACHEDIR.TAG", "b.log"] {
+        assert!(listing.contains(kept), "{kept} is missing:\n{listing}");
+    }
+    env.fails(&["backup", s, "--exclude-larger-than", "big"], 1);
+
+    // Paths from files: lines (comments and blank lines skipped), and NUL-separated.
+    let odd = src.join("with\nnewline");
+    std::fs::write(&odd, "odd").unwrap();
+    let list = env.path("list.txt");
+    std::fs::write(
+        &list,
+        format!("# what to save\n\n{}\n", src.join("a.txt").display()),
+    )
+    .unwrap();
+    let raw = env.path("list.raw");
+    let mut bytes = odd.as_os_str().as_encoded_bytes().to_vec();
+    bytes.push(0);
+    std::fs::write(&raw, bytes).unwrap();
+    env.ok(&[
+        "backup",
+        "--files-from",
+        list.to_str().unwrap(),
+        "--files-from-raw",
+        raw.to_str().unwrap(),
+    ]);
+    let listing = env.ok(&["ls", "latest"]);
+    assert!(listing.contains("a.txt"), "{listing}");
+    assert!(!listing.contains("b.log"), "{listing}");
+    assert!(listing.contains("with"), "{listing}");
+}

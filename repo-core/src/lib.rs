@@ -12,6 +12,7 @@ pub mod check;
 pub mod commit;
 pub mod content;
 pub mod crypto;
+pub mod excludes;
 pub mod format;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -1,4 +1,4 @@
-//! What the archiver needs from the filesystem: exclusion rules, turning `fstatat` results
+//! What the archiver needs from the filesystem: exclusion rules (`excludes.rs`), turning `fstatat` results
 //! into tree nodes, and reaching entries relative to descriptors of open folders
 //! (`openat`, `fstatat`, `readlinkat`, never following a symlink), so that neither a path's
 //! length nor a symlink swapped in mid-walk decides what is read.
@@ -9,101 +9,12 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::error::{Error, Result};
+pub use crate::excludes::Excludes;
+
 use crate::format::tree::{Node, NodeKind, Time, Xattr};
 use crate::sys;
-
-/// Exclusion rules. A pattern with a `/` is matched against the whole absolute path; one
-/// without is matched against the entry's name at any depth (`*.tmp`, `node_modules`).
-/// `**` crosses directories.
-#[derive(Debug, Clone, Default)]
-pub struct Excludes {
-    by_path: Option<GlobSet>,
-    by_name: Option<GlobSet>,
-    /// A directory containing an entry of one of these names is left out.
-    pub if_present: Vec<Vec<u8>>,
-    /// Absolute paths always left out, with everything below them: a backup never stores
-    /// the repository it writes to or Cairn's own cache (each run would store the previous
-    /// run's packs again).
-    pub own: Vec<std::path::PathBuf>,
-}
-
-impl Excludes {
-    pub fn new(patterns: &[String], if_present: &[String]) -> Result<Self> {
-        let mut by_path = GlobSetBuilder::new();
-        let mut by_name = GlobSetBuilder::new();
-        let (mut np, mut nn) = (0, 0);
-        for p in patterns {
-            let p = p.trim();
-            if p.is_empty() || p.starts_with('#') {
-                continue;
-            }
-            let trimmed = p.trim_end_matches('/');
-            let glob = Glob::new(trimmed)
-                .map_err(|e| Error::invalid(format!("exclude pattern {p:?}: {e}")))?;
-            if trimmed.contains('/') {
-                by_path.add(glob);
-                np += 1;
-            } else {
-                by_name.add(glob);
-                nn += 1;
-            }
-        }
-        let build = |b: GlobSetBuilder, n: usize| -> Result<Option<GlobSet>> {
-            if n == 0 {
-                return Ok(None);
-            }
-            b.build()
-                .map(Some)
-                .map_err(|e| Error::invalid(format!("exclude patterns: {e}")))
-        };
-        Ok(Excludes {
-            by_path: build(by_path, np)?,
-            by_name: build(by_name, nn)?,
-            if_present: if_present.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            own: Vec::new(),
-        })
-    }
-
-    /// Leaves out `path` (made absolute and resolved when it exists) and what is below it.
-    pub fn leave_out(&mut self, path: &Path) {
-        let path = std::fs::canonicalize(path)
-            .or_else(|_| std::path::absolute(path))
-            .unwrap_or_else(|_| path.to_path_buf());
-        self.own.push(path);
-    }
-
-    /// Reads patterns from a file: one per line, `#` starts a comment line.
-    pub fn read_file(path: &Path) -> Result<Vec<String>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading exclude file {}", path.display()), e))?;
-        Ok(text
-            .lines()
-            .map(str::to_string)
-            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .collect())
-    }
-
-    pub fn excluded(&self, path: &Path) -> bool {
-        if self.own.iter().any(|o| o == path) {
-            return true;
-        }
-        if let Some(set) = &self.by_path {
-            if set.is_match(path) {
-                return true;
-            }
-        }
-        if let (Some(set), Some(name)) = (&self.by_name, path.file_name()) {
-            if set.is_match(Path::new(name)) {
-                return true;
-            }
-        }
-        false
-    }
-}
 
 fn time(secs: i64, nsec: i64) -> Time {
     Time(secs, nsec.clamp(0, 999_999_999) as u32)
@@ -366,28 +277,4 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<std::fs
 /// The target of the symlink `name` of `dir`.
 pub fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<Vec<u8>> {
     Ok(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn exclude_rules() {
-        let ex = Excludes::new(
-            &[
-                "*.tmp".into(),
-                "/data/cache/**".into(),
-                "node_modules".into(),
-            ],
-            &[],
-        )
-        .unwrap();
-        assert!(ex.excluded(Path::new("/a/b/x.tmp")));
-        assert!(ex.excluded(Path::new("/data/cache/x/y")));
-        assert!(ex.excluded(Path::new("/src/node_modules")));
-        assert!(!ex.excluded(Path::new("/data/keep/x")));
-        assert!(!ex.excluded(Path::new("/a/tmp")));
-    }
 }

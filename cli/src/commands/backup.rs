@@ -39,13 +39,50 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
     Ok(dt.to_zoned(jiff::tz::TimeZone::system())?.timestamp())
 }
 
+/// The paths a `--files-from` file lists: one per line, skipping empty lines and `#`
+/// comments; with `raw`, separated by NUL bytes and taken verbatim.
+fn listed_paths(file: &std::path::Path, raw: bool) -> Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let entries: Vec<&[u8]> = if raw {
+        bytes.split(|b| *b == 0).filter(|e| !e.is_empty()).collect()
+    } else {
+        bytes
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.trim_ascii().is_empty() && !l.trim_ascii_start().starts_with(b"#"))
+            .collect()
+    };
+    Ok(entries
+        .into_iter()
+        .map(|e| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(e)))
+        .collect())
+}
+
 pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     let mut patterns = args.exclude.clone();
     for f in &args.exclude_file {
         patterns.extend(Excludes::read_file(f)?);
     }
+    let mut excludes =
+        Excludes::with_case_insensitive(&patterns, &args.iexclude, &args.exclude_if_present)?;
+    excludes.caches = args.exclude_caches;
+    excludes.larger_than = match &args.exclude_larger_than {
+        None => None,
+        Some(s) => match cairn_repo::check::Subset::parse(s) {
+            Ok(cairn_repo::check::Subset::Bytes(b)) => Some(b),
+            _ => bail!("--exclude-larger-than: expected a size such as 500M or 2G, got {s:?}"),
+        },
+    };
+    let mut paths = args.paths.clone();
+    for f in &args.files_from {
+        paths.extend(listed_paths(f, false)?);
+    }
+    for f in &args.files_from_raw {
+        paths.extend(listed_paths(f, true)?);
+    }
     let mut opts = BackupOptions {
-        excludes: Excludes::new(&patterns, &args.exclude_if_present)?,
+        excludes,
         one_file_system: args.one_file_system,
         tags: args
             .tag
@@ -64,7 +101,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
         use_files_cache: !args.force,
     };
     let stream_mode = args.stdin || args.stdin_from_command;
-    if stream_mode && !args.paths.is_empty() {
+    if stream_mode && !paths.is_empty() {
         bail!("paths cannot be combined with --stdin or --stdin-from-command");
     }
     if args.stdin_from_command && args.command.is_empty() {
@@ -73,7 +110,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     if !args.stdin_from_command && !args.command.is_empty() {
         bail!("a command after `--` needs --stdin-from-command");
     }
-    if !stream_mode && args.paths.is_empty() {
+    if !stream_mode && paths.is_empty() {
         bail!("nothing to back up: give paths, --stdin or --stdin-from-command");
     }
     let repo = ctx.open_or_create_default()?;
@@ -95,7 +132,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     } else if args.stdin_from_command {
         backup_command(&repo, &args.command, &name, &opts, &bar)
     } else {
-        backup_paths(&repo, &args.paths, &opts, &bar)
+        backup_paths(&repo, &paths, &opts, &bar)
     };
     bar.finish();
     let result = result?;

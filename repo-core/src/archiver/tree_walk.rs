@@ -234,6 +234,9 @@ impl Archiver<'_> {
             }
         };
         let kind = st.kind();
+        if kind == NodeKind::File && self.opts.excludes.larger_than.is_some_and(|l| st.size > l) {
+            return Ok(());
+        }
         let xattrs = read_xattrs(kind, dir, &name, path);
         let mut node = node_from_stat(name.to_bytes(), &st, xattrs);
         match kind {
@@ -286,6 +289,9 @@ impl Archiver<'_> {
                                 return Ok(());
                             }
                         }
+                    }
+                    if self.opts.excludes.caches && is_cache_folder(fd) {
+                        return Ok(());
                     }
                 }
                 self.summary.dirs += 1;
@@ -441,4 +447,16 @@ fn push<'t>(stack: &mut Vec<Frame<'t>>, frame: Frame<'t>) {
             stack[k].dir = None;
         }
     }
+}
+
+/// Whether the open folder `fd` holds a `CACHEDIR.TAG` file starting with the signature of
+/// the Cache Directory Tagging Specification (read without following a symlink).
+fn is_cache_folder(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = crate::walk::open_file_at(fd, c"CACHEDIR.TAG") else {
+        return false;
+    };
+    let want = crate::excludes::CACHEDIR_SIGNATURE;
+    let mut head = vec![0u8; want.len()];
+    f.read_exact(&mut head).is_ok() && head == want
 }
