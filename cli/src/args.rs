@@ -442,6 +442,12 @@ pub struct SnapshotFilter {
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pub filter: SnapshotFilter,
+    /// Only the newest N snapshots of each host and set of paths
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+    /// Fewer columns: id, time, host and paths
+    #[arg(long, short = 'c')]
+    pub compact: bool,
 }
 
 #[derive(Args, Debug)]

@@ -367,3 +367,46 @@ fn restic_selection_flags_choose_what_is_backed_up() {
     assert!(!listing.contains("b.log"), "{listing}");
     assert!(listing.contains("with"), "{listing}");
 }
+
+/// `snapshots --latest N` shows the newest N of each host and set of paths; `--compact`
+/// fewer columns.
+#[test]
+fn snapshots_latest_and_compact() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for _ in 0..3 {
+        env.ok(&["backup", src.to_str().unwrap()]);
+        env.ok(&["backup", other.to_str().unwrap()]);
+    }
+    let all = env.snapshot_ids();
+    assert_eq!(all.len(), 6);
+    let latest = env.json(&["snapshots", "--latest", "1"]);
+    let ids: Vec<&str> = latest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{latest}");
+    assert!(
+        ids.iter().all(|id| all[4..].iter().any(|a| a == id)),
+        "{ids:?} {all:?}"
+    );
+    assert_eq!(
+        env.json(&["snapshots", "--latest", "2"])
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let compact = env.ok(&["snapshots", "--compact"]);
+    let header = compact.lines().next().unwrap();
+    assert!(
+        header.contains("host") && !header.contains("kind"),
+        "{compact}"
+    );
+    assert!(compact.contains("6 snapshots"), "{compact}");
+}

@@ -37,6 +37,30 @@ fn local_time(s: &Snapshot) -> String {
     }
 }
 
+/// The newest `n` snapshots of each host and set of paths (restic's `--latest`), oldest
+/// first as the listing is.
+fn latest_per_group(snaps: Vec<(Id, Snapshot)>, n: usize) -> Vec<(Id, Snapshot)> {
+    let mut seen: std::collections::HashMap<(String, Vec<String>), usize> = Default::default();
+    let mut keep = vec![false; snaps.len()];
+    let mut order: Vec<usize> = (0..snaps.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(snaps[i].1.timestamp()));
+    for i in order {
+        let s = &snaps[i].1;
+        let mut paths = s.paths.clone();
+        paths.sort();
+        let count = seen.entry((s.host.clone(), paths)).or_default();
+        if *count < n {
+            *count += 1;
+            keep[i] = true;
+        }
+    }
+    snaps
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, k)| k.then_some(s))
+        .collect()
+}
+
 pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
     let repo = ctx.open()?;
     // Every object is read and checked, so a damaged snapshot is reported even when the
@@ -45,11 +69,14 @@ pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
     for (id, e) in &list.unreadable {
         eprintln!("warning: snapshot {} cannot be read: {e}", id.short());
     }
-    let snaps: Vec<_> = list
+    let mut snaps: Vec<_> = list
         .snapshots
         .into_iter()
         .filter(|(_, s)| matches(&args.filter, s))
         .collect();
+    if let Some(n) = args.latest {
+        snaps = latest_per_group(snaps, n);
+    }
     if ctx.json() {
         print_json(
             &snaps
@@ -57,6 +84,22 @@ pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
                 .map(|(id, s)| snapshot_json(id, s))
                 .collect::<Vec<_>>(),
         )?;
+        return Ok(0);
+    }
+    if args.compact {
+        outln!("{:<10} {:<19} {:<16} paths", "id", "time", "host");
+        for (id, s) in &snaps {
+            outln!(
+                "{:<10} {:<19} {:<16} {}",
+                id.short(),
+                local_time(s),
+                s.host,
+                s.paths.join(" ")
+            );
+        }
+        if !ctx.quiet() {
+            outln!("{} snapshots", snaps.len());
+        }
         return Ok(0);
     }
     outln!(
