@@ -25,6 +25,15 @@ pub struct Global {
     /// Without one, a default local repository is used.
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// Read the repository location from the first line of this file (--repo wins when
+    /// both are given)
+    #[arg(
+        long,
+        env = "CAIRN_REPOSITORY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub repository_file: Option<std::path::PathBuf>,
     /// A PEM file of certificate authorities to trust for an https server, besides the
     /// system's (a private CA)
     #[arg(long, env = "CAIRN_TLS_CA", global = true)]
@@ -121,6 +130,9 @@ pub enum Command {
     /// PostgreSQL base backups, point-in-time restores and drills
     #[command(subcommand)]
     Pg(crate::pg_args::PgCommand),
+    /// Print the version of cairn, of the repository format it writes, and the build's
+    /// target
+    Version,
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use cairn_repo::keys::{read_key_file, KdfParams};
 use cairn_repo::repository::{default_cache_dir, exists};
 use cairn_repo::{Credentials, ErrorKind, Location, OpenOptions, Repository};
@@ -58,8 +58,19 @@ impl Context {
 
     /// The configured location, or `None` when the default repository applies.
     pub fn configured_location(&self) -> Result<Option<Location>> {
-        let Some(r) = &self.global.repo else {
-            return Ok(None);
+        let from_file;
+        let r = match (&self.global.repo, &self.global.repository_file) {
+            (Some(r), _) => r,
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the repository file {}", f.display()))?;
+                from_file = text.lines().next().unwrap_or("").trim().to_string();
+                if from_file.is_empty() {
+                    bail!("the repository file {} is empty", f.display());
+                }
+                &from_file
+            }
+            (None, None) => return Ok(None),
         };
         let mut location = Location::parse(r)?;
         if let Location::Rest(target) = &mut location {

@@ -385,3 +385,37 @@ fn tree_of(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// `--repository-file` names the repository by the first line of a file; `cairn version`
+/// says which format it writes.
+#[test]
+fn repository_file_and_version() {
+    let env = Env::new();
+    env.init();
+    let file = env.path("repo-location");
+    std::fs::write(&file, format!("{}\n# comment\n", env.repo().display())).unwrap();
+    let out = env
+        .bare()
+        .args(["--repository-file", file.to_str().unwrap(), "snapshots"])
+        .env("CAIRN_PASSWORD_FILE", env.path("password"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 snapshots"));
+    std::fs::write(&file, "\n").unwrap();
+    let out = env
+        .bare()
+        .args(["--repository-file", file.to_str().unwrap(), "snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
+    let v = env.json(&["version"]);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["format_version"], 1);
+    assert!(env.ok(&["version"]).starts_with("cairn "));
+}

@@ -53,5 +53,25 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Unprotect(a) => tag::protect(ctx, a, false),
         Command::Wal(a) => wal::run(ctx, a),
         Command::Pg(a) => pg::run(ctx, a),
+        Command::Version => version(ctx),
     }
+}
+
+/// `cairn version`.
+fn version(ctx: &Context) -> anyhow::Result<i32> {
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    if ctx.json() {
+        crate::output::print_json(&serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "format_version": cairn_repo::format::config::FORMAT_VERSION,
+            "target": target,
+        }))?;
+    } else {
+        println!(
+            "cairn {} (repository format {}, {target})",
+            env!("CARGO_PKG_VERSION"),
+            cairn_repo::format::config::FORMAT_VERSION
+        );
+    }
+    Ok(0)
 }

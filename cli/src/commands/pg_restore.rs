@@ -116,15 +116,21 @@ pub fn fetch_command(ctx: &Context, tenant: &str) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("finding this program's path")?;
     let mut cmd = vec![exe.display().to_string()];
     let (location, default) = ctx.location()?;
-    let repo = match (&ctx.global.repo, &default) {
-        (_, Some(d)) => absolute(&d.repo)?.display().to_string(),
-        (Some(r), None) => match location {
-            cairn_repo::location::Location::Local(p) => absolute(&p)?.display().to_string(),
-            _ => r.clone(),
-        },
-        (None, None) => bail!("no repository"),
-    };
-    cmd.extend(["-r".to_string(), repo]);
+    match (&ctx.global.repo, &ctx.global.repository_file, &default) {
+        (_, _, Some(d)) => cmd.extend(["-r".to_string(), absolute(&d.repo)?.display().to_string()]),
+        (None, Some(f), None) => cmd.extend([
+            "--repository-file".to_string(),
+            absolute(f)?.display().to_string(),
+        ]),
+        (Some(r), _, None) => {
+            let repo = match location {
+                cairn_repo::location::Location::Local(p) => absolute(&p)?.display().to_string(),
+                _ => r.clone(),
+            };
+            cmd.extend(["-r".to_string(), repo]);
+        }
+        (None, None, None) => bail!("no repository"),
+    }
     cmd.extend(["--tenant".to_string(), tenant.to_string()]);
     let key_file = ctx.global.key_file.clone().or_else(|| {
         default

@@ -353,8 +353,13 @@ fn spawn_prefetcher(ctx: &Context, spool: &Path, ahead: usize) -> std::io::Resul
     use std::process::{Command, Stdio};
     let g = &ctx.global;
     let mut cmd = Command::new(std::env::current_exe()?);
-    let vars: [(&str, Option<std::ffi::OsString>); 9] = [
+    let vars: [(&str, Option<std::ffi::OsString>); 11] = [
         ("CAIRN_REPOSITORY", g.repo.clone().map(Into::into)),
+        (
+            "CAIRN_REPOSITORY_FILE",
+            g.repository_file.clone().map(Into::into),
+        ),
+        ("CAIRN_TLS_CA", g.tls_ca.clone().map(Into::into)),
         ("CAIRN_TENANT", g.tenant.clone().map(Into::into)),
         (
             "CAIRN_PASSWORD_FILE",
