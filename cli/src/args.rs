@@ -133,6 +133,12 @@ pub enum Command {
     /// Print the version of cairn, of the repository format it writes, and the build's
     /// target
     Version,
+    /// List the objects of a type by name: packs, index, snapshots, keys, locks, or the
+    /// blobs the index lists (id, kind, pack)
+    List {
+        #[arg(value_enum)]
+        kind: ListKind,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -536,4 +542,15 @@ pub struct CatArgs {
     pub kind: String,
     /// Object id (snapshot: id prefix or `latest`; tree: blob id or snapshot)
     pub id: Option<String>,
+}
+
+/// What `cairn list` lists.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Packs,
+    Index,
+    Snapshots,
+    Keys,
+    Locks,
+    Blobs,
 }

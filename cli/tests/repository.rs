@@ -419,3 +419,33 @@ fn repository_file_and_version() {
     assert_eq!(v["format_version"], 1);
     assert!(env.ok(&["version"]).starts_with("cairn "));
 }
+
+/// `cairn list` names the objects of each type; `list blobs` gives id, kind and pack.
+#[test]
+fn list_names_objects_by_type() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let snaps = env.ok(&["list", "snapshots"]);
+    assert_eq!(snaps.lines().collect::<Vec<_>>(), env.snapshot_ids());
+    let packs = env.ok(&["list", "packs"]);
+    assert_eq!(packs.lines().count(), common::packs(&env.repo()).len());
+    let blobs = env.ok(&["list", "blobs"]);
+    assert!(blobs.lines().any(|l| l.starts_with("tree ")), "{blobs}");
+    assert!(blobs.lines().any(|l| l.starts_with("data ")), "{blobs}");
+    for line in blobs.lines() {
+        let pack = line.split(' ').nth(2).unwrap();
+        assert!(packs.contains(pack), "{line}");
+    }
+    let json = env
+        .cmd()
+        .args(["--json", "list", "index"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&json.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["size"].as_u64().unwrap() > 0);
+    }
+    env.fails(&["list", "nonsense"], 2);
+}

@@ -54,6 +54,7 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Wal(a) => wal::run(ctx, a),
         Command::Pg(a) => pg::run(ctx, a),
         Command::Version => version(ctx),
+        Command::List { kind } => list(ctx, kind),
     }
 }
 
@@ -73,5 +74,46 @@ fn version(ctx: &Context) -> anyhow::Result<i32> {
             cairn_repo::format::config::FORMAT_VERSION
         );
     }
+    Ok(0)
+}
+
+/// `cairn list KIND`: one name per line (`--json`: one document per line).
+fn list(ctx: &Context, kind: crate::args::ListKind) -> anyhow::Result<i32> {
+    use crate::args::ListKind;
+    use cairn_repo::backend::FileType;
+    use std::io::Write;
+    let repo = ctx.open()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let ft = match kind {
+        ListKind::Packs => FileType::Pack,
+        ListKind::Index => FileType::Index,
+        ListKind::Snapshots => FileType::Snapshot,
+        ListKind::Keys => FileType::Key,
+        ListKind::Locks => FileType::Lock,
+        ListKind::Blobs => {
+            repo.for_each_indexed_blob(&mut |id, blob_kind, pack| {
+                let kind = match blob_kind {
+                    cairn_repo::BlobKind::Data => "data",
+                    cairn_repo::BlobKind::Tree => "tree",
+                };
+                let line = if ctx.json() {
+                    serde_json::json!({"id": id, "kind": kind, "pack": pack}).to_string()
+                } else {
+                    format!("{kind} {} {}", id.to_hex(), pack.to_hex())
+                };
+                writeln!(out, "{line}").map_err(|e| cairn_repo::Error::io("writing", e))
+            })?;
+            out.flush()?;
+            return Ok(0);
+        }
+    };
+    for (name, size) in repo.object_names(ft)? {
+        if ctx.json() {
+            writeln!(out, "{}", serde_json::json!({"name": name, "size": size}))?;
+        } else {
+            writeln!(out, "{name}")?;
+        }
+    }
+    out.flush()?;
     Ok(0)
 }

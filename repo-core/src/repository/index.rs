@@ -267,6 +267,29 @@ impl Repository {
         self.store.remove_stale_staging(older_than)
     }
 
+    /// The names and sizes of every stored object of a type (`cairn list`).
+    pub fn object_names(&self, ft: FileType) -> Result<Vec<(String, u64)>> {
+        let mut out: Vec<(String, u64)> = self
+            .store
+            .list(ft)?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Calls `f` with every blob the index lists in a pack in force (its id, kind and pack),
+    /// in id order, after syncing the index.
+    pub fn for_each_indexed_blob(
+        &self,
+        f: &mut dyn FnMut(Id, BlobKind, Id) -> Result<()>,
+    ) -> Result<()> {
+        self.ensure_index_synced()?;
+        self.cache
+            .for_each_blob(&mut |id, loc| f(id, loc.kind, loc.pack))
+    }
+
     /// Every stored pack with its size.
     pub fn pack_sizes(&self) -> Result<std::collections::HashMap<Id, u64>> {
         Ok(self
