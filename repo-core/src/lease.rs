@@ -102,12 +102,32 @@ fn write_lease(store: &Store, keys: &Keys, lease: &Lease) -> Result<String> {
 
 /// Every lease in the repository with its object name. Unreadable lease objects are
 /// reported as warnings and left out (they cannot be honoured, and they expire nowhere).
+///
+/// A refresh writes the new lease object before it removes the old one, so a listed object
+/// that is gone when read may have been replaced by one the listing missed: then the leases
+/// are listed again, until a listing reads every object it names. Otherwise a running
+/// writer could look ended, and a sweep it holds back could run.
 pub fn list(repo: &Repository) -> Result<Vec<(String, Lease)>> {
+    const ATTEMPTS: usize = 10;
+    for _ in 0..ATTEMPTS {
+        if let Some(out) = list_once(repo)? {
+            return Ok(out);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!("leases kept being replaced while they were listed ({ATTEMPTS} times); run again"),
+    ))
+}
+
+/// One listing of the leases, or `None` when a listed object vanished before it was read.
+fn list_once(repo: &Repository) -> Result<Option<Vec<(String, Lease)>>> {
     let mut out = Vec::new();
     for info in repo.store().list(FileType::Lock)? {
         let bytes = match repo.store().read(FileType::Lock, &info.name) {
             Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue, // refreshed meanwhile
+            // Released, or refreshed into an object this listing may have missed.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         match open_meta::<Lease>(repo.keys(), AAD, &bytes, &format!("lease {}", info.name)) {
@@ -116,7 +136,7 @@ pub fn list(repo: &Repository) -> Result<Vec<(String, Lease)>> {
         }
     }
     out.sort_by(|a, b| a.1.started.cmp(&b.1.started));
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The leases that hold now.
