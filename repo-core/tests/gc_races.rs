@@ -30,6 +30,8 @@ const SYSID: u64 = 7_300_000_000_000_000_078;
 struct PauseBeforeSnapshot {
     inner: Arc<dyn Backend>,
     after_index: bool,
+    /// While set, lease writes fail (the machine sleeps; refreshes do not get through).
+    asleep: Arc<std::sync::atomic::AtomicBool>,
     reached: Mutex<Option<mpsc::Sender<()>>>,
     go: Mutex<Option<mpsc::Receiver<()>>>,
     leases: Arc<Mutex<Vec<String>>>,
@@ -52,6 +54,12 @@ impl Backend for PauseBeforeSnapshot {
     }
     async fn create(&self, ft: FileType, name: &str, data: bytes::Bytes) -> cairn_repo::Result<()> {
         if ft == FileType::Lock {
+            if self.asleep.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(cairn_repo::Error::new(
+                    cairn_repo::ErrorKind::Io,
+                    "simulated: the machine is asleep",
+                ));
+            }
             self.leases.lock().unwrap().push(name.to_string());
         }
         if ft == FileType::Snapshot && !self.after_index {
@@ -93,17 +101,31 @@ struct PausedHandle {
     go: mpsc::Sender<()>,
     /// The names of the lease objects it wrote.
     leases: Arc<Mutex<Vec<String>>>,
+    /// While set, its lease writes fail.
+    asleep: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Opens the test repository as another process with a one-second lease. With `asleep`, it
-/// cannot refresh its lease (it lapses after a second) and waits for a go after its first
-/// index file is stored; otherwise it refreshes its lease every third of a second and waits
-/// for a go before its first snapshot is stored.
+/// How the writer of [`paused_handle`] keeps its lease.
+#[derive(Clone, Copy, PartialEq)]
+enum Lease {
+    /// Never refreshed (it lapses after a second); the writer pauses after its first index
+    /// file is stored.
+    NeverRefreshed,
+    /// Refreshed every third of a second; the writer pauses before its first snapshot.
+    Refreshed,
+    /// Refreshed except while [`PausedHandle::asleep`] is set; the writer pauses after its
+    /// first index file is stored.
+    RefreshedWhenAwake,
+}
+
+/// Opens the test repository as another process with a one-second lease, kept as `lease`
+/// says, whose writes pause at the point `lease` names until a go.
 fn paused_handle(
     dir: &std::path::Path,
     key: &cairn_repo::crypto::MasterKey,
-    asleep: bool,
+    lease: Lease,
 ) -> PausedHandle {
+    let asleep = lease == Lease::NeverRefreshed;
     let rt = new_runtime().unwrap();
     let inner: Arc<dyn Backend> = rt
         .block_on(async { OpendalRoot::local(&dir.join("repo"), &BackendOptions::none()) })
@@ -118,9 +140,11 @@ fn paused_handle(
         inner
     };
     let leases = Arc::new(Mutex::new(Vec::new()));
+    let sleeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let backend = PauseBeforeSnapshot {
         inner,
-        after_index: asleep,
+        after_index: lease != Lease::Refreshed,
+        asleep: sleeping.clone(),
         reached: Mutex::new(Some(reached_tx)),
         go: Mutex::new(Some(go_rx)),
         leases: leases.clone(),
@@ -141,6 +165,7 @@ fn paused_handle(
         reached: reached_rx,
         go: go_tx,
         leases,
+        asleep: sleeping,
     }
 }
 
@@ -174,7 +199,7 @@ fn a_wal_push_whose_lease_lapsed_never_commits_a_segment_a_prune_deleted() {
         reached,
         go,
         ..
-    } = paused_handle(dir.path(), &key, true);
+    } = paused_handle(dir.path(), &key, Lease::NeverRefreshed);
     let pusher = std::thread::spawn(move || push(&sleepy, &seg));
     reached
         .recv_timeout(Duration::from_secs(60))
@@ -309,7 +334,8 @@ fn a_lease_refreshed_while_a_prune_lists_the_leases_still_holds_the_sweep_back()
         reached,
         go,
         leases,
-    } = paused_handle(dir.path(), &key, false);
+        ..
+    } = paused_handle(dir.path(), &key, Lease::Refreshed);
     let pusher = std::thread::spawn(move || push(&writer, &seg));
     reached
         .recv_timeout(Duration::from_secs(60))
@@ -383,5 +409,70 @@ fn a_lease_refreshed_while_a_prune_lists_the_leases_still_holds_the_sweep_back()
         fetch(&fresh, &name, &out.join(&name)),
         Ok(Fetched::Written { .. })
     ));
+    assert_clean(&fresh);
+}
+
+/// A writer's lease lapses while the machine sleeps and is refreshed again when it wakes. In
+/// between, a prune swept what the writer had stored (nothing used it yet). The writer must
+/// notice the gap, though its lease holds again: a WAL push must then fail and commit
+/// nothing, never a snapshot whose segment cannot be fetched.
+#[test]
+fn a_lease_refreshed_after_it_lapsed_still_counts_as_lapsed() {
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let src = dir.path().join("pg_wal");
+    std::fs::create_dir_all(&src).unwrap();
+    let seg = wal_segment(&src, 1, 5, SEG, SYSID, 0);
+    let name = Segment::from_number(1, 5, SEG).unwrap().name(SEG);
+    let PausedHandle {
+        repo: writer,
+        reached,
+        go,
+        asleep,
+        ..
+    } = paused_handle(dir.path(), &key, Lease::RefreshedWhenAwake);
+    let pusher = std::thread::spawn(move || push(&writer, &seg));
+    reached
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the push indexed its segment");
+
+    asleep.store(true, Ordering::SeqCst);
+    let repo = open(dir.path(), &key, "cache-gc");
+    until_no_live_lease(&repo);
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
+    assert!(
+        r.swept.packs_deleted > 0,
+        "the prune deleted the push's packs: {r:?}"
+    );
+    asleep.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    while lease::live(&repo).unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the lease was never refreshed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    go.send(()).unwrap();
+    let pushed = pusher.join().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let fresh = open(dir.path(), &key, "cache-fresh");
+    match pushed {
+        Err(e) => assert!(
+            fresh.snapshots().unwrap().is_empty(),
+            "a failed push committed a snapshot ({e})"
+        ),
+        Ok(p) => {
+            let fetched = fetch(&fresh, &name, &out.join(&name));
+            assert!(
+                matches!(fetched, Ok(Fetched::Written { .. })),
+                "the push reported {p:?}, but fetching {name} gives {fetched:?}"
+            );
+        }
+    }
     assert_clean(&fresh);
 }
