@@ -152,6 +152,12 @@ struct State {
     name: String,
     /// When the current lease object stops holding.
     valid_until: Instant,
+    /// The expiry written in the current lease object, which is what other processes judge
+    /// by (on the wall clock, which also runs while the machine sleeps).
+    expires: Option<jiff::Timestamp>,
+    /// Whether a refresh came only after the lease had expired: the lease did not hold
+    /// without a gap, even if it holds again.
+    lapsed: bool,
 }
 
 /// A held lease, refreshed in the background and removed when dropped.
@@ -195,10 +201,13 @@ impl LeaseGuard {
         };
         let store = repo.store().clone();
         let keys = repo.keys().clone();
-        let name = write_lease(&store, &keys, &make(jiff::Timestamp::now())?)?;
+        let first = make(jiff::Timestamp::now())?;
+        let name = write_lease(&store, &keys, &first)?;
         let state = Arc::new(Mutex::new(State {
             name,
             valid_until: Instant::now() + ttl,
+            expires: first.expires_at(),
+            lapsed: false,
         }));
         // The refresher waits on this channel: a message or the sender's drop stops it at
         // once, so releasing a lease never waits for a polling interval.
@@ -217,13 +226,22 @@ impl LeaseGuard {
                             _ => return,
                         }
                         last = Instant::now();
-                        let refreshed = make(jiff::Timestamp::now())
-                            .and_then(|l| write_lease(&store, &keys, &l));
+                        let refreshed = make(jiff::Timestamp::now()).and_then(|l| {
+                            write_lease(&store, &keys, &l).map(|n| (n, l.expires_at()))
+                        });
                         match refreshed {
-                            Ok(new_name) => {
+                            Ok((new_name, expires)) => {
                                 let old = match state.lock() {
                                     Ok(mut s) => {
+                                        // In place only after the previous one expired: a
+                                        // sweep may have run in between.
+                                        if Instant::now() >= s.valid_until
+                                            || s.expires.is_none_or(|e| jiff::Timestamp::now() >= e)
+                                        {
+                                            s.lapsed = true;
+                                        }
                                         s.valid_until = last + ttl;
+                                        s.expires = expires;
                                         std::mem::replace(&mut s.name, new_name)
                                     }
                                     Err(_) => return,
@@ -258,11 +276,18 @@ impl LeaseGuard {
     }
 
     /// Whether the lease has held without a gap so far. A writer whose lease lapsed (a
-    /// machine that slept) must re-check condemned packs before it commits.
+    /// machine that slept) must re-check condemned packs before it commits, also when a
+    /// later refresh made the lease hold again. Judged on the monotonic clock and on the
+    /// wall clock the lease's expiry is written in (the monotonic clock stops while the
+    /// machine sleeps; other processes judge by the wall clock).
     pub fn held(&self) -> bool {
         self.state
             .lock()
-            .map(|s| Instant::now() < s.valid_until)
+            .map(|s| {
+                !s.lapsed
+                    && Instant::now() < s.valid_until
+                    && s.expires.is_some_and(|e| jiff::Timestamp::now() < e)
+            })
             .unwrap_or(false)
     }
 
