@@ -476,3 +476,203 @@ fn a_lease_refreshed_after_it_lapsed_still_counts_as_lapsed() {
     }
     assert_clean(&fresh);
 }
+
+fn open_at(
+    repo_dir: &std::path::Path,
+    key: &cairn_repo::crypto::MasterKey,
+    cache: &std::path::Path,
+) -> Repository {
+    Repository::open(
+        &cairn_repo::Location::Local(repo_dir.to_path_buf()),
+        "default",
+        &Credentials::Key(key.clone()),
+        &OpenOptions {
+            cache_dir: Some(cache.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Removes the given lease objects of the repository at `repo_dir` when the prune repacks
+/// its first pack: a writer that ends while the prune runs.
+struct EndLeasesDuringRepack {
+    locks: std::path::PathBuf,
+    names: Vec<String>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl cairn_repo::progress::Progress for EndLeasesDuringRepack {
+    fn pack(&self, _pack: &cairn_repo::Id, event: cairn_repo::progress::PackEvent) {
+        if let cairn_repo::progress::PackEvent::Repacked { .. } = event {
+            if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                for n in &self.names {
+                    let _ = std::fs::remove_file(self.locks.join(n));
+                }
+            }
+        }
+    }
+}
+
+/// A prune that crashes at any of its writes or deletes while an earlier record waits, and
+/// whose own record is swept meanwhile (the lease that held both back ends while it runs), is
+/// run again: a snapshot committed after the earlier record's mark, whose data that record
+/// condemned, restores after the crash, after the rerun, and after the last prune, and check
+/// agrees every time.
+#[test]
+fn a_crash_at_every_mutation_of_a_prune_beside_a_waiting_record_loses_nothing() {
+    use cairn_repo::archiver::{backup_stream, BackupOptions};
+    use cairn_repo::snapshot_edit::forget;
+    use cairn_repo::testing::{copy_tree, CrashingBackend, Rng};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let template = dir.path().join("repo");
+    let repo = open(dir.path(), &key, "cache-main");
+    let backup = |data: &[u8], name: &str| {
+        backup_stream(
+            &repo,
+            &mut &data[..],
+            name,
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .unwrap()
+        .id
+    };
+    let old = Rng::new(1).bytes(3_000_000);
+    let s1 = backup(&old, "old");
+    // Another writer, live through the first prune; it ends during the second.
+    let other = lease::LeaseGuard::acquire(&repo, "backup").unwrap();
+    let other_names: Vec<String> = files_below(&template.join("default/locks"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // A writer that read the index before the first prune and commits after it: it reuses
+    // old data that the prune condemns.
+    let first = [&old[..1_500_000], &Rng::new(2).bytes(2_000_000)[..]].concat();
+    let rest = Rng::new(3).bytes(500_000);
+    let expected = [&first[..], &rest[..]].concat();
+    let (go, gate) = mpsc::channel();
+    let (d, k) = (dir.path().to_path_buf(), key.clone());
+    let writer = std::thread::spawn(move || {
+        let repo = open(&d, &k, "cache-writer");
+        let mut gate = Gate {
+            first,
+            rest,
+            pos: 0,
+            gate: Some(gate),
+            passed: false,
+        };
+        backup_stream(
+            &repo,
+            &mut gate,
+            "new",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .map(|b| b.id)
+    });
+    let start = Instant::now();
+    while lease::live(&repo).unwrap().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the writer never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    forget(&repo, &[s1]).unwrap();
+    let r = prune(&repo, &aggressive(), &NoProgress).unwrap();
+    assert!(r.pending_record.is_some(), "the first record waits: {r:?}");
+    go.send(true).unwrap();
+    let new = writer.join().unwrap().unwrap();
+    // Work for the second prune: packs mixing kept and forgotten blobs.
+    let mut mixed = Vec::new();
+    let mut kept = Vec::new();
+    for i in 0..12u64 {
+        let piece = Rng::new(100 + i).bytes(100_000);
+        if i % 2 == 0 {
+            kept.extend_from_slice(&piece);
+        }
+        mixed.extend_from_slice(&piece);
+    }
+    let gone = backup(&mixed, "mixed");
+    let kept_id = backup(&kept, "kept");
+    forget(&repo, &[gone]).unwrap();
+    drop(repo);
+
+    let verify = |work: &std::path::Path, context: &str| {
+        let cache = dir.path().join("cache-verify");
+        let _ = std::fs::remove_dir_all(&cache);
+        let r = open_at(work, &key, &cache);
+        let report =
+            cairn_repo::check::check(&r, Some(cairn_repo::check::Subset::All), &NoProgress)
+                .unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "{context}: {:?}",
+            report.problems
+        );
+        assert_eq!(stream_content(&r, &new, b"/new"), expected, "{context}");
+        assert_eq!(stream_content(&r, &kept_id, b"/kept"), kept, "{context}");
+    };
+    let mut n = 1;
+    loop {
+        let work = dir.path().join(format!("work-{n}"));
+        copy_tree(&template, &work).unwrap();
+        let cache = dir.path().join("cache-crash");
+        let _ = std::fs::remove_dir_all(&cache);
+        let rt = new_runtime().unwrap();
+        let inner: Arc<dyn Backend> = rt
+            .block_on(async { OpendalRoot::local(&work, &BackendOptions::none()) })
+            .unwrap()
+            .tenant("default")
+            .unwrap();
+        let crashing = Arc::new(CrashingBackend::new(inner, n));
+        let crashing_repo = Repository::open_store(
+            Store::new(crashing.clone(), rt),
+            "crash".into(),
+            "default",
+            &Credentials::Key(key.clone()),
+            &OpenOptions {
+                cache_dir: Some(cache.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let progress = EndLeasesDuringRepack {
+            locks: work.join("default/locks"),
+            names: other_names.clone(),
+            done: Default::default(),
+        };
+        let result = prune(&crashing_repo, &aggressive(), &progress);
+        let crashed = crashing.crashed();
+        drop(crashing_repo);
+        verify(&work, &format!("crash at mutation {n}"));
+        // Whatever lease is left is the crashed prune's: it has ended.
+        for f in files_below(&work.join("default/locks")) {
+            std::fs::remove_file(f).unwrap();
+        }
+        if !crashed {
+            let r = result.unwrap();
+            assert!(
+                r.swept.records >= 1,
+                "the prune swept its own record: {r:?}"
+            );
+        }
+        let again = open_at(&work, &key, &dir.path().join("cache-again"));
+        let r = prune(&again, &aggressive(), &NoProgress).unwrap();
+        assert!(r.pending_record.is_none(), "crash at {n}: {r:?}");
+        drop(again);
+        let _ = std::fs::remove_dir_all(dir.path().join("cache-again"));
+        verify(&work, &format!("rerun after crash at mutation {n}"));
+        std::fs::remove_dir_all(&work).unwrap();
+        if !crashed {
+            break;
+        }
+        n += 1;
+        assert!(n < 400, "bounded loop");
+    }
+    assert!(n > 5, "the prune made only {n} mutations");
+    drop(other);
+}
