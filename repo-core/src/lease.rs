@@ -102,12 +102,32 @@ fn write_lease(store: &Store, keys: &Keys, lease: &Lease) -> Result<String> {
 
 /// Every lease in the repository with its object name. Unreadable lease objects are
 /// reported as warnings and left out (they cannot be honoured, and they expire nowhere).
+///
+/// A refresh writes the new lease object before it removes the old one, so a listed object
+/// that is gone when read may have been replaced by one the listing missed: then the leases
+/// are listed again, until a listing reads every object it names. Otherwise a running
+/// writer could look ended, and a sweep it holds back could run.
 pub fn list(repo: &Repository) -> Result<Vec<(String, Lease)>> {
+    const ATTEMPTS: usize = 10;
+    for _ in 0..ATTEMPTS {
+        if let Some(out) = list_once(repo)? {
+            return Ok(out);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!("leases kept being replaced while they were listed ({ATTEMPTS} times); run again"),
+    ))
+}
+
+/// One listing of the leases, or `None` when a listed object vanished before it was read.
+fn list_once(repo: &Repository) -> Result<Option<Vec<(String, Lease)>>> {
     let mut out = Vec::new();
     for info in repo.store().list(FileType::Lock)? {
         let bytes = match repo.store().read(FileType::Lock, &info.name) {
             Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue, // refreshed meanwhile
+            // Released, or refreshed into an object this listing may have missed.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         match open_meta::<Lease>(repo.keys(), AAD, &bytes, &format!("lease {}", info.name)) {
@@ -116,7 +136,7 @@ pub fn list(repo: &Repository) -> Result<Vec<(String, Lease)>> {
         }
     }
     out.sort_by(|a, b| a.1.started.cmp(&b.1.started));
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The leases that hold now.
@@ -132,6 +152,12 @@ struct State {
     name: String,
     /// When the current lease object stops holding.
     valid_until: Instant,
+    /// The expiry written in the current lease object, which is what other processes judge
+    /// by (on the wall clock, which also runs while the machine sleeps).
+    expires: Option<jiff::Timestamp>,
+    /// Whether a refresh came only after the lease had expired: the lease did not hold
+    /// without a gap, even if it holds again.
+    lapsed: bool,
 }
 
 /// A held lease, refreshed in the background and removed when dropped.
@@ -175,10 +201,13 @@ impl LeaseGuard {
         };
         let store = repo.store().clone();
         let keys = repo.keys().clone();
-        let name = write_lease(&store, &keys, &make(jiff::Timestamp::now())?)?;
+        let first = make(jiff::Timestamp::now())?;
+        let name = write_lease(&store, &keys, &first)?;
         let state = Arc::new(Mutex::new(State {
             name,
             valid_until: Instant::now() + ttl,
+            expires: first.expires_at(),
+            lapsed: false,
         }));
         // The refresher waits on this channel: a message or the sender's drop stops it at
         // once, so releasing a lease never waits for a polling interval.
@@ -197,13 +226,22 @@ impl LeaseGuard {
                             _ => return,
                         }
                         last = Instant::now();
-                        let refreshed = make(jiff::Timestamp::now())
-                            .and_then(|l| write_lease(&store, &keys, &l));
+                        let refreshed = make(jiff::Timestamp::now()).and_then(|l| {
+                            write_lease(&store, &keys, &l).map(|n| (n, l.expires_at()))
+                        });
                         match refreshed {
-                            Ok(new_name) => {
+                            Ok((new_name, expires)) => {
                                 let old = match state.lock() {
                                     Ok(mut s) => {
+                                        // In place only after the previous one expired: a
+                                        // sweep may have run in between.
+                                        if Instant::now() >= s.valid_until
+                                            || s.expires.is_none_or(|e| jiff::Timestamp::now() >= e)
+                                        {
+                                            s.lapsed = true;
+                                        }
                                         s.valid_until = last + ttl;
+                                        s.expires = expires;
                                         std::mem::replace(&mut s.name, new_name)
                                     }
                                     Err(_) => return,
@@ -238,11 +276,18 @@ impl LeaseGuard {
     }
 
     /// Whether the lease has held without a gap so far. A writer whose lease lapsed (a
-    /// machine that slept) must re-check condemned packs before it commits.
+    /// machine that slept) must re-check condemned packs before it commits, also when a
+    /// later refresh made the lease hold again. Judged on the monotonic clock and on the
+    /// wall clock the lease's expiry is written in (the monotonic clock stops while the
+    /// machine sleeps; other processes judge by the wall clock).
     pub fn held(&self) -> bool {
         self.state
             .lock()
-            .map(|s| Instant::now() < s.valid_until)
+            .map(|s| {
+                !s.lapsed
+                    && Instant::now() < s.valid_until
+                    && s.expires.is_some_and(|e| jiff::Timestamp::now() < e)
+            })
             .unwrap_or(false)
     }
 

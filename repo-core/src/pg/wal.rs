@@ -25,6 +25,7 @@ use super::header::{SegmentHeader, LONG_HEADER_LEN};
 use super::names::WalFile;
 use crate::archiver::pipeline::set_content;
 use crate::archiver::stream::stream_node;
+use crate::commit::ensure_complete;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob;
 use crate::format::snapshot::{PgInfo, Snapshot, SnapshotKind, Summary};
@@ -359,9 +360,14 @@ fn push_batch(repo: &Repository, path: &Path, ahead: &[PathBuf]) -> Result<PushR
         (first, last),
     );
     if !lease.held() {
-        // Nothing this push stored was deduplicated against the index, so a sweep could
-        // only have removed its own packs, which it indexed before they could be marked.
+        // Until the snapshot exists, nothing uses what this push stored, so a prune that
+        // marked meanwhile condemned its packs, and with the lease lapsed its sweep need not
+        // wait: copy out of condemned packs, or fail and commit nothing (commit.rs).
         tracing::warn!("the push's lease lapsed while it ran");
+        let copied = ensure_complete(repo, &root, level)?;
+        if copied > 0 {
+            tracing::info!("copied {copied} blobs out of packs a prune had condemned");
+        }
     }
     let id = repo.save_snapshot(&snapshot)?;
     if let Err(e) = lease.release() {

@@ -16,6 +16,8 @@ pub enum SnapshotRead {
 pub struct SnapshotList {
     pub snapshots: Vec<(Id, Snapshot)>,
     pub unreadable: Vec<(Id, Error)>,
+    /// Listed, but removed before they could be read.
+    pub vanished: Vec<Id>,
 }
 
 impl Repository {
@@ -117,7 +119,10 @@ impl Repository {
                     fetched.push((id, (*s).clone()));
                     out.snapshots.push((id, *s));
                 }
-                Outcome::Vanished(id) => drop_from_cache.push(id),
+                Outcome::Vanished(id) => {
+                    drop_from_cache.push(id);
+                    out.vanished.push(id);
+                }
                 Outcome::Unreadable(id, e) => {
                     drop_from_cache.push(id);
                     out.unreadable.push((id, e));
@@ -139,8 +144,25 @@ impl Repository {
     /// and verified. While any snapshot cannot be read they refuse, since the data only that
     /// snapshot uses would look unused and be freed; with `drop_unreadable` the unreadable
     /// snapshot objects are removed first (the user has said they are to be dropped).
+    ///
+    /// A snapshot removed while being listed may have been replaced by one this listing
+    /// missed: a tag edit, WAL retention and a merge each write the new snapshot before they
+    /// remove the old one. The listing is repeated until no listed snapshot vanishes, so that
+    /// of every such chain one snapshot is read; otherwise what it uses would look unused.
     pub fn snapshots_for_gc(&self, drop_unreadable: bool) -> Result<Vec<(Id, Snapshot)>> {
-        let list = self.list_snapshots(SnapshotRead::Verified)?;
+        const ATTEMPTS: usize = 10;
+        let mut list = self.list_snapshots(SnapshotRead::Verified)?;
+        let mut attempts = 1;
+        while !list.vanished.is_empty() {
+            if attempts >= ATTEMPTS {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("snapshots kept being removed while they were listed ({attempts} times); run again"),
+                ));
+            }
+            attempts += 1;
+            list = self.list_snapshots(SnapshotRead::Verified)?;
+        }
         if list.unreadable.is_empty() {
             return Ok(list.snapshots);
         }
