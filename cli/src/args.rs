@@ -427,7 +427,7 @@ pub struct BackupArgs {
     #[arg(long)]
     pub tag: Vec<String>,
     /// Host name recorded in the snapshot
-    #[arg(long)]
+    #[arg(long, short = 'H')]
     pub host: Option<String>,
     /// Time recorded in the snapshot ("YYYY-MM-DD HH:MM:SS" local time, or RFC 3339)
     #[arg(long)]
@@ -446,7 +446,7 @@ pub struct BackupArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct SnapshotFilter {
     /// Only snapshots of this host
-    #[arg(long)]
+    #[arg(long, short = 'H')]
     pub host: Vec<String>,
     /// Only snapshots with this tag
     #[arg(long)]
@@ -553,4 +553,15 @@ pub enum ListKind {
     Keys,
     Locks,
     Blobs,
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's options are consistent (no short or long name used twice, every
+    /// reference valid): clap checks this only for the commands a run builds.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
