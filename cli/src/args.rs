@@ -470,13 +470,17 @@ pub struct SnapshotsArgs {
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// Snapshot id prefix or `latest`
+    /// Snapshot id prefix or `latest` (narrowed by --host, --tag, --path), optionally with
+    /// `:SUBPATH`
     pub snapshot: String,
     /// Directory or file inside the snapshot
-    pub path: Option<String>,
+    #[arg(value_name = "PATH")]
+    pub inside: Option<String>,
     /// Show type, mode, size and time
     #[arg(short, long)]
     pub long: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
 }
 
 #[derive(Args, Debug)]
@@ -498,9 +502,14 @@ pub struct DiffArgs {
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
+    /// Snapshot id prefix or `latest` (narrowed by --host, --tag, --path), optionally with
+    /// `:PATH` instead of the second argument
     pub snapshot: String,
     /// Path of a file or directory inside the snapshot (`/` for all)
-    pub path: String,
+    #[arg(value_name = "PATH")]
+    pub inside: Option<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -512,6 +521,7 @@ pub enum OverwriteArg {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
+    /// Snapshot id prefix or `latest` (narrowed by --host, --tag, --path)
     pub snapshot: String,
     /// Folder to restore into
     #[arg(long, short = 't')]
@@ -531,6 +541,8 @@ pub struct RestoreArgs {
     /// Delete entries in restored folders that are not in the snapshot
     #[arg(long)]
     pub delete: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
 }
 
 #[derive(Args, Debug)]

@@ -410,3 +410,57 @@ fn snapshots_latest_and_compact() {
     );
     assert!(compact.contains("6 snapshots"), "{compact}");
 }
+
+/// `latest` narrowed by --host/--tag/--path wherever a snapshot is named, and the
+/// `SNAPSHOT:PATH` form of ls and dump.
+#[test]
+fn latest_is_narrowed_by_filters_and_takes_a_subpath() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s, "-H", "alpha"]);
+    std::fs::write(src.join("a.txt"), "changed on beta\n").unwrap();
+    env.ok(&["backup", s, "-H", "beta", "--tag", "nightly"]);
+    let a_txt = format!("{s}/a.txt");
+    let dump = |args: &[&str]| {
+        let out = env.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        dump(&["dump", &format!("latest:{a_txt}")]),
+        "changed on beta\n"
+    );
+    assert_eq!(dump(&["dump", "latest", &a_txt, "-H", "alpha"]), "alpha\n");
+    assert_eq!(
+        dump(&["dump", &format!("latest:{a_txt}"), "--host", "alpha"]),
+        "alpha\n"
+    );
+    assert_eq!(
+        dump(&["dump", &format!("latest:{a_txt}"), "--tag", "nightly"]),
+        "changed on beta\n"
+    );
+    let ls = env.ok(&["ls", &format!("latest:{s}/sub"), "-H", "alpha"]);
+    assert!(ls.contains("c.txt") && !ls.contains("a.txt"), "{ls}");
+    let target = env.path("out");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--host",
+        "alpha",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(restored(&target, &src).join("a.txt")).unwrap(),
+        "alpha\n"
+    );
+    let err = env.fails(&["ls", "latest", "-H", "gamma"], 1);
+    assert!(err.contains("no snapshot matches"), "{err}");
+    env.fails(&["dump", "latest:/x", "/y"], 1);
+}

@@ -219,4 +219,7 @@ fn wal_merge_merges_every_wal_snapshot_into_one() {
     let list = env.json(&["wal", "list"]);
     assert_eq!(list["timelines"][0]["ranges"][0]["count"], 4, "{list}");
     assert!(env.ok(&["wal", "merge"]).contains("nothing to merge"));
+    // Archived WAL is never `latest`.
+    let err = env.fails(&["ls", "latest"], 1);
+    assert!(err.contains("no snapshots"), "{err}");
 }

@@ -79,8 +79,17 @@ fn append(
 
 pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let (_, snap) = repo.find_snapshot(&args.snapshot)?;
-    let path = args.path.trim_end_matches('/').as_bytes().to_vec();
+    let (_, snap, sub) = super::snapshots::resolve(&repo, &args.snapshot, &args.filter)?;
+    let shown = match (sub, args.inside) {
+        (Some(_), Some(_)) => {
+            bail!("give the path either as SNAPSHOT:PATH or as the second argument")
+        }
+        (Some(p), None) | (None, Some(p)) => p,
+        (None, None) => {
+            bail!("which path? give it as SNAPSHOT:PATH or as the second argument (`/` for all)")
+        }
+    };
+    let path = shown.trim_end_matches('/').as_bytes().to_vec();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let (root_node, tree) = if path.is_empty() {
@@ -94,7 +103,7 @@ pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
                 return Ok(0);
             }
             Some(node) if node.kind == NodeKind::Dir => (Some(node.clone()), node.subtree),
-            Some(_) => bail!("{} is neither a file nor a directory", args.path),
+            Some(_) => bail!("{shown} is neither a file nor a directory"),
             None => bail!("no such path"),
         }
     };

@@ -38,10 +38,13 @@ pub fn long_line(path: &[u8], n: &Node) -> String {
 
 pub fn run(ctx: &Context, args: LsArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let (_, snap) = repo.find_snapshot(&args.snapshot)?;
-    let prefix = args
-        .path
+    let (_, snap, sub) = super::snapshots::resolve(&repo, &args.snapshot, &args.filter)?;
+    if sub.is_some() && args.inside.is_some() {
+        anyhow::bail!("give the path either as SNAPSHOT:PATH or as the second argument");
+    }
+    let prefix = sub
         .as_deref()
+        .or(args.inside.as_deref())
         .unwrap_or("/")
         .trim_end_matches('/')
         .as_bytes()

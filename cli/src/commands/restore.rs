@@ -11,7 +11,12 @@ use crate::output::{human_bytes, print_json, Bar};
 
 pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
+    let (id, snap, sub) = super::snapshots::resolve(&repo, &args.snapshot, &args.filter)?;
+    if sub.is_some() {
+        anyhow::bail!(
+            "restore takes no SNAPSHOT:PATH; use --include PATH to restore part of a snapshot"
+        );
+    }
     let opts = RestoreOptions {
         include: if args.include.is_empty() {
             None

@@ -133,3 +133,29 @@ pub fn run(ctx: &Context, args: SnapshotsArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// The snapshot `spec` names: an id prefix, or `latest`, the newest snapshot (archived WAL
+/// aside) that `filter` admits. `SNAPSHOT:PATH` also names a path inside it, returned
+/// separately.
+pub fn resolve(
+    repo: &cairn_repo::Repository,
+    spec: &str,
+    filter: &SnapshotFilter,
+) -> Result<(Id, Snapshot, Option<String>)> {
+    let (spec, sub) = match spec.split_once(':') {
+        Some((s, p)) => (s, Some(p.to_string())),
+        None => (spec, None),
+    };
+    let narrowed = !filter.host.is_empty() || !filter.tag.is_empty() || !filter.path.is_empty();
+    if spec != "latest" || !narrowed {
+        let (id, snap) = repo.find_snapshot(spec)?;
+        return Ok((id, snap, sub));
+    }
+    let newest = repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+        s.kind != cairn_repo::format::snapshot::SnapshotKind::Wal && matches(filter, s)
+    });
+    match newest {
+        Some((id, snap)) => Ok((id, snap, sub)),
+        None => anyhow::bail!("no snapshot matches --host/--tag/--path for `latest`"),
+    }
+}

@@ -214,8 +214,11 @@ impl Repository {
                     "snapshot {id} cannot be read ({e}); `latest` is the newest of the others"
                 );
             }
+            // Archived WAL is not what a user means by the latest backup.
             list.snapshots
-                .last()
+                .iter()
+                .rev()
+                .find(|(_, s)| s.kind != crate::format::snapshot::SnapshotKind::Wal)
                 .map(|(id, _)| *id)
                 .ok_or_else(|| Error::not_found("the repository has no snapshots"))?
         } else {
