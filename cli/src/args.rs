@@ -133,6 +133,20 @@ pub enum Command {
     /// Print the version of cairn, of the repository format it writes, and the build's
     /// target
     Version,
+    /// Write shell completions to standard output, or man pages into a folder
+    Generate {
+        /// The shell to complete for
+        #[arg(
+            long,
+            value_enum,
+            value_name = "SHELL",
+            required_unless_present = "man"
+        )]
+        completions: Option<clap_complete::Shell>,
+        /// Write a man page for cairn and each of its commands into this folder
+        #[arg(long, value_name = "DIR", conflicts_with = "completions")]
+        man: Option<std::path::PathBuf>,
+    },
     /// List the objects of a type by name: packs, index, snapshots, keys, locks, or the
     /// blobs the index lists (id, kind, pack)
     List {

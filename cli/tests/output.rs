@@ -151,3 +151,69 @@ fn an_error_prints_each_piece_of_its_text_once() {
         .unwrap_or_else(|| panic!("no problem line names {id}: {err}"));
     assert_eq!(line.matches(&id).count(), 1, "{line}");
 }
+
+/// Shell completions load into bash and complete commands; man pages render with `man -l`.
+#[test]
+fn completions_and_man_pages() {
+    let env = Env::new();
+    let bash = env
+        .bare()
+        .args(["generate", "--completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(bash.status.success());
+    let script = env.path("cairn.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p cairn && COMP_WORDS=(cairn sna) && COMP_CWORD=1 && _cairn cairn sna cairn && echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert!(said.contains("-F _cairn cairn"), "{said}");
+    assert!(said.contains("snapshots"), "{said}");
+    for shell in ["zsh", "fish"] {
+        let out = env
+            .bare()
+            .args(["generate", "--completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}");
+    }
+
+    let dir = env.path("man");
+    env.bare()
+        .args(["generate", "--man", dir.to_str().unwrap()])
+        .assert()
+        .success();
+    for page in [
+        "cairn.1",
+        "cairn-backup.1",
+        "cairn-wal-push.1",
+        "cairn-pg-restore.1",
+    ] {
+        let path = dir.join(page);
+        assert!(path.exists(), "{page} was not written");
+        let rendered = std::process::Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat")
+            .output()
+            .expect("man is required (scripts/test installs man-db)");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(
+            rendered.status.success() && text.contains("NAME"),
+            "{page}: {text}"
+        );
+    }
+    assert!(!dir.join("cairn-help.1").exists());
+}

@@ -54,6 +54,7 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Wal(a) => wal::run(ctx, a),
         Command::Pg(a) => pg::run(ctx, a),
         Command::Version => version(ctx),
+        Command::Generate { completions, man } => generate(completions, man.as_deref()),
         Command::List { kind } => list(ctx, kind),
     }
 }
@@ -115,5 +116,42 @@ fn list(ctx: &Context, kind: crate::args::ListKind) -> anyhow::Result<i32> {
         }
     }
     out.flush()?;
+    Ok(0)
+}
+
+/// `cairn generate`: shell completions on standard output, or man pages into a folder (one
+/// for `cairn` and one per command, `cairn-backup.1` and so on, nested commands included).
+fn generate(
+    shell: Option<clap_complete::Shell>,
+    man: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    use clap::CommandFactory;
+    let mut cmd = crate::args::Cli::command();
+    if let Some(shell) = shell {
+        clap_complete::generate(shell, &mut cmd, "cairn", &mut std::io::stdout());
+        return Ok(0);
+    }
+    let Some(dir) = man else {
+        anyhow::bail!("give --completions SHELL or --man DIR");
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    cmd.build();
+    let mut stack: Vec<(String, clap::Command)> = vec![("cairn".to_string(), cmd)];
+    let mut written = 0;
+    while let Some((name, command)) = stack.pop() {
+        for sub in command.get_subcommands() {
+            if !sub.is_hide_set() && sub.get_name() != "help" {
+                stack.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+            }
+        }
+        let page = command.clone().name(name.clone());
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        written += 1;
+    }
+    eprintln!("wrote {written} man pages into {}", dir.display());
     Ok(0)
 }
