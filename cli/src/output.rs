@@ -114,6 +114,24 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A time for people: local time to the second (`2026-12-01 21:39:22`). JSON keeps RFC 3339
+/// in UTC with nanoseconds. An unreadable time is shown as it is.
+pub fn human_time(rfc3339: &str) -> String {
+    match rfc3339.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => rfc3339.to_string(),
+    }
+}
+
+/// [`human_time`] of a node's time.
+pub fn human_node_time(t: Time) -> String {
+    human_time(&time_string(t))
+}
+
+/// A node's time as RFC 3339 in UTC with nanoseconds (for JSON).
 pub fn time_string(t: Time) -> String {
     jiff::Timestamp::new(t.0, t.1 as i32)
         .map(|ts| ts.to_string())

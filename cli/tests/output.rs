@@ -217,3 +217,31 @@ fn completions_and_man_pages() {
     }
     assert!(!dir.join("cairn-help.1").exists());
 }
+
+/// Human output shows local time to the second; JSON keeps RFC 3339 with nanoseconds.
+#[test]
+fn human_times_are_local_and_to_the_second() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.cmd()
+        .args(["backup", src.to_str().unwrap()])
+        .assert()
+        .success();
+    let out = env.cmd().args(["ls", "-l", "latest"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nanos = |s: &str| {
+        s.split_whitespace()
+            .any(|w| w.len() > 20 && w.contains('T') && w.ends_with('Z'))
+    };
+    assert!(!nanos(&text), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains(&jiff::Zoned::now().strftime(" %Y-").to_string())),
+        "{text}"
+    );
+    let json = env.cmd().args(["--json", "ls", "latest"]).output().unwrap();
+    assert!(nanos(
+        &String::from_utf8_lossy(&json.stdout).replace(['"', ','], " ")
+    ));
+}

@@ -10,7 +10,8 @@ use serde_json::json;
 use crate::args::FindArgs;
 use crate::commands::snapshots::matches;
 use crate::context::Context;
-use crate::output::{node_json, time_string};
+use crate::output::human_node_time;
+use crate::output::node_json;
 
 pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
     let repo = ctx.open()?;
@@ -45,7 +46,7 @@ pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
                     format!(
                         "{}  {}  {:>12}  {}",
                         id.short(),
-                        time_string(node.mtime),
+                        human_node_time(node.mtime),
                         node.size,
                         String::from_utf8_lossy(path)
                     )

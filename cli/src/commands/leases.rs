@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::args::LeasesArgs;
 use crate::context::Context;
+use crate::output::human_time;
 use crate::output::{outln, print_json};
 
 pub fn run(ctx: &Context, args: LeasesArgs) -> Result<i32> {
@@ -29,7 +30,7 @@ pub fn run(ctx: &Context, args: LeasesArgs) -> Result<i32> {
             l.kind,
             l.host,
             l.pid,
-            l.started,
+            human_time(&l.started),
             l.expires,
             if *live { "" } else { "  (ended)" }
         );

@@ -9,7 +9,8 @@ use cairn_repo::format::tree::{Node, NodeKind};
 
 use crate::args::LsArgs;
 use crate::context::Context;
-use crate::output::{node_json, time_string};
+use crate::output::human_node_time;
+use crate::output::node_json;
 
 pub fn long_line(path: &[u8], n: &Node) -> String {
     let t = match n.kind {
@@ -27,7 +28,7 @@ pub fn long_line(path: &[u8], n: &Node) -> String {
         n.user.clone().unwrap_or_else(|| n.uid.to_string()),
         n.group.clone().unwrap_or_else(|| n.gid.to_string()),
         n.size,
-        time_string(n.mtime),
+        human_node_time(n.mtime),
         String::from_utf8_lossy(path)
     );
     if let Some(target) = &n.link_target {

@@ -11,6 +11,7 @@ use cairn_repo::pg::status::{status as archive_status, Run, Status, TimelineStat
 use serde_json::json;
 
 use crate::context::Context;
+use crate::output::human_time;
 use crate::output::{outln, print_json};
 
 fn load(ctx: &Context) -> Result<Status> {
@@ -54,7 +55,10 @@ fn print_timeline(t: &TimelineStatus) -> Result<()> {
             r.first,
             r.last,
             r.count,
-            r.last_written.as_deref().unwrap_or("?")
+            r.last_written
+                .as_deref()
+                .map(human_time)
+                .unwrap_or("?".into())
         );
     }
     if !t.gaps.is_empty() {
@@ -142,15 +146,18 @@ pub fn status(ctx: &Context) -> Result<i32> {
             b.timeline,
             b.start_lsn.as_deref().unwrap_or("?"),
             b.stop_lsn.as_deref().unwrap_or("?"),
-            b.start_time.as_deref().unwrap_or("?"),
-            b.stop_time.as_deref().unwrap_or("?"),
+            b.start_time
+                .as_deref()
+                .map(human_time)
+                .unwrap_or("?".into()),
+            b.stop_time.as_deref().map(human_time).unwrap_or("?".into()),
         );
         for w in &b.windows {
             outln!(
                 "      restorable on timeline {}: {} .. {} (to {}){}",
                 w.timeline,
-                w.from.as_deref().unwrap_or("?"),
-                w.to.as_deref().unwrap_or("?"),
+                w.from.as_deref().map(human_time).unwrap_or("?".into()),
+                w.to.as_deref().map(human_time).unwrap_or("?".into()),
                 w.last_segment.as_deref().unwrap_or("?"),
                 match &w.cut_by_gap {
                     Some(g) => format!(", then a gap at {g}"),

@@ -6,6 +6,7 @@ use cairn_repo::prune::{prune, PruneOptions, PruneReport};
 
 use crate::args::{PruneArgs, PruneOpts};
 use crate::context::Context;
+use crate::output::human_time;
 use crate::output::{human_bytes, outln, print_json, Bar};
 
 pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
@@ -97,7 +98,7 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
                 l.kind,
                 l.host,
                 l.pid,
-                l.started
+                human_time(&l.started)
             );
         }
         outln!("run prune again after they finish to free the space");
