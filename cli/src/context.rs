@@ -204,12 +204,27 @@ impl Context {
             .into());
         }
         let (tenant, creds) = self.credentials(default.as_ref())?;
-        Ok(Repository::open(
-            &location,
-            &tenant,
-            &creds,
-            &self.open_options(),
-        )?)
+        match Repository::open(&location, &tenant, &creds, &self.open_options()) {
+            Ok(repo) => Ok(repo),
+            // A password given for the default repository, which starts with a key file only.
+            Err(e)
+                if e.kind() == ErrorKind::WrongPassword
+                    && matches!(creds, Credentials::Password(_)) =>
+            {
+                match default.as_ref().filter(|d| d.key_file.exists()) {
+                    Some(d) => Err(cairn_repo::Error::new(
+                        ErrorKind::WrongPassword,
+                        format!(
+                            "{e}. No repository is configured, so this is the default one, whose key file is {}: drop the password option to use it, or add this password with `cairn key add` (run without the password option)",
+                            d.key_file.display()
+                        ),
+                    )
+                    .into()),
+                    None => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Opens the repository, creating the default one on first use (backup only).

@@ -449,3 +449,30 @@ fn list_names_objects_by_type() {
     }
     env.fails(&["list", "nonsense"], 2);
 }
+
+/// A password given for the default repository, which starts with a key file only: the
+/// message names the key file and how to add a password (exit 12).
+#[test]
+fn a_password_for_the_default_repository_points_to_its_key_file() {
+    let env = Env::new();
+    let src = env.source();
+    env.bare()
+        .args(["backup", src.to_str().unwrap()])
+        .assert()
+        .success();
+    let out = env
+        .bare()
+        .args([
+            "--password-file",
+            env.path("password").to_str().unwrap(),
+            "snapshots",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("default-repository.key") && err.contains("cairn key add"),
+        "{err}"
+    );
+}

@@ -266,7 +266,10 @@ pub fn unlock_with_password(
     mut is_ours: impl FnMut(&MasterKey) -> bool,
 ) -> Result<Unlocked> {
     if slots.is_empty() {
-        return Err(Error::corrupt(format!("{location} has no key slots")));
+        return Err(Error::new(
+            ErrorKind::WrongPassword,
+            format!("{location} has no passwords: it is opened with its key file (--key-file); `cairn key add`, run with the key file, adds a password"),
+        ));
     }
     let mut troubles = Vec::new();
     let mut candidates = Vec::new();
