@@ -133,6 +133,16 @@ pub enum Command {
     /// Print the version of cairn, of the repository format it writes, and the build's
     /// target
     Version,
+    /// List the local caches (one per repository tenant), or remove the ones not used for a
+    /// while
+    Cache {
+        /// Remove caches not used for --max-age days
+        #[arg(long)]
+        cleanup: bool,
+        /// Days without use after which a cache counts as old
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        max_age: u64,
+    },
     /// Write shell completions to standard output, or man pages into a folder
     Generate {
         /// The shell to complete for

@@ -459,3 +459,46 @@ fn forget_by_received_time_ignores_the_time_a_snapshot_claims() {
     assert_eq!(received, vec![newest_received]);
     assert!(ids.len() == 2);
 }
+
+/// `cairn cache` lists the caches; `--cleanup` removes only those not used for --max-age
+/// days, and a removed cache is rebuilt by the next command.
+#[test]
+fn cache_lists_and_cleans_old_caches() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let listed = env.json(&["cache"]);
+    let caches = listed["caches"].as_array().unwrap();
+    assert_eq!(caches.len(), 1, "{listed}");
+    assert_eq!(caches[0]["old"], false);
+    // A second cache, last used 40 days ago.
+    let folder = std::path::PathBuf::from(listed["folder"].as_str().unwrap());
+    let stale = folder.join(format!("{}.redb", "ab".repeat(32)));
+    std::fs::write(&stale, b"old cache").unwrap();
+    let forty_days = std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(forty_days)
+        .unwrap();
+    assert!(env.ok(&["cache"]).contains("--cleanup"));
+    env.ok(&["cache", "--cleanup", "--max-age", "60"]);
+    assert!(stale.exists(), "removed although younger than --max-age");
+    let out = env.json(&["cache", "--cleanup"]);
+    assert!(!stale.exists());
+    assert_eq!(
+        out["caches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["removed"] == true)
+            .count(),
+        1
+    );
+    // The repository's own cache is gone too when removed, and simply rebuilt.
+    std::fs::remove_file(folder.join(format!("{}.redb", caches[0]["id"].as_str().unwrap())))
+        .unwrap();
+    assert!(env.ok(&["snapshots"]).contains("1 snapshots"));
+}

@@ -1,6 +1,7 @@
 //! One file per command. Each `run` returns the process exit code.
 
 mod backup;
+mod cache;
 mod cat;
 mod check;
 mod diff;
@@ -54,6 +55,7 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Wal(a) => wal::run(ctx, a),
         Command::Pg(a) => pg::run(ctx, a),
         Command::Version => version(ctx),
+        Command::Cache { cleanup, max_age } => cache::run(ctx, cleanup, max_age),
         Command::Generate { completions, man } => generate(completions, man.as_deref()),
         Command::List { kind } => list(ctx, kind),
     }
