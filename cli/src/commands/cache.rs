@@ -53,7 +53,7 @@ pub fn run(ctx: &Context, cleanup: bool, max_age_days: u64) -> Result<i32> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     }
-    entries.sort_by(|a, b| b.used.cmp(&a.used));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.used));
     let max_age = Duration::from_secs(max_age_days.saturating_mul(86_400));
     let now = SystemTime::now();
     let is_old = |e: &Entry| now.duration_since(e.used).is_ok_and(|age| age > max_age);
