@@ -28,7 +28,36 @@ pub const EXIT_INCOMPLETE: i32 = 3;
 pub const EXIT_NO_REPOSITORY: i32 = 10;
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
 
+pub const EXIT_USAGE: i32 = 2;
+
+/// A bad option value found after parsing (a size, a duration, a pattern): exit 2, as for
+/// the command line errors clap finds itself.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Fails with a [`UsageError`] (exit 2).
+#[macro_export]
+macro_rules! bail_usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*))))
+    };
+}
+
 fn exit_code(err: &anyhow::Error) -> i32 {
+    if err
+        .chain()
+        .any(|c| c.downcast_ref::<UsageError>().is_some())
+    {
+        return EXIT_USAGE;
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<cairn_repo::Error>() {
             return match e.kind() {

@@ -84,7 +84,7 @@ fn excludes_tags_host_and_time() {
             .len(),
         0
     );
-    env.fails(&["backup", src.to_str().unwrap(), "--time", "yesterday"], 1);
+    env.fails(&["backup", src.to_str().unwrap(), "--time", "yesterday"], 2);
 }
 
 #[test]
@@ -340,7 +340,7 @@ fn restic_selection_flags_choose_what_is_backed_up() {
     for kept in ["a.txt", "fake/CACHEDIR.TAG", "b.log"] {
         assert!(listing.contains(kept), "{kept} is missing:\n{listing}");
     }
-    env.fails(&["backup", s, "--exclude-larger-than", "big"], 1);
+    env.fails(&["backup", s, "--exclude-larger-than", "big"], 2);
 
     // Paths from files: lines (comments and blank lines skipped), and NUL-separated.
     let odd = src.join("with\nnewline");

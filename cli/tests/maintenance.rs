@@ -94,7 +94,7 @@ fn forget_explains_and_prune_frees_the_space() {
         0,
         "{bounded}"
     );
-    env.fails(&["prune", "--dry-run", "--max-unused", "lots"], 1);
+    env.fails(&["prune", "--dry-run", "--max-unused", "lots"], 2);
     let r = env.json(&["prune"]);
     assert!(
         r["pending_record"].is_null(),

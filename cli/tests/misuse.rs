@@ -209,3 +209,35 @@ fn a_new_tenant_never_gets_the_current_tenants_password() {
         1,
     );
 }
+
+/// A bad option value is a command line error wherever it is found: exit 2, with the option
+/// named, and nothing changed.
+#[test]
+fn bad_option_values_exit_2() {
+    let env = common::Env::new();
+    env.init();
+    let src = env.source();
+    let s = src.to_str().unwrap();
+    for (args, option) in [
+        (vec!["forget", "--keep-within", "soon"], "--keep-within"),
+        (
+            vec!["forget", "--keep-last", "1", "--group-by", "colour"],
+            "--group-by",
+        ),
+        (
+            vec!["prune", "--max-repack-size", "huge"],
+            "--max-repack-size",
+        ),
+        (vec!["prune", "--max-unused=-3%"], "--max-unused"),
+        (vec!["backup", s, "--compression", "zip"], "--compression"),
+        (
+            vec!["backup", s, "--exclude-larger-than", "1Q"],
+            "--exclude-larger-than",
+        ),
+        (vec!["backup", s, "--time", "tomorrow"], "--time"),
+    ] {
+        let err = env.fails(&args, 2);
+        assert!(err.contains(option), "{args:?}: {err}");
+    }
+    assert!(env.snapshot_ids().is_empty(), "a backup was made");
+}

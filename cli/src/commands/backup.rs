@@ -23,7 +23,7 @@ pub fn parse_compression(s: &str) -> Result<i32> {
         "max" => 19,
         n => match n.parse::<i32>() {
             Ok(l) if (1..=22).contains(&l) => l,
-            _ => bail!("--compression: expected auto, off, fastest, default, max or a zstd level 1-22, got {s:?}"),
+            _ => crate::bail_usage!("--compression: expected auto, off, fastest, default, max or a zstd level 1-22, got {s:?}"),
         },
     })
 }
@@ -71,7 +71,9 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
         None => None,
         Some(s) => match cairn_repo::check::Subset::parse(s) {
             Ok(cairn_repo::check::Subset::Bytes(b)) => Some(b),
-            _ => bail!("--exclude-larger-than: expected a size such as 500M or 2G, got {s:?}"),
+            _ => crate::bail_usage!(
+                "--exclude-larger-than: expected a size such as 500M or 2G, got {s:?}"
+            ),
         },
     };
     let mut paths = args.paths.clone();
@@ -92,7 +94,10 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
             .filter(|t| !t.is_empty())
             .collect(),
         host: args.host.clone().unwrap_or_else(cairn_repo::sys::hostname),
-        time: args.time.as_deref().map(parse_time).transpose()?,
+        time: match args.time.as_deref().map(parse_time).transpose() {
+            Ok(t) => t,
+            Err(e) => crate::bail_usage!("{e}"),
+        },
         compression: args
             .compression
             .as_deref()

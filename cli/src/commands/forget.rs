@@ -30,7 +30,9 @@ fn duration(flag: &str, v: &Option<String>) -> Result<Option<jiff::SignedDuratio
         None => Ok(None),
         Some(s) => match parse_duration(s) {
             Some(d) => Ok(Some(d)),
-            None => bail!("--{flag}: expected a duration such as 7d, 2w, 6mo, 1y, 36h; got {s:?}"),
+            None => crate::bail_usage!(
+                "--{flag}: expected a duration such as 7d, 2w, 6mo, 1y, 36h; got {s:?}"
+            ),
         },
     }
 }
@@ -82,7 +84,9 @@ fn group_by(s: &str) -> Result<GroupBy> {
             "host" => g.host = true,
             "paths" | "path" => g.paths = true,
             "tags" | "tag" => g.tags = true,
-            other => bail!("--group-by: unknown field {other:?} (use host, paths, tags)"),
+            other => {
+                crate::bail_usage!("--group-by: unknown field {other:?} (use host, paths, tags)")
+            }
         }
     }
     Ok(g)
@@ -119,7 +123,7 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     let policy = policy(&args)?;
     let pitr = duration("keep-within-pitr", &args.keep_within_pitr)?;
     if pitr.is_some_and(|d| !d.is_positive()) {
-        bail!("--keep-within-pitr: the window must be longer than zero");
+        crate::bail_usage!("--keep-within-pitr: the window must be longer than zero");
     }
     if policy.is_empty() && args.snapshots.is_empty() && pitr.is_none() {
         bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");

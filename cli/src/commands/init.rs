@@ -24,7 +24,7 @@ pub fn parse_chunker(s: &str) -> Result<ChunkerConfig> {
             avg: *avg,
             max: *max,
         }),
-        _ => bail!("--chunker expects MIN,AVG,MAX in bytes"),
+        _ => crate::bail_usage!("--chunker expects MIN,AVG,MAX in bytes"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! `cairn prune`: free the space of data no snapshot uses.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use cairn_repo::check::Subset;
 use cairn_repo::prune::{prune, PruneOptions, PruneReport};
 
@@ -16,16 +16,16 @@ pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
     };
     let max_unused = match max_unused {
         Ok(v) if v >= 0.0 => v,
-        _ => bail!(
+        _ => crate::bail_usage!(
             "--max-unused: expected a percentage (5%) or a fraction (0.05), got {:?}",
             o.max_unused
         ),
     };
     let max_repack_bytes = match &o.max_repack_size {
         None => None,
-        Some(s) => match Subset::parse(s)? {
-            Subset::Bytes(b) => Some(b),
-            _ => bail!("--max-repack-size: expected a size such as 10G, got {s:?}"),
+        Some(s) => match Subset::parse(s) {
+            Ok(Subset::Bytes(b)) => Some(b),
+            _ => crate::bail_usage!("--max-repack-size: expected a size such as 10G, got {s:?}"),
         },
     };
     Ok(PruneOptions {
