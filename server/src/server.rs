@@ -1,0 +1,198 @@
+//! Running the server: opening storage and users, listening, reloading users on SIGHUP and
+//! stopping cleanly on SIGTERM or SIGINT (requests in flight finish first).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cairn_store::backend::{self, BackendOptions, Root};
+use cairn_store::{Error, ErrorKind, Location, Result};
+
+use crate::auth::Authenticator;
+use crate::storage::NamePolicy;
+use crate::users::Users;
+
+/// Largest upload accepted by default. restic's packs are at most 128 MiB, Cairn's 16 MiB by
+/// default; an upload is held in memory while it is checked, so this bounds memory per
+/// request.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 256 * 1024 * 1024;
+
+/// What `cairn-server serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A cairn-store location string (`/srv/cairn`, later `s3:...`).
+    pub storage: String,
+    pub listen: String,
+    /// The users file; `None` only together with `no_auth`.
+    pub users: Option<PathBuf>,
+    pub no_auth: bool,
+    pub max_object_size: u64,
+    pub policy: NamePolicy,
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub root: Arc<dyn Root>,
+    /// `None` when authentication is off (`--no-auth`).
+    pub auth: Option<Arc<Authenticator>>,
+    pub policy: NamePolicy,
+    pub max_object_size: u64,
+}
+
+/// A server ready to accept connections.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    users_file: Option<PathBuf>,
+}
+
+impl Server {
+    /// Opens storage and users and binds the address. Refuses to run without users unless
+    /// authentication is explicitly off: an open server by accident is worse than none.
+    pub async fn bind(opts: &ServeOptions) -> Result<Server> {
+        let auth = match (&opts.users, opts.no_auth) {
+            (Some(_), true) => {
+                return Err(Error::invalid("--users and --no-auth exclude each other"))
+            }
+            (None, false) => {
+                return Err(Error::invalid(
+                    "no --users file given; pass --no-auth to serve without authentication",
+                ))
+            }
+            (None, true) => None,
+            (Some(path), false) => {
+                let users = Users::load(path)?;
+                if users.is_empty() {
+                    tracing::warn!(
+                        "{} holds no users: every request is refused",
+                        path.display()
+                    );
+                }
+                Some(Arc::new(Authenticator::new(users)?))
+            }
+        };
+        let location = Location::parse(&opts.storage)?;
+        if let Location::Local(path) = &location {
+            // The folder must exist when the root is opened, or uploads would not be staged
+            // (and could be seen half-written).
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        }
+        let root = backend::open(&location, &BackendOptions::for_location(&location))?;
+        root.has_marker()
+            .await
+            .map_err(|e| e.context(format!("storage {} is not reachable", root.description())))?;
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .map_err(|e| Error::io(format!("listening on {}", opts.listen), e))?;
+        Ok(Server {
+            listener,
+            state: Arc::new(AppState {
+                root,
+                auth,
+                policy: opts.policy,
+                max_object_size: opts.max_object_size,
+            }),
+            users_file: opts.users.clone(),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the listening address", e))
+    }
+
+    /// Serves until `shutdown` completes; then requests in flight finish.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        if let (Some(auth), Some(path)) = (&self.state.auth, &self.users_file) {
+            spawn_reloader(Arc::clone(auth), path.clone())?;
+        }
+        let app = axum::Router::new()
+            .fallback(crate::routes::handle)
+            .with_state(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::io("serving", e))
+    }
+}
+
+/// Reloads the users file on SIGHUP. A file that cannot be read (or became readable by
+/// others) keeps the users in force and logs why.
+fn spawn_reloader(auth: Arc<Authenticator>, path: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups =
+        signal(SignalKind::hangup()).map_err(|e| Error::io("installing the SIGHUP handler", e))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match Users::load(&path) {
+                Ok(users) => {
+                    let n = users.len();
+                    auth.replace_users(users);
+                    tracing::info!("reloaded {n} users from {}", path.display());
+                }
+                Err(e) => tracing::error!("users not reloaded, the old ones stay in force: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Parses a size: bytes, or a number with K, M, G, T (powers of 1024, optionally followed by
+/// `iB` or `B`), e.g. `500G`, `4MiB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Error::invalid(format!("invalid size {s:?}")))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(Error::invalid(format!("invalid size unit in {s:?}"))),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("size {s:?} is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("500G").unwrap(), 500 << 30);
+        assert_eq!(parse_size("2k").unwrap(), 2048);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
