@@ -51,6 +51,24 @@ impl Server {
         }
     }
 
+    /// A sender of uploads to `addr` usable from other threads: the status, or `None` when
+    /// the server did not answer.
+    pub fn req_to(addr: &str) -> impl Fn(&str, &str, &[u8]) -> Option<u16> + Send + 'static {
+        let addr = addr.to_string();
+        move |method, path, body| {
+            Req {
+                addr: addr.clone(),
+                method: method.to_string(),
+                path: path.to_string(),
+                headers: Vec::new(),
+                body: body.to_vec(),
+                content_length: true,
+            }
+            .try_send()
+            .map(|r| r.status)
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
