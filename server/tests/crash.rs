@@ -112,7 +112,7 @@ fn a_killed_server_leaves_only_complete_objects() {
                     for _ in 0..10_000 {
                         let seed = counter.fetch_add(1, Ordering::SeqCst);
                         let bytes = body(seed);
-                        let name = if seed % 2 == 0 {
+                        let name = if seed.is_multiple_of(2) {
                             sha256_hex(&bytes)
                         } else {
                             blake3_hex(&bytes)
