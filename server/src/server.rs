@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_store::backend::{self, BackendOptions, Root};
 use cairn_store::{Error, ErrorKind, Location, Result};
@@ -112,6 +113,7 @@ impl Server {
         if let (Some(auth), Some(path)) = (&self.state.auth, &self.users_file) {
             spawn_reloader(Arc::clone(auth), path.clone())?;
         }
+        spawn_staging_sweeper(Arc::clone(&self.state.root));
         let app = axum::Router::new()
             .fallback(crate::routes::handle)
             .with_state(self.state);
@@ -141,6 +143,41 @@ fn spawn_reloader(auth: Arc<Authenticator>, path: PathBuf) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// How old a staged upload must be before it is taken for the leftover of a killed upload.
+/// Far longer than any upload takes, so a live upload (of this server or of a Cairn client
+/// writing to the same folder) is never removed.
+pub const STALE_STAGING: Duration = Duration::from_secs(3600);
+
+/// Removes, at start and then hourly, staged uploads that a killed process left behind.
+/// They were never visible under an object name; this only gives their space back. Staging
+/// belongs to the root, so any tenant's backend reaches it.
+fn spawn_staging_sweeper(root: Arc<dyn Root>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STALE_STAGING);
+        loop {
+            tick.tick().await;
+            let tenants = match root.tenants().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("staging sweep: {e}");
+                    continue;
+                }
+            };
+            let Some(backend) = tenants.first().and_then(|t| root.tenant(t).ok()) else {
+                continue;
+            };
+            match tokio::task::spawn_blocking(move || backend.remove_stale_staging(STALE_STAGING))
+                .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!("removed {n} stale staged uploads"),
+                Ok(Err(e)) => tracing::warn!("staging sweep: {e}"),
+                Err(e) => tracing::warn!("staging sweep: {e}"),
+            }
+        }
+    });
 }
 
 /// Completes on SIGTERM or SIGINT.

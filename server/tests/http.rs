@@ -663,4 +663,9 @@ fn users_are_managed_by_the_cli_and_reloaded_on_sighup() {
     assert!(std::fs::read_to_string(&users)
         .unwrap()
         .contains("bob:read:t:"));
+
+    // SIGTERM stops the server cleanly.
+    let mut s = s;
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(s.wait_exit(), Some(0));
 }

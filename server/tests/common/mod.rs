@@ -69,6 +69,17 @@ impl Server {
         }
     }
 
+    /// Waits (at most 10 s) for the server to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not exit");
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
