@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use cairn_server::access::Access;
+use cairn_server::quota;
 use cairn_server::server::{self, ServeOptions, Server};
 use cairn_server::storage::NamePolicy;
 use cairn_server::users::{self, User, Users};
@@ -46,6 +47,9 @@ enum Command {
         /// Accept only object names made with this hash (blake3 or sha256); default: either.
         #[arg(long)]
         name_hash: Option<String>,
+        /// A tenant's quota, TENANT=SIZE (e.g. acme=500G); repeat for several tenants.
+        #[arg(long = "quota", value_name = "TENANT=SIZE")]
+        quotas: Vec<String>,
     },
     /// Manage the users file.
     User {
@@ -110,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             no_auth,
             max_object_size,
             name_hash,
+            quotas,
         } => {
             let policy = match name_hash {
                 None => NamePolicy::Either,
@@ -122,6 +127,10 @@ fn run(cli: Cli) -> Result<()> {
                 no_auth,
                 max_object_size: server::parse_size(&max_object_size)?,
                 policy,
+                quotas: quotas
+                    .iter()
+                    .map(|q| quota::parse_quota(q))
+                    .collect::<Result<_, _>>()?,
             };
             serve(&opts)
         }

@@ -157,8 +157,19 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 Err(e) => error_response(&e),
             }
         }
-        Target::Config => object(&state, &backend, method, FileType::Config, "config", req).await,
-        Target::Object(ft, name) => object(&state, &backend, method, ft, &name, req).await,
+        Target::Config => {
+            object(
+                &state,
+                &tenant,
+                &backend,
+                method,
+                FileType::Config,
+                "config",
+                req,
+            )
+            .await
+        }
+        Target::Object(ft, name) => object(&state, &tenant, &backend, method, ft, &name, req).await,
     }
 }
 
@@ -190,6 +201,7 @@ fn operation(method: &Method, target: &Target) -> Result<Op, &'static str> {
 
 async fn object(
     state: &AppState,
+    tenant: &str,
     backend: &Arc<dyn cairn_store::backend::Backend>,
     method: Method,
     ft: FileType,
@@ -213,8 +225,8 @@ async fn object(
                 Err(e) => error_response(&e),
             }
         }
-        Method::POST => upload(state, backend, ft, name, req).await,
-        Method::DELETE => match backend.remove(ft, name).await {
+        Method::POST => upload(state, tenant, backend, ft, name, req).await,
+        Method::DELETE => match state.quotas.remove(tenant, backend, ft, name).await {
             Ok(()) => status(StatusCode::OK, "removed"),
             Err(e) => error_response(&e),
         },
@@ -247,10 +259,12 @@ fn ranged_response(plan: Plan, size: u64, bytes: bytes::Bytes) -> Response {
     built.unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
 }
 
-/// A create-only upload: the body is read whole (bounded by the declared length and the
-/// server's limit), checked against its name, then stored atomically.
+/// A create-only upload: the length is reserved in the tenant's quota, the body is read
+/// whole (bounded by the declared length and the server's limit), checked against its name,
+/// then stored atomically; the reservation is kept only if it was stored.
 async fn upload(
     state: &AppState,
+    tenant: &str,
     backend: &Arc<dyn cairn_store::backend::Backend>,
     ft: FileType,
     name: &str,
@@ -267,6 +281,16 @@ async fn upload(
     let Ok(limit) = usize::try_from(length) else {
         return status(StatusCode::PAYLOAD_TOO_LARGE, "object too large");
     };
+    // Reserved before the body is read: a tenant over its quota stores nothing.
+    let reservation = match state.quotas.reserve(tenant, length) {
+        Ok(r) => r,
+        // A name that exists is refused as such (403) even on a full tenant: the client
+        // learns its object is stored.
+        Err(e) => match backend.stat(ft, name).await {
+            Ok(_) => return status(StatusCode::FORBIDDEN, "object exists"),
+            Err(_) => return error_response(&e),
+        },
+    };
     let body = match axum::body::to_bytes(req.into_body(), limit).await {
         Ok(b) => b,
         Err(_) => return status(StatusCode::BAD_REQUEST, "incomplete upload"),
@@ -275,7 +299,10 @@ async fn upload(
         return status(StatusCode::BAD_REQUEST, "incomplete upload");
     }
     match storage::store(backend, state.policy, ft, name, body).await {
-        Ok(()) => status(StatusCode::OK, "stored"),
+        Ok(()) => {
+            reservation.keep();
+            status(StatusCode::OK, "stored")
+        }
         Err(e) => error_response(&e),
     }
 }

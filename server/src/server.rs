@@ -10,6 +10,7 @@ use cairn_store::backend::{self, BackendOptions, Root};
 use cairn_store::{Error, ErrorKind, Location, Result};
 
 use crate::auth::Authenticator;
+use crate::quota::Quotas;
 use crate::storage::NamePolicy;
 use crate::users::Users;
 
@@ -29,6 +30,8 @@ pub struct ServeOptions {
     pub no_auth: bool,
     pub max_object_size: u64,
     pub policy: NamePolicy,
+    /// `(tenant, bytes)` for each tenant with a quota.
+    pub quotas: Vec<(String, u64)>,
 }
 
 /// What every request handler shares.
@@ -39,6 +42,7 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     pub policy: NamePolicy,
     pub max_object_size: u64,
+    pub quotas: Quotas,
 }
 
 /// A server ready to accept connections.
@@ -84,6 +88,7 @@ impl Server {
         root.has_marker()
             .await
             .map_err(|e| e.context(format!("storage {} is not reachable", root.description())))?;
+        let quotas = Quotas::load(&root, opts.quotas.clone()).await?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
             .map_err(|e| Error::io(format!("listening on {}", opts.listen), e))?;
@@ -94,6 +99,7 @@ impl Server {
                 auth,
                 policy: opts.policy,
                 max_object_size: opts.max_object_size,
+                quotas,
             }),
             users_file: opts.users.clone(),
         })

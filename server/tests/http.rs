@@ -669,3 +669,37 @@ fn users_are_managed_by_the_cli_and_reloaded_on_sighup() {
     s.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(s.wait_exit(), Some(0));
 }
+
+#[test]
+fn quotas_refuse_what_does_not_fit_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("st");
+    let args = ["--no-auth", "--quota", "q=4KiB"];
+    let s = Server::start(&st, &args);
+    let a = vec![1u8; 3000];
+    let b = vec![2u8; 2000];
+    let path = |body: &[u8]| format!("/q/data/{}", sha256_hex(body));
+    assert_eq!(s.req("POST", &path(&a)).body(&a).send().status, 200);
+    assert_eq!(s.req("POST", &path(&b)).body(&b).send().status, 507);
+    assert_eq!(s.req("HEAD", &path(&b)).send().status, 404);
+    // Other tenants are not limited.
+    assert_eq!(s.req("POST", "/free/data/x").body(&b).send().status, 404);
+    let free = format!("/free/data/{}", sha256_hex(&b));
+    assert_eq!(s.req("POST", &free).body(&b).send().status, 200);
+    // A refused create (the name exists) gives its reservation back.
+    assert_eq!(s.req("POST", &path(&a)).body(&a).send().status, 403);
+    let small = vec![3u8; 1000];
+    assert_eq!(s.req("POST", &path(&small)).body(&small).send().status, 200);
+    // The figure in use is read from storage at start: still full after a restart.
+    drop(s);
+    let s = Server::start(&st, &args);
+    let c = vec![4u8; 200];
+    assert_eq!(s.req("POST", &path(&c)).body(&c).send().status, 507);
+    // Deletes give space back, once each.
+    assert_eq!(s.req("DELETE", &path(&a)).send().status, 200);
+    assert_eq!(s.req("DELETE", &path(&a)).send().status, 200);
+    assert_eq!(s.req("POST", &path(&b)).body(&b).send().status, 200);
+    assert_eq!(s.req("POST", &path(&c)).body(&c).send().status, 200);
+    let d = vec![5u8; 1000];
+    assert_eq!(s.req("POST", &path(&d)).body(&d).send().status, 507);
+}
