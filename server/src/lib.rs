@@ -8,7 +8,7 @@
 //! - [`access`]: what each access level may do;
 //! - [`auth`], [`users`]: Basic authentication and the users file;
 //! - [`storage`], [`range`], [`listing`]: the object operations over a `Backend`;
-//! - [`quota`]: per-tenant quotas;
+//! - [`quota`]: per-tenant quotas; [`metrics`]: counters for `GET /metrics`;
 //! - [`server`]: binding, serving, signals.
 //!
 //! Errors are cairn-store's one error type; its kind decides the HTTP status.
@@ -16,6 +16,7 @@
 pub mod access;
 pub mod auth;
 pub mod listing;
+pub mod metrics;
 pub mod path;
 pub mod quota;
 pub mod range;

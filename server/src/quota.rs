@@ -154,6 +154,17 @@ impl Quotas {
         Ok(())
     }
 
+    /// `(tenant, used, limit)` for every tenant with a quota, sorted by tenant.
+    pub fn all_usage(&self) -> Vec<(String, u64, u64)> {
+        let mut out: Vec<(String, u64, u64)> = self
+            .limits
+            .keys()
+            .filter_map(|t| self.usage(t).map(|(u, l)| (t.clone(), u, l)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Bytes in use by a tenant with a quota, and its limit.
     pub fn usage(&self, tenant: &str) -> Option<(u64, u64)> {
         let limit = *self.limits.get(tenant)?;

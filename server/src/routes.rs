@@ -15,6 +15,7 @@ use cairn_store::layout::FileType;
 use cairn_store::{Error, ErrorKind};
 
 use crate::access::{Access, Op};
+use crate::metrics::Event;
 use crate::path::{Route, Target};
 use crate::range::Plan;
 use crate::server::AppState;
@@ -83,9 +84,18 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let response = route(&state, req).await;
+    let code = response.status().as_u16();
+    if matches!(code, 401 | 403) {
+        state.metrics.refused(code);
+    }
+    response
+}
+
+async fn route(state: &Arc<AppState>, req: Request) -> Response {
     let route = crate::path::parse(req.uri().path());
     if route == Some(Route::Health) {
-        return health(&state, req.method()).await;
+        return health(state, req.method()).await;
     }
     let caller = match &state.auth {
         None => Caller::Anyone,
@@ -115,10 +125,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             if !allowed {
                 return status(StatusCode::FORBIDDEN, "forbidden");
             }
-            return status(
-                StatusCode::NOT_FOUND,
-                "metrics are not served by this version",
-            );
+            if req.method() != Method::GET {
+                return not_allowed("GET");
+            }
+            let body = state.metrics.render(&state.quotas.all_usage());
+            return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response();
         }
         Some(Route::Tenant { tenant, target }) => (tenant, target),
     };
@@ -159,7 +170,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         }
         Target::Config => {
             object(
-                &state,
+                state,
                 &tenant,
                 &backend,
                 method,
@@ -169,7 +180,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             )
             .await
         }
-        Target::Object(ft, name) => object(&state, &tenant, &backend, method, ft, &name, req).await,
+        Target::Object(ft, name) => object(state, &tenant, &backend, method, ft, &name, req).await,
     }
 }
 
@@ -221,13 +232,20 @@ async fn object(
         Method::GET => {
             let range = header_str(req.headers(), header::RANGE);
             match storage::read(backend, ft, name, range).await {
-                Ok((plan, size, bytes)) => ranged_response(plan, size, bytes),
+                Ok((plan, size, bytes)) => {
+                    let n = bytes.len() as u64;
+                    state.metrics.object(tenant, ft, Event::Read, n);
+                    ranged_response(plan, size, bytes)
+                }
                 Err(e) => error_response(&e),
             }
         }
         Method::POST => upload(state, tenant, backend, ft, name, req).await,
         Method::DELETE => match state.quotas.remove(tenant, backend, ft, name).await {
-            Ok(()) => status(StatusCode::OK, "removed"),
+            Ok(()) => {
+                state.metrics.object(tenant, ft, Event::Delete, 0);
+                status(StatusCode::OK, "removed")
+            }
             Err(e) => error_response(&e),
         },
         _ => not_allowed("GET, HEAD, POST, DELETE"),
@@ -301,6 +319,7 @@ async fn upload(
     match storage::store(backend, state.policy, ft, name, body).await {
         Ok(()) => {
             reservation.keep();
+            state.metrics.object(tenant, ft, Event::Write, length);
             status(StatusCode::OK, "stored")
         }
         Err(e) => error_response(&e),

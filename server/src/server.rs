@@ -43,6 +43,7 @@ pub struct AppState {
     pub policy: NamePolicy,
     pub max_object_size: u64,
     pub quotas: Quotas,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A server ready to accept connections.
@@ -100,6 +101,7 @@ impl Server {
                 policy: opts.policy,
                 max_object_size: opts.max_object_size,
                 quotas,
+                metrics: Default::default(),
             }),
             users_file: opts.users.clone(),
         })

@@ -252,12 +252,24 @@ fn isolation_matrix() {
         }
     }
     // The metrics user reaches only /metrics.
-    assert_ne!(
-        s.req("GET", "/metrics")
+    let r = s.req("GET", "/metrics").auth("prom", &pw("prom")).send();
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    for line in [
+        "cairn_server_objects_write_total{tenant=\"alpha\",type=\"data\"}",
+        "cairn_server_objects_read_total{tenant=\"beta\",type=\"keys\"}",
+        "cairn_server_requests_refused_total{status=\"401\"}",
+        "cairn_server_requests_refused_total{status=\"403\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert_eq!(s.req("GET", "/metrics").send().status, 401);
+    assert_eq!(
+        s.req("POST", "/metrics")
             .auth("prom", &pw("prom"))
             .send()
             .status,
-        403
+        405
     );
     assert_eq!(
         s.req("GET", "/metrics")
