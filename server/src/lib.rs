@@ -9,7 +9,7 @@
 //! - [`auth`], [`users`]: Basic authentication and the users file;
 //! - [`storage`], [`range`], [`listing`]: the object operations over a `Backend`;
 //! - [`quota`]: per-tenant quotas; [`metrics`]: counters for `GET /metrics`;
-//! - [`server`]: binding, serving, signals.
+//! - [`server`]: binding, serving, signals; [`tls`]: HTTPS with rustls.
 //!
 //! Errors are cairn-store's one error type; its kind decides the HTTP status.
 
@@ -23,5 +23,6 @@ pub mod range;
 pub mod routes;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod users;
 pub mod verify;

@@ -47,6 +47,12 @@ enum Command {
         /// Accept only object names made with this hash (blake3 or sha256); default: either.
         #[arg(long)]
         name_hash: Option<String>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// A tenant's quota, TENANT=SIZE (e.g. acme=500G); repeat for several tenants.
         #[arg(long = "quota", value_name = "TENANT=SIZE")]
         quotas: Vec<String>,
@@ -114,6 +120,8 @@ fn run(cli: Cli) -> Result<()> {
             no_auth,
             max_object_size,
             name_hash,
+            tls_cert,
+            tls_key,
             quotas,
         } => {
             let policy = match name_hash {
@@ -131,6 +139,9 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|q| quota::parse_quota(q))
                     .collect::<Result<_, _>>()?,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| cairn_server::tls::TlsFiles { cert, key }),
             };
             serve(&opts)
         }
@@ -150,7 +161,8 @@ fn serve(opts: &ServeOptions) -> Result<()> {
             tracing::warn!("authentication is off: anyone reaching {addr} has full access");
         }
         // Scripts and tests read the address (the port of :0) from this line.
-        println!("cairn-server listening on http://{addr}");
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        println!("cairn-server listening on {scheme}://{addr}");
         server.run(server::termination()).await?;
         tracing::info!("stopped");
         Ok(())

@@ -12,6 +12,7 @@ use cairn_store::{Error, ErrorKind, Location, Result};
 use crate::auth::Authenticator;
 use crate::quota::Quotas;
 use crate::storage::NamePolicy;
+use crate::tls::{Tls, TlsFiles};
 use crate::users::Users;
 
 /// Largest upload accepted by default. restic's packs are at most 128 MiB, Cairn's 16 MiB by
@@ -32,6 +33,8 @@ pub struct ServeOptions {
     pub policy: NamePolicy,
     /// `(tenant, bytes)` for each tenant with a quota.
     pub quotas: Vec<(String, u64)>,
+    /// Serve HTTPS with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
 }
 
 /// What every request handler shares.
@@ -51,6 +54,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     users_file: Option<PathBuf>,
+    tls: Option<Tls>,
 }
 
 impl Server {
@@ -90,6 +94,7 @@ impl Server {
             .await
             .map_err(|e| e.context(format!("storage {} is not reachable", root.description())))?;
         let quotas = Quotas::load(&root, opts.quotas.clone()).await?;
+        let tls = opts.tls.clone().map(Tls::load).transpose()?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
             .map_err(|e| Error::io(format!("listening on {}", opts.listen), e))?;
@@ -104,6 +109,7 @@ impl Server {
                 metrics: Default::default(),
             }),
             users_file: opts.users.clone(),
+            tls,
         })
     }
 
@@ -113,40 +119,79 @@ impl Server {
             .map_err(|e| Error::io("reading the listening address", e))
     }
 
+    /// Whether connections are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` completes; then requests in flight finish.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        if let (Some(auth), Some(path)) = (&self.state.auth, &self.users_file) {
-            spawn_reloader(Arc::clone(auth), path.clone())?;
-        }
+        let auth = self
+            .state
+            .auth
+            .as_ref()
+            .zip(self.users_file.as_ref())
+            .map(|(a, p)| (Arc::clone(a), p.clone()));
+        spawn_reloader(auth, self.tls.clone())?;
         spawn_staging_sweeper(Arc::clone(&self.state.root));
         let app = axum::Router::new()
             .fallback(crate::routes::handle)
             .with_state(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::io("serving", e))
+        match self.tls {
+            None => axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| Error::io("serving", e)),
+            Some(tls) => {
+                let listener = self
+                    .listener
+                    .into_std()
+                    .map_err(|e| Error::io("preparing the listener", e))?;
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    stopper.graceful_shutdown(None);
+                });
+                axum_server::from_tcp_rustls(listener, tls.config)
+                    .map_err(|e| Error::io("preparing the listener", e))?
+                    .handle(handle)
+                    .serve(app.into_make_service())
+                    .await
+                    .map_err(|e| Error::io("serving", e))
+            }
+        }
     }
 }
 
-/// Reloads the users file on SIGHUP. A file that cannot be read (or became readable by
-/// others) keeps the users in force and logs why.
-fn spawn_reloader(auth: Arc<Authenticator>, path: PathBuf) -> Result<()> {
+/// Reloads the users file and the TLS certificate on SIGHUP. What cannot be read (or a
+/// users file that became readable by others) keeps what is in force and logs why.
+fn spawn_reloader(users: Option<(Arc<Authenticator>, PathBuf)>, tls: Option<Tls>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups =
         signal(SignalKind::hangup()).map_err(|e| Error::io("installing the SIGHUP handler", e))?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match Users::load(&path) {
-                Ok(users) => {
-                    let n = users.len();
-                    auth.replace_users(users);
-                    tracing::info!("reloaded {n} users from {}", path.display());
+            if let Some((auth, path)) = &users {
+                match Users::load(path) {
+                    Ok(loaded) => {
+                        let n = loaded.len();
+                        auth.replace_users(loaded);
+                        tracing::info!("reloaded {n} users from {}", path.display());
+                    }
+                    Err(e) => {
+                        tracing::error!("users not reloaded, the old ones stay in force: {e}")
+                    }
                 }
-                Err(e) => tracing::error!("users not reloaded, the old ones stay in force: {e}"),
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("reloaded the TLS certificate"),
+                    Err(e) => tracing::error!("TLS certificate not reloaded: {e}"),
+                }
             }
         }
     });

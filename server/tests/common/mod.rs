@@ -42,6 +42,10 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("cairn-server listening on http://")
+            .or_else(|| {
+                line.trim()
+                    .strip_prefix("cairn-server listening on https://")
+            })
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         Server {
