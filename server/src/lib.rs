@@ -9,6 +9,7 @@
 //! - [`auth`], [`users`]: Basic authentication and the users file;
 //! - [`storage`], [`range`], [`listing`]: the object operations over a `Backend`;
 //! - [`quota`]: per-tenant quotas; [`metrics`]: counters for `GET /metrics`;
+//! - [`receipts`]: the server's time of receipt of each snapshot;
 //! - [`server`]: binding, serving, signals; [`tls`]: HTTPS with rustls.
 //!
 //! Errors are cairn-store's one error type; its kind decides the HTTP status.
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod path;
 pub mod quota;
 pub mod range;
+pub mod receipts;
 pub mod routes;
 pub mod server;
 pub mod storage;

@@ -53,6 +53,9 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Append a JSON line per stored snapshot (tenant, name, size, user, time) to this file.
+        #[arg(long)]
+        receipts: Option<PathBuf>,
         /// A tenant's quota, TENANT=SIZE (e.g. acme=500G); repeat for several tenants.
         #[arg(long = "quota", value_name = "TENANT=SIZE")]
         quotas: Vec<String>,
@@ -122,6 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             name_hash,
             tls_cert,
             tls_key,
+            receipts,
             quotas,
         } => {
             let policy = match name_hash {
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| cairn_server::tls::TlsFiles { cert, key }),
+                receipts,
             };
             serve(&opts)
         }

@@ -43,6 +43,10 @@ impl Caller {
     }
 }
 
+/// The authenticated user's name, carried with the request for receipts.
+#[derive(Debug, Clone)]
+struct UserName(String);
+
 fn status(code: StatusCode, text: &str) -> Response {
     (code, format!("{text}\n")).into_response()
 }
@@ -135,6 +139,10 @@ async fn route(state: &Arc<AppState>, req: Request) -> Response {
     };
     if !caller.reaches(&tenant) {
         return status(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let mut req = req;
+    if let Caller::User(u) = &caller {
+        req.extensions_mut().insert(UserName(u.name.clone()));
     }
     let method = req.method().clone();
     let op = match operation(&method, &target) {
@@ -288,6 +296,7 @@ async fn upload(
     name: &str,
     req: Request,
 ) -> Response {
+    let user = req.extensions().get::<UserName>().map(|u| u.0.clone());
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).map(str::parse::<u64>);
     let length = match declared {
         Some(Ok(n)) => n,
@@ -320,6 +329,13 @@ async fn upload(
         Ok(()) => {
             reservation.keep();
             state.metrics.object(tenant, ft, Event::Write, length);
+            if let (FileType::Snapshot, Some(receipts)) = (ft, &state.receipts) {
+                // The snapshot is stored: a lost receipt is reported, not turned into a
+                // failed upload the client would retry against an existing name.
+                if let Err(e) = receipts.record(tenant, name, length, user.as_deref()).await {
+                    tracing::error!("snapshot {tenant}/{name} stored without a receipt: {e}");
+                }
+            }
             status(StatusCode::OK, "stored")
         }
         Err(e) => error_response(&e),

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub quotas: Vec<(String, u64)>,
     /// Serve HTTPS with this certificate chain and key.
     pub tls: Option<TlsFiles>,
+    /// Append a receipt of each stored snapshot to this file.
+    pub receipts: Option<PathBuf>,
 }
 
 /// What every request handler shares.
@@ -47,6 +49,7 @@ pub struct AppState {
     pub max_object_size: u64,
     pub quotas: Quotas,
     pub metrics: crate::metrics::Metrics,
+    pub receipts: Option<crate::receipts::Receipts>,
 }
 
 /// A server ready to accept connections.
@@ -107,6 +110,11 @@ impl Server {
                 max_object_size: opts.max_object_size,
                 quotas,
                 metrics: Default::default(),
+                receipts: opts
+                    .receipts
+                    .clone()
+                    .map(crate::receipts::Receipts::open)
+                    .transpose()?,
             }),
             users_file: opts.users.clone(),
             tls,

@@ -715,3 +715,65 @@ fn quotas_refuse_what_does_not_fit_and_survive_restarts() {
     let d = vec![5u8; 1000];
     assert_eq!(s.req("POST", &path(&d)).body(&d).send().status, 507);
 }
+
+#[test]
+fn stored_snapshots_get_a_receipt_with_the_server_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "ann", "append", Some("t"), "pw-ann");
+    let receipts = dir.path().join("receipts");
+    let s = Server::start(
+        &dir.path().join("st"),
+        &[
+            "--users",
+            users.to_str().unwrap(),
+            "--receipts",
+            receipts.to_str().unwrap(),
+        ],
+    );
+    let snap = b"sealed snapshot";
+    let name = sha256_hex(snap);
+    let path = format!("/t/snapshots/{name}");
+    assert_eq!(
+        s.req("POST", &path)
+            .auth("ann", "pw-ann")
+            .body(snap)
+            .send()
+            .status,
+        200
+    );
+    // Refused and non-snapshot uploads leave no receipt.
+    assert_eq!(
+        s.req("POST", &path)
+            .auth("ann", "pw-ann")
+            .body(snap)
+            .send()
+            .status,
+        403
+    );
+    let pack = b"pack";
+    let r = s
+        .req("POST", &format!("/t/data/{}", sha256_hex(pack)))
+        .auth("ann", "pw-ann")
+        .body(pack)
+        .send();
+    assert_eq!(r.status, 200);
+    let text = std::fs::read_to_string(&receipts).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["tenant"], "t");
+    assert_eq!(lines[0]["snapshot"], name.as_str());
+    assert_eq!(lines[0]["size"], snap.len());
+    assert_eq!(lines[0]["user"], "ann");
+    let received: jiff::Timestamp = lines[0]["received"].as_str().unwrap().parse().unwrap();
+    let age = jiff::Timestamp::now().duration_since(received);
+    assert!(age.as_secs() < 60, "{age:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&receipts).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
