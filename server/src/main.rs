@@ -41,9 +41,13 @@ enum Command {
         /// Serve without authentication: anyone reaching the address has full access to every tenant.
         #[arg(long)]
         no_auth: bool,
-        /// Largest upload accepted (bytes, or with K/M/G suffix).
+        /// Largest upload accepted (bytes, or with K/M/G suffix). An upload is held in memory
+        /// while its name is checked; restic's packs are at most 128 MiB.
         #[arg(long, default_value = "256MiB")]
         max_object_size: String,
+        /// Upload bodies held in memory at once, over all requests; more uploads wait.
+        #[arg(long, default_value = "1GiB")]
+        max_upload_memory: String,
         /// Accept only object names made with this hash (blake3 or sha256); default: either.
         #[arg(long)]
         name_hash: Option<String>,
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             users,
             no_auth,
             max_object_size,
+            max_upload_memory,
             name_hash,
             tls_cert,
             tls_key,
@@ -147,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
                     .zip(tls_key)
                     .map(|(cert, key)| cairn_server::tls::TlsFiles { cert, key }),
                 receipts,
+                max_upload_memory: server::parse_size(&max_upload_memory)?,
             };
             serve(&opts)
         }

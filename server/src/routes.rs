@@ -318,6 +318,15 @@ async fn upload(
             Err(_) => return error_response(&e),
         },
     };
+    // Held until the body is stored or refused. length <= max_object_size <= the budget,
+    // so the permits always exist.
+    let kib = u32::try_from(length.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Ok(_memory) = Arc::clone(&state.upload_budget)
+        .acquire_many_owned(kib)
+        .await
+    else {
+        return status(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     let body = match axum::body::to_bytes(req.into_body(), limit).await {
         Ok(b) => b,
         Err(_) => return status(StatusCode::BAD_REQUEST, "incomplete upload"),

@@ -15,11 +15,6 @@ use crate::storage::NamePolicy;
 use crate::tls::{Tls, TlsFiles};
 use crate::users::Users;
 
-/// Largest upload accepted by default. restic's packs are at most 128 MiB, Cairn's 16 MiB by
-/// default; an upload is held in memory while it is checked, so this bounds memory per
-/// request.
-pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 256 * 1024 * 1024;
-
 /// What `cairn-server serve` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -37,6 +32,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Append a receipt of each stored snapshot to this file.
     pub receipts: Option<PathBuf>,
+    /// Bytes of upload bodies held in memory at once, over all requests.
+    pub max_upload_memory: u64,
 }
 
 /// What every request handler shares.
@@ -50,6 +47,10 @@ pub struct AppState {
     pub quotas: Quotas,
     pub metrics: crate::metrics::Metrics,
     pub receipts: Option<crate::receipts::Receipts>,
+    /// Upload bodies in memory, in KiB: an upload takes its length before reading its body
+    /// and waits while others hold the budget, so many large uploads queue instead of
+    /// exhausting memory.
+    pub upload_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// A server ready to accept connections.
@@ -96,6 +97,14 @@ impl Server {
         root.has_marker()
             .await
             .map_err(|e| e.context(format!("storage {} is not reachable", root.description())))?;
+        if opts.max_upload_memory < opts.max_object_size {
+            return Err(Error::invalid(
+                "--max-upload-memory must be at least --max-object-size",
+            ));
+        }
+        let budget_kib = usize::try_from(opts.max_upload_memory / 1024)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let quotas = Quotas::load(&root, opts.quotas.clone()).await?;
         let tls = opts.tls.clone().map(Tls::load).transpose()?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
@@ -110,6 +119,7 @@ impl Server {
                 max_object_size: opts.max_object_size,
                 quotas,
                 metrics: Default::default(),
+                upload_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
                 receipts: opts
                     .receipts
                     .clone()

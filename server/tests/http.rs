@@ -777,3 +777,39 @@ fn stored_snapshots_get_a_receipt_with_the_server_time() {
         0o600
     );
 }
+
+#[test]
+fn uploads_beyond_the_memory_budget_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("st");
+    let s = Server::start(
+        &st,
+        &[
+            "--no-auth",
+            "--max-object-size",
+            "64KiB",
+            "--max-upload-memory",
+            "100KiB",
+        ],
+    );
+    let handles: Vec<_> = (0..6u8)
+        .map(|i| {
+            let send = Server::req_to(&s.addr);
+            std::thread::spawn(move || {
+                let body = vec![i; 60 * 1024];
+                send("POST", &format!("/t/data/{}", sha256_hex(&body)), &body)
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), Some(200));
+    }
+    drop(s);
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--storage"])
+        .arg(&st)
+        .args(["--max-object-size", "2MiB", "--max-upload-memory", "1MiB"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
