@@ -73,9 +73,9 @@ fn the_keyless_layer_builds_without_crypto_compression_chunking_or_cache() {
 
 #[test]
 fn the_server_builds_on_the_keyless_layer_alone() {
-    // argon2 hashes the passwords of the server's own users (HTTP Basic auth). Without a
-    // cipher, nothing the server derives can open a repository; rayon (argon2's "parallel"
-    // feature, which only the repository asks for) stays out.
+    // argon2 hashes the passwords of the server's own users (HTTP Basic auth); it is not
+    // the repository's key schedule, whose cipher (chacha20poly1305) stays out. rayon
+    // (argon2's "parallel" feature, which only the repository asks for) stays out too.
     assert_keyless("cairn-server", &["argon2"]);
 }
 
