@@ -3,7 +3,9 @@
 //! storage, every object it lists (and every file in the tenant's folder) hashes to its
 //! name, and every upload that was answered 200 before the kill is there. Uploads are
 //! staged outside the tenant and renamed into place, so a killed upload leaves nothing
-//! under its final name.
+//! under its final name. The same storage, opened by cairn-store as a Cairn client opens a
+//! local repository, lists the same objects, and a fresh tenant in it passes the storage
+//! conformance suite.
 
 mod common;
 
@@ -150,4 +152,26 @@ fn a_killed_server_leaves_only_complete_objects() {
             std::fs::read_dir(storage.join("tmp")).map(|d| d.count()).unwrap_or(0)
         );
     }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let location = cairn_store::Location::Local(storage.clone());
+        let root = cairn_store::backend::open(
+            &location,
+            &cairn_store::backend::BackendOptions::for_location(&location),
+        )
+        .unwrap();
+        let crash = root.tenant("crash").unwrap();
+        let mut direct = 0;
+        for ft in cairn_store::layout::FileType::ALL {
+            for o in crash.list(ft).await.unwrap() {
+                let bytes = crash.read(ft, &o.name).await.unwrap();
+                assert!(matches_name(&bytes, &o.name), "{}/{}", ft.dir(), o.name);
+                direct += 1;
+            }
+        }
+        assert_eq!(direct, check_files(&storage.join("crash")));
+        cairn_store::backend::conformance::run(&*root.tenant("fresh").unwrap())
+            .await
+            .unwrap();
+    });
 }
