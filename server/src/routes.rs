@@ -170,7 +170,12 @@ async fn route(state: &Arc<AppState>, req: Request) -> Response {
             let v2 = listing::wants_v2(header_str(req.headers(), header::ACCEPT));
             match storage::list(&backend, ft).await {
                 Ok(objects) => {
-                    let (body, content_type) = listing::render(objects, v2);
+                    let received = if v2 && ft == FileType::Snapshot {
+                        received_times(&backend).await
+                    } else {
+                        Default::default()
+                    };
+                    let (body, content_type) = listing::render(objects, v2, &received);
                     ([(header::CONTENT_TYPE, content_type)], body).into_response()
                 }
                 Err(e) => error_response(&e),
@@ -360,6 +365,28 @@ async fn health(state: &AppState, method: &Method) -> Response {
         Err(e) => {
             tracing::error!("health check: {e}");
             status(StatusCode::SERVICE_UNAVAILABLE, "storage unreachable")
+        }
+    }
+}
+
+/// When the storage received each snapshot object, in seconds since the Unix epoch; empty
+/// when the storage keeps no such time or cannot say (the listing then goes without).
+async fn received_times(
+    backend: &std::sync::Arc<dyn cairn_store::backend::Backend>,
+) -> std::collections::HashMap<String, u64> {
+    match backend.received_times(FileType::Snapshot).await {
+        Ok(Some(times)) => times
+            .into_iter()
+            .filter_map(|(name, at)| {
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| (name, d.as_secs()))
+            })
+            .collect(),
+        Ok(None) => Default::default(),
+        Err(e) => {
+            tracing::warn!("receive times of snapshots: {e}");
+            Default::default()
         }
     }
 }

@@ -230,11 +230,14 @@ struct Listed {
 }
 
 impl RestBackend {
-    fn url(&self, ft: FileType, name: &str) -> String {
-        match ft {
+    /// The object's URL. Names are checked first, so that no name can leave its folder
+    /// (a URL library would resolve `..`).
+    fn url(&self, ft: FileType, name: &str) -> Result<String> {
+        layout::validate_name(ft, name)?;
+        Ok(match ft {
             FileType::Config => format!("{}config", self.base),
             _ => format!("{}{}/{name}", self.base, ft.dir()),
-        }
+        })
     }
 
     fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
@@ -358,12 +361,15 @@ impl Backend for RestBackend {
         if ft == FileType::Config {
             self.create_namespace().await?;
         }
-        let url = self.url(ft, name);
+        let url = self.url(ft, name)?;
         let resp = self
             .send(
                 "uploading",
                 self.request(Method::POST, &url)
                     .header(header::CONTENT_TYPE, "application/octet-stream")
+                    // Also for an empty body, which HTTP clients may send without one:
+                    // servers refuse uploads of unknown length.
+                    .header(header::CONTENT_LENGTH, data.len())
                     .body(data),
             )
             .await?;
@@ -378,7 +384,7 @@ impl Backend for RestBackend {
     }
 
     async fn read(&self, ft: FileType, name: &str) -> Result<Bytes> {
-        let url = self.url(ft, name);
+        let url = self.url(ft, name)?;
         let resp = self
             .send("reading", self.request(Method::GET, &url))
             .await?;
@@ -389,7 +395,7 @@ impl Backend for RestBackend {
     }
 
     async fn read_range(&self, ft: FileType, name: &str, offset: u64, len: u64) -> Result<Bytes> {
-        let url = self.url(ft, name);
+        let url = self.url(ft, name)?;
         if len == 0 {
             // A zero-length range cannot be written as an HTTP range; the object must only
             // be long enough.
@@ -440,7 +446,7 @@ impl Backend for RestBackend {
     }
 
     async fn stat(&self, ft: FileType, name: &str) -> Result<u64> {
-        let url = self.url(ft, name);
+        let url = self.url(ft, name)?;
         let resp = self
             .send("looking up", self.request(Method::HEAD, &url))
             .await?;
@@ -478,7 +484,7 @@ impl Backend for RestBackend {
     }
 
     async fn remove(&self, ft: FileType, name: &str) -> Result<()> {
-        let url = self.url(ft, name);
+        let url = self.url(ft, name)?;
         let resp = self
             .send("removing", self.request(Method::DELETE, &url))
             .await?;

@@ -1,0 +1,221 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Cairn's own client against the server: the REST client passes the storage conformance
+//! suite through it, and the `cairn` binary backs up, restores, checks, judges snapshots by
+//! the server's receive times and prunes beside a running backup through it; an append-only
+//! user backs up but can delete nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cairn_store::backend::rest::{RestRoot, RestTarget};
+use cairn_store::backend::{conformance, BackendOptions, Root};
+use common::{add_user, Server};
+
+/// The `cairn` binary built beside this one (`cargo nextest run --workspace` builds every
+/// binary first): `None`, loudly, when it was not built, and a failure under CI.
+fn cairn_binary() -> Option<PathBuf> {
+    let path = Path::new(common::BIN).with_file_name("cairn");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} was not built (scripts/test builds the whole workspace)",
+        path.display()
+    );
+    eprintln!("SKIPPED: {} was not built", path.display());
+    None
+}
+
+#[tokio::test]
+async fn the_rest_client_conforms_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("storage"), &["--no-auth"]);
+    let target = RestTarget::parse(&format!("http://{}/", server.addr)).unwrap();
+    let root = RestRoot::new(&target, &BackendOptions::remote()).unwrap();
+    conformance::run(&*root.tenant("t1").unwrap())
+        .await
+        .unwrap();
+}
+
+/// `cairn` with a repository on the server as `user`.
+struct Client {
+    bin: PathBuf,
+    dir: PathBuf,
+    url: String,
+    user: String,
+}
+
+impl Client {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("CAIRN_REPOSITORY", &self.url)
+            .env("CAIRN_REST_USERNAME", &self.user)
+            .env("CAIRN_REST_PASSWORD", "secret")
+            .env("CAIRN_TENANT", "team")
+            .env("CAIRN_KEY_FILE", self.dir.join("team.key"))
+            .env(
+                "CAIRN_CACHE_DIR",
+                self.dir.join(format!("cache-{}", self.user)),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cairn_works_through_the_server_and_an_append_only_user_deletes_nothing() {
+    let Some(bin) = cairn_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "admin", "full", Some("team"), "secret");
+    add_user(&users, "host", "append", Some("team"), "secret");
+    let server = Server::start(
+        &dir.path().join("storage"),
+        &["--users", users.to_str().unwrap()],
+    );
+    let url = format!("rest:http://{}/", server.addr);
+    let client = |user: &str| Client {
+        bin: bin.clone(),
+        dir: dir.path().to_path_buf(),
+        url: url.clone(),
+        user: user.to_string(),
+    };
+    let (admin, host) = (client("admin"), client("host"));
+
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(src.join("sub/big"), vec![7u8; 3_000_000]).unwrap();
+    admin.ok(&["init"]);
+    let s = src.to_str().unwrap();
+    admin.ok(&["backup", s]);
+    host.ok(&["backup", s, "--tag", "from-host"]);
+
+    // Restore what the append-only host stored, and read every byte back.
+    let target = dir.path().join("out");
+    host.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(
+        tree(&target.join(src.strip_prefix("/").unwrap())),
+        tree(&src)
+    );
+    admin.ok(&["check", "--read-data"]);
+
+    // The append-only user may not forget or prune, and nothing changes.
+    for args in [&["forget", "--keep-last", "1"][..], &["prune"][..]] {
+        let out = host.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("nothing was changed"), "{args:?}: {err}");
+    }
+    assert_eq!(admin.json(&["snapshots"]).as_array().unwrap().len(), 2);
+
+    // Retention by the server's receive times: the first snapshot claims to be the newest.
+    admin.ok(&["backup", s, "--time", "2030-01-01 00:00:00"]);
+    let plan = admin.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--by-received-time",
+        "--dry-run",
+    ]);
+    let kept = &plan["groups"][0]["keep"];
+    assert_eq!(kept.as_array().unwrap().len(), 1, "{plan}");
+    assert!(
+        !kept[0]["time"].as_str().unwrap().starts_with("2030"),
+        "{plan}"
+    );
+
+    // Prune beside a backup that is still running (its command sleeps halfway).
+    std::fs::write(dir.path().join("part1"), vec![1u8; 2_000_000]).unwrap();
+    std::fs::write(dir.path().join("part2"), vec![2u8; 2_000_000]).unwrap();
+    let script = format!(
+        "cat {0}/part1; sleep 2; cat {0}/part2",
+        dir.path().display()
+    );
+    let running = {
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("CAIRN_REPOSITORY", &url)
+            .env("CAIRN_REST_USERNAME", "host")
+            .env("CAIRN_REST_PASSWORD", "secret")
+            .env("CAIRN_TENANT", "team")
+            .env("CAIRN_KEY_FILE", dir.path().join("team.key"))
+            .env("CAIRN_CACHE_DIR", dir.path().join("cache-running"))
+            .args([
+                "--json",
+                "backup",
+                "--stdin-from-command",
+                "--stdin-filename",
+                "stream",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    admin.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let status = running.wait_with_output().unwrap();
+    assert!(status.status.success());
+    let saved: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let stream_snapshot = saved["snapshot"].as_str().unwrap().to_string();
+    admin.ok(&["check", "--read-data"]);
+    let mut both = vec![1u8; 2_000_000];
+    both.extend(vec![2u8; 2_000_000]);
+    let out = admin.run(&["dump", &format!("{stream_snapshot}:/stream")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == both,
+        "the stream backed up beside the prune reads back whole"
+    );
+}
