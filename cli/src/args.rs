@@ -20,7 +20,9 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location (a local path). Without one, a default local repository is used.
+    /// Repository location: a local path, or s3:https://HOST[:PORT]/BUCKET[/PREFIX] (credentials
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). Without one, a default local
+    /// repository is used.
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// Tenant namespace inside the repository [default: the key file's tenant, or "default"]
