@@ -161,6 +161,25 @@ async fn wrong_credentials_are_refused_at_once() {
     );
 }
 
+/// A service that cannot be reached is a transient failure that names the cause.
+#[tokio::test]
+async fn an_unreachable_service_is_transient_and_says_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root = OpendalRoot::s3(
+        &settings(&format!("http://127.0.0.1:{port}"), BUCKET, "r", SECRET_KEY),
+        &BackendOptions::none(),
+    )
+    .unwrap();
+    let e = root.has_marker().await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.message().contains("could not be reached"), "{e}");
+    assert!(e.message().contains("refused"), "{e}");
+}
+
 /// A stand-in for an S3 service that ignores `If-None-Match`: it answers every request
 /// with 200 and an empty body. Returns once it has served `requests` requests.
 fn careless_service(requests: usize) -> (u16, std::thread::JoinHandle<usize>) {

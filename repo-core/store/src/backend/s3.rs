@@ -189,6 +189,19 @@ fn s3_field<'a>(message: &'a str, field: &str) -> Option<&'a str> {
     rest.get(..end).filter(|v| !v.is_empty())
 }
 
+/// The last error in a chain of sources (e.g. "Connection refused (os error 111)").
+fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = e;
+    // Chains are short; the bound keeps a cyclic one from looping.
+    for _ in 0..16 {
+        match current.source() {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    current.to_string()
+}
+
 /// Codes some services use for a full bucket or account quota.
 const QUOTA_CODES: &[&str] = &[
     "QuotaExceeded",
@@ -242,6 +255,16 @@ pub(crate) fn map_err(what: impl std::fmt::Display, e: ::opendal::Error) -> Erro
         (
             ErrorKind::Other,
             format!("{what}: the S3 service refused the request ({detail})"),
+        )
+    } else if e.message().starts_with("send http request") {
+        // No answer at all (refused, reset, a TLS failure): transient, and what the user
+        // needs is the innermost cause, not the request's context.
+        (
+            ErrorKind::Io,
+            format!(
+                "{what}: the S3 service could not be reached ({})",
+                innermost_cause(&e)
+            ),
         )
     } else {
         return super::opendal::map_err(what, e);
