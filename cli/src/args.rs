@@ -20,9 +20,10 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location: a local path, or rest:http(s)://[USER:PASS@]HOST[:PORT]/ for a
-    /// server (user and password also from CAIRN_REST_USERNAME / CAIRN_REST_PASSWORD).
-    /// Without one, a default local repository is used.
+    /// Repository location: a local path, rest:http(s)://[USER:PASS@]HOST[:PORT]/ for a
+    /// server (user and password also from CAIRN_REST_USERNAME / CAIRN_REST_PASSWORD), or
+    /// s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY). Without one, a default local repository is used.
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// Read the repository location from the first line of this file (--repo wins when

@@ -46,18 +46,21 @@ impl BackendOptions {
     pub fn for_location(location: &Location) -> BackendOptions {
         match location {
             Location::Local(_) | Location::Memory => BackendOptions::none(),
-            Location::Rest(_) => BackendOptions::remote(),
+            Location::Rest(_) | Location::S3(_) => BackendOptions::remote(),
         }
     }
 
-    /// For storage across a network: six retries from 0.5 s doubling to 30 s (about a
-    /// minute and a half of outage survived), a minute for a control operation, two minutes
-    /// for a stalled transfer step, 16 operations in flight.
+    /// Defaults for a remote root: up to 5 retries of a transient failure, pausing 0.2 s
+    /// then doubling up to 5 s (about 10 s in all before giving up); a control operation
+    /// (stat, list page, delete) may take 60 s, and a transfer may stall 120 s between
+    /// steps (a 16 MiB pack is one step on S3); 16 operations in flight, which keeps a
+    /// backup's uploads and a restore's range reads busy without opening hundreds of
+    /// connections.
     pub fn remote() -> BackendOptions {
         BackendOptions {
-            retries: 6,
-            retry_min_delay: Duration::from_millis(500),
-            retry_max_delay: Duration::from_secs(30),
+            retries: 5,
+            retry_min_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(5),
             timeout: Some(Duration::from_secs(60)),
             io_timeout: Some(Duration::from_secs(120)),
             concurrency: Some(16),

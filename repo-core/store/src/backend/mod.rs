@@ -37,6 +37,7 @@ pub mod layers;
 mod opendal;
 pub mod rest;
 pub mod retry;
+pub mod s3;
 
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ use bytes::Bytes;
 pub use self::layers::BackendOptions;
 pub use self::opendal::{OpendalBackend, OpendalRoot};
 pub use self::retry::RetryBackend;
+pub use self::s3::S3Settings;
 use crate::error::Result;
 pub use crate::layout::FileType;
 use crate::location::Location;
@@ -129,12 +131,16 @@ pub trait Root: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens the root a location names, with `options`' layers stacked on its storage. A local
-/// folder need not exist yet: it is created by the first write.
+/// folder need not exist yet: it is created by the first write. An S3 root takes its
+/// credentials and region from the environment ([`S3Settings::from_env`]); its first write
+/// checks that the service honours conditional writes and fails when it does not. Must be
+/// called inside a tokio runtime.
 pub fn open(location: &Location, options: &BackendOptions) -> Result<Arc<dyn Root>> {
     Ok(match location {
         Location::Local(path) => Arc::new(OpendalRoot::local(path, options)?),
         Location::Memory => Arc::new(OpendalRoot::memory(options)?),
         Location::Rest(target) => Arc::new(rest::RestRoot::new(target, options)?),
+        Location::S3(s3) => Arc::new(OpendalRoot::s3(&S3Settings::from_env(s3)?, options)?),
     })
 }
 

@@ -1,6 +1,6 @@
-//! Roots and tenant namespaces over opendal operators: the local file system and memory
-//! (S3 uses the same code with another operator). The operator is built once per root, with
-//! the cross-cutting layers stacked on it by [`super::layers`].
+//! Roots and tenant namespaces over opendal operators: the local file system, memory and S3
+//! (whose own parts are in [`super::s3`]). The operator is built once per root, with the
+//! cross-cutting layers stacked on it by [`super::layers`].
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::layers::{self, BackendOptions};
+use super::s3::{self, S3Settings};
 use super::{Backend, FileType, ObjectInfo, Root};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout;
@@ -51,6 +52,9 @@ pub struct OpendalRoot {
     description: String,
     /// The folder, for a local root (reads are done directly, see `read_range_direct`).
     local: Option<std::path::PathBuf>,
+    /// For an S3 root: the check that the service honours conditional writes, shared by
+    /// its tenants. Its presence also selects S3's meaning of errors ([`s3::map_err`]).
+    s3: Option<Arc<s3::ConditionalCheck>>,
 }
 
 impl OpendalRoot {
@@ -83,6 +87,7 @@ impl OpendalRoot {
             op,
             description: root.display().to_string(),
             local: Some(root),
+            s3: None,
         })
     }
 
@@ -95,7 +100,26 @@ impl OpendalRoot {
             op,
             description: "memory".to_string(),
             local: None,
+            s3: None,
         })
+    }
+
+    /// A prefix of an S3 bucket. Must be called inside a tokio runtime. Nothing is sent
+    /// until the first operation; the bucket must exist by then.
+    pub fn s3(settings: &S3Settings, options: &BackendOptions) -> Result<Self> {
+        Ok(OpendalRoot {
+            op: s3::operator(settings, options)?,
+            description: settings.location.to_string(),
+            local: None,
+            s3: Some(Arc::new(s3::ConditionalCheck::default())),
+        })
+    }
+
+    fn err(&self, what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
+        match self.s3 {
+            Some(_) => s3::map_err(what, e),
+            None => map_err(what, e),
+        }
     }
 }
 
@@ -107,7 +131,7 @@ impl Root for OpendalRoot {
 
     async fn has_marker(&self) -> Result<bool> {
         self.op.exists(layout::MARKER).await.map_err(|e| {
-            map_err(
+            self.err(
                 format!("looking for a repository at {}", self.description),
                 e,
             )
@@ -115,11 +139,32 @@ impl Root for OpendalRoot {
     }
 
     async fn write_marker(&self, contents: Bytes) -> Result<()> {
-        self.op
-            .write(layout::MARKER, contents)
+        let what = format!("creating repository at {}", self.description);
+        let Some(check) = &self.s3 else {
+            return self
+                .op
+                .write(layout::MARKER, contents)
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(what, e));
+        };
+        // On S3 the marker is the first object a new repository gets, so the service's
+        // conditional writes are checked here, before anything is stored. The marker is
+        // created only if absent: a marker found in its place was written by another `init`
+        // that won the race, and the repository exists either way.
+        check.ensure(&self.op, &self.description).await?;
+        match self
+            .op
+            .write_with(layout::MARKER, contents)
+            .if_not_exists(true)
             .await
-            .map(|_| ())
-            .map_err(|e| map_err(format!("creating repository at {}", self.description), e))
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match s3::map_err(what, e) {
+                e if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+                e => Err(e),
+            },
+        }
     }
 
     /// Tenant namespaces: top-level folders that hold a config.
@@ -128,7 +173,7 @@ impl Root for OpendalRoot {
             .op
             .list("")
             .await
-            .map_err(|e| map_err(format!("listing {}", self.description), e))?;
+            .map_err(|e| self.err(format!("listing {}", self.description), e))?;
         let mut out = Vec::new();
         for entry in entries {
             let name = entry.name().trim_end_matches('/');
@@ -138,7 +183,7 @@ impl Root for OpendalRoot {
                     .op
                     .exists(&config)
                     .await
-                    .map_err(|e| map_err("listing tenants", e))?
+                    .map_err(|e| self.err("listing tenants", e))?
                 {
                     out.push(name.to_string());
                 }
@@ -155,6 +200,7 @@ impl Root for OpendalRoot {
             prefix: format!("{tenant}/"),
             description: format!("{} (tenant {tenant})", self.description),
             local: self.local.clone(),
+            s3: self.s3.clone(),
         }))
     }
 }
@@ -167,12 +213,21 @@ pub struct OpendalBackend {
     description: String,
     /// The root folder when it is local (object paths include the tenant prefix).
     local: Option<std::path::PathBuf>,
+    /// The root's conditional-write check, for an S3 root.
+    s3: Option<Arc<s3::ConditionalCheck>>,
 }
 
 impl OpendalBackend {
     fn path(&self, ft: FileType, name: &str) -> Result<String> {
         layout::validate_name(ft, name)?;
         Ok(format!("{}{}", self.prefix, layout::path(ft, name)))
+    }
+
+    fn err(&self, what: impl std::fmt::Display, e: ::opendal::Error) -> Error {
+        match self.s3 {
+            Some(_) => s3::map_err(what, e),
+            None => map_err(what, e),
+        }
     }
 }
 
@@ -209,12 +264,16 @@ impl Backend for OpendalBackend {
 
     async fn create(&self, ft: FileType, name: &str, data: Bytes) -> Result<()> {
         let path = self.path(ft, name)?;
+        if let Some(check) = &self.s3 {
+            // Create-only rests on the service honouring the condition below.
+            check.ensure(&self.op, &self.description).await?;
+        }
         self.op
             .write_with(&path, data)
             .if_not_exists(true)
             .await
             .map(|_| ())
-            .map_err(|e| map_err(format!("writing {path}"), e))
+            .map_err(|e| self.err(format!("writing {path}"), e))
     }
 
     async fn read(&self, ft: FileType, name: &str) -> Result<Bytes> {
@@ -223,7 +282,7 @@ impl Backend for OpendalBackend {
             .read(&path)
             .await
             .map(|b| b.to_bytes())
-            .map_err(|e| map_err(format!("reading {path}"), e))
+            .map_err(|e| self.err(format!("reading {path}"), e))
     }
 
     fn read_direct(&self, ft: FileType, name: &str) -> Option<Result<Bytes>> {
@@ -263,20 +322,25 @@ impl Backend for OpendalBackend {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| Error::invalid("read range overflows"))?;
-        let buf = self
-            .op
-            .read_with(&path)
-            .range(offset..end)
-            .await
-            .map_err(|e| {
-                if e.kind() == OdKind::RangeNotSatisfied {
-                    Error::corrupt(format!(
-                        "{path} is truncated: it ends before {offset}+{len}"
-                    ))
-                } else {
-                    map_err(format!("reading {path} at {offset}+{len}"), e)
-                }
-            })?;
+        let truncated = || {
+            Error::corrupt(format!(
+                "{path} is truncated: it ends before {offset}+{len}"
+            ))
+        };
+        let buf = match self.op.read_with(&path).range(offset..end).await {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == OdKind::RangeNotSatisfied => return Err(truncated()),
+            // A range that starts inside the object but ends past it is answered by HTTP
+            // services with the part that exists, which opendal reports as an unexpected
+            // short read. The object's size tells that case from a real failure.
+            Err(e) if e.kind() == OdKind::Unexpected && !e.is_temporary() => {
+                return match self.op.stat(&path).await {
+                    Ok(meta) if meta.content_length() < end => Err(truncated()),
+                    _ => Err(self.err(format!("reading {path} at {offset}+{len}"), e)),
+                };
+            }
+            Err(e) => return Err(self.err(format!("reading {path} at {offset}+{len}"), e)),
+        };
         if buf.len() as u64 != len {
             return Err(Error::corrupt(format!(
                 "{path} is truncated: wanted {len} bytes at offset {offset}, got {}",
@@ -292,7 +356,7 @@ impl Backend for OpendalBackend {
             .stat(&path)
             .await
             .map(|m| m.content_length())
-            .map_err(|e| map_err(format!("stat {path}"), e))
+            .map_err(|e| self.err(format!("stat {path}"), e))
     }
 
     /// Each object's modification time (a local file's mtime, an S3 object's
@@ -334,7 +398,7 @@ impl Backend for OpendalBackend {
         let entries = match self.op.list_with(&dir).recursive(true).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == OdKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(map_err(format!("listing {dir}"), e)),
+            Err(e) => return Err(self.err(format!("listing {dir}"), e)),
         };
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -358,7 +422,7 @@ impl Backend for OpendalBackend {
         match self.op.delete(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == OdKind::NotFound => Ok(()),
-            Err(e) => Err(map_err(format!("removing {path}"), e)),
+            Err(e) => Err(self.err(format!("removing {path}"), e)),
         }
     }
 }
