@@ -5,6 +5,8 @@
 //! user backs up but can delete nothing.
 
 mod common;
+#[path = "../../repo-core/store/tests/s3_server/mod.rs"]
+mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -218,4 +220,54 @@ fn cairn_works_through_the_server_and_an_append_only_user_deletes_nothing() {
         out.stdout == both,
         "the stream backed up beside the prune reads back whole"
     );
+}
+
+/// The server keeping its objects in S3 (a real S3-compatible server on loopback): the REST
+/// client passes the conformance suite through it, and `cairn` backs up, restores and
+/// checks through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_objects_in_s3() {
+    let s3 = s3_server::S3Server::start();
+    // The server reads the S3 credentials from its environment (one process per test).
+    std::env::set_var("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "admin", "full", Some("team"), "secret");
+    add_user(&users, "probe", "full", Some("t1"), "secret");
+    let storage = s3.url("served");
+    let server = Server::start(Path::new(&storage), &["--users", users.to_str().unwrap()]);
+
+    let target = RestTarget::parse(&format!("http://probe:secret@{}/", server.addr)).unwrap();
+    let root = RestRoot::new(&target, &BackendOptions::remote()).unwrap();
+    conformance::run(&*root.tenant("t1").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        s3.folder("served").join("t1").is_dir(),
+        "nothing reached S3"
+    );
+
+    let Some(bin) = cairn_binary() else { return };
+    let admin = Client {
+        bin,
+        dir: dir.path().to_path_buf(),
+        url: format!("rest:http://{}/", server.addr),
+        user: "admin".to_string(),
+    };
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), vec![9u8; 1_500_000]).unwrap();
+    tokio::task::block_in_place(|| {
+        admin.ok(&["init"]);
+        admin.ok(&["backup", src.to_str().unwrap()]);
+        admin.ok(&["check", "--read-data"]);
+        let target = dir.path().join("out");
+        admin.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+        assert_eq!(
+            tree(&target.join(src.strip_prefix("/").unwrap())),
+            tree(&src)
+        );
+    });
+    assert!(s3.folder("served").join("team").join("snapshots").is_dir());
 }
