@@ -35,6 +35,16 @@ type ObjectCounters = BTreeMap<(String, &'static str, Event), (u64, u64)>;
 pub struct Metrics {
     objects: Mutex<ObjectCounters>,
     refused: Mutex<BTreeMap<u16, u64>>,
+    /// Per tenant, when the newest snapshot object was received (seconds since the Unix
+    /// epoch): read from storage at start, then set by every snapshot upload.
+    newest_snapshot: Mutex<BTreeMap<String, u64>>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Metrics {
@@ -44,6 +54,17 @@ impl Metrics {
             let e = m.entry((tenant.to_string(), ft.dir(), event)).or_default();
             e.0 = e.0.saturating_add(1);
             e.1 = e.1.saturating_add(bytes);
+        }
+        if ft == FileType::Snapshot && event == Event::Write {
+            self.snapshot_received(tenant, now_secs());
+        }
+    }
+
+    /// Records that a snapshot of `tenant` was received at `at` (the newest one counts).
+    pub fn snapshot_received(&self, tenant: &str, at: u64) {
+        if let Ok(mut m) = self.newest_snapshot.lock() {
+            let e = m.entry(tenant.to_string()).or_default();
+            *e = (*e).max(at);
         }
     }
 
@@ -92,6 +113,18 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "cairn_server_requests_refused_total{{status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        if let Ok(m) = self.newest_snapshot.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP cairn_server_newest_snapshot_received_seconds When the tenant's newest snapshot was received, by the server's clock (Unix time).\n# TYPE cairn_server_newest_snapshot_received_seconds gauge"
+            );
+            for (tenant, at) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "cairn_server_newest_snapshot_received_seconds{{tenant=\"{tenant}\"}} {at}"
                 );
             }
         }

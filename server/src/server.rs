@@ -106,6 +106,8 @@ impl Server {
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         let quotas = Quotas::load(&root, opts.quotas.clone()).await?;
+        let metrics = crate::metrics::Metrics::default();
+        seed_newest_snapshots(&root, &metrics).await;
         let tls = opts.tls.clone().map(Tls::load).transpose()?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
@@ -118,7 +120,7 @@ impl Server {
                 policy: opts.policy,
                 max_object_size: opts.max_object_size,
                 quotas,
-                metrics: Default::default(),
+                metrics,
                 upload_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
                 receipts: opts
                     .receipts
@@ -302,5 +304,41 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("5X").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+}
+
+/// Reads, per tenant, when its newest snapshot object was received, for
+/// `cairn_server_newest_snapshot_received_seconds`. Best effort: a tenant that cannot be read
+/// is logged and left out until its next snapshot arrives.
+async fn seed_newest_snapshots(
+    root: &Arc<dyn cairn_store::backend::Root>,
+    metrics: &crate::metrics::Metrics,
+) {
+    let tenants = match root.tenants().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("listing tenants for the snapshot metrics: {e}");
+            return;
+        }
+    };
+    for tenant in tenants {
+        let times = match root.tenant(&tenant) {
+            Ok(b) => {
+                b.received_times(cairn_store::backend::FileType::Snapshot)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match times {
+            Ok(Some(times)) => {
+                for (_, at) in times {
+                    if let Ok(d) = at.duration_since(std::time::UNIX_EPOCH) {
+                        metrics.snapshot_received(&tenant, d.as_secs());
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("receive times of tenant {tenant}'s snapshots: {e}"),
+        }
     }
 }

@@ -271,3 +271,63 @@ async fn the_server_keeps_objects_in_s3() {
     });
     assert!(s3.folder("served").join("team").join("snapshots").is_dir());
 }
+
+/// `/metrics` says when each tenant's newest snapshot arrived, also after a restart (from
+/// the storage), so that "no backup for 26 hours" can alert without any key.
+#[test]
+fn metrics_give_the_newest_snapshot_receive_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "admin", "full", Some("acme"), "secret");
+    add_user(&users, "prom", "metrics", None, "scrape");
+    let storage = dir.path().join("storage");
+    let gauge = |server: &Server| -> Option<u64> {
+        let resp = server.req("GET", "/metrics").auth("prom", "scrape").send();
+        assert_eq!(resp.status, 200);
+        String::from_utf8_lossy(&resp.body)
+            .lines()
+            .find(|l| {
+                l.starts_with("cairn_server_newest_snapshot_received_seconds{tenant=\"acme\"}")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = {
+        let server = Server::start(&storage, &["--users", users.to_str().unwrap()]);
+        assert_eq!(gauge(&server), None);
+        let body = b"a sealed snapshot";
+        let name = common::blake3_hex(body);
+        assert_eq!(
+            server
+                .req("POST", "/acme/?create=true")
+                .auth("admin", "secret")
+                .send()
+                .status,
+            200
+        );
+        assert_eq!(
+            server
+                .req("POST", "/acme/config")
+                .auth("admin", "secret")
+                .body(b"config")
+                .send()
+                .status,
+            200
+        );
+        let resp = server
+            .req("POST", &format!("/acme/snapshots/{name}"))
+            .auth("admin", "secret")
+            .body(body)
+            .send();
+        assert_eq!(resp.status, 200);
+        let at = gauge(&server).expect("the gauge after a snapshot upload");
+        assert!(at >= started && at <= started + 60, "{at} vs {started}");
+        at
+    };
+    let server = Server::start(&storage, &["--users", users.to_str().unwrap()]);
+    let again = gauge(&server).expect("the gauge read from storage after a restart");
+    assert!(again.abs_diff(at) <= 1, "{again} vs {at}");
+}
