@@ -290,23 +290,6 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("size {s:?} is too large")))
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
-        assert_eq!(parse_size("500G").unwrap(), 500 << 30);
-        assert_eq!(parse_size("2k").unwrap(), 2048);
-        assert!(parse_size("").is_err());
-        assert!(parse_size("5X").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-}
-
 /// Reads, per tenant, when its newest snapshot object was received, for
 /// `cairn_server_newest_snapshot_received_seconds`. Best effort: a tenant that cannot be read
 /// is logged and left out until its next snapshot arrives.
@@ -340,5 +323,22 @@ async fn seed_newest_snapshots(
             Ok(None) => {}
             Err(e) => tracing::warn!("receive times of tenant {tenant}'s snapshots: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("500G").unwrap(), 500 << 30);
+        assert_eq!(parse_size("2k").unwrap(), 2048);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }
