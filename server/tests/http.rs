@@ -251,3 +251,47 @@ fn uploads_beyond_the_memory_budget_wait_their_turn() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Eight clients upload at once into a tenant with a quota: what was accepted fits in the
+/// quota, every accepted object is stored whole, every refused one (507) is absent.
+#[test]
+fn a_quota_holds_under_eight_concurrent_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("st");
+    let s = Server::start(&st, &["--no-auth", "--quota", "q=100KiB"]);
+    let handles: Vec<_> = (0..8u8)
+        .map(|client| {
+            let send = Server::req_to(&s.addr);
+            std::thread::spawn(move || {
+                (0..20u8)
+                    .map(|i| {
+                        let body = vec![client.wrapping_mul(31) ^ i; 4096 + usize::from(i)];
+                        let name = sha256_hex(&body);
+                        let status = send("POST", &format!("/q/data/{name}"), &body);
+                        (name, body.len() as u64, status)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let accepted: u64 = results
+        .iter()
+        .filter(|r| r.2 == Some(200))
+        .map(|r| r.1)
+        .sum();
+    assert!(accepted <= 100 * 1024, "{accepted} bytes accepted");
+    assert!(accepted > 50 * 1024, "the quota refused too much: {accepted}");
+    assert!(results.iter().any(|r| r.2 == Some(507)));
+    for (name, size, status) in &results {
+        let head = s.req("HEAD", &format!("/q/data/{name}")).send();
+        match status {
+            Some(200) => {
+                assert_eq!(head.status, 200, "{name}");
+                assert_eq!(head.header("content-length"), Some(size.to_string().as_str()));
+            }
+            Some(507) => assert_eq!(head.status, 404, "{name} was refused but stored"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
