@@ -274,21 +274,30 @@ fn a_quota_holds_under_eight_concurrent_clients() {
             })
         })
         .collect();
-    let results: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let accepted: u64 = results
         .iter()
         .filter(|r| r.2 == Some(200))
         .map(|r| r.1)
         .sum();
     assert!(accepted <= 100 * 1024, "{accepted} bytes accepted");
-    assert!(accepted > 50 * 1024, "the quota refused too much: {accepted}");
+    assert!(
+        accepted > 50 * 1024,
+        "the quota refused too much: {accepted}"
+    );
     assert!(results.iter().any(|r| r.2 == Some(507)));
     for (name, size, status) in &results {
         let head = s.req("HEAD", &format!("/q/data/{name}")).send();
         match status {
             Some(200) => {
                 assert_eq!(head.status, 200, "{name}");
-                assert_eq!(head.header("content-length"), Some(size.to_string().as_str()));
+                assert_eq!(
+                    head.header("content-length"),
+                    Some(size.to_string().as_str())
+                );
             }
             Some(507) => assert_eq!(head.status, 404, "{name} was refused but stored"),
             other => panic!("{name}: {other:?}"),
