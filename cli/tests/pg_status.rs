@@ -77,6 +77,8 @@ fn base_backup(repo: &Repository, (start, stop): (u64, u64), stop_time: u64) -> 
             wal_last: Some(name(stop)),
             start_time: Some(rfc(stop_time - 60)),
             stop_time: Some(rfc(stop_time)),
+            dictionary: None,
+            dictionary_basis: None,
         }),
         original: None,
     };

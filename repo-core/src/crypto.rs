@@ -113,7 +113,7 @@ impl Keys {
 
     fn cipher(&self, kind: BlobKind) -> &XChaCha20Poly1305 {
         match kind {
-            BlobKind::Data => &self.data,
+            BlobKind::Data | BlobKind::Dict => &self.data,
             BlobKind::Tree => &self.meta,
         }
     }

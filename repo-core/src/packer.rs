@@ -4,6 +4,7 @@
 //! Policy (docs/design.md, "Packs"): a pack holds blobs of one kind; a data pack is closed
 //! once it holds `pack_size` bytes (the config's), a tree pack once it holds a quarter of
 //! that, so tree packs stay small enough to be cached and read without touching data.
+//! Dictionary packs (rare: one dictionary per PostgreSQL cluster) follow the tree rule.
 
 use bytes::Bytes;
 
@@ -21,6 +22,7 @@ pub(crate) struct Packer {
     pack_size: usize,
     data: PackBuilder,
     tree: PackBuilder,
+    dict: PackBuilder,
     /// A buffer of an uploaded data pack, for the next data pack.
     spare: Option<Vec<u8>>,
 }
@@ -32,6 +34,7 @@ impl Packer {
         Packer {
             data: Self::builder(BlobKind::Data, pack_size),
             tree: Self::builder(BlobKind::Tree, pack_size),
+            dict: Self::builder(BlobKind::Dict, pack_size),
             keys,
             pack_size,
             spare: None,
@@ -42,7 +45,7 @@ impl Packer {
     pub(crate) fn limit(kind: BlobKind, pack_size: usize) -> usize {
         match kind {
             BlobKind::Data => pack_size,
-            BlobKind::Tree => pack_size / 4,
+            BlobKind::Tree | BlobKind::Dict => pack_size / 4,
         }
     }
 
@@ -53,7 +56,7 @@ impl Packer {
             BlobKind::Data => {
                 PackBuilder::new(kind, pack_size.saturating_add(pack_size / 8).min(1 << 30))
             }
-            BlobKind::Tree => PackBuilder::new(kind, 1 << 20),
+            BlobKind::Tree | BlobKind::Dict => PackBuilder::new(kind, 1 << 20),
         }
     }
 
@@ -83,7 +86,7 @@ impl Packer {
         // Only a data pack takes the spare buffer; a tree flush leaves it for the next one.
         let spare = match kind {
             BlobKind::Data => self.spare.take(),
-            BlobKind::Tree => None,
+            BlobKind::Tree | BlobKind::Dict => None,
         };
         let next = match spare {
             Some(buffer) => PackBuilder::with_buffer(kind, buffer),
@@ -96,7 +99,7 @@ impl Packer {
     /// Finishes every open pack that holds anything (data first).
     pub(crate) fn flush_all(&mut self) -> Result<Vec<FinishedPack>> {
         let mut out = Vec::new();
-        for kind in [BlobKind::Data, BlobKind::Tree] {
+        for kind in [BlobKind::Data, BlobKind::Tree, BlobKind::Dict] {
             out.extend(self.flush(kind)?);
         }
         Ok(out)
@@ -106,6 +109,7 @@ impl Packer {
         match kind {
             BlobKind::Data => &mut self.data,
             BlobKind::Tree => &mut self.tree,
+            BlobKind::Dict => &mut self.dict,
         }
     }
 }

@@ -234,7 +234,7 @@ pub fn prune(
         s.kind = Some(loc.kind);
         s.blobs += 1;
         s.bytes += loc.length as u64;
-        if used.contains(&id)? {
+        if is_used(&used, loc.kind, &id)? {
             s.used_blobs += 1;
             s.used_bytes += loc.length as u64;
         }
@@ -434,7 +434,7 @@ fn sweep_one(
         };
         let mut needed = false;
         for e in &entries {
-            if used.contains(&e.id)? && repo.lookup(&e.id)?.is_none() {
+            if is_used(&used, e.kind, &e.id)? && repo.lookup(&e.id)?.is_none() {
                 needed = true;
                 break;
             }
@@ -518,6 +518,13 @@ fn remove_stale_staging(repo: &Repository) {
     }
 }
 
+/// Whether a blob is kept: marked used by a snapshot, or a dictionary. Dictionaries are
+/// never collected, because the blobs compressed with them name them and no snapshot does
+/// (see `format::dictionary`); there is one per PostgreSQL cluster, 64 KiB at most.
+fn is_used(used: &IdSet, kind: BlobKind, id: &Id) -> Result<bool> {
+    Ok(kind == BlobKind::Dict || used.contains(id)?)
+}
+
 /// Copies the used blobs of `packs` into new packs, filled by the writers' policy
 /// (`crate::packer`), and stores them; returns their index entries. Nothing is indexed here:
 /// the caller lists the new packs in the compacted index, written after they are stored.
@@ -537,7 +544,7 @@ fn repack(
             return Err(Error::corrupt(format!("pack {pack}: contents do not match its name; run `cairn check --read-data` before pruning")));
         }
         for e in bytes.entries()? {
-            if !used.contains(&e.id)? || copied.contains(&e.id)? {
+            if !is_used(used, e.kind, &e.id)? || copied.contains(&e.id)? {
                 continue;
             }
             // Already stored in a pack that stays: no copy needed.

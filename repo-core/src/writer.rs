@@ -21,6 +21,7 @@ use crate::cache::{index_locations, Cache};
 use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::{self, SealedBlob};
+use crate::format::dictionary::Dictionary;
 use crate::format::index::IndexFile;
 use crate::format::pack::FinishedPack;
 use crate::id::{BlobKind, Id};
@@ -115,10 +116,33 @@ impl Known {
     }
 }
 
+/// How data blobs are compressed: a zstd level, and a dictionary (payload format 2) if any.
+#[derive(Debug, Clone, Default)]
+pub struct Compression {
+    pub level: i32,
+    pub dict: Option<Arc<Dictionary>>,
+}
+
+impl Compression {
+    /// Seals a data blob this way.
+    pub fn seal(&self, keys: &Keys, id: Id, plaintext: &[u8]) -> Result<SealedBlob> {
+        blob::seal_with(
+            keys,
+            BlobKind::Data,
+            id,
+            plaintext,
+            self.level,
+            self.dict.as_deref(),
+        )
+    }
+}
+
 pub struct BlobWriter {
     store: Store,
     cache: Arc<Cache>,
     level: i32,
+    /// The dictionary data blobs are compressed with, if any (see `set_dictionary`).
+    dict: Option<Arc<Dictionary>>,
     packer: Packer,
     shared: Arc<Shared>,
     tx: Option<SyncSender<FinishedPack>>,
@@ -165,6 +189,7 @@ impl BlobWriter {
             store: repo.store().clone(),
             cache: repo.cache().clone(),
             level,
+            dict: None,
             packer: Packer::new(repo.keys().clone(), repo.config().pack_size),
             shared,
             tx: Some(tx),
@@ -179,6 +204,20 @@ impl BlobWriter {
 
     pub fn level(&self) -> i32 {
         self.level
+    }
+
+    /// Compresses the data blobs added from now on with `dict` (a dictionary blob that is
+    /// durable in the repository, or added to this writer before any blob that uses it).
+    pub fn set_dictionary(&mut self, dict: Option<Arc<Dictionary>>) {
+        self.dict = dict;
+    }
+
+    /// How this writer compresses data blobs.
+    pub fn compression(&self) -> Compression {
+        Compression {
+            level: self.level,
+            dict: self.dict.clone(),
+        }
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -240,12 +279,11 @@ impl BlobWriter {
         if self.contains(&id)? {
             return Ok(id);
         }
-        let level = if kind == BlobKind::Tree {
-            3
-        } else {
-            self.level
+        let sealed = match kind {
+            BlobKind::Data => self.compression().seal(self.keys(), id, plaintext)?,
+            BlobKind::Tree | BlobKind::Dict => blob::seal(self.keys(), kind, id, plaintext, 3)?,
         };
-        self.add(blob::seal(self.keys(), kind, id, plaintext, level)?)?;
+        self.add(sealed)?;
         Ok(id)
     }
 
@@ -275,6 +313,7 @@ impl BlobWriter {
     pub fn finish(mut self) -> Result<WriteStats> {
         self.flush_kind(BlobKind::Data)?;
         self.flush_kind(BlobKind::Tree)?;
+        self.flush_kind(BlobKind::Dict)?;
         drop(self.tx.take());
         if let Some(h) = self.uploader.take() {
             h.join()

@@ -252,3 +252,192 @@ fn broken_streams_and_failed_programs_save_nothing() {
     assert_eq!(base_backups(&repo), 0);
     common::assert_clean(&repo);
 }
+
+/// `pages` pages of a table whose rows repeat values from one small vocabulary, as real
+/// tables do: each page differs, and a dictionary trained on some of them helps the rest.
+fn table(pages: usize, seed: u32) -> Vec<u8> {
+    let words: Vec<Vec<u8>> = (0..64u32)
+        .map(|w| {
+            (0..40u32)
+                .map(|i| (w.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8)
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(pages * 8192);
+    for p in 0..pages as u32 {
+        let mut x = (p ^ seed).wrapping_mul(2_654_435_761) | 1;
+        let start = out.len();
+        out.extend_from_slice(&p.to_le_bytes());
+        while out.len() - start < 8192 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            out.extend_from_slice(&words[(x % 64) as usize]);
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(start + 8192);
+    }
+    out
+}
+
+fn dictionaries(repo: &Repository) -> Vec<cairn_repo::Id> {
+    let mut out = Vec::new();
+    repo.for_each_indexed_blob(&mut |id, kind, _| {
+        if kind == cairn_repo::BlobKind::Dict {
+            out.push(id);
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn later_base_backups_use_the_clusters_page_dictionary_which_prune_never_collects() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    archive_segment_2(&repo, dir.path(), SYSID);
+    let stream = |rel: Vec<u8>| {
+        let mut e = good_stream(SYSID);
+        e.insert(7, ("base/5/16396", Some(rel)));
+        e
+    };
+    let first_table = table(400, 0);
+    // The first base backup has no dictionary to use; it trains one from its pages.
+    let first = run(
+        &repo,
+        program(dir.path(), "bb1", &tar(&stream(first_table.clone())), 0),
+    )
+    .unwrap();
+    let pg = first.result.snapshot.pg.clone().unwrap();
+    let dict = pg
+        .dictionary
+        .expect("the first base backup trains a dictionary");
+    assert!(pg.dictionary_basis.unwrap() >= 400 * 8192);
+    assert_eq!(dictionaries(&repo), [dict]);
+
+    // A day of changes: 40 pages rewritten. The second backup stores them with the dictionary
+    // and passes it on.
+    let mut second_table = first_table.clone();
+    let changed = table(40, 99);
+    for (i, page) in changed.chunks(8192).enumerate() {
+        let at = i * 10 * 8192;
+        second_table[at..at + 8192].copy_from_slice(page);
+    }
+    let entries = stream(second_table.clone());
+    let second = run(&repo, program(dir.path(), "bb2", &tar(&entries), 0)).unwrap();
+    assert_eq!(
+        second.result.snapshot.pg.as_ref().unwrap().dictionary,
+        Some(dict)
+    );
+    // Without a dictionary each changed page would take about what zstd makes of it alone.
+    let alone: usize = changed
+        .chunks(8192)
+        .map(|p| cairn_repo::format::compress(p, 3).unwrap().len())
+        .sum();
+    let stored = second.result.snapshot.summary.bytes_stored;
+    assert!(
+        (stored as usize) < alone * 3 / 4,
+        "{stored} bytes stored for pages that take {alone} without a dictionary"
+    );
+
+    // Every snapshot that names the dictionary but the second goes, and an aggressive prune
+    // (twice: mark, then sweep) repacks everything else: the dictionary stays, and the second
+    // backup restores byte for byte through a fresh reader.
+    cairn_repo::snapshot_edit::forget(&repo, &[first.result.id]).unwrap();
+    for _ in 0..2 {
+        cairn_repo::prune::prune(&repo, &common::aggressive(), &NoProgress).unwrap();
+    }
+    let reader = common::open(dir.path(), &key, "cache2");
+    assert_eq!(dictionaries(&reader), [dict]);
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    restore(
+        &reader,
+        &second.result.id,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(target.join("base/5/16396")).unwrap(),
+        second_table
+    );
+    common::assert_clean(&reader);
+
+    // With no snapshot left at all the dictionary is still kept: it is never collected.
+    let left: Vec<_> = reader
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    cairn_repo::snapshot_edit::forget(&reader, &left).unwrap();
+    for _ in 0..2 {
+        cairn_repo::prune::prune(&reader, &common::aggressive(), &NoProgress).unwrap();
+    }
+    assert_eq!(
+        dictionaries(&common::open(dir.path(), &key, "cache3")),
+        [dict]
+    );
+}
+
+#[test]
+fn a_lost_dictionary_is_reported_by_name_never_read_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    archive_segment_2(&repo, dir.path(), SYSID);
+    let stream = |rel: Vec<u8>| {
+        let mut e = good_stream(SYSID);
+        e.insert(7, ("base/5/16396", Some(rel)));
+        e
+    };
+    let first = run(
+        &repo,
+        program(dir.path(), "bb1", &tar(&stream(table(300, 0))), 0),
+    )
+    .unwrap();
+    let dict = first
+        .result
+        .snapshot
+        .pg
+        .clone()
+        .unwrap()
+        .dictionary
+        .unwrap();
+    let second = run(
+        &repo,
+        program(dir.path(), "bb2", &tar(&stream(table(300, 5))), 0),
+    )
+    .unwrap();
+    // The dictionary's pack disappears from storage.
+    let mut dict_pack = None;
+    repo.for_each_indexed_blob(&mut |id, _, pack| {
+        if id == dict {
+            dict_pack = Some(pack);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let pack = dict_pack.unwrap().to_hex();
+    let path = common::files_below(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
+        .unwrap();
+    std::fs::remove_file(path).unwrap();
+    let reader = common::open(dir.path(), &key, "cache2");
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    let e = restore(
+        &reader,
+        &second.result.id,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains(&format!("dictionary {dict}")), "{e}");
+}

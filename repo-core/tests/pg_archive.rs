@@ -84,6 +84,7 @@ fn base_backup(
         wal_last: Some(name(stop)),
         start_time: Some(rfc(stop_time - 30)),
         stop_time: Some(rfc(stop_time)),
+        ..PgInfo::default()
     };
     let snap = Snapshot {
         version: 1,

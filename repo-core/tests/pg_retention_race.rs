@@ -38,6 +38,7 @@ fn base_backup(repo: &Repository, n: u64) -> PgInfo {
         wal_last: Some(name),
         start_time: Some(now.clone()),
         stop_time: Some(now.clone()),
+        ..PgInfo::default()
     };
     let snap = Snapshot {
         version: 1,

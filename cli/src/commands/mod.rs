@@ -98,6 +98,7 @@ fn list(ctx: &Context, kind: crate::args::ListKind) -> anyhow::Result<i32> {
                 let kind = match blob_kind {
                     cairn_repo::BlobKind::Data => "data",
                     cairn_repo::BlobKind::Tree => "tree",
+                    cairn_repo::BlobKind::Dict => "dict",
                 };
                 let line = if ctx.json() {
                     serde_json::json!({"id": id, "kind": kind, "pack": pack}).to_string()

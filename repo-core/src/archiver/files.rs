@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::format::tree::{Node, Tree};
 use crate::id::Id;
 use crate::walk::{open_file_at, set_stat, Stat};
-use crate::writer::Known;
+use crate::writer::{Compression, Known};
 
 /// A small file (below [`SMALL_FILE`]) waiting to be read and sealed on the pool with
 /// others of its folder.
@@ -85,7 +85,7 @@ fn read_and_seal(
     chunker: &cairn_chunker::Chunker,
     known: &Known,
     keys: &Keys,
-    level: i32,
+    comp: &Compression,
 ) -> Result<JobResult> {
     let (data, opened, grew) = match read_small_at(dir, name) {
         Ok(Some(d)) => d,
@@ -94,7 +94,7 @@ fn read_and_seal(
     };
     let sealed = cut(chunker, &data, true)
         .into_iter()
-        .map(|range| seal_chunk(known, keys, level, &data[range]))
+        .map(|range| seal_chunk(known, keys, comp, &data[range]))
         .collect::<Result<Sealed>>()?;
     Ok(JobResult::Sealed {
         sealed,
@@ -312,12 +312,12 @@ impl Archiver<'_> {
         }
         let known = self.writer.known();
         let keys = self.writer.keys().clone();
-        let level = self.writer.level();
+        let comp = self.writer.compression();
         let chunker = &self.chunker;
         let results: Vec<Result<JobResult>> = match dir {
             Some(dir) => jobs
                 .par_iter()
-                .map(|j| read_and_seal(dir, &j.name, chunker, &known, &keys, level))
+                .map(|j| read_and_seal(dir, &j.name, chunker, &known, &keys, &comp))
                 .collect(),
             None => jobs
                 .iter()

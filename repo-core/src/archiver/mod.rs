@@ -197,6 +197,12 @@ impl<'a> Archiver<'a> {
     }
 
     /// Saves a tree as a tree blob, in canonical order; returns its id.
+    /// The writer, for callers that store blobs beside the tree (a base backup's page
+    /// dictionary) or set how data is compressed.
+    pub(crate) fn writer_mut(&mut self) -> &mut BlobWriter {
+        &mut self.writer
+    }
+
     pub(crate) fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
         tree.canonicalize()?;
         let bytes = to_cbor(&tree)?;

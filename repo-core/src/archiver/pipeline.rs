@@ -17,12 +17,12 @@ use rayon::prelude::*;
 
 use crate::crypto::Keys;
 use crate::error::Result;
-use crate::format::blob::{self, SealedBlob};
+use crate::format::blob::SealedBlob;
 use crate::format::to_cbor;
 use crate::format::tree::{ContentList, Node, INLINE_CONTENT_MAX};
 use crate::id::{BlobKind, Id};
 use crate::progress::Progress;
-use crate::writer::{BlobWriter, Known};
+use crate::writer::{BlobWriter, Compression, Known};
 
 /// Content ids per spilled content-list blob.
 const CONTENT_LIST_LEN: usize = 8192;
@@ -64,10 +64,10 @@ pub(super) fn cut(
 pub(super) type Sealed = Vec<(Id, Option<SealedBlob>)>;
 
 /// Hashes, looks up, compresses and seals chunks in parallel on the rayon pool.
-fn seal_chunks(known: &Known, keys: &Keys, level: i32, chunks: &[&[u8]]) -> Result<Sealed> {
+fn seal_chunks(known: &Known, keys: &Keys, comp: &Compression, chunks: &[&[u8]]) -> Result<Sealed> {
     chunks
         .par_iter()
-        .map(|data| seal_chunk(known, keys, level, data))
+        .map(|data| seal_chunk(known, keys, comp, data))
         .collect()
 }
 
@@ -75,14 +75,14 @@ fn seal_chunks(known: &Known, keys: &Keys, level: i32, chunks: &[&[u8]]) -> Resu
 pub(super) fn seal_chunk(
     known: &Known,
     keys: &Keys,
-    level: i32,
+    comp: &Compression,
     data: &[u8],
 ) -> Result<(Id, Option<SealedBlob>)> {
     let id = keys.blob_id(data);
     if known.contains(&id)? {
         return Ok((id, None));
     }
-    Ok((id, Some(blob::seal(keys, BlobKind::Data, id, data, level)?)))
+    Ok((id, Some(comp.seal(keys, id, data)?)))
 }
 
 /// Adds sealed chunks to the writer in order; appends every chunk's id to `ids`.
@@ -173,7 +173,7 @@ pub(crate) fn save_reader(
         // turn, the pool would idle during every add.
         let known = writer.known();
         let keys = writer.keys().clone();
-        let level = writer.level();
+        let comp = writer.compression();
         let mut ids = Vec::new();
         let mut total = 0u64;
         let mut sealed_before: Option<(Sealed, usize)> = None;
@@ -198,7 +198,7 @@ pub(crate) fn save_reader(
             let slices: Vec<&[u8]> = cuts.iter().map(|r| &batch[r.clone()]).collect();
             let before = sealed_before.take();
             let (sealed, added) = rayon::join(
-                || seal_chunks(&known, &keys, level, &slices),
+                || seal_chunks(&known, &keys, &comp, &slices),
                 || add_batch(writer, before, &mut ids, progress),
             );
             let sealed = match (sealed, added) {

@@ -4,7 +4,8 @@
 
 use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
-use crate::format::{compress_into, decompress_bounded, max_plaintext};
+use crate::format::dictionary::{Dictionary, DictionarySource, NoDictionaries};
+use crate::format::{compress_into_with, decompress_blob, max_plaintext};
 use crate::id::{BlobKind, Id};
 
 /// A blob ready to be appended to a pack.
@@ -23,6 +24,20 @@ pub fn seal(
     plaintext: &[u8],
     level: i32,
 ) -> Result<SealedBlob> {
+    seal_with(keys, kind, id, plaintext, level, None)
+}
+
+/// Like [`seal`], compressing a data blob with `dict` (payload format 2) when one is given;
+/// other kinds never use a dictionary.
+pub fn seal_with(
+    keys: &Keys,
+    kind: BlobKind,
+    id: Id,
+    plaintext: &[u8],
+    level: i32,
+    dict: Option<&Dictionary>,
+) -> Result<SealedBlob> {
+    let dict = dict.filter(|_| kind == BlobKind::Data);
     let raw_length =
         u32::try_from(plaintext.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
     // Readers refuse larger blobs, so none is ever written.
@@ -37,7 +52,7 @@ pub fn seal(
     let mut bytes =
         Vec::with_capacity(crypto::OVERHEAD + 1 + zstd::zstd_safe::compress_bound(plaintext.len()));
     bytes.resize(crypto::NONCE_LEN, 0);
-    compress_into(plaintext, level, &mut bytes)?;
+    compress_into_with(plaintext, level, dict, &mut bytes)?;
     keys.seal_blob_in_place(kind, &id, &mut bytes)?;
     Ok(SealedBlob {
         kind,
@@ -51,44 +66,60 @@ pub fn seal(
 /// wrong id (or by another tenant's key) is caught, not returned. The plaintext may be at most
 /// [`max_plaintext`] of its kind.
 pub fn open(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
-    open_bounded(keys, kind, id, sealed, max_plaintext(kind))
+    open_bounded(keys, kind, id, sealed, max_plaintext(kind), &NoDictionaries)
 }
 
 /// Like [`open`], refusing a plaintext of more than `max` bytes (a repository's chunker
-/// bound for data blobs) before allocating for it.
+/// bound for data blobs) before allocating for it, and finding the dictionary a data blob
+/// was compressed with in `dicts`.
 pub fn open_bounded(
     keys: &Keys,
     kind: BlobKind,
     id: &Id,
     sealed: &[u8],
     max: u64,
+    dicts: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
     let payload = keys.open_blob(kind, id, sealed)?;
-    plaintext(keys, id, &payload, max)
+    plaintext(keys, kind, id, &payload, max, dicts)
 }
 
 /// Like [`open`], decrypting inside `sealed` (the buffer is left holding the compressed
 /// payload); the restorer's packs are read into buffers of its own, so this spares a copy
 /// and an allocation per blob.
 pub fn open_in_place(keys: &Keys, kind: BlobKind, id: &Id, sealed: &mut [u8]) -> Result<Vec<u8>> {
-    open_in_place_bounded(keys, kind, id, sealed, max_plaintext(kind))
+    open_in_place_bounded(keys, kind, id, sealed, max_plaintext(kind), &NoDictionaries)
 }
 
-/// Like [`open_in_place`] with the bound of [`open_bounded`].
+/// Like [`open_in_place`] with the bound and dictionaries of [`open_bounded`].
 pub fn open_in_place_bounded(
     keys: &Keys,
     kind: BlobKind,
     id: &Id,
     sealed: &mut [u8],
     max: u64,
+    dicts: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
     let payload = keys.open_blob_in_place(kind, id, sealed)?;
-    plaintext(keys, id, payload, max)
+    plaintext(keys, kind, id, payload, max, dicts)
 }
 
-/// Decompresses an opened payload and checks the plaintext against the blob's id.
-fn plaintext(keys: &Keys, id: &Id, payload: &[u8], max: u64) -> Result<Vec<u8>> {
-    let plain = decompress_bounded(payload, max, &format!("blob {id}"))?;
+/// Decompresses an opened payload and checks the plaintext against the blob's id. Only a
+/// data blob may name a dictionary.
+fn plaintext(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &Id,
+    payload: &[u8],
+    max: u64,
+    dicts: &dyn DictionarySource,
+) -> Result<Vec<u8>> {
+    let dicts = if kind == BlobKind::Data {
+        dicts
+    } else {
+        &NoDictionaries
+    };
+    let plain = decompress_blob(payload, max, &format!("blob {id}"), dicts)?;
     if keys.blob_id(&plain) != *id {
         return Err(Error::corrupt(format!(
             "blob {id}: content does not match its id"

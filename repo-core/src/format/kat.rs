@@ -190,6 +190,8 @@ fn snapshot() -> Snapshot {
             wal_last: Some("000000010000000000000002".into()),
             start_time: None,
             stop_time: None,
+            dictionary: None,
+            dictionary_basis: None,
         }),
         original: Some(id(13)),
     }

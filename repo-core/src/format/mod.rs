@@ -3,10 +3,12 @@
 //! Metadata objects (config, index files, snapshots, pack headers, tree blobs) are CBOR with
 //! named fields, so that fields can be added later without breaking old readers; ids are CBOR
 //! byte strings. Before sealing, a payload gets one format byte: `0` = stored as is, `1` =
-//! zstd frame (with its content size). See docs/design.md for the full layouts.
+//! zstd frame (with its content size), `2` = zstd frame compressed with a dictionary (data
+//! blobs only, see [`dictionary`]). See docs/design.md for the full layouts.
 
 pub mod blob;
 pub mod config;
+pub mod dictionary;
 pub mod index;
 pub mod pack;
 pub mod snapshot;
@@ -21,6 +23,7 @@ use serde::Serialize;
 use crate::crypto::Keys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobKind;
+use dictionary::{Dictionary, DictionarySource, NoDictionaries};
 
 /// Upper bound on the decompressed payload of a metadata object (config, index file,
 /// snapshot, pack header, lease); protects against a forged frame size.
@@ -34,11 +37,15 @@ pub const MAX_DATA_BLOB: u64 = 16 << 20;
 /// refuse to store a larger tree; readers refuse to allocate for one.
 pub const MAX_TREE_BLOB: u64 = 256 << 20;
 
+/// Upper bound on a dictionary blob's plaintext (zstd dictionaries are trained to 64 KiB).
+pub const MAX_DICT_BLOB: u64 = 1 << 20;
+
 /// The most plaintext a blob of `kind` may hold in any repository.
 pub fn max_plaintext(kind: BlobKind) -> u64 {
     match kind {
         BlobKind::Data => MAX_DATA_BLOB,
         BlobKind::Tree => MAX_TREE_BLOB,
+        BlobKind::Dict => MAX_DICT_BLOB,
     }
 }
 
@@ -96,8 +103,22 @@ fn zstd_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result
 /// Appends the format byte and the payload to `out`, compressing with zstd `level` when
 /// that saves space. Level 0 stores as is.
 pub fn compress_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+    compress_into_with(plaintext, level, None, out)
+}
+
+/// Like [`compress_into`], with `dict` (format 2) when one is given.
+pub fn compress_into_with(
+    plaintext: &[u8],
+    level: i32,
+    dict: Option<&Dictionary>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let start = out.len();
-    if level != 0 && plaintext.len() >= 64 {
+    if let (Some(dict), true) = (dict, level != 0 && plaintext.len() >= 64) {
+        if dictionary::compress_into(plaintext, level, dict, out)? {
+            return Ok(());
+        }
+    } else if level != 0 && plaintext.len() >= 64 {
         out.push(1u8);
         out.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
         let n = zstd_into(plaintext, level, out).map_err(|e| Error::io("zstd", e))?;
@@ -116,8 +137,13 @@ pub fn compress_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> Result<
 /// Adds the format byte, compressing with zstd `level` when that saves space. Level 0 stores
 /// as is.
 pub fn compress(plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
+    compress_with(plaintext, level, None)
+}
+
+/// Like [`compress`], with `dict` when one is given.
+pub fn compress_with(plaintext: &[u8], level: i32, dict: Option<&Dictionary>) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    compress_into(plaintext, level, &mut out)?;
+    compress_into_with(plaintext, level, dict, &mut out)?;
     Ok(out)
 }
 
@@ -126,10 +152,37 @@ pub fn decompress(payload: &[u8], what: &str) -> Result<Vec<u8>> {
     decompress_bounded(payload, MAX_PAYLOAD, what)
 }
 
+/// The content size a zstd frame's header claims, refused above `max` (before anything is
+/// allocated for it).
+fn frame_size(frame: &[u8], max: u64, what: &str) -> Result<usize> {
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= max => usize::try_from(size)
+            .map_err(|_| Error::corrupt(format!("{what}: bad zstd frame header"))),
+        Ok(Some(size)) => Err(Error::corrupt(format!(
+            "{what}: zstd frame claims {size} bytes, more than the {max} allowed"
+        ))),
+        _ => Err(Error::corrupt(format!("{what}: bad zstd frame header"))),
+    }
+}
+
 /// Reverses [`compress`], refusing a payload whose plaintext would exceed `max` bytes before
-/// allocating anything for it (the zstd frame's content size is read from its header).
+/// allocating anything for it (the zstd frame's content size is read from its header). A
+/// payload that names a dictionary is refused: only data blobs may.
 pub fn decompress_bounded(payload: &[u8], max: u64, what: &str) -> Result<Vec<u8>> {
+    decompress_blob(payload, max, what, &NoDictionaries)
+}
+
+/// Like [`decompress_bounded`], finding the dictionaries of format 2 payloads in `source`.
+pub fn decompress_blob(
+    payload: &[u8],
+    max: u64,
+    what: &str,
+    source: &dyn DictionarySource,
+) -> Result<Vec<u8>> {
     match payload.split_first() {
+        Some((&dictionary::FORMAT, rest)) => {
+            dictionary::decompress(rest, what, |frame| frame_size(frame, max, what), source)
+        }
         Some((0, rest)) => {
             if rest.len() as u64 > max {
                 return Err(Error::corrupt(format!(
@@ -140,16 +193,7 @@ pub fn decompress_bounded(payload: &[u8], max: u64, what: &str) -> Result<Vec<u8
             Ok(rest.to_vec())
         }
         Some((1, rest)) => {
-            let size = match zstd::zstd_safe::get_frame_content_size(rest) {
-                Ok(Some(size)) if size <= max => usize::try_from(size)
-                    .map_err(|_| Error::corrupt(format!("{what}: bad zstd frame header")))?,
-                Ok(Some(size)) => {
-                    return Err(Error::corrupt(format!(
-                        "{what}: zstd frame claims {size} bytes, more than the {max} allowed"
-                    )))
-                }
-                _ => return Err(Error::corrupt(format!("{what}: bad zstd frame header"))),
-            };
+            let size = frame_size(rest, max, what)?;
             let out = DECOMPRESSOR
                 .with(|cell| match &mut *cell.borrow_mut() {
                     Some(d) => d.decompress(rest, size),

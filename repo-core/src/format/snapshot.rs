@@ -60,6 +60,12 @@ pub struct PgInfo {
     pub start_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_time: Option<String>,
+    /// The page dictionary a base backup compressed its new pages with, or trained for the
+    /// next ones (see `pg::page_dictionary`), and the relation bytes it was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary_basis: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::names::{Lsn, Segment, WalFile};
+use super::page_dictionary::{self, PageSampler};
 use super::stall::{Watchdog, Watched};
 use super::tar_stream::TarStream;
 use super::tar_tree::{store_tar, Captured};
@@ -32,7 +33,7 @@ use crate::repository::Repository;
 
 /// The size of the fixed pieces data files are cut into (see the module's comment and
 /// docs/performance.md for the measurements that chose it).
-pub const PAGE_CUT: usize = 16 * 1024;
+pub const PAGE_CUT: usize = 8 * 1024;
 /// PostgreSQL's default WAL segment size, assumed until an archived segment says otherwise.
 const DEFAULT_SEG_SIZE: u32 = 16 << 20;
 
@@ -96,6 +97,10 @@ pub fn basebackup(
     let shown = argv.join(" ");
 
     let mut a = Archiver::new(repo, backup, progress)?;
+    let in_use = page_dictionary::current(repo)?;
+    a.writer_mut()
+        .set_dictionary(in_use.as_ref().map(|u| u.dict.clone()));
+    let mut sampler = PageSampler::default();
     let chunker = cairn_chunker::Chunker::fixed(PAGE_CUT)
         .map_err(|e| Error::invalid(format!("the page cut: {e}")))?;
     let mut child = Command::new(&program)
@@ -118,7 +123,7 @@ pub fn basebackup(
     let last = Arc::new(AtomicU64::new(0));
     let dog = Watchdog::start(child.id(), started, last.clone(), opts.stall_timeout);
     let mut tar = TarStream::new(Watched::new(stdout, started, last));
-    let stored = store_tar(&mut a, &mut tar, &chunker);
+    let stored = store_tar(&mut a, &mut tar, &chunker, &mut sampler);
     if stored.is_err() {
         // Stop pg_basebackup rather than leave it blocked on a full pipe.
         let _ = child.kill();
@@ -177,6 +182,7 @@ pub fn basebackup(
     }
     let stop_time =
         backup_stop_time(repo, &catalog, &first, facts.start, seg_size).unwrap_or(stop_clock);
+    let dictionary = page_dictionary::after_backup(a.writer_mut(), in_use, &sampler)?;
     let pg = PgInfo {
         system_identifier: facts.system_id.to_string(),
         timeline: facts.timeline,
@@ -186,6 +192,8 @@ pub fn basebackup(
         wal_last: Some(last.name(seg_size)),
         start_time: Some(facts.start_time.unwrap_or(start_clock).to_string()),
         stop_time: Some(stop_time.to_string()),
+        dictionary: dictionary.map(|d| d.0),
+        dictionary_basis: dictionary.map(|d| d.1),
     };
     let meta = SnapshotMeta {
         kind: SnapshotKind::PgBasebackup,

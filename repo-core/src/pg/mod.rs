@@ -9,6 +9,7 @@ pub mod drill;
 pub mod fetch;
 pub mod header;
 pub mod names;
+mod page_dictionary;
 pub mod pitr_retention;
 pub mod prefetch;
 pub mod push_ahead;

@@ -10,6 +10,7 @@
 //! silently different tree. Memory holds the nodes of the top-level folders and of the
 //! folders on the current path, as a file backup does.
 
+use super::page_dictionary::{is_relation, PageSampler, Sampled};
 use std::io::Read;
 
 use super::tar_stream::{EntryKind, Header, TarStream};
@@ -40,11 +41,12 @@ struct Folder {
 }
 
 /// Reads the whole tar stream into the archiver; returns the root tree's id and what was
-/// captured. Every file's content is cut by `chunker`.
+/// captured. Every file's content is cut by `chunker`; relation files' pages are sampled.
 pub(crate) fn store_tar<R: Read + Send>(
     a: &mut Archiver<'_>,
     tar: &mut TarStream<R>,
     chunker: &cairn_chunker::Chunker,
+    sampler: &mut PageSampler,
 ) -> Result<(Id, Captured)> {
     let mut captured = Captured::default();
     let mut root: Vec<Node> = Vec::new();
@@ -100,11 +102,18 @@ pub(crate) fn store_tar<R: Read + Send>(
             EntryKind::File => {
                 let capture = capture_kind(&h.path);
                 let mut sink = Vec::new();
+                let relation = is_relation(&h.path);
+                if relation {
+                    sampler.start_file();
+                }
                 let saved = {
-                    let mut content = Tee {
-                        inner: tar.content(h.size),
-                        sink: capture.map(|_| &mut sink),
-                        tail: capture == Some(Capture::Tail),
+                    let mut content = Sampled {
+                        inner: Tee {
+                            inner: tar.content(h.size),
+                            sink: capture.map(|_| &mut sink),
+                            tail: capture == Some(Capture::Tail),
+                        },
+                        sampler: relation.then_some(&mut *sampler),
                     };
                     a.save_reader_cut(chunker, &mut content)
                         .map_err(|e| Error::io("reading pg_basebackup's output", e))??

@@ -103,6 +103,9 @@ pub struct Repository {
     /// Whether the cached index was synced with the repository in this process (readers
     /// sync once on first need, see [`Repository::ensure_index_synced`]).
     index_synced: AtomicBool,
+    /// Dictionaries read in this process, most recent last (a few at most: one per
+    /// PostgreSQL cluster backed up here).
+    dictionaries: Mutex<Vec<Arc<crate::format::dictionary::Dictionary>>>,
 }
 
 /// Opens the root of an existing repository location. A local folder that does not exist is
@@ -304,6 +307,7 @@ impl Repository {
             damaged_index: Mutex::new(Vec::new()),
             reloaded_after_miss: AtomicBool::new(false),
             index_synced: AtomicBool::new(false),
+            dictionaries: Mutex::new(Vec::new()),
         }
     }
 

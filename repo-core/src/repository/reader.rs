@@ -9,7 +9,11 @@
 //! from storage are only combined with checked arithmetic.
 
 use super::*;
+use crate::format::dictionary::{Dictionary, DictionarySource, NoDictionaries};
 use crate::format::pack::{entry_bytes, parse_header, HeaderRead, PackEntry};
+
+/// Dictionaries kept in memory by one process.
+const DICTIONARIES_KEPT: usize = 8;
 
 /// Neighbouring blobs of one pack, fetched with one ranged read (see [`coalesce`]). The
 /// blobs are in offset order and do not overlap.
@@ -74,6 +78,7 @@ impl Repository {
         match kind {
             BlobKind::Data => u64::from(self.config.chunker.max).min(format::MAX_DATA_BLOB),
             BlobKind::Tree => format::MAX_TREE_BLOB,
+            BlobKind::Dict => format::MAX_DICT_BLOB,
         }
     }
 
@@ -113,7 +118,7 @@ impl Repository {
         sealed: &mut [u8],
     ) -> Result<Vec<u8>> {
         let max = self.read_bound(wanted, loc.kind);
-        blob::open_in_place_bounded(&self.keys, loc.kind, id, sealed, max)
+        blob::open_in_place_bounded(&self.keys, loc.kind, id, sealed, max, self)
             .map_err(|e| e.context(format!("pack {}", loc.pack)))
     }
 
@@ -152,6 +157,7 @@ impl Repository {
             id,
             &sealed,
             self.read_bound(kind, loc.kind),
+            self,
         )
         .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
         Ok(sealed.to_vec())
@@ -278,7 +284,51 @@ impl PackBytes<'_> {
     pub fn open(&self, entry: &PackEntry) -> Result<Vec<u8>> {
         let sealed = self.sealed(entry)?;
         let max = self.repo.max_blob(entry.kind);
-        blob::open_bounded(&self.repo.keys, entry.kind, &entry.id, sealed, max)
+        blob::open_bounded(
+            &self.repo.keys,
+            entry.kind,
+            &entry.id,
+            sealed,
+            max,
+            self.repo,
+        )
+    }
+}
+
+/// Data blobs compressed with a dictionary (payload format 2) find it here: through the index,
+/// read as a dictionary (whose own payload may not name one, so there is no chain to follow),
+/// verified against its id like every blob, and kept for the rest of the process.
+impl DictionarySource for Repository {
+    fn dictionary(&self, id: &Id) -> Result<Arc<Dictionary>> {
+        let poisoned = || Error::new(ErrorKind::Other, "dictionary cache poisoned");
+        if let Some(d) = self
+            .dictionaries
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .find(|d| d.id() == id)
+        {
+            return Ok(d.clone());
+        }
+        let loc = self.locate(id)?;
+        let mut sealed = writable(self.read_claimed(BlobKind::Dict, id, &loc)?);
+        let max = self.read_bound(BlobKind::Dict, loc.kind);
+        let bytes = blob::open_in_place_bounded(
+            &self.keys,
+            loc.kind,
+            id,
+            &mut sealed,
+            max,
+            &NoDictionaries,
+        )
+        .map_err(|e| e.context(format!("pack {}", loc.pack)))?;
+        let dict = Arc::new(Dictionary::new(*id, bytes));
+        let mut kept = self.dictionaries.lock().map_err(|_| poisoned())?;
+        if kept.len() >= DICTIONARIES_KEPT {
+            kept.remove(0);
+        }
+        kept.push(dict.clone());
+        Ok(dict)
     }
 }
 

@@ -106,6 +106,9 @@ pub enum BlobKind {
     Data,
     /// A directory listing, or a spilled list of content ids of a large file.
     Tree,
+    /// A zstd dictionary that data blobs may be compressed with (payload format 2). Never
+    /// collected: a blob compressed with it names it, not any snapshot.
+    Dict,
 }
 
 impl BlobKind {
@@ -113,6 +116,7 @@ impl BlobKind {
         match self {
             BlobKind::Data => 0,
             BlobKind::Tree => 1,
+            BlobKind::Dict => 2,
         }
     }
 
@@ -120,6 +124,7 @@ impl BlobKind {
         match b {
             0 => Ok(BlobKind::Data),
             1 => Ok(BlobKind::Tree),
+            2 => Ok(BlobKind::Dict),
             _ => Err(Error::corrupt(format!("unknown blob kind {b}"))),
         }
     }
