@@ -206,8 +206,10 @@ impl BlobWriter {
         self.level
     }
 
-    /// Compresses the data blobs added from now on with `dict` (a dictionary blob that is
-    /// durable in the repository, or added to this writer before any blob that uses it).
+    /// Compresses the data blobs added from now on with `dict`, which MUST already be durable
+    /// and indexed in the repository: a dictionary added to this same writer would be uploaded
+    /// in a pack of its own kind after the data packs that need it, so a crash in between
+    /// would leave indexed blobs naming a dictionary that was never stored.
     pub fn set_dictionary(&mut self, dict: Option<Arc<Dictionary>>) {
         self.dict = dict;
     }

@@ -441,3 +441,247 @@ fn a_lost_dictionary_is_reported_by_name_never_read_around() {
     .unwrap_err();
     assert!(e.to_string().contains(&format!("dictionary {dict}")), "{e}");
 }
+
+/// A stream with one table of `pages` pages (seeded by `seed`) for cluster `sysid`.
+fn table_stream(sysid: u64, rel: Vec<u8>) -> Vec<u8> {
+    let mut e = good_stream(sysid);
+    e.insert(7, ("base/5/16396", Some(rel)));
+    tar(&e)
+}
+
+/// Forgets every snapshot but `keep` and prunes (mark, then sweep), aggressively.
+fn keep_only(repo: &Repository, keep: &[cairn_repo::Id]) {
+    let gone: Vec<_> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !keep.contains(id))
+        .collect();
+    cairn_repo::snapshot_edit::forget(repo, &gone).unwrap();
+    for _ in 0..2 {
+        cairn_repo::prune::prune(repo, &common::aggressive(), &NoProgress).unwrap();
+    }
+}
+
+fn restore_table(
+    repo: &Repository,
+    snap: &cairn_repo::Id,
+    target: &Path,
+) -> cairn_repo::Result<Vec<u8>> {
+    std::fs::create_dir_all(target).unwrap();
+    restore(repo, snap, target, &RestoreOptions::default(), &NoProgress)?;
+    Ok(std::fs::read(target.join("base/5/16396")).unwrap())
+}
+
+/// A blob's id is the keyed hash of its plaintext alone, whatever its kind (see
+/// kind_collision.rs). When the bytes of a trained dictionary are already stored as a data
+/// blob (a file holding them was backed up: a dump of the dictionary, or a copy of another
+/// repository's), the dictionary is "already known" and is never stored as a dictionary
+/// blob; prune then collects it as soon as no snapshot uses it as file content, and every
+/// page compressed with it is lost.
+#[test]
+fn a_dictionary_whose_bytes_were_stored_as_data_first_is_not_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    // The dictionary the first base backup trains, from a scratch repository: training is
+    // repeatable, so the same stream trains the same bytes anywhere.
+    let scratch_dir = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch_dir).unwrap();
+    let skey = common::init(&scratch_dir);
+    let scratch = common::open(&scratch_dir, &skey, "cache");
+    archive_segment_2(&scratch, &scratch_dir, SYSID);
+    let first_table = table(400, 0);
+    let bb = run(
+        &scratch,
+        program(
+            &scratch_dir,
+            "bb0",
+            &table_stream(SYSID, first_table.clone()),
+            0,
+        ),
+    )
+    .unwrap();
+    let sid = bb.result.snapshot.pg.unwrap().dictionary.unwrap();
+    let dict_bytes = scratch.read_blob(cairn_repo::BlobKind::Dict, &sid).unwrap();
+
+    let repo_dir = dir.path().join("repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let key = common::init(&repo_dir);
+    let repo = common::open(&repo_dir, &key, "cache");
+    archive_segment_2(&repo, &repo_dir, SYSID);
+    // Those bytes are stored first as a data blob (as a file's chunk would be, or a page
+    // of a stream; a writer is used here so that the chunk is exactly those bytes).
+    let mut w = cairn_repo::writer::BlobWriter::new(&repo, 3);
+    w.add_plain(cairn_repo::BlobKind::Data, &dict_bytes)
+        .unwrap();
+    w.finish().unwrap();
+
+    let first = run(
+        &repo,
+        program(
+            &repo_dir,
+            "bb1",
+            &table_stream(SYSID, first_table.clone()),
+            0,
+        ),
+    )
+    .unwrap();
+    // Whatever the first base backup records, it may not be a blob prune can collect.
+    let _ = first;
+    let mut second_table = first_table.clone();
+    for (i, page) in table(40, 99).chunks(8192).enumerate() {
+        let at = i * 10 * 8192;
+        second_table[at..at + 8192].copy_from_slice(page);
+    }
+    let second = run(
+        &repo,
+        program(
+            &repo_dir,
+            "bb2",
+            &table_stream(SYSID, second_table.clone()),
+            0,
+        ),
+    )
+    .unwrap();
+
+    // Only the second base backup (and the WAL) stays.
+    let wal: Vec<_> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, s)| s.kind == SnapshotKind::Wal)
+        .map(|(id, _)| id)
+        .collect();
+    let mut keep = wal;
+    keep.push(second.result.id);
+    keep_only(&repo, &keep);
+    let reader = common::open(&repo_dir, &key, "cache2");
+    let restored = restore_table(&reader, &second.result.id, &dir.path().join("out"))
+        .unwrap_or_else(|e| panic!("the second base backup no longer restores: {e}"));
+    assert_eq!(restored, second_table);
+}
+
+/// When the dictionary recorded by the last base backup cannot be read (its pack lost), the
+/// next base backup must not succeed with a snapshot that cannot be restored: its unchanged
+/// pages are deduplicated against blobs compressed with that dictionary.
+#[test]
+fn a_base_backup_after_its_dictionary_is_lost_fails_or_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    archive_segment_2(&repo, dir.path(), SYSID);
+    let first = run(
+        &repo,
+        program(dir.path(), "bb1", &table_stream(SYSID, table(300, 0)), 0),
+    )
+    .unwrap();
+    let dict = first
+        .result
+        .snapshot
+        .pg
+        .clone()
+        .unwrap()
+        .dictionary
+        .unwrap();
+    let second_table = table(300, 5);
+    run(
+        &repo,
+        program(
+            dir.path(),
+            "bb2",
+            &table_stream(SYSID, second_table.clone()),
+            0,
+        ),
+    )
+    .unwrap();
+    let mut dict_pack = None;
+    repo.for_each_indexed_blob(&mut |id, _, pack| {
+        if id == dict {
+            dict_pack = Some(pack);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let pack = dict_pack.unwrap().to_hex();
+    let path = common::files_below(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
+        .unwrap();
+    std::fs::remove_file(path).unwrap();
+
+    // The same cluster, unchanged, backed up again by a fresh process.
+    let repo = common::open(dir.path(), &key, "cache2");
+    match run(
+        &repo,
+        program(
+            dir.path(),
+            "bb3",
+            &table_stream(SYSID, second_table.clone()),
+            0,
+        ),
+    ) {
+        Err(e) => assert!(e.to_string().contains(&dict.to_string()), "{e}"),
+        Ok(third) => {
+            let reader = common::open(dir.path(), &key, "cache3");
+            let restored = restore_table(&reader, &third.result.id, &dir.path().join("out"))
+                .unwrap_or_else(|e| {
+                    panic!("a base backup reported success and does not restore: {e}")
+                });
+            assert_eq!(restored, second_table);
+        }
+    }
+}
+
+/// The documented way back from a lost pack (`repair index`, then `repair snapshots`) must
+/// name what a lost dictionary takes with it: every file with a page compressed with it.
+/// `repair snapshots` only asks the index whether each content blob is there, so the base
+/// backup is reported intact and still does not restore.
+#[test]
+#[ignore = "open limitation: repair snapshots asks the index only, without reading blobs, so it cannot see which dictionary a page needs; `check --read-data` reports it. Run: cargo nextest run -p cairn-repo --test basebackup_stream --run-ignored only"]
+fn repair_snapshots_reports_the_files_a_lost_dictionary_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::init(dir.path());
+    let repo = common::open(dir.path(), &key, "cache");
+    archive_segment_2(&repo, dir.path(), SYSID);
+    let first = run(
+        &repo,
+        program(dir.path(), "bb1", &table_stream(SYSID, table(300, 0)), 0),
+    )
+    .unwrap();
+    let dict = first
+        .result
+        .snapshot
+        .pg
+        .clone()
+        .unwrap()
+        .dictionary
+        .unwrap();
+    let second = run(
+        &repo,
+        program(dir.path(), "bb2", &table_stream(SYSID, table(300, 5)), 0),
+    )
+    .unwrap();
+    let mut dict_pack = None;
+    repo.for_each_indexed_blob(&mut |id, _, pack| {
+        if id == dict {
+            dict_pack = Some(pack);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let pack = dict_pack.unwrap().to_hex();
+    let path = common::files_below(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
+        .unwrap();
+    std::fs::remove_file(path).unwrap();
+
+    let repo = common::open(dir.path(), &key, "cache2");
+    cairn_repo::repair::repair_index(&repo).unwrap();
+    let report = cairn_repo::repair::repair_snapshots(&repo, false, true).unwrap();
+    let mine = report.iter().find(|r| r.original == second.result.id);
+    assert!(
+        mine.is_some_and(|r| r.lost.iter().any(|p| p.contains("16396"))),
+        "repair snapshots finds nothing lost in a base backup that cannot be restored: {report:?}"
+    );
+}

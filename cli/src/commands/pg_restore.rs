@@ -69,6 +69,12 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
             done.wal.segments,
             describe(&opts.target)
         );
+        if let Some(vars) = remote_credentials(&ctx.location()?.0) {
+            outln!(
+                "restore_command reads {vars} from PostgreSQL's environment, as archive_command does: \
+                 the server must be started with them"
+            );
+        }
         outln!(
             "start it with: pg_ctl -D {} start   (it replays the WAL, then {})",
             args.pgdata.display(),
@@ -80,6 +86,24 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The environment variables this process took credentials for a remote repository from,
+/// which restore_command (run by PostgreSQL, with the server's environment) needs as well.
+/// They are not written into the data directory: a base backup of the restored cluster would
+/// carry them.
+fn remote_credentials(location: &cairn_repo::location::Location) -> Option<&'static str> {
+    use cairn_repo::location::Location;
+    let set = |v: &str| std::env::var_os(v).is_some();
+    match location {
+        Location::S3(_) if set("AWS_ACCESS_KEY_ID") => {
+            Some("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        }
+        Location::Rest(_) if set("CAIRN_REST_USERNAME") || set("CAIRN_REST_PASSWORD") => {
+            Some("CAIRN_REST_USERNAME and CAIRN_REST_PASSWORD")
+        }
+        _ => None,
+    }
 }
 
 /// The target the options name; `--latest` when none.
@@ -132,6 +156,9 @@ pub fn fetch_command(ctx: &Context, tenant: &str) -> Result<Vec<String>> {
         (None, None, None) => bail!("no repository"),
     }
     cmd.extend(["--tenant".to_string(), tenant.to_string()]);
+    if let Some(ca) = &ctx.global.tls_ca {
+        cmd.extend(["--tls-ca".to_string(), absolute(ca)?.display().to_string()]);
+    }
     let key_file = ctx.global.key_file.clone().or_else(|| {
         default
             .as_ref()

@@ -182,7 +182,7 @@ pub fn basebackup(
     }
     let stop_time =
         backup_stop_time(repo, &catalog, &first, facts.start, seg_size).unwrap_or(stop_clock);
-    let dictionary = page_dictionary::after_backup(a.writer_mut(), in_use, &sampler)?;
+    let dictionary = page_dictionary::after_backup(repo, a.writer_mut(), in_use, &sampler)?;
     let pg = PgInfo {
         system_identifier: facts.system_id.to_string(),
         timeline: facts.timeline,

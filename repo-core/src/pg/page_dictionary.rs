@@ -184,9 +184,8 @@ pub(crate) struct InUse {
     pub(crate) basis: u64,
 }
 
-/// The dictionary recorded by the newest base backup of this tenant, if it can be read. A
-/// dictionary that cannot be read is passed over with a warning: the backup then trains a
-/// new one, and blobs already compressed with the old one are as readable as it is.
+/// The dictionary recorded by the newest base backup of this tenant. One stored as another
+/// kind of blob is passed over with a warning; one that cannot be read is an error.
 pub(crate) fn current(repo: &Repository) -> Result<Option<InUse>> {
     let mut newest: Option<(String, Id, u64)> = None;
     for (_, s) in repo.snapshots()? {
@@ -203,18 +202,33 @@ pub(crate) fn current(repo: &Repository) -> Result<Option<InUse>> {
     let Some((_, id, basis)) = newest else {
         return Ok(None);
     };
-    match repo.dictionary(&id) {
-        Ok(dict) => Ok(Some(InUse { dict, basis })),
-        Err(e) => {
-            tracing::warn!("the page dictionary {id} cannot be read ({e}); training a new one");
-            Ok(None)
+    // Only a blob stored as a dictionary is never collected: the same bytes stored first as
+    // a data blob (a blob's id does not depend on its kind) go with the last snapshot that
+    // uses them as content, and with them every page compressed with them.
+    if let Some(loc) = repo.cache().lookup_readable(&id)? {
+        if loc.kind != BlobKind::Dict {
+            tracing::warn!(
+                "the page dictionary {id} is stored as a {:?} blob, which prune may collect; not using it",
+                loc.kind
+            );
+            return Ok(None);
         }
     }
+    // A dictionary that cannot be read is damage, not a reason to go on: the pages this
+    // backup finds unchanged are deduplicated against blobs compressed with it, and the
+    // snapshot would not restore.
+    let dict = repo.dictionary(&id).map_err(|e| {
+        e.context(format!(
+            "the page dictionary {id} of the last base backup cannot be read (run `cairn check --read-data`)"
+        ))
+    })?;
+    Ok(Some(InUse { dict, basis }))
 }
 
 /// After the stream: trains and adds a new dictionary to `writer` when none is in use or the
 /// relation data has grown [`RETRAIN_GROWTH`]-fold since; returns the one to record.
 pub(crate) fn after_backup(
+    repo: &Repository,
     writer: &mut BlobWriter,
     in_use: Option<InUse>,
     sampler: &PageSampler,
@@ -226,8 +240,21 @@ pub(crate) fn after_backup(
     };
     if due {
         if let Some(bytes) = sampler.train() {
-            let id = writer.add_plain(BlobKind::Dict, &bytes)?;
-            return Ok(Some((id, seen)));
+            // The writer takes a blob it already knows as stored, whatever its kind: bytes
+            // already stored as data would never become a dictionary blob (see `current`).
+            let id = writer.keys().blob_id(&bytes);
+            match repo.cache().lookup_readable(&id)? {
+                Some(loc) if loc.kind != BlobKind::Dict => {
+                    tracing::warn!(
+                        "the trained page dictionary {id} is already stored as a {:?} blob; not using it",
+                        loc.kind
+                    );
+                }
+                _ => {
+                    let id = writer.add_plain(BlobKind::Dict, &bytes)?;
+                    return Ok(Some((id, seen)));
+                }
+            }
         }
     }
     Ok(in_use.map(|u| (*u.dict.id(), u.basis)))
