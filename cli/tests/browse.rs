@@ -107,8 +107,16 @@ fn find_diff_and_snapshot_filters() {
         "{found}"
     );
     let found_b = env.ok(&["find", "b.log"]);
-    assert_eq!(found_b.lines().count(), 1, "{found_b}");
+    assert_eq!(found_b.lines().count(), 2, "{found_b}");
     assert!(found_b.starts_with(&a[..8]));
+    // The count follows the results on stdout; --json has only the matches.
+    assert_eq!(
+        found_b.lines().last(),
+        Some("1 match in 1 of 2 snapshots searched"),
+        "{found_b}"
+    );
+    let json = env.ok(&["--json", "find", "b.log"]);
+    assert_eq!(json.lines().count(), 1, "{json}");
 
     let diff = env.ok(&["diff", &a, &b]);
     let s = src.display();

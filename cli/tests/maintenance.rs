@@ -105,6 +105,24 @@ fn forget_explains_and_prune_frees_the_space() {
         "{r}"
     );
     assert!(repo_bytes(&env) < before - 2_000_000);
+    // The plan's estimate and the result are in the same units: the repository's net change
+    // (what repacking wrote counted against what was deleted).
+    let (b, a) = (
+        r["pack_bytes_before"].as_u64().unwrap(),
+        r["pack_bytes_after"].as_u64().unwrap(),
+    );
+    assert_eq!(a, repo_bytes(&env), "{r}");
+    // (The estimate counts unused blob bytes; pack headers go too, so it is a little low.)
+    assert!(
+        (b - a).abs_diff(to_free) <= to_free / 10,
+        "freed {} of {to_free} planned: {r}",
+        b - a
+    );
+    assert_eq!(
+        r["swept"]["bytes_freed"].as_u64().unwrap() - r["repacked_into_bytes"].as_u64().unwrap(),
+        b - a,
+        "{r}"
+    );
     assert_eq!(index_files(), 1, "prune merges the index into one file");
     env.ok(&["check", "--read-data"]);
     let target = env.path("out");
@@ -113,9 +131,19 @@ fn forget_explains_and_prune_frees_the_space() {
         std::fs::read(restored(&target, &src).join("big.bin")).unwrap(),
         std::fs::read(src.join("big.bin")).unwrap()
     );
-    // forget --prune in one go, by id.
+    // forget --prune in one go, by id; a real run words its plan as done, not as a plan.
     let ids = env.snapshot_ids();
-    env.ok(&["forget", &ids[0][..10], "--prune"]);
+    let text = env.ok(&["forget", &ids[0][..10], "--prune"]);
+    assert!(
+        !text.contains("will ") && !text.contains("would "),
+        "{text}"
+    );
+    assert!(
+        text.contains("condemned ") && text.contains("freed "),
+        "{text}"
+    );
+    let dry = env.ok(&["prune", "--dry-run"]);
+    assert!(dry.contains("would free about"), "{dry}");
     assert_eq!(env.snapshot_ids().len(), 1);
     env.ok(&["check", "--read-data"]);
 }

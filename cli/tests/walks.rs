@@ -45,7 +45,11 @@ fn ls_find_diff_and_dump_walk_a_tree_10000_levels_deep() {
     assert!(ls.split(|b| *b == b'\n').any(|l| l == deepest.as_bytes()));
 
     let found = ok(&env, &["find", "f", "-s", &deep]);
-    assert_eq!(String::from_utf8_lossy(&found).lines().count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&found).lines().count(),
+        3,
+        "two matches and the count"
+    );
 
     let diff = ok(&env, &["diff", &deep, &deeper]);
     let diff = String::from_utf8_lossy(&diff);

@@ -103,6 +103,13 @@ pub struct PruneReport {
     pub swept: SweepReport,
     /// Leases the pending sweep waits for.
     pub waiting_for: Vec<Lease>,
+    /// New packs this run's repack wrote, and their bytes.
+    pub repacked_into_packs: u64,
+    pub repacked_into_bytes: u64,
+    /// The stored bytes of all packs when this run started and when it ended (not measured
+    /// in a dry run). What a backup running beside adds shows in the second figure too.
+    pub pack_bytes_before: Option<u64>,
+    pub pack_bytes_after: Option<u64>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -219,6 +226,7 @@ pub fn prune(
         ..Default::default()
     };
     if !opts.dry_run {
+        report.pack_bytes_before = Some(pack_total(repo)?);
         remove_stale_staging(repo);
         sweep_ready(repo, &own, opts, &mut report.swept, progress)?;
     }
@@ -319,6 +327,9 @@ pub fn prune(
         && report.plan.repack_packs.is_empty();
     if opts.dry_run || (nothing && inputs.len() <= 1) {
         report_pending(repo, &own, &mut report)?;
+        if !opts.dry_run {
+            report.pack_bytes_after = Some(pack_total(repo)?);
+        }
         drop(guard);
         return Ok(report);
     }
@@ -335,6 +346,8 @@ pub fn prune(
         .copied()
         .collect();
     let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn, progress)?;
+    report.repacked_into_packs = new_packs.len() as u64;
+    report.repacked_into_bytes = new_packs.iter().map(|p| p.size).sum();
     let excluded: HashSet<Id> = condemn.union(&pending).copied().collect();
     let mut waiting: Vec<Id> = pending.difference(&condemn).copied().collect();
     waiting.sort();
@@ -364,8 +377,14 @@ pub fn prune(
         sweep_one(repo, &record_id, &record, opts, &mut report.swept, progress)?;
     }
     report_pending(repo, &own, &mut report)?;
+    report.pack_bytes_after = Some(pack_total(repo)?);
     guard.release()?;
     Ok(report)
+}
+
+/// The stored bytes of every pack, from one listing.
+fn pack_total(repo: &Repository) -> Result<u64> {
+    Ok(repo.pack_sizes()?.values().sum())
 }
 
 /// Fills in the newest record still waiting for a sweep, and the leases it waits for.

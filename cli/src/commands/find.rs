@@ -31,6 +31,7 @@ pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut found = 0u64;
+    let mut with_matches = 0usize;
     for (id, snap) in snaps.iter().rev() {
         let mut lines = Vec::new();
         let mut budget = EntryBudget::for_snapshot(snap);
@@ -55,13 +56,26 @@ pub fn run(ctx: &Context, args: FindArgs) -> Result<i32> {
             Ok(true)
         })?;
         found += lines.len() as u64;
+        with_matches += usize::from(!lines.is_empty());
         for l in lines {
             writeln!(out, "{l}")?;
         }
     }
-    out.flush()?;
-    if !ctx.quiet() {
-        eprintln!("{found} matches in {} snapshots", snaps.len());
+    // The count belongs to the results (restic prints its headers there too); scripts that
+    // want only the matches use --json, which has no such line.
+    if !ctx.quiet() && !ctx.json() {
+        writeln!(
+            out,
+            "{found} {} in {with_matches} of {} {} searched",
+            if found == 1 { "match" } else { "matches" },
+            snaps.len(),
+            if snaps.len() == 1 {
+                "snapshot"
+            } else {
+                "snapshots"
+            }
+        )?;
     }
+    out.flush()?;
     Ok(0)
 }

@@ -29,6 +29,7 @@ use anyhow::Result;
 
 use crate::args::Command;
 use crate::context::Context;
+use crate::output::outln;
 
 pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
     match cmd {
@@ -71,7 +72,7 @@ fn version(ctx: &Context) -> anyhow::Result<i32> {
             "target": target,
         }))?;
     } else {
-        println!(
+        outln!(
             "cairn {} (repository format {}, {target})",
             env!("CARGO_PKG_VERSION"),
             cairn_repo::format::config::FORMAT_VERSION

@@ -51,40 +51,68 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
         p.packs,
         human_bytes(p.pack_bytes)
     );
-    let verb = if r.dry_run { "would" } else { "will" };
-    outln!(
-        "{verb} delete {} unused packs ({})",
-        p.delete_packs.len(),
-        human_bytes(p.delete_bytes)
-    );
-    outln!(
-        "{verb} delete {} packs in no index ({})",
-        p.unindexed_packs.len(),
-        human_bytes(p.unindexed_bytes)
-    );
-    outln!(
-        "{verb} repack {} packs ({}, freeing {})",
-        p.repack_packs.len(),
-        human_bytes(p.repack_bytes),
-        human_bytes(p.repack_unused_bytes)
-    );
-    outln!(
-        "{verb} free about {}; {} unused stays in kept packs",
-        human_bytes(p.bytes_to_free()),
-        human_bytes(p.unused_bytes_kept)
-    );
     if r.dry_run {
+        outln!(
+            "would delete {} unused packs ({})",
+            p.delete_packs.len(),
+            human_bytes(p.delete_bytes)
+        );
+        outln!(
+            "would delete {} packs in no index ({})",
+            p.unindexed_packs.len(),
+            human_bytes(p.unindexed_bytes)
+        );
+        outln!(
+            "would repack {} packs ({}, freeing {})",
+            p.repack_packs.len(),
+            human_bytes(p.repack_bytes),
+            human_bytes(p.repack_unused_bytes)
+        );
+        outln!(
+            "would free about {}; {} unused would stay in kept packs",
+            human_bytes(p.bytes_to_free()),
+            human_bytes(p.unused_bytes_kept)
+        );
         return Ok(());
     }
+    outln!(
+        "condemned {} unused packs ({}) and {} packs in no index ({}); repacked {} packs ({}) into {} new ({})",
+        p.delete_packs.len(),
+        human_bytes(p.delete_bytes),
+        p.unindexed_packs.len(),
+        human_bytes(p.unindexed_bytes),
+        p.repack_packs.len(),
+        human_bytes(p.repack_bytes),
+        r.repacked_into_packs,
+        human_bytes(r.repacked_into_bytes)
+    );
     let s = &r.swept;
     if s.records > 0 {
         outln!(
-            "swept: {} packs deleted ({} freed), {} rescued, {} index files removed",
+            "swept: {} packs deleted ({}), {} rescued, {} index files removed",
             s.packs_deleted,
             human_bytes(s.bytes_freed),
             s.packs_rescued,
             s.index_files_deleted
         );
+    }
+    if let (Some(before), Some(after)) = (r.pack_bytes_before, r.pack_bytes_after) {
+        // The repository's own figure, in the units of the plan: net of what repacking wrote.
+        if after <= before {
+            outln!(
+                "freed {}: the packs take {} (were {}); {} unused stays in kept packs",
+                human_bytes(before - after),
+                human_bytes(after),
+                human_bytes(before),
+                human_bytes(p.unused_bytes_kept)
+            );
+        } else {
+            outln!(
+                "the packs take {} (were {}: writers running beside this prune added more than it freed)",
+                human_bytes(after),
+                human_bytes(before)
+            );
+        }
     }
     if let Some(rec) = &r.pending_record {
         outln!(
@@ -101,7 +129,10 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
                 human_time(&l.started)
             );
         }
-        outln!("run prune again after they finish to free the space");
+        outln!(
+            "run prune again after they finish to free about {}",
+            human_bytes(p.bytes_to_free())
+        );
     }
     Ok(())
 }

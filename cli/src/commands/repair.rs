@@ -41,9 +41,9 @@ pub fn run(ctx: &Context, cmd: RepairCommand) -> Result<i32> {
                         } else {
                             "can only be removed (`cairn repair snapshots --forget`)"
                         };
-                        println!("snapshot {} cannot be read and {verb}:", s.original.short());
+                        outln!("snapshot {} cannot be read and {verb}:", s.original.short());
                         for p in &s.lost {
-                            println!("  {p}");
+                            outln!("  {p}");
                         }
                         continue;
                     }

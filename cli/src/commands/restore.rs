@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::args::{OverwriteArg, RestoreArgs};
 use crate::context::Context;
-use crate::output::{human_bytes, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json, Bar};
 
 pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
@@ -55,7 +55,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
             "verified": s.verified,
         }))?;
     } else if !ctx.quiet() {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files ({}), {} dirs, {} other, {} hard links, {} unchanged{}{}",
             id.short(),
             args.target.display(),

@@ -31,6 +31,7 @@ use cairn_repo::Location;
 
 use crate::args::WalCommand;
 use crate::context::Context;
+use crate::output::outln;
 
 /// restore_command could not tell whether the file exists.
 pub const EXIT_FETCH_UNKNOWN: i32 = 128;
@@ -77,7 +78,7 @@ fn merge(ctx: &Context) -> Result<i32> {
     let before = cairn_repo::pg::wal::Catalog::load(&repo)?.snapshots().len();
     if before <= 1 {
         if !ctx.quiet() {
-            println!("{before} wal snapshots: nothing to merge");
+            outln!("{before} wal snapshots: nothing to merge");
         }
         return Ok(0);
     }
@@ -87,12 +88,12 @@ fn merge(ctx: &Context) -> Result<i32> {
     )?;
     let id = cairn_repo::pg::consolidate::consolidate(&repo)?;
     if ctx.json() {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "merged": before, "snapshot": id.to_hex() })
         );
     } else if !ctx.quiet() {
-        println!("merged {before} wal snapshots into {}", id.short());
+        outln!("merged {before} wal snapshots into {}", id.short());
     }
     Ok(0)
 }
