@@ -119,11 +119,20 @@ fn plaintext(
     } else {
         &NoDictionaries
     };
-    let plain = decompress_blob(payload, max, &format!("blob {id}"), dicts)?;
+    let plain = decompress_blob(payload, max, &BlobName(id), dicts)?;
     if keys.blob_id(&plain) != *id {
         return Err(Error::corrupt(format!(
             "blob {id}: content does not match its id"
         )));
     }
     Ok(plain)
+}
+
+/// "blob <id>", for errors: formatted only when one is reported.
+struct BlobName<'a>(&'a Id);
+
+impl std::fmt::Display for BlobName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "blob {}", self.0)
+    }
 }

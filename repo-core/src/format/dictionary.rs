@@ -145,7 +145,7 @@ pub(crate) fn compress_into(
 /// frame of `size` bytes (read and bounded by the caller from the frame's header).
 pub(crate) fn decompress(
     rest: &[u8],
-    what: &str,
+    what: &dyn std::fmt::Display,
     size_of: impl Fn(&[u8]) -> Result<usize>,
     source: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
@@ -245,22 +245,22 @@ mod tests {
             with.len(),
             without.len()
         );
-        assert_eq!(decompress_blob(&with, 8192, "t", &source).unwrap(), p);
+        assert_eq!(decompress_blob(&with, 8192, &"t", &source).unwrap(), p);
     }
 
     #[test]
     fn a_missing_dictionary_or_one_where_none_may_be_is_an_error() {
         let dict = trained();
         let with = compress_with(&page(3), 3, Some(&dict)).unwrap();
-        let e = decompress_blob(&with, 8192, "blob x", &Source(HashMap::new())).unwrap_err();
+        let e = decompress_blob(&with, 8192, &"blob x", &Source(HashMap::new())).unwrap_err();
         assert!(e.to_string().contains("its dictionary"), "{e}");
         let e = decompress_bounded(&with, 8192, "meta").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{e}");
         // The frame's claimed size is bounded before the dictionary is even looked up.
-        let e = decompress_blob(&with, 100, "blob x", &Source(HashMap::new())).unwrap_err();
+        let e = decompress_blob(&with, 100, &"blob x", &Source(HashMap::new())).unwrap_err();
         assert!(e.to_string().contains("more than the 100 allowed"), "{e}");
         // A truncated payload is refused, not read past.
-        let e = decompress_blob(&with[..20], 8192, "blob x", &Source(HashMap::new())).unwrap_err();
+        let e = decompress_blob(&with[..20], 8192, &"blob x", &Source(HashMap::new())).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{e}");
     }
 
@@ -271,7 +271,7 @@ mod tests {
         let with = compress_with(&p, 3, Some(&dict)).unwrap();
         let other = Arc::new(Dictionary::new(*dict.id(), page(77)));
         let source = Source(HashMap::from([(*dict.id(), other)]));
-        match decompress_blob(&with, 8192, "t", &source) {
+        match decompress_blob(&with, 8192, &"t", &source) {
             Err(e) => assert_eq!(e.kind(), crate::ErrorKind::Corrupt),
             Ok(out) => assert_ne!(out, p),
         }

@@ -522,7 +522,7 @@ fn dictionary_blobs_and_payloads_are_as_pinned() {
     }
     let payload = unhex(DICT_PAYLOAD);
     assert_eq!(
-        format::decompress_blob(&payload, 1 << 20, "dict", &Known).unwrap(),
+        format::decompress_blob(&payload, 1 << 20, &"dict", &Known).unwrap(),
         BLOB_PLAINTEXT.repeat(3)
     );
     // Metadata may never name a dictionary.

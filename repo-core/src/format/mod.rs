@@ -154,7 +154,7 @@ pub fn decompress(payload: &[u8], what: &str) -> Result<Vec<u8>> {
 
 /// The content size a zstd frame's header claims, refused above `max` (before anything is
 /// allocated for it).
-fn frame_size(frame: &[u8], max: u64, what: &str) -> Result<usize> {
+fn frame_size(frame: &[u8], max: u64, what: &dyn std::fmt::Display) -> Result<usize> {
     match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(size)) if size <= max => usize::try_from(size)
             .map_err(|_| Error::corrupt(format!("{what}: bad zstd frame header"))),
@@ -169,14 +169,16 @@ fn frame_size(frame: &[u8], max: u64, what: &str) -> Result<usize> {
 /// allocating anything for it (the zstd frame's content size is read from its header). A
 /// payload that names a dictionary is refused: only data blobs may.
 pub fn decompress_bounded(payload: &[u8], max: u64, what: &str) -> Result<Vec<u8>> {
-    decompress_blob(payload, max, what, &NoDictionaries)
+    decompress_blob(payload, max, &what, &NoDictionaries)
 }
 
 /// Like [`decompress_bounded`], finding the dictionaries of format 2 payloads in `source`.
+/// `what` names the payload in errors; it is formatted only when there is one (a restore
+/// opens tens of thousands of blobs).
 pub fn decompress_blob(
     payload: &[u8],
     max: u64,
-    what: &str,
+    what: &dyn std::fmt::Display,
     source: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
     match payload.split_first() {
