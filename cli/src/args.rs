@@ -67,7 +67,7 @@ pub struct Global {
     /// Print only errors and warnings
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// More log output (repeat for more)
+    /// Say what is decided (-v); also a line per file a backup is done with (-vv)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Time to live of this process's leases, in seconds [default: 1800]

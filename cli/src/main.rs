@@ -177,11 +177,12 @@ fn main() {
     if !matches!(cli.command, args::Command::Wal(_)) {
         exit_quietly_when_stdout_closes();
     }
+    // -v and -vv are for what a command does (phases, decisions, a line per file); the
+    // libraries' own debug logs come only with CAIRN_LOG (e.g. CAIRN_LOG=debug).
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, _) => "debug",
+        (false, _) => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use cairn_repo::format::tree::{Node, Time};
-use cairn_repo::progress::{PackEvent, Progress};
+use cairn_repo::progress::{FileStatus, PackEvent, Progress};
 use cairn_repo::Id;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -15,12 +15,17 @@ use serde_json::{json, Value};
 /// whether or not the bar is shown.
 pub struct Bar {
     bar: Option<ProgressBar>,
+    /// Print a line per file a backup is done with (`-vv`), as restic does.
+    file_lines: bool,
 }
 
 impl Bar {
     pub fn new(enabled: bool, total: Option<u64>) -> Bar {
         if !enabled || !std::io::stderr().is_terminal() {
-            return Bar { bar: None };
+            return Bar {
+                bar: None,
+                file_lines: false,
+            };
         }
         let bar = match total {
             Some(t) => ProgressBar::new(t),
@@ -35,7 +40,17 @@ impl Bar {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Bar { bar: Some(bar) }
+        Bar {
+            bar: Some(bar),
+            file_lines: false,
+        }
+    }
+
+    /// Prints a line per file a backup is done with, on standard output: `new`, `modified`
+    /// or `unchanged` and the path (`-vv`).
+    pub fn with_file_lines(mut self, on: bool) -> Bar {
+        self.file_lines = on;
+        self
     }
 
     pub fn finish(&self) {
@@ -61,6 +76,25 @@ impl Progress for Bar {
     fn bytes(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
+        }
+    }
+    fn file_done(&self, path: &Path, status: FileStatus) {
+        if !self.file_lines {
+            return;
+        }
+        let word = match status {
+            FileStatus::New => "new",
+            FileStatus::Changed => "modified",
+            FileStatus::Unchanged => "unchanged",
+        };
+        // Progress cannot fail the backup: a closed stdout only loses these lines (the
+        // summary that follows reports it).
+        let line = || {
+            let _ = write_line(format_args!("{word:<10} {}", path.display()));
+        };
+        match &self.bar {
+            Some(b) => b.suspend(line),
+            None => line(),
         }
     }
     fn warn(&self, message: &str) {

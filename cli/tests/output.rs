@@ -245,3 +245,53 @@ fn human_times_are_local_and_to_the_second() {
         &String::from_utf8_lossy(&json.stdout).replace(['"', ','], " ")
     ));
 }
+
+#[test]
+fn verbose_says_what_was_decided_and_very_verbose_a_line_per_file() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("verbose-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "first").unwrap();
+    std::fs::write(src.join("b.txt"), "second").unwrap();
+    let s = src.to_str().unwrap();
+    let lines = |out: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.ends_with(".txt"))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let first = cairn(&env, &["-vv", "backup", s]).output().unwrap();
+    assert!(first.status.success());
+    assert_eq!(lines(&first), ["new", "new"], "{first:?}");
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("no parent snapshot"), "{err}");
+    // -vv is about the command, not the libraries' debug logs.
+    assert!(!err.contains("DEBUG"), "{err}");
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(src.join("b.txt"), "second, changed").unwrap();
+    let second = cairn(&env, &["-vv", "backup", s]).output().unwrap();
+    let mut got = lines(&second);
+    got.sort();
+    assert_eq!(got, ["modified", "unchanged"], "{second:?}");
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        out.contains("modified   ") && out.contains("b.txt"),
+        "{out}"
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("parent snapshot") && err.contains("1 files unchanged"),
+        "{err}"
+    );
+
+    // -v decides aloud but lists no files; no flag says neither.
+    let third = cairn(&env, &["-v", "backup", s]).output().unwrap();
+    assert!(lines(&third).is_empty(), "{third:?}");
+    assert!(String::from_utf8_lossy(&third.stderr).contains("parent snapshot"));
+    let plain = cairn(&env, &["backup", s]).output().unwrap();
+    assert!(lines(&plain).is_empty());
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("parent snapshot"));
+}

@@ -18,6 +18,8 @@ use crate::id::Id;
 pub trait Progress: Sync {
     /// A file is being worked on: read for a backup, written for a restore.
     fn file(&self, _path: &Path) {}
+    /// A backup is done with a file: what the repository had of it decided how it was saved.
+    fn file_done(&self, _path: &Path, _status: FileStatus) {}
     /// `n` more bytes done: read and stored by a backup (unchanged files count when they are
     /// skipped), written by a restore, packs read by a check with `--read-data` or by a
     /// prune that repacks.
@@ -27,6 +29,17 @@ pub trait Progress: Sync {
     fn warn(&self, _message: &str) {}
     /// A prune is done with a pack: its used blobs copied out, or the pack deleted.
     fn pack(&self, _pack: &Id, _event: PackEvent) {}
+}
+
+/// How a backup found a file, against the files cache of earlier backups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Not in the files cache: read whole.
+    New,
+    /// In the files cache but changed (size, times or inode): read whole.
+    Changed,
+    /// Unchanged since the backup that cached it: its content reused, not read.
+    Unchanged,
 }
 
 /// What a prune did with a pack.

@@ -127,7 +127,15 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     if let Some(cache) = ctx.open_options().cache_dir {
         opts.excludes.leave_out(&cache);
     }
-    let bar = Bar::new(!ctx.quiet(), None);
+    let verbose = if ctx.quiet() || ctx.json() {
+        0
+    } else {
+        ctx.global.verbose
+    };
+    if verbose >= 1 {
+        eprintln!("repository {}", repo.description());
+    }
+    let bar = Bar::new(!ctx.quiet(), None).with_file_lines(verbose >= 2);
     let name = args
         .stdin_filename
         .clone()
@@ -141,6 +149,17 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     };
     bar.finish();
     let result = result?;
+    if verbose >= 1 {
+        let s = &result.snapshot.summary;
+        match &result.snapshot.parent {
+            Some(p) => eprintln!(
+                "parent snapshot {}: {} files unchanged since, reused without reading them",
+                p.short(),
+                s.files_unmodified
+            ),
+            None => eprintln!("no parent snapshot for these paths on this host: every file read"),
+        }
+    }
     report(ctx, &result)?;
     Ok(if result.snapshot.incomplete {
         EXIT_INCOMPLETE

@@ -23,6 +23,7 @@ use crate::crypto::Keys;
 use crate::error::Result;
 use crate::format::tree::{Node, Tree};
 use crate::id::Id;
+use crate::progress::FileStatus;
 use crate::walk::{open_file_at, set_stat, Stat};
 use crate::writer::{Compression, Known};
 
@@ -188,6 +189,7 @@ impl Archiver<'_> {
                 node.content_lists = rec.content_lists;
                 self.summary.files_unmodified += 1;
                 self.progress.bytes(st.size);
+                self.progress.file_done(path, FileStatus::Unchanged);
                 return Ok(Ok(node));
             }
         }
@@ -260,8 +262,10 @@ impl Archiver<'_> {
         pipeline::set_content(&mut self.writer, &mut node, ids)?;
         if start.known {
             self.summary.files_changed += 1;
+            self.progress.file_done(start.path(), FileStatus::Changed);
         } else {
             self.summary.files_new += 1;
+            self.progress.file_done(start.path(), FileStatus::New);
         }
         let changed = grew || len != opened.size;
         if grew {
