@@ -129,7 +129,9 @@ macro_rules! outln {
 pub(crate) use outln;
 
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    outln!("{}", serde_json::to_string_pretty(v)?);
+    // Compact, one document per line: what log shippers and line-based tools expect
+    // (`jq .` pretty-prints it for people).
+    outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 

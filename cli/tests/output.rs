@@ -295,3 +295,22 @@ fn verbose_says_what_was_decided_and_very_verbose_a_line_per_file() {
     assert!(lines(&plain).is_empty());
     assert!(!String::from_utf8_lossy(&plain.stderr).contains("parent snapshot"));
 }
+
+#[test]
+fn json_documents_are_compact_one_per_line() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    for args in [
+        vec!["--json", "backup", src.to_str().unwrap()],
+        vec!["--json", "snapshots"],
+        vec!["--json", "stats"],
+        vec!["--json", "version"],
+    ] {
+        let out = cairn(&env, &args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        let _: serde_json::Value = serde_json::from_str(&text).unwrap();
+    }
+}
