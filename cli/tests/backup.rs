@@ -16,6 +16,8 @@ fn second_backup_skips_unchanged_files_and_records_its_parent() {
     let src = env.source();
     let first = env.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(first["summary"]["files_new"], 3);
+    assert_eq!(first["message_type"], "summary");
+    assert_eq!(first["snapshot_id"], first["snapshot"]);
     let second = env.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(second["summary"]["files_unmodified"], 3);
     assert_eq!(second["summary"]["bytes_read"], 0);

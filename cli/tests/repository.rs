@@ -169,6 +169,12 @@ fn passwords_can_be_added_listed_changed_and_removed() {
     let keys = keys.as_array().unwrap();
     assert_eq!(keys.len(), 2);
     assert_eq!(keys.iter().filter(|k| k["current"] == true).count(), 1);
+    // One naming across commands: `host` and `user`, as in snapshots and leases.
+    assert!(
+        keys[0]["host"].is_string() && keys[0]["user"].is_string(),
+        "{keys:?}"
+    );
+    assert!(keys[0].get("hostname").is_none(), "{keys:?}");
     let with_pw2 = || {
         let mut c = env.cmd();
         c.env("CAIRN_PASSWORD_FILE", env.path("pw2"));

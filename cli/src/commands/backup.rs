@@ -171,7 +171,11 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
 fn report(ctx: &Context, r: &BackupResult) -> Result<()> {
     let s = &r.snapshot.summary;
     if ctx.json() {
+        // `message_type` and `snapshot_id` as restic's summary has them, so that scripts
+        // written for `restic backup --json` find the new snapshot's id.
         return print_json(&json!({
+            "message_type": "summary",
+            "snapshot_id": r.id,
             "snapshot": r.id,
             "parent": r.snapshot.parent,
             "time": r.snapshot.time,

@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<i32> {
             if ctx.json() {
                 let v: Vec<_> = slots
                     .iter()
-                    .map(|(id, s)| json!({"id": id, "current": Some(id) == current.as_ref(), "created": s.created, "hostname": s.hostname, "username": s.username, "kdf": s.kdf, "params": s.params}))
+                    .map(|(id, s)| json!({"id": id, "current": Some(id) == current.as_ref(), "created": s.created, "host": s.hostname, "user": s.username, "kdf": s.kdf, "params": s.params}))
                     .collect();
                 print_json(&v)?;
             } else {
