@@ -5,11 +5,40 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The exit codes, as the top-level help lists them (docs/user-guide.md has the same).
+const EXIT_CODES: &str = "Exit codes:
+  0    success
+  1    failure (the message says what failed and why)
+  2    invalid command line or option value
+  3    a snapshot was saved but is incomplete (unreadable entries, or WAL missing for a base backup)
+  10   no repository at the location, or not a Cairn repository
+  12   wrong password (every key slot was tried), or a key file of another tenant
+  128  wal fetch only: cannot tell whether the archive holds the file (1 means it does not)";
+
+const BACKUP_EXAMPLES: &str = "Examples:
+  cairn backup ~                                   # a home folder, to the default repository
+  cairn -r /srv/backups backup /etc /srv/app --tag nightly
+  cairn backup --exclude-caches --iexclude '*.tmp' --files-from list.txt
+  pg_dump app | cairn backup --stdin --stdin-filename app.sql
+  cairn backup --stdin-from-command --stdin-filename app.dump -- pg_dump -Fc app";
+
+const RESTORE_EXAMPLES: &str = "Examples:
+  cairn restore latest --target /tmp/restore
+  cairn restore latest --host web1 --path /etc --target /tmp/etc
+  cairn restore 3f2a9c1b --target / --include /etc/nginx";
+
+const FORGET_EXAMPLES: &str = "Examples:
+  cairn forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
+  cairn forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
+  cairn forget --keep-within-pitr 7d --keep-daily 7     # PostgreSQL: any moment of 7 days
+  cairn forget 3f2a9c1b";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cairn",
     version,
-    about = "Deduplicating, encrypting backups for files, streams and PostgreSQL"
+    about = "Deduplicating, encrypting backups for files, streams and PostgreSQL",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -91,6 +120,7 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Back up files, directories, standard input or a command's output
+    #[command(after_help = BACKUP_EXAMPLES)]
     Backup(BackupArgs),
     /// List snapshots
     Snapshots(SnapshotsArgs),
@@ -103,12 +133,14 @@ pub enum Command {
     /// Write a file to stdout, or a directory as a tar stream
     Dump(DumpArgs),
     /// Restore a snapshot to a folder
+    #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
     /// Repository size, deduplication and compression
     Stats(StatsArgs),
     /// Print a decoded repository object as JSON
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
+    #[command(after_help = FORGET_EXAMPLES)]
     Forget(ForgetArgs),
     /// Free the space of data no snapshot uses (runs alongside backups)
     Prune(PruneArgs),
@@ -228,7 +260,7 @@ pub enum WalCommand {
 
 #[derive(Args, Debug)]
 pub struct PruneOpts {
-    /// Unused space tolerated in kept packs, e.g. 5% or 0.05 [default: 5%]
+    /// Unused space tolerated in kept packs, e.g. 5% or 0.05
     #[arg(long, default_value = "5%")]
     pub max_unused: String,
     /// Read at most this much for repacking in one run, e.g. 10G
@@ -600,5 +632,32 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// The examples in the help parse: an option renamed or removed fails here, not in a
+    /// user's shell.
+    #[test]
+    #[allow(clippy::panic)]
+    fn every_example_in_the_help_parses() {
+        use clap::Parser;
+        for text in [
+            super::BACKUP_EXAMPLES,
+            super::RESTORE_EXAMPLES,
+            super::FORGET_EXAMPLES,
+        ] {
+            for line in text.lines().skip(1) {
+                let command = line.split("  #").next().unwrap_or_default();
+                let Some(at) = command.find("cairn ") else {
+                    panic!("an example without cairn: {line}");
+                };
+                let words: Vec<String> = command[at..]
+                    .split_whitespace()
+                    .map(|w| w.trim_matches('\'').to_string())
+                    .collect();
+                if let Err(e) = super::Cli::try_parse_from(&words) {
+                    panic!("{line}: {e}");
+                }
+            }
+        }
     }
 }

@@ -314,3 +314,24 @@ fn json_documents_are_compact_one_per_line() {
         let _: serde_json::Value = serde_json::from_str(&text).unwrap();
     }
 }
+
+#[test]
+fn help_lists_exit_codes_and_examples_and_each_default_once() {
+    let env = Env::new();
+    let top = cairn(&env, &["--help"]).output().unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.contains("Exit codes:") && top.contains("12   wrong password"),
+        "{top}"
+    );
+    for cmd in ["backup", "restore", "forget"] {
+        let help = cairn(&env, &[cmd, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("Examples:\n  cairn "), "{cmd}: {help}");
+    }
+    for cmd in ["prune", "forget"] {
+        let help = cairn(&env, &[cmd, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(!help.contains("] [default:"), "{cmd}: {help}");
+    }
+}
