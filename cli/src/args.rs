@@ -19,6 +19,7 @@ const BACKUP_EXAMPLES: &str = "Examples:
   cairn backup ~                                   # a home folder, to the default repository
   cairn -r /srv/backups backup /etc /srv/app --tag nightly
   cairn backup --exclude-caches --iexclude '*.tmp' --files-from list.txt
+  cairn backup -n /srv/app                         # what would be added, storing nothing
   pg_dump app | cairn backup --stdin --stdin-filename app.sql
   cairn backup --stdin-from-command --stdin-filename app.dump -- pg_dump -Fc app";
 
@@ -439,6 +440,10 @@ pub enum KeyCommand {
 pub struct BackupArgs {
     /// Files and directories to back up
     pub paths: Vec<PathBuf>,
+    /// Read and compress everything and say what would be added, storing nothing (no
+    /// snapshot, pack, lease or files-cache entry; works on a read-only repository)
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     /// Back up standard input
     #[arg(long, conflicts_with_all = ["stdin_from_command"])]
     pub stdin: bool,

@@ -466,3 +466,64 @@ fn latest_is_narrowed_by_filters_and_takes_a_subpath() {
     assert!(err.contains("no snapshot matches"), "{err}");
     env.fails(&["dump", "latest:/x", "/y"], 1);
 }
+
+/// Every file below `dir` with its size, to see that a dry run changed nothing.
+fn listing(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), md.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_dry_run_says_what_a_backup_would_add_and_stores_nothing() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let s = src.to_str().unwrap();
+    let before = listing(&env.repo());
+    let dry = env.json(&["backup", "--dry-run", s]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert!(dry["snapshot_id"].is_null(), "{dry}");
+    assert_eq!(dry["summary"]["files_new"], 3, "{dry}");
+    let would_add = dry["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(would_add > 0, "{dry}");
+    assert_eq!(
+        listing(&env.repo()),
+        before,
+        "a dry run writes nothing to the repository"
+    );
+    assert!(env.snapshot_ids().is_empty());
+    // The short form, in text: worded as a dry run.
+    let text = env.ok(&["backup", "-n", s]);
+    assert!(text.contains("dry run: nothing was stored"), "{text}");
+    assert_eq!(listing(&env.repo()), before);
+
+    // The real backup adds what the dry run said, and reads every file: the dry run left no
+    // files-cache record for it to trust.
+    let real = env.json(&["backup", s]);
+    assert_eq!(
+        real["summary"]["bytes_added"].as_u64().unwrap(),
+        would_add,
+        "{real}"
+    );
+    assert_eq!(real["summary"]["files_new"], 3, "{real}");
+    // Against a repository with data: unchanged files come from the files cache, and still
+    // nothing is written (no lease either, which is what lets it run on read-only storage).
+    let before = listing(&env.repo());
+    let again = env.json(&["backup", "-n", s]);
+    assert_eq!(again["summary"]["files_unmodified"], 3, "{again}");
+    assert_eq!(again["summary"]["bytes_added"], 0, "{again}");
+    assert_eq!(listing(&env.repo()), before);
+}

@@ -55,6 +55,8 @@ struct Shared {
     packs: Mutex<HashMap<Id, bool>>,
     /// Whether blobs the index lists count as present (see [`BlobWriter::unindexed`]).
     index_dedup: bool,
+    /// Whether finished packs are counted and dropped instead of stored (a dry run).
+    discard: bool,
 }
 
 /// What a [`BlobWriter`] has or has accepted. A blob the writer accepts after a lookup here
@@ -165,13 +167,25 @@ impl BlobWriter {
         Self::with_dedup(repo, level, false)
     }
 
+    /// A writer that seals and packs like [`BlobWriter::new`] but stores nothing: each
+    /// finished pack is counted and dropped, and no index file is written (a dry run). Its
+    /// statistics say what a real run would have added.
+    pub fn discarding(repo: &Repository, level: i32) -> Self {
+        Self::build(repo, level, true, true)
+    }
+
     fn with_dedup(repo: &Repository, level: i32, index_dedup: bool) -> Self {
+        Self::build(repo, level, index_dedup, false)
+    }
+
+    fn build(repo: &Repository, level: i32, index_dedup: bool, discard: bool) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(None),
             stats: Mutex::new(WriteStats::default()),
             packs: Mutex::new(HashMap::new()),
             index_dedup,
+            discard,
         });
         let (tx, rx) = sync_channel(UPLOAD_QUEUE);
         let (spare_tx, spare) = sync_channel(1);
@@ -357,6 +371,12 @@ fn upload_loop(
     for pack in rx.iter() {
         if shared.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
             continue; // drain the queue so the sender never blocks
+        }
+        if shared.discard {
+            if let Ok(mut s) = shared.stats.lock() {
+                s.packs += 1;
+            }
+            continue;
         }
         let kind = pack.kind;
         let (entry, bytes) = match store_pack(&store, pack) {

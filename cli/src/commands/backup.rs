@@ -104,6 +104,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
             .map(parse_compression)
             .transpose()?,
         use_files_cache: !args.force,
+        dry_run: args.dry_run,
     };
     let stream_mode = args.stdin || args.stdin_from_command;
     if stream_mode && !paths.is_empty() {
@@ -118,7 +119,12 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     if !stream_mode && paths.is_empty() {
         bail!("nothing to back up: give paths, --stdin or --stdin-from-command");
     }
-    let repo = ctx.open_or_create_default()?;
+    // A dry run never creates the default repository: there would be nothing to compare with.
+    let repo = if args.dry_run {
+        ctx.open()?
+    } else {
+        ctx.open_or_create_default()?
+    };
     // The repository and the cache are never backed up (a backup of a home folder holds
     // both by default): every run would store the packs of the runs before it again.
     if let (cairn_repo::Location::Local(path), _) = ctx.location()? {
@@ -160,7 +166,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
             None => eprintln!("no parent snapshot for these paths on this host: every file read"),
         }
     }
-    report(ctx, &result)?;
+    report(ctx, &result, args.dry_run)?;
     Ok(if result.snapshot.incomplete {
         EXIT_INCOMPLETE
     } else {
@@ -168,15 +174,18 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     })
 }
 
-fn report(ctx: &Context, r: &BackupResult) -> Result<()> {
+fn report(ctx: &Context, r: &BackupResult, dry_run: bool) -> Result<()> {
     let s = &r.snapshot.summary;
+    // A dry run saved no snapshot: it has no id.
+    let id = (!dry_run).then_some(r.id);
     if ctx.json() {
         // `message_type` and `snapshot_id` as restic's summary has them, so that scripts
         // written for `restic backup --json` find the new snapshot's id.
         return print_json(&json!({
             "message_type": "summary",
-            "snapshot_id": r.id,
-            "snapshot": r.id,
+            "dry_run": dry_run,
+            "snapshot_id": id,
+            "snapshot": id,
             "parent": r.snapshot.parent,
             "time": r.snapshot.time,
             "incomplete": r.snapshot.incomplete,
@@ -206,7 +215,18 @@ fn report(ctx: &Context, r: &BackupResult) -> Result<()> {
         human_bytes(s.bytes_stored),
         s.blobs_added
     );
-    if r.snapshot.incomplete {
+    if dry_run {
+        outln!(
+            "dry run: nothing was stored; a backup would add {} ({} stored){}",
+            human_bytes(s.bytes_added),
+            human_bytes(s.bytes_stored),
+            if r.snapshot.incomplete {
+                format!(", and {} entries could not be read", s.errors)
+            } else {
+                String::new()
+            }
+        );
+    } else if r.snapshot.incomplete {
         outln!(
             "snapshot {} saved, but INCOMPLETE: {} entries could not be read",
             r.id.short(),

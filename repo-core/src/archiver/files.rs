@@ -370,6 +370,10 @@ impl Archiver<'_> {
 
     pub(super) fn flush_file_records(&mut self) -> Result<()> {
         let records = std::mem::take(&mut self.file_records);
+        if self.opts.dry_run {
+            // A dry run stored nothing, so the next backup must not trust its records.
+            return Ok(());
+        }
         self.repo.cache().put_files(&records)
     }
 }

@@ -67,6 +67,10 @@ pub struct BackupOptions {
     pub compression: Option<i32>,
     /// Whether to trust the files cache to skip unchanged files.
     pub use_files_cache: bool,
+    /// Read, cut, compress and seal everything, and count what would be added, but store
+    /// nothing: no pack, index file, snapshot, lease or files-cache record is written, so it
+    /// works on a read-only repository.
+    pub dry_run: bool,
 }
 
 impl Default for BackupOptions {
@@ -79,6 +83,7 @@ impl Default for BackupOptions {
             time: None,
             compression: None,
             use_files_cache: true,
+            dry_run: false,
         }
     }
 }
@@ -125,7 +130,8 @@ pub(crate) struct Archiver<'a> {
     warnings: Vec<String>,
     reader: Option<CacheReader<'a>>,
     file_records: Vec<(Vec<u8>, FileRecord)>,
-    lease: LeaseGuard,
+    /// `None` in a dry run, which writes nothing.
+    lease: Option<LeaseGuard>,
     /// The index files present at the start, to tell at commit whether a sweep ran.
     watch: IndexWatch,
 }
@@ -137,10 +143,15 @@ impl<'a> Archiver<'a> {
         progress: &'a dyn Progress,
     ) -> Result<Self> {
         // The lease comes before the index is read: see lease.rs.
-        let lease = LeaseGuard::acquire(repo, "backup")?;
-        if let Ok(n @ 1..) = repo.remove_stale_staging(crate::prune::STALE_STAGING) {
-            tracing::info!("removed {n} staging files left by failed uploads");
-        }
+        let lease = if opts.dry_run {
+            None
+        } else {
+            let lease = LeaseGuard::acquire(repo, "backup")?;
+            if let Ok(n @ 1..) = repo.remove_stale_staging(crate::prune::STALE_STAGING) {
+                tracing::info!("removed {n} staging files left by failed uploads");
+            }
+            Some(lease)
+        };
         repo.sync_index()?;
         repo.require_intact_index()?;
         let watch = IndexWatch::start(repo)?;
@@ -153,7 +164,11 @@ impl<'a> Archiver<'a> {
         };
         Ok(Archiver {
             repo,
-            writer: BlobWriter::new(repo, level),
+            writer: if opts.dry_run {
+                BlobWriter::discarding(repo, level)
+            } else {
+                BlobWriter::new(repo, level)
+            },
             chunker,
             opts,
             progress,
@@ -255,7 +270,15 @@ impl<'a> Archiver<'a> {
             pg,
             original: None,
         };
-        let lapsed = !self.lease.held();
+        let Some(lease) = &self.lease else {
+            // A dry run: the snapshot as it would be, with no id.
+            return Ok(BackupResult {
+                id: Id::default(),
+                snapshot,
+                warnings: self.warnings,
+            });
+        };
+        let lapsed = !lease.held();
         if lapsed || self.watch.swept_since(self.repo)? {
             if lapsed {
                 tracing::warn!("the backup's lease lapsed; checking that garbage collection removed nothing it needs");
@@ -272,8 +295,10 @@ impl<'a> Archiver<'a> {
             }
         }
         let id = self.repo.save_snapshot(&snapshot)?;
-        if let Err(e) = self.lease.release() {
-            tracing::warn!("cannot remove the backup lease (it expires by itself): {e}");
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = lease.release() {
+                tracing::warn!("cannot remove the backup lease (it expires by itself): {e}");
+            }
         }
         Ok(BackupResult {
             id,
