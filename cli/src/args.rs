@@ -13,7 +13,8 @@ const EXIT_CODES: &str = "Exit codes:
   3    a snapshot was saved but is incomplete (unreadable entries, or WAL missing for a base backup)
   10   no repository at the location, or not a Cairn repository
   12   wrong password (every key slot was tried), or a key file of another tenant
-  128  wal fetch only: cannot tell whether the archive holds the file (1 means it does not)";
+  128  wal fetch only: cannot tell whether the archive holds the file (1 means it does not)
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); the repository is consistent";
 
 const BACKUP_EXAMPLES: &str = "Examples:
   cairn backup ~                                   # a home folder, to the default repository

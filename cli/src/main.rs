@@ -15,6 +15,7 @@
 mod args;
 mod commands;
 mod context;
+mod interrupt;
 mod output;
 mod password;
 mod pg_args;
@@ -169,9 +170,31 @@ fn parse_args() -> args::Cli {
     }
 }
 
+/// The command's name, for the line an interrupted command prints.
+fn command_name(command: &args::Command) -> &'static str {
+    use args::Command as C;
+    match command {
+        C::Backup(_) => "the backup",
+        C::Restore(_) => "the restore",
+        C::Prune(_) => "the prune",
+        C::Forget(_) => "forget",
+        C::Check(_) => "the check",
+        C::Pg(_) => "the PostgreSQL command",
+        _ => "the command",
+    }
+}
+
 fn main() {
     limit_malloc_arenas();
     let cli = parse_args();
+    // Before any thread starts (see interrupt.rs). WAL commands answer PostgreSQL, which
+    // handles their signals itself, and a drill stops its own server on them.
+    match &cli.command {
+        args::Command::Wal(_) | args::Command::Pg(pg_args::PgCommand::Drill(_)) => {}
+        command => {
+            interrupt::exit_130_on_signals(command_name(command));
+        }
+    }
     // A WAL command's exit code is its whole answer to PostgreSQL: a closed stdout must
     // never turn a failed or unfinished push into 0.
     if !matches!(cli.command, args::Command::Wal(_)) {

@@ -335,3 +335,43 @@ fn help_lists_exit_codes_and_examples_and_each_default_once() {
         assert!(!help.contains("] [default:"), "{cmd}: {help}");
     }
 }
+
+#[test]
+fn ctrl_c_says_what_stopped_removes_the_lease_and_exits_130() {
+    let env = Env::new();
+    env.init();
+    // A backup of standard input that waits for more: interrupted while its lease is held.
+    let mut child = cairn(&env, &["backup", "--stdin", "--stdin-filename", "db.sql"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &vec![7u8; 1 << 20]).unwrap();
+    let locks = env.repo().join("default/locks");
+    let lease_count = || std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0);
+    let mut waited = 0;
+    while lease_count() == 0 && waited < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        waited += 1;
+    }
+    assert_eq!(lease_count(), 1, "the backup holds a lease");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("interrupted (SIGINT): the backup stopped; the repository is consistent"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(lease_count(), 0, "the lease is removed, not left to expire");
+    // Nothing half-done: check is clean and no snapshot was saved.
+    let check = cairn(&env, &["check"]).output().unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(env.snapshot_ids().is_empty());
+}

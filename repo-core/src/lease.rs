@@ -29,6 +29,35 @@ use crate::sys;
 
 const AAD: &[u8] = b"cairn:lease";
 
+/// The leases this process holds, so that an interrupted process can remove them on its way
+/// out ([`remove_held_leases`]) instead of leaving them to expire.
+type Held = Vec<(Id, Store, Arc<Mutex<State>>)>;
+static HELD: Mutex<Held> = Mutex::new(Vec::new());
+
+/// Removes every lease this process holds from storage, for a process that is about to
+/// exit because it was interrupted (the guards' own drops will not run). Best effort: a
+/// lease that cannot be removed expires by itself.
+pub fn remove_held_leases() {
+    let held: Vec<(Store, String)> = match HELD.lock() {
+        Ok(h) => h
+            .iter()
+            .filter_map(|(_, store, state)| {
+                state.lock().ok().map(|s| (store.clone(), s.name.clone()))
+            })
+            .collect(),
+        Err(_) => return,
+    };
+    for (store, name) in held {
+        let _ = store.remove(FileType::Lock, &name);
+    }
+}
+
+fn forget_held(holder: &Id) {
+    if let Ok(mut h) = HELD.lock() {
+        h.retain(|(id, _, _)| id != holder);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// `backup`, `prune`, ...
@@ -209,6 +238,9 @@ impl LeaseGuard {
             expires: first.expires_at(),
             lapsed: false,
         }));
+        if let Ok(mut h) = HELD.lock() {
+            h.push((holder, store.clone(), state.clone()));
+        }
         // The refresher waits on this channel: a message or the sender's drop stops it at
         // once, so releasing a lease never waits for a polling interval.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -294,6 +326,7 @@ impl LeaseGuard {
     /// Removes the lease (also done on drop).
     pub fn release(mut self) -> Result<()> {
         self.stop_refresher();
+        forget_held(&self.holder);
         let name = self.name();
         self.store.remove(FileType::Lock, &name)
     }
@@ -310,6 +343,7 @@ impl Drop for LeaseGuard {
     fn drop(&mut self) {
         if self.refresher.is_some() {
             self.stop_refresher();
+            forget_held(&self.holder);
             let name = self.name();
             let _ = self.store.remove(FileType::Lock, &name);
         }
