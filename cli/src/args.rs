@@ -50,6 +50,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Repository location: a local path, rest:http(s)://[USER:PASS@]HOST[:PORT]/ for a
     /// server (user and password also from CAIRN_REST_USERNAME / CAIRN_REST_PASSWORD), or

@@ -328,6 +328,11 @@ fn help_lists_exit_codes_and_examples_and_each_default_once() {
         let help = cairn(&env, &[cmd, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&help.stdout);
         assert!(help.contains("Examples:\n  cairn "), "{cmd}: {help}");
+        // The command's own options first, the global ones in a section of their own.
+        let own = help.find("\nOptions:").unwrap();
+        let global = help.find("\nGlobal options:").unwrap();
+        let repo = help.find("--repo <REPO>").unwrap();
+        assert!(own < global && global < repo, "{cmd}: {help}");
     }
     for cmd in ["prune", "forget"] {
         let help = cairn(&env, &[cmd, "--help"]).output().unwrap();
