@@ -526,6 +526,6 @@ fn a_dry_run_says_what_a_backup_would_add_and_stores_nothing() {
     let before = listing(&env.repo());
     let again = env.json(&["backup", "-n", s]);
     assert_eq!(again["summary"]["files_unmodified"], 3, "{again}");
-    assert_eq!(again["summary"]["bytes_added"], 0, "{again}");
+    assert_eq!(again["summary"]["bytes_read"], 0, "{again}");
     assert_eq!(listing(&env.repo()), before);
 }
