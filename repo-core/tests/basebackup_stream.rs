@@ -414,20 +414,7 @@ fn a_lost_dictionary_is_reported_by_name_never_read_around() {
     )
     .unwrap();
     // The dictionary's pack disappears from storage.
-    let mut dict_pack = None;
-    repo.for_each_indexed_blob(&mut |id, _, pack| {
-        if id == dict {
-            dict_pack = Some(pack);
-        }
-        Ok(())
-    })
-    .unwrap();
-    let pack = dict_pack.unwrap().to_hex();
-    let path = common::files_below(dir.path())
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
-        .unwrap();
-    std::fs::remove_file(path).unwrap();
+    lose_pack_of(&repo, dir.path(), &dict);
     let reader = common::open(dir.path(), &key, "cache2");
     let target = dir.path().join("restored");
     std::fs::create_dir_all(&target).unwrap();
@@ -594,20 +581,7 @@ fn a_base_backup_after_its_dictionary_is_lost_fails_or_restores() {
         ),
     )
     .unwrap();
-    let mut dict_pack = None;
-    repo.for_each_indexed_blob(&mut |id, _, pack| {
-        if id == dict {
-            dict_pack = Some(pack);
-        }
-        Ok(())
-    })
-    .unwrap();
-    let pack = dict_pack.unwrap().to_hex();
-    let path = common::files_below(dir.path())
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
-        .unwrap();
-    std::fs::remove_file(path).unwrap();
+    lose_pack_of(&repo, dir.path(), &dict);
 
     // The same cluster, unchanged, backed up again by a fresh process.
     let repo = common::open(dir.path(), &key, "cache2");
@@ -661,20 +635,7 @@ fn repair_snapshots_reports_the_files_a_lost_dictionary_takes() {
         program(dir.path(), "bb2", &table_stream(SYSID, table(300, 5)), 0),
     )
     .unwrap();
-    let mut dict_pack = None;
-    repo.for_each_indexed_blob(&mut |id, _, pack| {
-        if id == dict {
-            dict_pack = Some(pack);
-        }
-        Ok(())
-    })
-    .unwrap();
-    let pack = dict_pack.unwrap().to_hex();
-    let path = common::files_below(dir.path())
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
-        .unwrap();
-    std::fs::remove_file(path).unwrap();
+    lose_pack_of(&repo, dir.path(), &dict);
 
     let repo = common::open(dir.path(), &key, "cache2");
     cairn_repo::repair::repair_index(&repo).unwrap();
@@ -684,4 +645,22 @@ fn repair_snapshots_reports_the_files_a_lost_dictionary_takes() {
         mine.is_some_and(|r| r.lost.iter().any(|p| p.contains("16396"))),
         "repair snapshots finds nothing lost in a base backup that cannot be restored: {report:?}"
     );
+}
+
+/// Deletes from storage the pack that holds `blob` (a lost pack).
+fn lose_pack_of(repo: &Repository, dir: &Path, blob: &cairn_repo::Id) {
+    let mut holder = None;
+    repo.for_each_indexed_blob(&mut |id, _, pack| {
+        if id == *blob {
+            holder = Some(pack);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let pack = holder.unwrap().to_hex();
+    let path = common::files_below(dir)
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy() == pack)
+        .unwrap();
+    std::fs::remove_file(path).unwrap();
 }
