@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const EXIT_CODES: &str = "Exit codes:
   0    success
   1    failure (the message says what failed and why)
-  2    invalid command line or option value
+  2    invalid command line or option value, or configuration file error
   3    a snapshot was saved but is incomplete (unreadable entries, or WAL missing for a base backup)
   10   no repository at the location, or not a Cairn repository
   12   wrong password (every key slot was tried), or a key file of another tenant
@@ -52,6 +52,14 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
+    /// Read profiles from this configuration file only [default: /etc/cairn/config.toml
+    /// and $XDG_CONFIG_HOME/cairn/config.toml]
+    #[arg(long, env = "CAIRN_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Take unset options from this profile of the configuration file [default: its
+    /// default_profile]
+    #[arg(long, env = "CAIRN_PROFILE", global = true, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Repository location: a local path, rest:http(s)://[USER:PASS@]HOST[:PORT]/ for a
     /// server (user and password also from CAIRN_REST_USERNAME / CAIRN_REST_PASSWORD), or
     /// s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID and
@@ -140,6 +148,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Repository size, deduplication and compression
     Stats(StatsArgs),
+    /// An overview per profile (or of the repository given): newest snapshot of each kind,
+    /// size, health. Exits 1 when any repository cannot be read or has a problem
+    Info(InfoArgs),
     /// Print a decoded repository object as JSON
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
@@ -611,6 +622,14 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// The profiles to show, each in a process of its own (filled in when no profile and no
+    /// repository is given)
+    #[arg(skip)]
+    pub profiles: Vec<String>,
+}
 
 #[derive(Args, Debug)]
 pub struct CatArgs {

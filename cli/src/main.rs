@@ -9,16 +9,21 @@
 //! - 10: the repository does not exist or is not a Cairn repository
 //! - 12: wrong password or key
 //!
+//! Options not given on the command line or in the environment may come from a profile of
+//! the configuration file (`config.rs`, applied by `profile.rs` before anything else runs).
+//!
 //! A closed standard output (`cairn snapshots | head -1`) ends any command quietly with 0:
 //! see [`exit_quietly_when_stdout_closes`] and [`output::outln`].
 
 mod args;
 mod commands;
+mod config;
 mod context;
 mod interrupt;
 mod output;
 mod password;
 mod pg_args;
+mod profile;
 
 use std::io::IsTerminal;
 
@@ -52,7 +57,7 @@ macro_rules! bail_usage {
     };
 }
 
-fn exit_code(err: &anyhow::Error) -> i32 {
+pub(crate) fn exit_code(err: &anyhow::Error) -> i32 {
     if err
         .chain()
         .any(|c| c.downcast_ref::<UsageError>().is_some())
@@ -82,7 +87,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// its message, and so do many other errors; printing every cause of the chain as well would
 /// repeat them ("... (os error 2): ... (os error 2)"). A cause whose text the text before it
 /// already ends with has been shown.
-fn error_text(err: &anyhow::Error) -> String {
+pub(crate) fn error_text(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause.to_string();
@@ -186,7 +191,20 @@ fn command_name(command: &args::Command) -> &'static str {
 
 fn main() {
     limit_malloc_arenas();
-    let cli = parse_args();
+    let mut cli = parse_args();
+    // Before any thread starts: a profile may set credentials in the environment.
+    if let Err(e) = profile::apply(&mut cli) {
+        eprintln!("error: {}", error_text(&e));
+        // PostgreSQL takes a restore_command's 2 for "no such file" (see parse_args), and
+        // `wal push` exits 1 on every failure.
+        std::process::exit(match cli.command {
+            args::Command::Wal(args::WalCommand::Fetch { .. }) => {
+                commands::wal::fetch_unknown_exit()
+            }
+            args::Command::Wal(_) => EXIT_FAILURE,
+            _ => exit_code(&e),
+        });
+    }
     // Before any thread starts (see interrupt.rs). WAL commands answer PostgreSQL, which
     // handles their signals itself, and a drill stops its own server on them.
     match &cli.command {

@@ -8,6 +8,7 @@ mod diff;
 mod dump;
 mod find;
 mod forget;
+mod info;
 mod init;
 mod key;
 mod leases;
@@ -44,6 +45,7 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Dump(a) => dump::run(ctx, a),
         Command::Restore(a) => restore::run(ctx, a),
         Command::Stats(a) => stats::run(ctx, a),
+        Command::Info(a) => info::run(ctx, a),
         Command::Cat(a) => cat::run(ctx, a),
         Command::Forget(a) => forget::run(ctx, a),
         Command::Prune(a) => prune::run(ctx, a),

@@ -354,7 +354,9 @@ fn spawn_prefetcher(ctx: &Context, spool: &Path, ahead: usize) -> std::io::Resul
     use std::process::{Command, Stdio};
     let g = &ctx.global;
     let mut cmd = Command::new(std::env::current_exe()?);
-    let vars: [(&str, Option<std::ffi::OsString>); 11] = [
+    let vars: [(&str, Option<std::ffi::OsString>); 13] = [
+        ("CAIRN_CONFIG", g.config.clone().map(Into::into)),
+        ("CAIRN_PROFILE", g.profile.clone().map(Into::into)),
         ("CAIRN_REPOSITORY", g.repo.clone().map(Into::into)),
         (
             "CAIRN_REPOSITORY_FILE",

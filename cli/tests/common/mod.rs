@@ -45,6 +45,8 @@ impl Env {
             ("TZ".into(), "UTC".into()),
             ("TMPDIR".into(), p("tmp")),
             ("CAIRN_KDF_PARAMS".into(), "1024,1,1".into()),
+            // Never the machine's /etc/cairn/config.toml.
+            ("CAIRN_SYSTEM_CONFIG".into(), p("etc/cairn/config.toml")),
         ]
     }
 
