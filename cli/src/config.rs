@@ -373,9 +373,10 @@ mod tests {
 
     #[test]
     fn relative_paths_are_the_files_folder() {
-        let mut p: Profile =
-            toml::from_str("repo = \"backups\"\nkey_file = \"k.key\"\n[backup]\nexclude_file = [\"ex\"]\n")
-                .unwrap();
+        let mut p: Profile = toml::from_str(
+            "repo = \"backups\"\nkey_file = \"k.key\"\n[backup]\nexclude_file = [\"ex\"]\n",
+        )
+        .unwrap();
         p.resolve_paths(Path::new("/etc/cairn"));
         assert_eq!(p.repo.as_deref(), Some("/etc/cairn/backups"));
         assert_eq!(p.key_file.unwrap(), PathBuf::from("/etc/cairn/k.key"));

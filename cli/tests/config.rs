@@ -95,7 +95,10 @@ fn a_profile_gives_the_repository_and_key() {
     let id = backup(&env, &["--profile", "p", src.to_str().unwrap()]);
     // Without the profile nothing says where the repository is.
     env.bare().arg("snapshots").assert().code(10);
-    assert_eq!(ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]), [id.clone()]);
+    assert_eq!(
+        ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]),
+        [id.clone()]
+    );
     env.bare()
         .env("CAIRN_PROFILE", "p")
         .args(["snapshots"])
@@ -162,7 +165,10 @@ fn the_command_line_and_the_environment_win_over_the_profile() {
         .assert()
         .success();
     // The profile still applies where nothing else is given.
-    assert_eq!(ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]), [in_a]);
+    assert_eq!(
+        ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]),
+        [in_a]
+    );
 }
 
 #[test]
@@ -175,7 +181,11 @@ fn unknown_keys_and_bad_toml_are_refused_naming_file_and_line() {
         .args(["--profile", "p", "snapshots"])
         .assert()
         .code(2)
-        .stderr(contains("repository").and(contains(file_name.as_str())).and(contains("line 3")));
+        .stderr(
+            contains("repository")
+                .and(contains(file_name.as_str()))
+                .and(contains("line 3")),
+        );
     write(&file, "[profiles.p.retention]\nkeep_dayly = 3\n");
     env.bare()
         .args(["snapshots"])
@@ -201,7 +211,11 @@ fn a_missing_profile_lists_the_profiles_and_files() {
     let (repo, key) = keyed_repo(&env, "a");
     write(
         &user_file(&env),
-        &format!("{}{}", profile("web", &repo, &key), profile("db", &repo, &key)),
+        &format!(
+            "{}{}",
+            profile("web", &repo, &key),
+            profile("db", &repo, &key)
+        ),
     );
     env.bare()
         .args(["--profile", "nope", "snapshots"])
@@ -214,7 +228,10 @@ fn a_missing_profile_lists_the_profiles_and_files() {
         );
     write(
         &user_file(&env),
-        &format!("default_profile = \"gone\"\n{}", profile("web", &repo, &key)),
+        &format!(
+            "default_profile = \"gone\"\n{}",
+            profile("web", &repo, &key)
+        ),
     );
     env.bare()
         .args(["snapshots"])
@@ -231,14 +248,26 @@ fn an_explicit_file_replaces_the_usual_ones() {
     let src = env.source();
     let in_b = backup(
         &env,
-        &["-r", b.to_str().unwrap(), "--key-file", key_b.to_str().unwrap(), src.to_str().unwrap()],
+        &[
+            "-r",
+            b.to_str().unwrap(),
+            "--key-file",
+            key_b.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
     );
     write(&user_file(&env), &profile("p", &a, &key_a));
     let explicit = env.path("elsewhere.toml");
     write(&explicit, &profile("p", &b, &key_b));
     let by_flag = json_lines(
         &env,
-        &["--config", explicit.to_str().unwrap(), "--profile", "p", "snapshots"],
+        &[
+            "--config",
+            explicit.to_str().unwrap(),
+            "--profile",
+            "p",
+            "snapshots",
+        ],
     );
     assert_eq!(ids(&by_flag[0]), [in_b.clone()]);
     let out = env
@@ -251,7 +280,13 @@ fn an_explicit_file_replaces_the_usual_ones() {
     // The user file is not read at all then.
     write(&explicit, &profile("other", &b, &key_b));
     env.bare()
-        .args(["--config", explicit.to_str().unwrap(), "--profile", "p", "snapshots"])
+        .args([
+            "--config",
+            explicit.to_str().unwrap(),
+            "--profile",
+            "p",
+            "snapshots",
+        ])
         .assert()
         .code(2);
     // A file given but missing is an error, not an empty configuration.
@@ -284,7 +319,10 @@ fn user_profiles_replace_system_profiles_whole() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    assert!(listing.contains("a.txt") && !listing.contains("b.log"), "{listing}");
+    assert!(
+        listing.contains("a.txt") && !listing.contains("b.log"),
+        "{listing}"
+    );
     // The user's profile of the same name replaces it as a whole: no exclude any more.
     write(&user_file(&env), &profile("p", &repo, &key));
     let second = backup(&env, &["--profile", "p", src.to_str().unwrap()]);
@@ -359,12 +397,18 @@ fn profile_retention_applies_to_forget() {
         .args(["--profile", "p", "forget", "--keep-last", "3"])
         .assert()
         .success();
-    assert_eq!(ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]), made[1..]);
+    assert_eq!(
+        ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]),
+        made[1..]
+    );
     env.bare()
         .args(["--profile", "p", "forget"])
         .assert()
         .success();
-    assert_eq!(ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]), made[2..]);
+    assert_eq!(
+        ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]),
+        made[2..]
+    );
 }
 
 #[test]
@@ -402,7 +446,13 @@ fn wal_commands_answer_postgresql_even_when_the_configuration_is_wrong() {
     std::fs::write(&wal, b"x").unwrap();
     // wal fetch: "cannot tell" (PostgreSQL takes 2 for "no such file").
     env.bare()
-        .args(["--profile", "nope", "wal", "fetch", "000000010000000000000001"])
+        .args([
+            "--profile",
+            "nope",
+            "wal",
+            "fetch",
+            "000000010000000000000001",
+        ])
         .arg(env.path("out"))
         .assert()
         .code(128);
@@ -463,11 +513,37 @@ fn info_reports_every_profile_and_goes_on_past_failures() {
             "[profiles.down]\nrepo = \"rest:http://127.0.0.1:1/\"\npassword_command = \"echo x\"\n",
         ),
     );
-    backup(&env, &["--profile", "good", "--time", "2026-11-01 10:00:00", src.to_str().unwrap()]);
-    let files = backup(&env, &["--profile", "good", "--time", "2026-11-02 10:00:00", src.to_str().unwrap()]);
+    backup(
+        &env,
+        &[
+            "--profile",
+            "good",
+            "--time",
+            "2026-11-01 10:00:00",
+            src.to_str().unwrap(),
+        ],
+    );
+    let files = backup(
+        &env,
+        &[
+            "--profile",
+            "good",
+            "--time",
+            "2026-11-02 10:00:00",
+            src.to_str().unwrap(),
+        ],
+    );
     let out = env
         .bare()
-        .args(["--profile", "good", "--json", "backup", "--stdin", "--stdin-filename", "dump.sql"])
+        .args([
+            "--profile",
+            "good",
+            "--json",
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "dump.sql",
+        ])
         .write_stdin("select 1;\n")
         .output()
         .unwrap();
@@ -479,7 +555,12 @@ fn info_reports_every_profile_and_goes_on_past_failures() {
     let stream = all[2].clone();
 
     let out = env.bare().args(["info", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -500,13 +581,20 @@ fn info_reports_every_profile_and_goes_on_past_failures() {
         .as_str()
         .unwrap()
         .starts_with("2026-11-02T10:00:00"));
-    assert!(good["newest"]["files"]["host"].is_string() && good["newest"]["files"]["user"].is_string());
+    assert!(
+        good["newest"]["files"]["host"].is_string() && good["newest"]["files"]["user"].is_string()
+    );
     assert!(good["newest"].get("pg-basebackup").is_none());
     assert!(good["stored_bytes"].as_u64().unwrap() > 0);
     assert_eq!(good["leases"], 0);
     assert_eq!(by_name("badkey")["status"], "wrong credentials");
     assert_eq!(by_name("nowhere")["status"], "no repository");
-    assert_eq!(by_name("down")["status"], "unreachable", "{}", by_name("down"));
+    assert_eq!(
+        by_name("down")["status"],
+        "unreachable",
+        "{}",
+        by_name("down")
+    );
 
     // For people: a block per profile, local times to the second.
     let out = env.bare().arg("info").output().unwrap();
@@ -527,4 +615,65 @@ fn info_reports_every_profile_and_goes_on_past_failures() {
     let one = json_lines(&env, &["--profile", "good", "info"]);
     assert_eq!(one.len(), 1);
     assert_eq!(one[0]["newest"]["files"]["id"], files.as_str());
+}
+
+/// A synthetic 1 MiB WAL segment of timeline 1 that `wal push` accepts.
+fn wal_segment(dir: &Path, number: u64) -> PathBuf {
+    use cairn_repo::pg::Segment;
+    const SEG: u32 = 1 << 20;
+    let seg = Segment::from_number(1, number, SEG).unwrap();
+    let mut b = vec![0u8; SEG as usize];
+    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    b[2..4].copy_from_slice(&2u16.to_le_bytes());
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    b[8..16].copy_from_slice(&seg.start(SEG).0.to_le_bytes());
+    b[24..32].copy_from_slice(&7_300_000_000_000_000_011u64.to_le_bytes());
+    b[32..36].copy_from_slice(&SEG.to_le_bytes());
+    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    for (i, x) in b.iter_mut().enumerate().skip(40).step_by(97) {
+        *x = (i as u64 ^ number) as u8;
+    }
+    let p = dir.join(seg.name(SEG));
+    std::fs::write(&p, &b).unwrap();
+    p
+}
+
+#[test]
+fn info_shows_the_newest_wal_segment_and_missing_ones() {
+    let env = Env::new();
+    let (repo, key) = keyed_repo(&env, "a");
+    write(
+        &user_file(&env),
+        &format!(
+            "{}[profiles.db.pg]\nwal_spool = {:?}\n",
+            profile("db", &repo, &key),
+            env.path("spool").display().to_string()
+        ),
+    );
+    let pg_wal = env.path("pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    for n in [1, 2, 3, 5] {
+        env.bare()
+            .args(["--profile", "db", "wal", "push"])
+            .arg(wal_segment(&pg_wal, n))
+            .assert()
+            .success();
+    }
+    // The profile's spool is the one used.
+    assert!(env.path("spool").exists());
+    let r = &json_lines(&env, &["info"])[0];
+    assert_eq!(r["profile"], "db");
+    assert_eq!(
+        r["wal"]["newest_segment"], "000000010000000000000005",
+        "{r}"
+    );
+    assert_eq!(r["wal"]["missing_segments"], 1, "{r}");
+    assert!(r["newest"]["wal"]["id"].is_string(), "{r}");
+    let out = env.bare().arg("info").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("newest segment 000000010000000000000005")
+            && text.contains("1 segments missing"),
+        "{text}"
+    );
 }

@@ -333,10 +333,7 @@ fn print_human(r: &Report) -> Result<()> {
         }
     }
     if let Some(w) = r.wal.as_ref().filter(|w| w.missing_segments > 0) {
-        outln!(
-            "  wal gaps       {} segments missing",
-            w.missing_segments
-        );
+        outln!("  wal gaps       {} segments missing", w.missing_segments);
     }
     if let (Some(b), Some(p)) = (r.stored_bytes, r.packs) {
         outln!("  stored         {} in {p} packs", human_bytes(b));
