@@ -97,7 +97,7 @@ fn a_profile_gives_the_repository_and_key() {
     env.bare().arg("snapshots").assert().code(10);
     assert_eq!(
         ids(&json_lines(&env, &["--profile", "p", "snapshots"])[0]),
-        [id.clone()]
+        [id.as_str()]
     );
     env.bare()
         .env("CAIRN_PROFILE", "p")
@@ -143,7 +143,7 @@ fn the_command_line_and_the_environment_win_over_the_profile() {
             "snapshots",
         ],
     );
-    assert_eq!(ids(&flags[0]), [in_b.clone()]);
+    assert_eq!(ids(&flags[0]), [in_b.as_str()]);
     let out = env
         .bare()
         .env("CAIRN_REPOSITORY", &b)
@@ -269,7 +269,7 @@ fn an_explicit_file_replaces_the_usual_ones() {
             "snapshots",
         ],
     );
-    assert_eq!(ids(&by_flag[0]), [in_b.clone()]);
+    assert_eq!(ids(&by_flag[0]), [in_b.as_str()]);
     let out = env
         .bare()
         .env("CAIRN_CONFIG", &explicit)

@@ -272,8 +272,7 @@ fn in_child(ctx: &Context, profile: &str) -> Result<Report> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let message = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .next_back()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or("no report")
         .trim_start_matches("error: ")
         .to_string();
