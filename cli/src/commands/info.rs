@@ -3,7 +3,7 @@
 //!
 //! Given a profile or a repository, it reports that one. Given neither, it reports every
 //! profile of the configuration file, each by running `cairn --json info` for it in a
-//! process of its own: a profile's credentials (which may be put into the environment)
+//! process of its own, all at once: a profile's credentials (which may be put into the environment)
 //! never meet another's, and one that fails or cannot be reached does not stop the rest.
 //! Exits 0 when every repository was read and is healthy; else, for one repository, the
 //! code another command would exit with on the same failure (10 no repository, 12 wrong
@@ -80,10 +80,23 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<i32> {
     let reports = if args.profiles.is_empty() {
         vec![one(ctx)]
     } else {
-        args.profiles
-            .iter()
-            .map(|name| in_child(ctx, name))
-            .collect::<Result<Vec<_>>>()?
+        // At the same time: an unreachable server's retries delay no other profile.
+        std::thread::scope(|scope| {
+            let running: Vec<_> = args
+                .profiles
+                .iter()
+                .map(|name| scope.spawn(move || in_child(ctx, name)))
+                .collect();
+            running
+                .into_iter()
+                .zip(&args.profiles)
+                .map(|(t, name)| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("the report on profile {name} failed"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?
     };
     for (i, r) in reports.iter().enumerate() {
         if ctx.json() {
