@@ -6,7 +6,7 @@
 //! - `--config FILE` or `CAIRN_CONFIG`: that file alone (missing is an error);
 //! - else the system file (`/etc/cairn/config.toml`, or `CAIRN_SYSTEM_CONFIG`) and then the
 //!   user file (`$XDG_CONFIG_HOME/cairn/config.toml`, else `~/.config/cairn/config.toml`),
-//!   both optional. A profile in the user file replaces the system file's profile of the
+//!   both optional (one this user may not read is skipped). A profile in the user file replaces the system file's profile of the
 //!   same name as a whole (no key-wise merging: what a profile does is what one table says),
 //!   and the user file's `default_profile` wins over the system file's.
 //!
@@ -123,6 +123,9 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     pub default_profile: Option<String>,
     pub profiles: BTreeMap<String, (Profile, PathBuf)>,
+    /// Files that exist but this user may not read (a system file holding secrets, readable
+    /// by root only), with the reason: skipped, and named when a profile is not found.
+    pub unreadable: Vec<(PathBuf, String)>,
 }
 
 fn usage(msg: String) -> anyhow::Error {
@@ -168,9 +171,13 @@ pub fn load(explicit: Option<&Path>) -> Result<Config> {
 
 impl Config {
     fn add_if_present(&mut self, path: &Path) -> Result<()> {
-        match std::fs::metadata(path) {
+        match std::fs::File::open(path) {
             Ok(_) => self.add(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                self.unreadable.push((path.to_path_buf(), e.to_string()));
+                Ok(())
+            }
             Err(e) => Err(usage(format!(
                 "cannot read the configuration file {}: {e}",
                 path.display()
@@ -242,9 +249,17 @@ impl Config {
 
     /// Which files were read, or looked for when none was found.
     pub fn files_read(&self) -> String {
+        let skipped: String = self
+            .unreadable
+            .iter()
+            .map(|(f, e)| format!("; {} cannot be read ({e})", f.display()))
+            .collect();
         if !self.files.is_empty() {
             let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
-            return format!("files read: {}", files.join(", "));
+            return format!("files read: {}{skipped}", files.join(", "));
+        }
+        if !skipped.is_empty() {
+            return format!("no configuration file read{skipped}");
         }
         let mut looked = vec![system_file().display().to_string()];
         if let Some(u) = user_file() {

@@ -23,6 +23,10 @@ use crate::pg_args::PgCommand;
 /// `cairn info` given neither a profile nor a repository gets the names of every profile
 /// instead, to show each in a process of its own.
 pub fn apply(cli: &mut Cli) -> Result<()> {
+    // Commands that use no repository work whatever the files say.
+    if matches!(cli.command, Command::Version | Command::Generate { .. }) {
+        return Ok(());
+    }
     let config = config::load(cli.global.config.as_deref())?;
     let g = &cli.global;
     let nothing_named = g.profile.is_none() && g.repo.is_none() && g.repository_file.is_none();

@@ -198,6 +198,8 @@ fn unknown_keys_and_bad_toml_are_refused_naming_file_and_line() {
         .assert()
         .code(2)
         .stderr(contains("line 1").and(contains(file_name.as_str())));
+    // Commands that use no repository do not read it.
+    env.bare().arg("version").assert().success();
 }
 
 #[test]
