@@ -69,11 +69,16 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
             done.wal.segments,
             describe(&opts.target)
         );
-        if let Some(vars) = remote_credentials(&ctx.location()?.0) {
-            outln!(
+        match (remote_credentials(&ctx.location()?.0), &ctx.global.profile) {
+            (Some(vars), None) => outln!(
                 "restore_command reads {vars} from PostgreSQL's environment, as archive_command does: \
                  the server must be started with them"
-            );
+            ),
+            (Some(vars), Some(profile)) => outln!(
+                "restore_command reads {vars} from profile {profile} of the configuration file or \
+                 from PostgreSQL's environment: the PostgreSQL user must be able to read the file"
+            ),
+            (None, _) => {}
         }
         outln!(
             "start it with: pg_ctl -D {} start   (it replays the WAL, then {})",
@@ -139,6 +144,17 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 pub fn fetch_command(ctx: &Context, tenant: &str) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("finding this program's path")?;
     let mut cmd = vec![exe.display().to_string()];
+    // The profile too: credentials it holds (a server's password) reach restore_command
+    // only through it.
+    if let Some(config) = &ctx.global.config {
+        cmd.extend([
+            "--config".to_string(),
+            absolute(config)?.display().to_string(),
+        ]);
+    }
+    if let Some(profile) = &ctx.global.profile {
+        cmd.extend(["--profile".to_string(), profile.clone()]);
+    }
     let (location, default) = ctx.location()?;
     match (&ctx.global.repo, &ctx.global.repository_file, &default) {
         (_, _, Some(d)) => cmd.extend(["-r".to_string(), absolute(&d.repo)?.display().to_string()]),
