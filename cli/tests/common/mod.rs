@@ -10,6 +10,7 @@ use serde_json::Value;
 
 pub mod pg;
 pub mod pg_archive;
+pub mod profiles;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
