@@ -27,6 +27,10 @@ pub fn apply(cli: &mut Cli) -> Result<()> {
     if matches!(cli.command, Command::Version | Command::Generate { .. }) {
         return Ok(());
     }
+    // An empty CAIRN_PROFILE or CAIRN_CONFIG (a way to unset one in a unit file) is unset.
+    let g = &mut cli.global;
+    g.profile = g.profile.take().filter(|p| !p.is_empty());
+    g.config = g.config.take().filter(|c| !c.as_os_str().is_empty());
     let config = config::load(cli.global.config.as_deref())?;
     let g = &cli.global;
     let nothing_named = g.profile.is_none() && g.repo.is_none() && g.repository_file.is_none();

@@ -34,12 +34,18 @@ fn a_profile_gives_the_repository_and_key() {
         .assert()
         .success()
         .stdout(contains(&id[..8]));
-    // default_profile stands in for --profile.
+    // default_profile stands in for --profile (and an empty CAIRN_PROFILE is none).
     write(
         &user_file(&env),
         &format!("default_profile = \"p\"\n{}", profile("p", &repo, &key)),
     );
-    assert_eq!(ids(&json_lines(&env, &["snapshots"])[0]), [id]);
+    assert_eq!(ids(&json_lines(&env, &["snapshots"])[0]), [id.as_str()]);
+    env.bare()
+        .env("CAIRN_PROFILE", "")
+        .args(["snapshots"])
+        .assert()
+        .success()
+        .stdout(contains(&id[..8]));
 }
 
 #[test]
