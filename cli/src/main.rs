@@ -4,7 +4,7 @@
 //! Exit codes:
 //! - 0: success
 //! - 1: failure (nothing was committed by a failed backup)
-//! - 2: invalid command line
+//! - 2: invalid command line, or a configuration file error
 //! - 3: backup saved, but some files could not be read (the snapshot is marked incomplete)
 //! - 10: the repository does not exist or is not a Cairn repository
 //! - 12: wrong password or key
