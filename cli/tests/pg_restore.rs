@@ -441,3 +441,89 @@ fn retention_keeps_what_a_window_needs_across_a_timeline_switch() {
     assert_eq!(code(&out), Some(1), "{}", text(&out));
     assert!(!w.join("gone").exists(), "a refused restore wrote files");
 }
+
+/// What a `pg restore` stopped part way leaves (its marker, some files partial or missing,
+/// perhaps a `pg_control` and no recovery settings yet) is finished by running it again, and
+/// the cluster then recovers as from an uninterrupted restore.
+#[test]
+fn an_interrupted_restore_is_finished_by_running_it_again() {
+    let Some(_pg) = Pg::require() else { return };
+    let arc = PgArchive::new();
+    let work = postgres_tempdir();
+    let w = work.path();
+    let pg = archiving_cluster(&arc, &w.join("cluster"));
+    pg.pgbench_init(1);
+    let base = arc.basebackup(&pg);
+    let id = base["snapshot"].as_str().unwrap().to_string();
+    mark(&pg, 1);
+    pg.switch_and_archive(ARCHIVED);
+    drop(pg);
+
+    let data = w.join("back");
+    let out = arc.restore(&data, &[]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    assert!(!data.join(".cairn-restore-in-progress").exists());
+    // Undo the end of it, as an interruption would have left it.
+    std::fs::write(
+        data.join(".cairn-restore-in-progress"),
+        format!("interrupted\nsnapshot {id}\n"),
+    )
+    .unwrap();
+    let owner = std::fs::metadata(&data).unwrap();
+    std::os::unix::fs::chown(
+        data.join(".cairn-restore-in-progress"),
+        Some(std::os::unix::fs::MetadataExt::uid(&owner)),
+        Some(std::os::unix::fs::MetadataExt::gid(&owner)),
+    )
+    .unwrap();
+    std::fs::remove_file(data.join("recovery.signal")).unwrap();
+    std::fs::write(data.join("global/pg_control"), b"half").unwrap();
+    let largest = std::fs::read_dir(data.join("base/5"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&largest)
+        .unwrap();
+    f.set_len(8192).unwrap();
+    drop(f);
+    std::fs::remove_file(data.join("PG_VERSION")).unwrap();
+
+    // Another data directory's marker is refused.
+    let other = w.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join(".cairn-restore-in-progress"),
+        format!("interrupted\nsnapshot {}\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    let out = arc.restore(&other, &[]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("interrupted restore of base backup abababab"),
+        "{}",
+        text(&out)
+    );
+
+    let out = arc.restore(&data, &[]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    assert!(!data.join(".cairn-restore-in-progress").exists());
+    assert!(data.join("recovery.signal").exists());
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert_eq!(auto.matches("restore_command").count(), 1, "{auto}");
+    let mut back = Cluster::from_restored(
+        &data,
+        &RestoredOpts {
+            settings: vec![("archive_mode".to_string(), "off".to_string())],
+            env: arc.base_vars(),
+            ..RestoredOpts::default()
+        },
+    );
+    back.start();
+    back.wait_recovery_end(RECOVERY);
+    assert_eq!(marks(&back), vec![1]);
+    assert_eq!(back.psql("select count(*) from pgbench_accounts"), "100000");
+}

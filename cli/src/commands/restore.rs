@@ -31,6 +31,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         },
         delete: args.delete,
         verify: args.verify,
+        keep_marker: false,
     };
     let total = if opts.include.is_none() {
         Some(snap.summary.total_bytes)
@@ -53,10 +54,12 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
             "bytes_written": s.bytes_written,
             "deleted": s.deleted,
             "verified": s.verified,
+            "resumed": s.resumed,
         }))?;
     } else if !ctx.quiet() {
         outln!(
-            "restored snapshot {} to {}: {} files ({}), {} dirs, {} other, {} hard links, {} unchanged{}{}",
+            "{} snapshot {} to {}: {} files ({}), {} dirs, {} other, {} hard links, {} unchanged{}{}",
+            if s.resumed { "finished the interrupted restore of" } else { "restored" },
             id.short(),
             args.target.display(),
             s.files,

@@ -10,6 +10,10 @@
 //!    archived WAL cut off by a gap). A restore that could only stop early is refused with
 //!    the first missing segment named.
 //! 3. Refuse a data directory that is not empty: nothing of an existing cluster is touched.
+//!    The one exception is a directory holding an interrupted restore of the same base
+//!    backup (its marker, see `restorer`), which this restore finishes: its `pg_control`,
+//!    if the interrupted run got that far, is removed first, so that it is again written
+//!    last.
 //! 4. Restore every file but `global/pg_control`, flush the file system, then restore
 //!    `pg_control` and flush again: a restore interrupted before the end leaves a directory
 //!    PostgreSQL refuses to start, never a cluster that starts on half its files.
@@ -78,10 +82,14 @@ pub fn restore(
     if crate::sys::is_root() {
         check_owner_can_fetch(repo, &snapshot, &fetch_needs(&opts.command))?;
     }
-    prepare_dir(pgdata)?;
+    prepare_dir(pgdata, &id)?;
+    remove_control_if_resuming(pgdata, &id)?;
 
+    // The in-progress marker stays until the recovery settings are written too, so that a
+    // restore interrupted at any step is finished by running it again.
     let all_but_control = RestoreOptions {
         exclude: Excludes::new(&[PG_CONTROL.to_string()], &[])?,
+        keep_marker: true,
         ..RestoreOptions::default()
     };
     let first = restorer::restore(repo, &id, pgdata, &all_but_control, progress)?;
@@ -89,6 +97,7 @@ pub fn restore(
     let control = RestoreOptions {
         include: Some(Excludes::new(&[PG_CONTROL.to_string()], &[])?),
         overwrite: restorer::Overwrite::IfChanged,
+        keep_marker: true,
         ..RestoreOptions::default()
     };
     let second = restorer::restore(repo, &id, pgdata, &control, progress)?;
@@ -101,6 +110,7 @@ pub fn restore(
     write_recovery(pgdata, opts)?;
     give_to_cluster_owner(pgdata)?;
     sync_fs(pgdata)?;
+    restorer::remove_marker(pgdata)?;
     Ok(PgRestored {
         snapshot: id,
         base,
@@ -111,11 +121,27 @@ pub fn restore(
     })
 }
 
-/// Creates `dir` (owner only, as PostgreSQL requires) or accepts it when empty.
-fn prepare_dir(dir: &Path) -> Result<()> {
+/// Creates `dir` (owner only, as PostgreSQL requires) or accepts it when empty, or when it
+/// holds an interrupted restore of the same base backup (which this one then finishes).
+fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
+                match restorer::interrupted_restore(dir)? {
+                    Some(other) if other == *snapshot => return Ok(()),
+                    Some(other) => {
+                        return Err(Error::new(
+                            ErrorKind::AlreadyExists,
+                            format!(
+                                "{} holds an interrupted restore of base backup {}, not of {}: restore that one again to finish it, or move the folder aside",
+                                dir.display(),
+                                other.short(),
+                                snapshot.short()
+                            ),
+                        ))
+                    }
+                    None => {}
+                }
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     format!(
@@ -133,6 +159,20 @@ fn prepare_dir(dir: &Path) -> Result<()> {
             .create(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e)),
         Err(e) => Err(Error::io(format!("reading {}", dir.display()), e)),
+    }
+}
+
+/// When finishing an interrupted restore, removes a `pg_control` it may have written, so
+/// that the files restored now are all in place before it is.
+fn remove_control_if_resuming(pgdata: &Path, snapshot: &Id) -> Result<()> {
+    if restorer::interrupted_restore(pgdata)? != Some(*snapshot) {
+        return Ok(());
+    }
+    let control = pgdata.join(PG_CONTROL.trim_start_matches('/'));
+    match std::fs::remove_file(&control) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", control.display()), e)),
     }
 }
 

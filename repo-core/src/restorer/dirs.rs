@@ -77,6 +77,23 @@ pub(super) fn open_target(target: &Path) -> Result<DirFd> {
     })
 }
 
+/// Opens the target folder if it exists; `None` when it does not.
+pub(super) fn open_existing_target(target: &Path) -> Result<Option<DirFd>> {
+    match openat(
+        nix::fcntl::AT_FDCWD,
+        target,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(DirFd {
+            file: File::from(fd),
+            path: target.to_path_buf(),
+        })),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(errno(target, e)),
+    }
+}
+
 /// Opens the existing folder `name` of `parent`, never through a symlink.
 pub(super) fn open_dir(parent: &DirFd, name: &[u8]) -> Result<DirFd> {
     let path = parent.child(name);

@@ -187,10 +187,11 @@ impl Restorer<'_> {
             NodeKind::File => {
                 kind == SFlag::S_IFREG
                     && st.st_size as u64 == node.size
-                    && match open_regular(dir, name)? {
-                        Some(f) => content_matches(self.repo, f, &dir.child(name), node)?,
-                        None => false,
-                    }
+                    && (self.resuming && completed_by_restore(st, node)
+                        || match open_regular(dir, name)? {
+                            Some(f) => content_matches(self.repo, f, &dir.child(name), node)?,
+                            None => false,
+                        })
             }
             NodeKind::Fifo => kind == SFlag::S_IFIFO,
             NodeKind::Chardev => kind == SFlag::S_IFCHR && st.st_rdev == node.rdev,
@@ -257,10 +258,12 @@ impl Restorer<'_> {
         // The folder is listed, and a subfolder removed, through the descriptor's own path.
         let own = Path::new("/proc/self/fd").join(dir.file.as_raw_fd().to_string());
         let rd = std::fs::read_dir(&own).map_err(|e| io_err(&dir.path, e))?;
+        // The in-progress marker at the top stays until the restore is done.
+        let at_top = dir.path == self.target;
         for entry in rd {
             let entry = entry.map_err(|e| io_err(&dir.path, e))?;
             let name = entry.file_name();
-            if keep.contains(name.as_bytes()) {
+            if keep.contains(name.as_bytes()) || at_top && name == super::MARKER {
                 continue;
             }
             let shown = dir.child(name.as_bytes());
@@ -577,4 +580,12 @@ impl Restorer<'_> {
         )
         .map_err(err)
     }
+}
+
+/// Whether a file of the snapshot's size was completed by an interrupted restore: its times
+/// are the snapshot's to the nanosecond, and a restore applies them after everything else
+/// (see `resume`).
+fn completed_by_restore(st: &FileStat, node: &Node) -> bool {
+    let mtime = node.mtime;
+    st.st_mtime == mtime.0 && st.st_mtime_nsec == i64::from(mtime.1)
 }

@@ -31,6 +31,7 @@
 mod dirs;
 mod entries;
 mod fetch;
+mod resume;
 mod write;
 
 use std::collections::HashMap;
@@ -51,6 +52,7 @@ use crate::walk::Excludes;
 
 use dirs::{DirFd, DirStack};
 use entries::Batch;
+pub use resume::MARKER;
 pub use write::file_matches;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +76,9 @@ pub struct RestoreOptions {
     pub delete: bool,
     /// Read every restored file back and check it against the snapshot.
     pub verify: bool,
+    /// Leave the in-progress marker when done: the caller has steps of its own after this
+    /// restore and removes it with [`remove_marker`] once they are done too.
+    pub keep_marker: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +91,8 @@ pub struct RestoreSummary {
     pub hardlinks: u64,
     pub deleted: u64,
     pub verified: u64,
+    /// The target held an interrupted restore of this snapshot, which this one finished.
+    pub resumed: bool,
 }
 
 /// How many descriptors a restore may hold at once, from the process's limit on open files
@@ -114,6 +121,8 @@ impl Limits {
 struct Restorer<'a> {
     repo: &'a Repository,
     opts: &'a RestoreOptions,
+    /// Finishing an interrupted restore of the same snapshot (see [`resume`]).
+    resuming: bool,
     progress: &'a dyn Progress,
     summary: RestoreSummary,
     /// The target folder's path, as given.
@@ -236,8 +245,10 @@ impl<'a> Restorer<'a> {
                 if let Some(st) = &existing {
                     let is_dir = entries::kind_of(st) == nix::sys::stat::SFlag::S_IFDIR;
                     let replaceable = !(is_dir && node.kind != NodeKind::Dir);
-                    let same = self.matches_existing(&dir, &node.name, &node, st)?;
-                    if !same && (self.opts.overwrite == Overwrite::Never || !replaceable) {
+                    // Whether it is the same matters only where it could not be replaced;
+                    // comparing a file reads it whole.
+                    let must_match = self.opts.overwrite == Overwrite::Never || !replaceable;
+                    if must_match && !self.matches_existing(&dir, &node.name, &node, st)? {
                         self.conflict_count += 1;
                         if self.conflicts.len() < 10 {
                             self.conflicts
@@ -341,6 +352,9 @@ impl<'a> Restorer<'a> {
                 let created = if restore {
                     let parent = stack.dir()?;
                     let (dir, created) = dirs::ensure_dir(&parent, &node.name)?;
+                    if self.resuming && !created {
+                        resume::remove_temporaries(&dir)?;
+                    }
                     stack.push_open(&node.name, dir)?;
                     created
                 } else {
@@ -389,6 +403,10 @@ impl<'a> Restorer<'a> {
 }
 
 /// Restores the tree of snapshot `snapshot` below `target`.
+///
+/// An interrupted restore of the same snapshot into the same target is finished: entries
+/// that differ are replaced and complete ones kept, whatever `opts.overwrite` says (see
+/// [`resume`]).
 pub fn restore(
     repo: &Repository,
     snapshot: &Id,
@@ -399,14 +417,21 @@ pub fn restore(
     repo.sync_index()?;
     let snap = repo.read_snapshot(snapshot)?;
     let target_dir = dirs::open_target(target)?;
+    let interrupted = resume::read(&target_dir)?;
+    let resuming = interrupted == Some(*snapshot);
     let target_was_empty = std::fs::read_dir(target)
         .map_err(|e| io_err(target, e))?
         .next()
         .is_none();
+    let mut effective = opts.clone();
+    if resuming && effective.overwrite == Overwrite::Never {
+        effective.overwrite = Overwrite::IfChanged;
+    }
     let mut stack = DirStack::new(target_dir)?;
     let mut r = Restorer {
         repo,
-        opts,
+        opts: &effective,
+        resuming,
         progress,
         summary: RestoreSummary::default(),
         target: target.to_path_buf(),
@@ -426,15 +451,29 @@ pub fn restore(
         } else {
             String::new()
         };
+        let other = match interrupted {
+            Some(other) if other != *snapshot => format!(
+                "; an interrupted restore of snapshot {} is in this folder, which restoring that snapshot again finishes",
+                other.short()
+            ),
+            _ => String::new(),
+        };
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "{} existing entries differ from the snapshot and were left untouched: {}{more}; nothing was restored (use --overwrite if-changed or always)",
+                "{} existing entries differ from the snapshot and were left untouched: {}{more}; nothing was restored (use --overwrite if-changed or always){other}",
                 r.conflict_count,
                 r.conflicts.join(", ")
             ),
         ));
     }
+    // From here on the target changes: a restore that stops before the end leaves the
+    // marker, and running it again finishes it.
+    resume::write(&r.root, snapshot)?;
+    if resuming {
+        resume::remove_temporaries(&r.root)?;
+    }
+    r.summary.resumed = resuming;
     r.budget = EntryBudget::for_snapshot(&snap);
     r.restore_pass(
         &snap.tree,
@@ -443,5 +482,24 @@ pub fn restore(
         target_was_empty,
     )?;
     r.flush()?;
+    if !opts.keep_marker {
+        resume::remove(&r.root)?;
+    }
     Ok(r.summary)
+}
+
+/// The snapshot whose restore into `target` was interrupted, if any (its marker is there).
+pub fn interrupted_restore(target: &Path) -> Result<Option<Id>> {
+    match dirs::open_existing_target(target)? {
+        Some(dir) => resume::read(&dir),
+        None => Ok(None),
+    }
+}
+
+/// Removes the in-progress marker a restore with `keep_marker` left in `target`.
+pub fn remove_marker(target: &Path) -> Result<()> {
+    match dirs::open_existing_target(target)? {
+        Some(dir) => resume::remove(&dir),
+        None => Ok(()),
+    }
 }

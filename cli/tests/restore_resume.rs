@@ -1,0 +1,236 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Running an interrupted restore again finishes it: complete files are kept, partial ones
+//! redone, temporary files removed, and no `--overwrite` is needed.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{restored, Env};
+
+const MARKER: &str = ".cairn-restore-in-progress";
+
+fn snapshot_id(env: &Env) -> String {
+    env.snapshot_ids().pop().unwrap()
+}
+
+/// Every regular file below `dir`, relative to it, with its content.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+                out.push((rel, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_unfinished_restore_is_finished_without_overwrite() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    assert!(
+        !target.join(MARKER).exists(),
+        "a finished restore removes its marker"
+    );
+
+    // What an interrupted restore of this snapshot leaves: its marker, a complete file, a
+    // partial one, one not yet written, and a temporary file of a replacement.
+    std::fs::write(
+        target.join(MARKER),
+        format!("a cairn restore into this folder was interrupted\nsnapshot {id}\n"),
+    )
+    .unwrap();
+    let kept_inode = std::fs::metadata(out.join("a.txt")).unwrap().ino();
+    std::fs::write(out.join("sub/c.txt"), vec![b'c'; 70_000]).unwrap();
+    std::fs::remove_file(out.join("b.log")).unwrap();
+    let stray = out.join("sub/.cairn-restore-0123456789abcdef.tmp");
+    std::fs::write(&stray, "half a file").unwrap();
+
+    let r = env.json(&["restore", "latest", "--target", t]);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert_eq!(
+        r["files"], 2,
+        "the partial and the missing file are written: {r}"
+    );
+    assert_eq!(r["files_unchanged"], 1, "{r}");
+    assert_eq!(files(&out), files(&src));
+    assert_eq!(
+        std::fs::metadata(out.join("a.txt")).unwrap().ino(),
+        kept_inode,
+        "a complete file is kept, not written again"
+    );
+    assert!(!stray.exists(), "the temporary file is removed");
+    assert!(!target.join(MARKER).exists());
+
+    // Without a marker the same state is a conflict, as before.
+    std::fs::write(out.join("sub/c.txt"), vec![b'c'; 70_000]).unwrap();
+    let err = env.fails(&["restore", "latest", "--target", t], 1);
+    assert!(
+        err.contains("c.txt") && err.contains("--overwrite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_marker_of_another_snapshot_is_named_and_changes_nothing() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let first = snapshot_id(&env);
+    std::fs::write(src.join("a.txt"), "changed\n").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", &first, "--target", t]);
+    std::fs::write(
+        target.join(MARKER),
+        format!("interrupted\nsnapshot {first}\n"),
+    )
+    .unwrap();
+    let err = env.fails(&["restore", "latest", "--target", t], 1);
+    assert!(err.contains("a.txt"), "{err}");
+    assert!(
+        err.contains(&format!("interrupted restore of snapshot {}", &first[..8])),
+        "{err}"
+    );
+    let out = restored(&target, &src);
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "alpha\n"
+    );
+    // The interrupted snapshot itself finishes, and its marker goes.
+    env.ok(&["restore", &first, "--target", t]);
+    assert!(!target.join(MARKER).exists());
+}
+
+const FILE_SIZE: u64 = 48 * 1024;
+
+/// A tree that takes a while to restore: many files with content of their own.
+fn big_source(env: &Env) -> PathBuf {
+    let src = env.path("big");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..40 {
+            let mut data = vec![0u8; FILE_SIZE as usize];
+            for chunk in data.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            std::fs::write(dir.join(format!("f{f:03}")), data).unwrap();
+        }
+    }
+    src
+}
+
+/// Files below `dir` with all their bytes (restored files are created, then written).
+fn count_complete(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(_) if e.metadata().is_ok_and(|m| m.len() == FILE_SIZE) => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+/// Starts a restore into `target` and sends `signal` once some files are there; returns the
+/// exit status, or `None` when the restore finished before it could be interrupted.
+fn interrupt_restore(
+    env: &Env,
+    target: &Path,
+    signal: nix::sys::signal::Signal,
+) -> Option<std::process::ExitStatus> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.env_clear()
+        .envs(env.cmd_vars())
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the restore ended before it was interrupted: {status}");
+        }
+        if count_complete(target) > 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no files appeared in a minute");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+    let status = child.wait().unwrap();
+    // The marker is there unless the restore finished just before the signal.
+    target.join(MARKER).exists().then_some(status)
+}
+
+#[test]
+fn a_restore_stopped_by_ctrl_c_or_sigkill_finishes_when_run_again() {
+    use nix::sys::signal::Signal;
+    let env = Env::new();
+    env.init();
+    let src = big_source(&env);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    for (n, signal) in [Signal::SIGINT, Signal::SIGKILL].into_iter().enumerate() {
+        let target = env.path(&format!("out{n}"));
+        let Some(status) = interrupt_restore(&env, &target, signal) else {
+            panic!("the restore finished before {signal} reached it; make the tree larger");
+        };
+        match signal {
+            Signal::SIGINT => assert_eq!(status.code(), Some(130), "{status}"),
+            _ => assert_eq!(status.code(), None, "{status}"),
+        }
+        let r = env.json(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--verify",
+        ]);
+        assert_eq!(r["resumed"], true, "{r}");
+        assert!(
+            r["files_unchanged"].as_u64().unwrap() > 0,
+            "files completed before the {signal} are kept: {r}"
+        );
+        assert_eq!(
+            r["files"].as_u64().unwrap() + r["files_unchanged"].as_u64().unwrap(),
+            800,
+            "{r}"
+        );
+        assert_eq!(files(&restored(&target, &src)), files(&src));
+        assert!(!target.join(MARKER).exists());
+    }
+}
