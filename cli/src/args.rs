@@ -43,6 +43,10 @@ const FORGET_EXAMPLES: &str = "Examples:
     after_help = EXIT_CODES
 )]
 pub struct Cli {
+    /// Same as --password-file, as restic's -p. Given before the command only: in the pg
+    /// commands -p is the PostgreSQL port, as in libpq's programs
+    #[arg(short = 'p', value_name = "FILE", help_heading = "Global options")]
+    pub password_file_short: Option<PathBuf>,
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]

@@ -192,6 +192,10 @@ fn command_name(command: &args::Command) -> &'static str {
 fn main() {
     limit_malloc_arenas();
     let mut cli = parse_args();
+    // `-p FILE` is given on the command line, so it wins over CAIRN_PASSWORD_FILE.
+    if let Some(file) = cli.password_file_short.take() {
+        cli.global.password_file = Some(file);
+    }
     // Before any thread starts: a profile may set credentials in the environment.
     if let Err(e) = profile::apply(&mut cli) {
         eprintln!("error: {}", error_text(&e));

@@ -426,6 +426,45 @@ fn repository_file_and_version() {
     assert!(env.ok(&["version"]).starts_with("cairn "));
 }
 
+/// `-p FILE` before the command is the password file, as restic's, and wins over
+/// CAIRN_PASSWORD_FILE; in `pg basebackup` `-p` stays the PostgreSQL port.
+#[test]
+fn dash_p_is_the_password_file_before_the_command() {
+    let env = Env::new();
+    env.init();
+    let repo = env.repo();
+    let out = env
+        .bare()
+        .args(["-r", repo.to_str().unwrap(), "-p"])
+        .arg(env.path("password"))
+        .args(["snapshots"])
+        .env("CAIRN_PASSWORD_FILE", env.path("no-such-file"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(env.path("wrong"), "wrong horse\n").unwrap();
+    let out = env
+        .bare()
+        .args(["-r", repo.to_str().unwrap(), "-p"])
+        .arg(env.path("wrong"))
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12));
+    // After the command, -p is not the password file: in pg basebackup it is the port.
+    let out = env
+        .bare()
+        .args(["pg", "basebackup", "-p", "not-a-port"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-port"));
+}
+
 /// `cairn list` names the objects of each type; `list blobs` gives id, kind and pack.
 #[test]
 fn list_names_objects_by_type() {
