@@ -514,9 +514,16 @@ pub struct BackupArgs {
     /// auto, off, fastest, default, max, or a zstd level 1-22
     #[arg(long)]
     pub compression: Option<String>,
-    /// Read every file even when the files cache says it is unchanged
+    /// Read every file even when the files cache (or the parent snapshot) says it is
+    /// unchanged
     #[arg(long)]
     pub force: bool,
+    /// The parent snapshot (an id or `latest`): recorded as this snapshot's parent, and its
+    /// files taken as unchanged, without reading them, where the local files cache does not
+    /// know them but inode, size, mtime and ctime match [default: the latest snapshot of
+    /// the same host and paths]
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
     /// The command and its arguments (with --stdin-from-command)
     #[arg(last = true)]
     pub command: Vec<String>,

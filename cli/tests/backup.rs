@@ -529,3 +529,54 @@ fn a_dry_run_says_what_a_backup_would_add_and_stores_nothing() {
     assert_eq!(again["summary"]["bytes_read"], 0, "{again}");
     assert_eq!(listing(&env.repo()), before);
 }
+
+/// Without its files cache (a new cache folder, as in a throwaway container), a backup still
+/// takes unchanged files from the parent snapshot instead of reading them; `--parent` names
+/// the parent when the paths differ, and is recorded.
+#[test]
+fn the_parent_snapshot_spares_reading_what_the_files_cache_does_not_know() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let s = src.to_str().unwrap();
+    let first = env.json(&["backup", s]);
+    let first_id = first["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::write(src.join("b.log"), "beta, changed\n").unwrap();
+
+    let fresh = |name: &str| env.path(name).to_str().unwrap().to_string();
+    let second = env.json(&["--cache-dir", &fresh("cache-2"), "backup", s]);
+    assert_eq!(second["parent"], first_id.as_str(), "{second}");
+    let sum = &second["summary"];
+    assert_eq!(sum["files_unmodified"], 2, "{second}");
+    assert_eq!(sum["files_changed"], 1, "{second}");
+    assert_eq!(
+        sum["bytes_read"], 14,
+        "only the changed file is read: {second}"
+    );
+
+    // `--force` reads everything, parent or not.
+    let forced = env.json(&["--cache-dir", &fresh("cache-3"), "backup", "--force", s]);
+    assert_eq!(forced["summary"]["files_unmodified"], 0, "{forced}");
+
+    // Other paths (here the tree and a folder inside it) have no automatic parent ...
+    let sub = src.join("sub");
+    let sub = sub.to_str().unwrap();
+    let other = env.json(&["--cache-dir", &fresh("cache-4"), "backup", s, sub]);
+    assert!(other["parent"].is_null(), "{other}");
+    assert_eq!(other["summary"]["files_unmodified"], 0, "{other}");
+    // ... but --parent names one, whose files are then taken as unchanged.
+    let named = env.json(&[
+        "--cache-dir",
+        &fresh("cache-5"),
+        "backup",
+        "--parent",
+        &first_id[..8],
+        s,
+        sub,
+    ]);
+    assert_eq!(named["parent"], first_id.as_str(), "{named}");
+    assert_eq!(named["summary"]["files_unmodified"], 2, "{named}");
+    assert_eq!(named["summary"]["bytes_read"], 14, "{named}");
+    let bad = env.fails(&["backup", "--parent", "ffffffff", s], 1);
+    assert!(bad.contains("ffffffff"), "{bad}");
+}

@@ -104,6 +104,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
             .map(parse_compression)
             .transpose()?,
         use_files_cache: !args.force,
+        parent: None,
         dry_run: args.dry_run,
     };
     let stream_mode = args.stdin || args.stdin_from_command;
@@ -125,6 +126,14 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     } else {
         ctx.open_or_create_default()?
     };
+    if let Some(spec) = &args.parent {
+        let filter = crate::args::SnapshotFilter::default();
+        let (id, _, sub) = super::snapshots::resolve(&repo, spec, &filter)?;
+        if sub.is_some() {
+            crate::bail_usage!("--parent takes a snapshot, not SNAPSHOT:PATH");
+        }
+        opts.parent = Some(id);
+    }
     // The repository and the cache are never backed up (a backup of a home folder holds
     // both by default): every run would store the packs of the runs before it again.
     if let (cairn_repo::Location::Local(path), _) = ctx.location()? {

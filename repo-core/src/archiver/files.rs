@@ -167,13 +167,31 @@ impl Archiver<'_> {
         Ok(true)
     }
 
+    /// Whether the parent snapshot's node of a file the files cache does not know still
+    /// describes it: same inode, size, mtime and ctime, and every blob it names still
+    /// indexed. (A files cache that is new, was removed, or lives where backups run in
+    /// throwaway containers then still spares reading what did not change.)
+    fn reusable_previous(&self, prev: &Node, st: &Stat) -> Result<bool> {
+        let record = FileRecord {
+            inode: prev.inode,
+            mtime: (prev.mtime.0, prev.mtime.1),
+            ctime: (prev.ctime.0, prev.ctime.1),
+            size: prev.size,
+            content: prev.content.clone(),
+            content_lists: prev.content_lists.clone(),
+        };
+        self.reusable(&record, st)
+    }
+
     /// Accounts for a file about to be saved. Returns the node with its content when the
-    /// files cache shows it unchanged, else what reading it needs.
+    /// files cache, or else the parent snapshot's node of it (`previous`), shows it
+    /// unchanged; otherwise what reading it needs.
     pub(super) fn begin_file(
         &mut self,
         path: &Path,
         mut node: Node,
         st: &Stat,
+        previous: Option<&Node>,
     ) -> Result<std::result::Result<Node, (Node, FileStart)>> {
         let key = path.as_os_str().as_bytes().to_vec();
         self.summary.total_bytes += st.size;
@@ -182,7 +200,7 @@ impl Archiver<'_> {
             Some(r) => r.file(&key)?,
             None => None,
         };
-        let known = rec.is_some();
+        let known = rec.is_some() || previous.is_some();
         if let Some(rec) = rec {
             if self.reusable(&rec, st)? {
                 node.content = rec.content;
@@ -190,6 +208,30 @@ impl Archiver<'_> {
                 self.summary.files_unmodified += 1;
                 self.progress.bytes(st.size);
                 self.progress.file_done(path, FileStatus::Unchanged);
+                return Ok(Ok(node));
+            }
+        } else if let Some(prev) = previous.filter(|_| self.reader.is_some()) {
+            if self.reusable_previous(prev, st)? {
+                node.content = prev.content.clone();
+                node.content_lists = prev.content_lists.clone();
+                self.summary.files_unmodified += 1;
+                self.progress.bytes(st.size);
+                self.progress.file_done(path, FileStatus::Unchanged);
+                // Recorded, so that the next backup finds it in the files cache.
+                self.file_records.push((
+                    key,
+                    FileRecord {
+                        inode: st.ino,
+                        mtime: (st.mtime.0, st.mtime.1),
+                        ctime: (st.ctime.0, st.ctime.1),
+                        size: st.size,
+                        content: node.content.clone(),
+                        content_lists: node.content_lists.clone(),
+                    },
+                ));
+                if self.file_records.len() >= FILES_CACHE_BATCH {
+                    self.flush_file_records()?;
+                }
                 return Ok(Ok(node));
             }
         }

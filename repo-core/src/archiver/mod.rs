@@ -65,8 +65,13 @@ pub struct BackupOptions {
     pub time: Option<jiff::Timestamp>,
     /// zstd level for data blobs; `None` uses the repository's default.
     pub compression: Option<i32>,
-    /// Whether to trust the files cache to skip unchanged files.
+    /// Whether to trust the files cache, and the parent snapshot's tree, to skip unchanged
+    /// files.
     pub use_files_cache: bool,
+    /// The parent snapshot: recorded as the new snapshot's parent, and its tree consulted
+    /// for files the files cache does not know. `None`: the latest snapshot of the same
+    /// host, paths and kind.
+    pub parent: Option<Id>,
     /// Read, cut, compress and seal everything, and count what would be added, but store
     /// nothing: no pack, index file, snapshot, lease or files-cache record is written, so it
     /// works on a read-only repository.
@@ -83,6 +88,7 @@ impl Default for BackupOptions {
             time: None,
             compression: None,
             use_files_cache: true,
+            parent: None,
             dry_run: false,
         }
     }
@@ -134,6 +140,9 @@ pub(crate) struct Archiver<'a> {
     lease: Option<LeaseGuard>,
     /// The index files present at the start, to tell at commit whether a sweep ran.
     watch: IndexWatch,
+    /// The root tree of the parent snapshot, for files the files cache does not know
+    /// (see `files.rs`).
+    previous: Option<Id>,
 }
 
 impl<'a> Archiver<'a> {
@@ -178,6 +187,7 @@ impl<'a> Archiver<'a> {
             file_records: Vec::new(),
             lease,
             watch,
+            previous: None,
         })
     }
 
@@ -247,7 +257,10 @@ impl<'a> Archiver<'a> {
             pg,
             incomplete,
         } = meta;
-        let parent = find_parent(self.repo, &self.opts.host, &paths, kind)?;
+        let parent = match self.opts.parent {
+            Some(p) => Some(p),
+            None => find_parent(self.repo, &self.opts.host, &paths, kind)?,
+        };
         let snapshot = Snapshot {
             version: 1,
             time: self
@@ -362,6 +375,15 @@ pub fn backup_paths(
     names.sort();
     names.dedup();
     let mut a = Archiver::new(repo, opts, progress)?;
+    if opts.use_files_cache {
+        let parent = match opts.parent {
+            Some(p) => Some(p),
+            None => find_parent(repo, &opts.host, &names, SnapshotKind::Files)?,
+        };
+        if let Some(p) = parent {
+            a.previous = Some(repo.read_snapshot(&p)?.tree);
+        }
+    }
     let root_tree = a.walk_roots(&trie)?;
     let root = a.save_tree(root_tree)?;
     let meta = SnapshotMeta {

@@ -29,6 +29,7 @@ use super::files::{FileJob, JOB_BYTES, JOB_FILES};
 use super::{Archiver, SMALL_FILE};
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind, Tree};
+use crate::id::Id;
 use crate::walk::{node_from_stat, read_link_at, read_xattrs, DirHandle, Stat};
 
 /// How many of the innermost folders keep their descriptors open (besides the walk's
@@ -113,6 +114,9 @@ struct Frame<'t> {
     root_dev: Option<u64>,
     entries: Entries<'t>,
     tree: Tree,
+    /// The parent snapshot's entries of this folder, sorted by name (empty when it had no
+    /// such folder): files the files cache does not know are looked up here.
+    previous: Vec<Node>,
     /// Small files queued for reading in parallel, and their bytes.
     jobs: Vec<FileJob>,
     job_bytes: u64,
@@ -129,10 +133,30 @@ impl<'t> Frame<'t> {
             root_dev: None,
             entries: Entries::Done,
             tree: Tree::default(),
+            previous: Vec::new(),
             jobs: Vec::new(),
             job_bytes: 0,
         }
     }
+}
+
+/// The parent snapshot's entry `name` of a folder, if it was a file.
+fn previous_entry<'n>(previous: &'n [Node], name: &[u8]) -> Option<&'n Node> {
+    let i = previous
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()?;
+    previous.get(i).filter(|n| n.kind == NodeKind::File)
+}
+
+/// The tree of the parent snapshot's folder `name`, if it had one.
+fn previous_folder(previous: &[Node], name: &[u8]) -> Option<Id> {
+    let i = previous
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()?;
+    previous
+        .get(i)
+        .filter(|n| n.kind == NodeKind::Dir)
+        .and_then(|n| n.subtree)
 }
 
 fn as_path(bytes: &[u8]) -> &Path {
@@ -160,6 +184,23 @@ fn fd_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl Archiver<'_> {
+    /// The entries of a folder of the parent snapshot. The parent only saves reading: a
+    /// tree that cannot be read is passed over (the files are read), and the backup goes on.
+    fn previous_nodes(&self, tree: Option<Id>) -> Vec<Node> {
+        let Some(tree) = tree else {
+            return Vec::new();
+        };
+        match self.repo.load_tree(&tree) {
+            Ok(t) => t.nodes,
+            Err(e) => {
+                tracing::info!(
+                    "parent snapshot's tree {tree} cannot be read ({e}); its files are read"
+                );
+                Vec::new()
+            }
+        }
+    }
+
     /// Saves the roots described by `trie` (all of `/` when it is whole) and returns the
     /// root tree, unsaved.
     pub(super) fn walk_roots(&mut self, trie: &Trie) -> Result<Tree> {
@@ -181,6 +222,7 @@ impl Archiver<'_> {
             Entries::Roots(trie.children.iter())
         };
         let mut frame = Frame::new(None, root, st, 1);
+        frame.previous = self.previous_nodes(self.previous);
         frame.entries = entries;
         frame.followed = !trie.whole;
         frame.root_dev = trie.whole.then_some(st.dev);
@@ -242,7 +284,8 @@ impl Archiver<'_> {
         match kind {
             NodeKind::File => {
                 self.summary.files += 1;
-                match self.begin_file(path, node, &st)? {
+                let previous = previous_entry(&top.previous, name.to_bytes());
+                match self.begin_file(path, node, &st, previous)? {
                     Ok(unchanged) => top.tree.nodes.push(unchanged),
                     Err((node, start)) if st.size < SMALL_FILE => {
                         top.job_bytes += st.size;
@@ -304,7 +347,9 @@ impl Archiver<'_> {
                             self.warn(format!("{}: {e}", path.display()));
                         }
                         let path_len = path.as_os_str().len();
+                        let previous = previous_folder(&top.previous, name.to_bytes());
                         let mut frame = Frame::new(Some(node), d, st, path_len);
+                        frame.previous = self.previous_nodes(previous);
                         frame.entries = Entries::Listed(names.into_iter());
                         frame.root_dev = Some(root_dev);
                         push(stack, frame);
@@ -349,7 +394,9 @@ impl Archiver<'_> {
         // `.` of the folder's own descriptor: its attributes, not those of a symlink to it.
         let xattrs = read_xattrs(NodeKind::Dir, d.fd().map_err(fd_error(path))?, c".", path);
         let node = node_from_stat(name.to_bytes(), &st, xattrs);
+        let previous = previous_folder(&top.previous, name.to_bytes());
         let mut frame = Frame::new(Some(node), d, st, path.as_os_str().len());
+        frame.previous = self.previous_nodes(previous);
         frame.entries = Entries::Roots(child.children.iter());
         frame.followed = true;
         push(stack, frame);
