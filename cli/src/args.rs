@@ -594,8 +594,19 @@ pub struct DumpArgs {
     /// Path of a file or directory inside the snapshot (`/` for all)
     #[arg(value_name = "PATH")]
     pub inside: Option<String>,
+    /// The archive a directory is written as
+    #[arg(long, value_enum, default_value_t = ArchiveFormat::Tar)]
+    pub archive: ArchiveFormat,
     #[command(flatten)]
     pub filter: SnapshotFilter,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// A tar stream (GNU format), which `tar -x` reads from a pipe
+    Tar,
+    /// A ZIP archive (deflated files, Unix modes and times), written as a stream
+    Zip,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

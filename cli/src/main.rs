@@ -24,6 +24,7 @@ mod output;
 mod password;
 mod pg_args;
 mod profile;
+mod zip;
 
 use std::io::IsTerminal;
 

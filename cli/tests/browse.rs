@@ -215,6 +215,90 @@ fn dump_files_and_directories_as_tar() {
     assert!(c.status().unwrap().success());
 }
 
+/// `dump --archive zip`: a ZIP archive that unzip tests and extracts, with contents, modes,
+/// folders and symlinks; one that fails part way has no central directory.
+#[test]
+fn dump_a_directory_as_zip() {
+    let env = Env::new();
+    let (src, _, _) = two_snapshots(&env);
+    let zip = env
+        .cmd()
+        .args(["dump", "latest", src.to_str().unwrap(), "--archive", "zip"])
+        .output()
+        .unwrap();
+    assert!(
+        zip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&zip.stderr)
+    );
+    let file = env.path("out.zip");
+    std::fs::write(&file, &zip.stdout).unwrap();
+    let test = std::process::Command::new("unzip")
+        .arg("-t")
+        .arg(&file)
+        .output()
+        .expect("unzip (Debian package unzip) must be installed");
+    assert!(
+        test.status.success(),
+        "{}",
+        String::from_utf8_lossy(&test.stdout)
+    );
+    let x = env.path("x");
+    let unzip = std::process::Command::new("unzip")
+        .args(["-q", "-d"])
+        .arg(&x)
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(unzip.success());
+    let base = x.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(base.join("sub/c.txt")).unwrap(),
+        vec![b'c'; 200_000]
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.join("a.txt")).unwrap(),
+        "alpha two\n"
+    );
+    assert_eq!(
+        std::fs::read_link(base.join("link")).unwrap(),
+        std::path::Path::new("a.txt")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&base.join("a.txt")), mode(&src.join("a.txt")));
+    // Deflated: 200,000 repeated bytes take far less.
+    assert!(zip.stdout.len() < 20_000, "{}", zip.stdout.len());
+    // A bad value is a usage error.
+    let bad = env
+        .cmd()
+        .args(["dump", "latest", "/", "--archive", "rar"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    // Damage every pack: the dump fails, and what it wrote is no archive.
+    for p in common::packs(&env.repo()) {
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len / 2).unwrap();
+    }
+    let broken = env
+        .cmd()
+        .args(["--no-cache", "dump", "latest", "/", "--archive", "zip"])
+        .output()
+        .unwrap();
+    assert!(!broken.status.success());
+    let file = env.path("broken.zip");
+    std::fs::write(&file, &broken.stdout).unwrap();
+    let test = std::process::Command::new("unzip")
+        .arg("-t")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!test.status.success());
+}
+
 #[test]
 fn cat_and_stats() {
     let env = Env::new();

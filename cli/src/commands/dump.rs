@@ -1,5 +1,6 @@
-//! `cairn dump SNAPSHOT PATH`: a file's content to stdout, or a directory as a tar stream.
-//! Content is streamed blob by blob; nothing is held whole in memory.
+//! `cairn dump SNAPSHOT PATH`: a file's content to stdout, or a directory as a tar stream
+//! (or a ZIP archive with `--archive zip`). Content is streamed blob by blob; nothing is
+//! held whole in memory.
 
 use std::io::Write;
 
@@ -8,8 +9,9 @@ use cairn_repo::content::{walk, ContentReader, EntryBudget};
 use cairn_repo::format::tree::{Node, NodeKind};
 use cairn_repo::Repository;
 
-use crate::args::DumpArgs;
+use crate::args::{ArchiveFormat, DumpArgs};
 use crate::context::Context;
+use crate::zip::{Entry, EntryKind, ZipWriter};
 
 fn header_for(node: &Node) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -107,6 +109,9 @@ pub fn run(ctx: &Context, args: DumpArgs) -> Result<i32> {
             None => bail!("no such path"),
         }
     };
+    if args.archive == ArchiveFormat::Zip {
+        return dump_zip(&repo, out, &snap, &path, root_node.as_ref(), tree);
+    }
     // Nothing is written before the first tree is read, so a snapshot whose root cannot be
     // read gives an empty stream (which `tar` rejects), not an empty archive. A failure
     // later ends the stream with a block that is no tar header, never with the end-of-archive
@@ -182,4 +187,68 @@ fn write_entries<W: Write>(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The ZIP archive of a folder: files, folders and symlinks (a ZIP holds no devices, FIFOs or
+/// sockets; they are left out, as by `zip`). A dump that fails part way writes no central
+/// directory, so no reader takes what was written for an archive.
+fn dump_zip(
+    repo: &Repository,
+    out: impl Write,
+    snap: &cairn_repo::format::snapshot::Snapshot,
+    path: &[u8],
+    root_node: Option<&Node>,
+    tree: Option<cairn_repo::Id>,
+) -> Result<i32> {
+    let mut zip = ZipWriter::new(out);
+    let add = |zip: &mut ZipWriter<_>, p: &[u8], node: &Node| -> Result<()> {
+        let name = p.strip_prefix(b"/").unwrap_or(p);
+        if name.is_empty() {
+            return Ok(());
+        }
+        let kind = match node.kind {
+            NodeKind::File => EntryKind::File { size: node.size },
+            NodeKind::Dir => EntryKind::Dir,
+            NodeKind::Symlink => EntryKind::Symlink {
+                target: node.link_target.as_deref().unwrap_or_default(),
+            },
+            _ => return Ok(()),
+        };
+        let entry = Entry {
+            name,
+            kind,
+            mode: node.mode,
+            mtime: node.mtime.0,
+        };
+        if node.kind == NodeKind::File {
+            zip.add(&entry, &mut ContentReader::new(repo, node)?)
+                .map_err(|e| cairn_repo::content::unwrap_io(e, "dump"))?;
+        } else {
+            zip.add(&entry, &mut std::io::empty())?;
+        }
+        Ok(())
+    };
+    if let Some(n) = root_node {
+        add(&mut zip, path, n)?;
+    }
+    if let Some(tree) = tree {
+        let mut failure = None;
+        let mut budget = EntryBudget::for_snapshot(snap);
+        walk(repo, &tree, path, &mut budget, &mut |p, node| {
+            if let Err(e) = add(&mut zip, p, node) {
+                failure = Some(e);
+                return Err(cairn_repo::Error::new(
+                    cairn_repo::ErrorKind::Io,
+                    "dump stopped",
+                ));
+            }
+            Ok(true)
+        })
+        .or_else(|e| if failure.is_some() { Ok(()) } else { Err(e) })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+    }
+    zip.finish()?.flush()?;
+    Ok(0)
 }
