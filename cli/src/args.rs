@@ -16,24 +16,7 @@ const EXIT_CODES: &str = "Exit codes:
   128  wal fetch only: cannot tell whether the archive holds the file (1 means it does not)
   130  interrupted (Ctrl-C, SIGTERM, SIGHUP); the repository is consistent";
 
-const BACKUP_EXAMPLES: &str = "Examples:
-  cairn backup ~                                   # a home folder, to the default repository
-  cairn -r /srv/backups backup /etc /srv/app --tag nightly
-  cairn backup --exclude-caches --iexclude '*.tmp' --files-from list.txt
-  cairn backup -n /srv/app                         # what would be added, storing nothing
-  pg_dump app | cairn backup --stdin --stdin-filename app.sql
-  cairn backup --stdin-from-command --stdin-filename app.dump -- pg_dump -Fc app";
-
-const RESTORE_EXAMPLES: &str = "Examples:
-  cairn restore latest --target /tmp/restore
-  cairn restore latest --host web1 --path /etc --target /tmp/etc
-  cairn restore 3f2a9c1b --target / --include /etc/nginx";
-
-const FORGET_EXAMPLES: &str = "Examples:
-  cairn forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
-  cairn forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
-  cairn forget --keep-within-pitr 7d --keep-daily 7     # PostgreSQL: any moment of 7 days
-  cairn forget 3f2a9c1b";
+use crate::examples;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -127,6 +110,7 @@ pub struct Global {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository (or a new tenant in an existing one)
+    #[command(after_help = examples::INIT)]
     Init(InitArgs),
     /// Manage tenants
     #[command(subcommand)]
@@ -135,22 +119,28 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Back up files, directories, standard input or a command's output
-    #[command(after_help = BACKUP_EXAMPLES)]
+    #[command(after_help = examples::BACKUP)]
     Backup(BackupArgs),
     /// List snapshots
+    #[command(after_help = examples::SNAPSHOTS)]
     Snapshots(SnapshotsArgs),
     /// List the entries of a snapshot
+    #[command(after_help = examples::LS)]
     Ls(LsArgs),
     /// Find files by name in snapshots
+    #[command(after_help = examples::FIND)]
     Find(FindArgs),
     /// Show what changed between two snapshots
+    #[command(after_help = examples::DIFF)]
     Diff(DiffArgs),
-    /// Write a file to stdout, or a directory as a tar stream
+    /// Write a file to stdout, or a directory as a tar stream or a ZIP archive
+    #[command(after_help = examples::DUMP)]
     Dump(DumpArgs),
     /// Restore a snapshot to a folder
-    #[command(after_help = RESTORE_EXAMPLES)]
+    #[command(after_help = examples::RESTORE)]
     Restore(RestoreArgs),
     /// Repository size, deduplication and compression
+    #[command(after_help = examples::STATS)]
     Stats(StatsArgs),
     /// An overview per profile (or of the repository given): newest snapshot of each kind,
     /// size, health. Exits 1 when any repository cannot be read or has a problem
@@ -158,11 +148,13 @@ pub enum Command {
     /// Print a decoded repository object as JSON
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
-    #[command(after_help = FORGET_EXAMPLES)]
+    #[command(after_help = examples::FORGET)]
     Forget(ForgetArgs),
     /// Free the space of data no snapshot uses (runs alongside backups)
+    #[command(after_help = examples::PRUNE)]
     Prune(PruneArgs),
     /// Verify the repository's structure and, optionally, every byte of its data
+    #[command(after_help = examples::CHECK)]
     Check(CheckArgs),
     /// Repair a damaged repository
     #[command(subcommand)]
@@ -170,6 +162,7 @@ pub enum Command {
     /// List the leases of running backups and prunes
     Leases(LeasesArgs),
     /// Add, remove or set snapshot tags
+    #[command(after_help = examples::TAG)]
     Tag(TagArgs),
     /// Protect snapshots from forget (legal hold: adds the tag `hold`)
     Protect(SnapshotIds),
@@ -688,20 +681,35 @@ mod tests {
     #[allow(clippy::panic)]
     fn every_example_in_the_help_parses() {
         use clap::Parser;
-        for text in [
-            super::BACKUP_EXAMPLES,
-            super::RESTORE_EXAMPLES,
-            super::FORGET_EXAMPLES,
-        ] {
+        for text in crate::examples::ALL {
             for line in text.lines().skip(1) {
                 let command = line.split("  #").next().unwrap_or_default();
                 let Some(at) = command.find("cairn ") else {
                     panic!("an example without cairn: {line}");
                 };
-                let words: Vec<String> = command[at..]
-                    .split_whitespace()
-                    .map(|w| w.trim_matches('\'').to_string())
-                    .collect();
+                // Up to a pipe into another program.
+                let command = command[at..].split(" | ").next().unwrap_or_default();
+                // Words as a shell splits them: 'quoted' ones kept whole.
+                let mut words: Vec<String> = Vec::new();
+                let (mut word, mut quoted, mut any) = (String::new(), false, false);
+                for c in command.chars() {
+                    match c {
+                        '\'' => (quoted, any) = (!quoted, true),
+                        c if c.is_whitespace() && !quoted => {
+                            if any {
+                                words.push(std::mem::take(&mut word));
+                            }
+                            any = false;
+                        }
+                        c => {
+                            word.push(c);
+                            any = true;
+                        }
+                    }
+                }
+                if any {
+                    words.push(word);
+                }
                 if let Err(e) = super::Cli::try_parse_from(&words) {
                     panic!("{line}: {e}");
                 }

@@ -19,6 +19,7 @@ mod args;
 mod commands;
 mod config;
 mod context;
+mod examples;
 mod interrupt;
 mod output;
 mod password;

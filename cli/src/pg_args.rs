@@ -11,9 +11,11 @@ pub enum PgCommand {
     /// comes from the archive: set archive_command to `cairn wal push %p` first. Exits 0
     /// when the backup is complete, 3 when it was saved incomplete (WAL missing from the
     /// archive), 1 on failure
+    #[command(after_help = crate::examples::PG_BASEBACKUP)]
     Basebackup(BasebackupArgs),
     /// Restore a base backup into an empty data directory, set up to replay archived WAL to
     /// a target: a plain `pg_ctl start` then recovers and (by default) promotes
+    #[command(after_help = crate::examples::PG_RESTORE)]
     Restore(RestoreArgs),
     /// The archive's state: base backups, timelines, gaps and the windows of time a restore
     /// can reach. Exits 1 when a complete base backup cannot be made consistent or the
@@ -24,6 +26,7 @@ pub enum PgCommand {
     /// the timings (the total is the recovery time objective), then stop the server and
     /// remove the folder. Never writes to the repository. Exits 0 when everything passed,
     /// 1 when anything failed
+    #[command(after_help = crate::examples::PG_DRILL)]
     Drill(DrillArgs),
 }
 
