@@ -19,6 +19,7 @@ mod interrupt;
 mod output;
 mod password;
 mod pg_args;
+mod progress_bar;
 
 use std::io::IsTerminal;
 

@@ -7,7 +7,8 @@ use cairn_repo::archiver::BackupOptions;
 use cairn_repo::pg::basebackup::{self, BasebackupOptions};
 
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
+use crate::progress_bar::Bar;
 use crate::pg_args::{BasebackupArgs, Checkpoint, PgCommand};
 use crate::EXIT_INCOMPLETE;
 

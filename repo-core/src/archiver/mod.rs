@@ -23,6 +23,7 @@
 
 mod files;
 pub(crate) mod pipeline;
+mod scan;
 pub(crate) mod stream;
 mod tree_walk;
 
@@ -361,9 +362,6 @@ pub fn backup_paths(
     }
     names.sort();
     names.dedup();
-    let mut a = Archiver::new(repo, opts, progress)?;
-    let root_tree = a.walk_roots(&trie)?;
-    let root = a.save_tree(root_tree)?;
     let meta = SnapshotMeta {
         kind: SnapshotKind::Files,
         paths: names,
@@ -371,5 +369,24 @@ pub fn backup_paths(
         pg: None,
         incomplete: false,
     };
-    a.commit(meta, root, started)
+    let save = || -> Result<BackupResult> {
+        let mut a = Archiver::new(repo, opts, progress)?;
+        let root_tree = a.walk_roots(&trie)?;
+        let root = a.save_tree(root_tree)?;
+        a.commit(meta, root, started)
+    };
+    if !progress.wants_totals() {
+        return save();
+    }
+    // The walk ahead, for totals, beside the backup; stopped when the backup ends first.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Without the thread there are no totals, and nothing else is lost.
+        let _ = std::thread::Builder::new()
+            .name("cairn-scan".into())
+            .spawn_scoped(s, || scan::scan(&trie, opts, progress, &stop));
+        let result = save();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })
 }
