@@ -75,6 +75,7 @@ pub struct Bar {
     json_status: bool,
     state: Arc<State>,
     ticker: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    finished: AtomicBool,
     /// Print a line per file a backup is done with (`-vv`), as restic does.
     file_lines: bool,
 }
@@ -138,6 +139,7 @@ impl Bar {
             json_status,
             state,
             ticker: Mutex::new(ticker),
+            finished: AtomicBool::new(false),
             file_lines: false,
         }
     }
@@ -151,6 +153,9 @@ impl Bar {
 
     /// Stops the ticker and clears the line: call it before printing the result.
     pub fn finish(&self) {
+        if self.finished.swap(true, Relaxed) {
+            return;
+        }
         let ticker = self
             .ticker
             .lock()
@@ -176,6 +181,11 @@ impl Bar {
     fn shown(&self) -> bool {
         self.bar.is_some() || self.json_status
     }
+
+    /// Whether the files being read are shown (a backup of files).
+    fn shows_files(&self) -> bool {
+        self.state.kind == Kind::Files && self.shown()
+    }
 }
 
 impl Drop for Bar {
@@ -186,7 +196,7 @@ impl Drop for Bar {
 
 impl Progress for Bar {
     fn file(&self, path: &Path) {
-        if !self.shown() {
+        if !self.shows_files() {
             return;
         }
         let mut current = self
@@ -204,7 +214,7 @@ impl Progress for Bar {
     }
     fn file_done(&self, path: &Path, status: FileStatus) {
         self.state.files_done.fetch_add(1, Relaxed);
-        if self.shown() && status != FileStatus::Unchanged {
+        if self.shows_files() && status != FileStatus::Unchanged {
             let mut current = self
                 .state
                 .current
@@ -263,7 +273,7 @@ impl Progress for Bar {
         self.state.items_done.fetch_add(1, Relaxed);
     }
     fn wants_totals(&self) -> bool {
-        self.state.kind == Kind::Files && self.shown()
+        self.shows_files()
     }
     fn total(&self, files: u64, bytes: u64, done: bool) {
         self.state.total_files.store(files, Relaxed);
@@ -371,10 +381,10 @@ impl State {
                     "+"
                 };
                 let f = fraction(done, total);
+                // No gauge: the line fits 80 columns up to its ETA.
                 line += &format!(
-                    " {:5.1}% {} {files}/{total_files}{more} files {}/{}{more}",
+                    " {:5.1}% {files}/{total_files}{more} files {}/{}{more}",
                     f * 100.0,
-                    gauge(f, 20),
                     human_bytes(done),
                     human_bytes(total),
                 );
@@ -457,10 +467,7 @@ impl State {
             let total = self.total_bytes.load(Relaxed);
             if self.has_totals.load(Relaxed) {
                 m.insert("percent_done".into(), json!(fraction(done, total)));
-                m.insert(
-                    "total_files".into(),
-                    json!(self.total_files.load(Relaxed)),
-                );
+                m.insert("total_files".into(), json!(self.total_files.load(Relaxed)));
                 m.insert("total_bytes".into(), json!(total));
             }
         }
@@ -470,10 +477,7 @@ impl State {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         m.insert(
             "current_files".into(),
-            current
-                .iter()
-                .map(|p| json!(p.to_string_lossy()))
-                .collect(),
+            current.iter().map(|p| json!(p.to_string_lossy())).collect(),
         );
         Value::Object(m)
     }

@@ -10,8 +10,8 @@ use cairn_repo::pg::drill::{self, DrillOptions, DrillReport};
 
 use crate::context::Context;
 use crate::output::{human_bytes, outln, print_json};
-use crate::progress_bar::Bar;
 use crate::pg_args::DrillArgs;
+use crate::progress_bar::Bar;
 use crate::EXIT_FAILURE;
 
 pub fn run(ctx: &Context, args: DrillArgs) -> Result<i32> {

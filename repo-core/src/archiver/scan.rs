@@ -61,7 +61,12 @@ pub(super) fn scan(trie: &Trie, opts: &BackupOptions, progress: &dyn Progress, s
 }
 
 /// The walk; `None` when it was stopped or could not start.
-fn walk(trie: &Trie, opts: &BackupOptions, count: &mut Counter<'_>, stop: &AtomicBool) -> Option<()> {
+fn walk(
+    trie: &Trie,
+    opts: &BackupOptions,
+    count: &mut Counter<'_>,
+    stop: &AtomicBool,
+) -> Option<()> {
     let slash = std::path::Path::new("/");
     let mut root = if trie.whole {
         DirHandle::list(slash)
@@ -145,10 +150,8 @@ fn count_entry(
         return;
     };
     match st.kind() {
-        NodeKind::File => {
-            if !opts.excludes.larger_than.is_some_and(|l| st.size > l) {
-                count.file(st.size);
-            }
+        NodeKind::File if opts.excludes.larger_than.is_none_or(|l| st.size <= l) => {
+            count.file(st.size);
         }
         NodeKind::Dir => {
             let Ok(mut d) = DirHandle::list_at(dir, name) else {

@@ -119,7 +119,12 @@ pub(super) struct Frame<'t> {
 }
 
 impl<'t> Frame<'t> {
-    pub(super) fn new(node: Option<Node>, dir: DirHandle, stat: Stat, path_len: usize) -> Frame<'t> {
+    pub(super) fn new(
+        node: Option<Node>,
+        dir: DirHandle,
+        stat: Stat,
+        path_len: usize,
+    ) -> Frame<'t> {
         Frame {
             node,
             dir: Some(dir),
