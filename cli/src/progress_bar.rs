@@ -411,7 +411,7 @@ impl State {
                 line += &format!(
                     " {:5.1}% {} {}/{} {}/s",
                     f * 100.0,
-                    gauge(f, 20),
+                    gauge(f, 10),
                     human_bytes(done),
                     human_bytes(total),
                     rate()
@@ -432,12 +432,12 @@ impl State {
                     None if items > 0 => line += &format!(" {items}"),
                     None => {}
                 }
-                if let Some(total) = p.bytes {
+                if let Some(total) = p.bytes.filter(|t| *t > 0) {
                     let f = fraction(done, total);
                     line += &format!(
                         ", {:5.1}% {} {}/{}",
                         f * 100.0,
-                        gauge(f, 20),
+                        gauge(f, 10),
                         human_bytes(done),
                         human_bytes(total)
                     );

@@ -398,6 +398,15 @@ fn shuffled(packs: &[Id]) -> Result<Vec<Id>> {
     Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Counts an item of the current phase done when dropped.
+struct ItemDone<'a>(&'a dyn Progress);
+
+impl Drop for ItemDone<'_> {
+    fn drop(&mut self) {
+        self.0.item();
+    }
+}
+
 fn read_packs(
     repo: &Repository,
     listed: &HashMap<Id, u64>,
@@ -440,7 +449,8 @@ fn read_packs(
         .sum();
     progress.phase("reading packs", Some(selected.len() as u64), Some(total));
     for pack in selected {
-        progress.item();
+        // The pack is counted done when its blobs are checked too, whichever way it ends.
+        let _done = ItemDone(progress);
         let bytes = match repo.read_pack(&pack) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => continue, // reported above
