@@ -25,6 +25,7 @@ mod output;
 mod password;
 mod pg_args;
 mod profile;
+mod progress_bar;
 mod zip;
 
 use std::io::IsTerminal;

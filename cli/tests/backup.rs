@@ -239,7 +239,7 @@ fn unreadable_files_give_an_incomplete_snapshot_and_exit_3() {
         "{stderr}"
     );
     assert!(stderr.contains("locked"), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = common::last_json(&out.stdout);
     assert_eq!(r["incomplete"], true);
     assert_eq!(r["summary"]["errors"], 2);
     // The readable files were saved and restore.

@@ -154,7 +154,10 @@ pub fn check(
     // held to account for the packs they list.
     let mut files = Vec::new();
     let mut superseded: HashSet<Id> = HashSet::new();
-    for id in repo.index_file_ids()? {
+    let index_ids = repo.index_file_ids()?;
+    progress.phase("index", Some(index_ids.len() as u64), None);
+    for id in index_ids {
+        progress.item();
         r.index_files += 1;
         match repo.read_index_file(&id) {
             Ok(f) => {
@@ -172,6 +175,7 @@ pub fn check(
             ),
         }
     }
+    progress.phase("pack headers", Some(r.packs), None);
     for id in files.into_iter().filter(|id| !superseded.contains(id)) {
         let f = match repo.read_index_file(&id) {
             Ok(f) => f,
@@ -206,6 +210,7 @@ pub fn check(
             if !headers_checked.insert(p.id) {
                 continue;
             }
+            progress.item();
             match repo.read_pack_header(&p.id) {
                 Ok((_, entries)) => {
                     let mut a = entries.clone();
@@ -247,7 +252,9 @@ pub fn check(
     };
     let mut seen = IdSet::new()?;
     let mut data_seen = IdSet::new()?;
+    progress.phase("snapshots", Some(snapshot_names.len() as u64), None);
     for info in snapshot_names {
+        progress.item();
         r.snapshots += 1;
         let sid = Id::from_hex(&info.name)?;
         let snap = match repo.read_snapshot(&sid) {
@@ -391,6 +398,15 @@ fn shuffled(packs: &[Id]) -> Result<Vec<Id>> {
     Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Counts an item of the current phase done when dropped.
+struct ItemDone<'a>(&'a dyn Progress);
+
+impl Drop for ItemDone<'_> {
+    fn drop(&mut self) {
+        self.0.item();
+    }
+}
+
 fn read_packs(
     repo: &Repository,
     listed: &HashMap<Id, u64>,
@@ -427,7 +443,14 @@ fn read_packs(
                 .collect()
         }
     };
+    let total: u64 = selected
+        .iter()
+        .map(|p| listed.get(p).copied().unwrap_or(0))
+        .sum();
+    progress.phase("reading packs", Some(selected.len() as u64), Some(total));
     for pack in selected {
+        // The pack is counted done when its blobs are checked too, whichever way it ends.
+        let _done = ItemDone(progress);
         let bytes = match repo.read_pack(&pack) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => continue, // reported above

@@ -27,8 +27,27 @@ pub trait Progress: Sync {
     /// Something was left out or saved otherwise than asked; the operation goes on, and the
     /// same message is in its result.
     fn warn(&self, _message: &str) {}
-    /// A prune is done with a pack: its used blobs copied out, or the pack deleted.
+    /// A prune is done with a pack: its used blobs copied out, or the pack deleted. It is
+    /// also one item done of the current phase (see [`Progress::phase`]).
     fn pack(&self, _pack: &Id, _event: PackEvent) {}
+    /// A phase of a check or a prune begins, replacing the one before: its name ("index",
+    /// "snapshots", "packs"; "marking", "repacking", "deleting"), how many items it will
+    /// count with [`Progress::item`] (or `pack` events), and how many bytes it will count
+    /// with [`Progress::bytes`], where known.
+    fn phase(&self, _name: &str, _items: Option<u64>, _bytes: Option<u64>) {}
+    /// One more item of the current phase is done (an index file, a snapshot, a pack).
+    fn item(&self) {}
+    /// Whether totals are shown. A backup of files walks its sources a second time, ahead of
+    /// the backup on a thread of its own, to count them, only when this says yes: a script
+    /// that shows nothing pays nothing.
+    fn wants_totals(&self) -> bool {
+        false
+    }
+    /// The totals of a backup's walk ahead so far: `files` regular files of `bytes` bytes,
+    /// with the backup's excludes, as [`Progress::file_done`] and [`Progress::bytes`] will
+    /// count them; `done` once the whole of the sources is counted (sizes are as found
+    /// then: files that grow or appear meanwhile make the backup end past them).
+    fn total(&self, _files: u64, _bytes: u64, _done: bool) {}
 }
 
 /// How a backup found a file, against the files cache of earlier backups.

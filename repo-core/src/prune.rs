@@ -234,6 +234,7 @@ pub fn prune(
     // so every snapshot listed here has its index files in the index read after.
     let snapshots = repo.snapshots_for_gc(opts.drop_unreadable && !opts.dry_run)?;
     let roots: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    progress.phase("marking", None, None);
     let (st, pending, used) = mark_current(repo, &roots)?;
 
     let mut stats: HashMap<Id, PackStat> = HashMap::new();
@@ -345,7 +346,13 @@ pub fn prune(
         .chain(&report.plan.repack_packs)
         .copied()
         .collect();
+    progress.phase(
+        "repacking",
+        Some(report.plan.repack_packs.len() as u64),
+        Some(report.plan.repack_bytes),
+    );
     let new_packs = repack(repo, &report.plan.repack_packs, &used, &condemn, progress)?;
+    progress.phase("writing the index", None, None);
     report.repacked_into_packs = new_packs.len() as u64;
     report.repacked_into_bytes = new_packs.iter().map(|p| p.size).sum();
     let excluded: HashSet<Id> = condemn.union(&pending).copied().collect();
@@ -435,6 +442,7 @@ fn sweep_one(
         .iter()
         .map(|(_, s)| s.tree)
         .collect();
+    progress.phase("marking", None, None);
     let (st, _, used) = mark_current(repo, &roots)?;
     // Decide first, write second: rescue index files, then replacements for index files that
     // list doomed packs, and only then delete anything.
@@ -504,6 +512,7 @@ fn sweep_one(
             rewritten.push(*id);
         }
     }
+    progress.phase("deleting", Some(doomed.len() as u64), None);
     for (pack, size) in &doomed {
         repo.store().remove(FileType::Pack, &pack.to_hex())?;
         report.packs_deleted += 1;

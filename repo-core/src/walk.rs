@@ -278,3 +278,28 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<std::fs
 pub fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<Vec<u8>> {
     Ok(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
 }
+
+/// Whether the open folder `fd` is left out whole by `excludes`: it holds one of the
+/// `--exclude-if-present` markers, or it is a cache folder and caches are excluded.
+pub fn folder_left_out(excludes: &Excludes, fd: BorrowedFd<'_>) -> bool {
+    for marker in &excludes.if_present {
+        if let Ok(m) = CString::new(marker.as_slice()) {
+            if Stat::at(fd, &m).is_ok() {
+                return true;
+            }
+        }
+    }
+    excludes.caches && is_cache_folder(fd)
+}
+
+/// Whether the open folder `fd` holds a `CACHEDIR.TAG` file starting with the signature of
+/// the Cache Directory Tagging Specification (read without following a symlink).
+fn is_cache_folder(fd: BorrowedFd<'_>) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = open_file_at(fd, c"CACHEDIR.TAG") else {
+        return false;
+    };
+    let want = crate::excludes::CACHEDIR_SIGNATURE;
+    let mut head = vec![0u8; want.len()];
+    f.read_exact(&mut head).is_ok() && head == want
+}

@@ -113,3 +113,77 @@ fn every_operation_reports_through_one_progress_and_agrees_with_its_result() {
     assert_eq!(seen.bytes(), r.plan.repack_bytes);
     assert_clean(&repo);
 }
+
+/// Keeps the totals of a backup's walk ahead.
+#[derive(Default)]
+struct Totals {
+    wants: bool,
+    reports: AtomicU64,
+    last: Mutex<Option<(u64, u64, bool)>>,
+    files_done: AtomicU64,
+}
+
+impl Progress for Totals {
+    fn wants_totals(&self) -> bool {
+        self.wants
+    }
+    fn total(&self, files: u64, bytes: u64, done: bool) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap();
+        assert!(!last.is_some_and(|(_, _, d)| d), "a report after the last");
+        *last = Some((files, bytes, done));
+    }
+    fn file_done(&self, _path: &Path, _status: cairn_repo::progress::FileStatus) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        // The backup waits (a while at most) for the walk ahead to end, so that the test
+        // does not depend on which thread is faster.
+        for _ in 0..1000 {
+            if !self.wants || self.last.lock().unwrap().is_some_and(|(_, _, d)| d) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn a_backups_walk_ahead_counts_what_the_backup_saves_with_its_excludes() {
+    use cairn_repo::archiver::backup_paths;
+    use cairn_repo::walk::Excludes;
+    let dir = tempfile::tempdir().unwrap();
+    let key = init(dir.path());
+    let repo = open(dir.path(), &key, "cache-main");
+    let src = dir.path().join("src");
+    cairn_repo::testing::random_tree(&src.join("random"), 7, 300).unwrap();
+    // Deeper than the folders whose descriptors are held: the walk ahead reopens them too.
+    cairn_repo::testing::nested_folders(&src, "deep", 100, b"at the bottom\n").unwrap();
+    std::fs::create_dir_all(src.join("marked")).unwrap();
+    std::fs::write(src.join("marked/.nobackup"), b"").unwrap();
+    std::fs::write(src.join("marked/left-out"), b"12345").unwrap();
+    std::fs::write(src.join("big.iso"), vec![1u8; 5000]).unwrap();
+    std::fs::write(src.join("skip.tmp"), b"tmp").unwrap();
+    std::fs::write(src.join("large"), vec![2u8; 300_000]).unwrap();
+    let mut excludes = Excludes::new(&["*.tmp".to_string()], &[".nobackup".to_string()]).unwrap();
+    excludes.larger_than = Some(200_000);
+    let opts = BackupOptions {
+        excludes,
+        ..Default::default()
+    };
+    let seen = Totals {
+        wants: true,
+        ..Default::default()
+    };
+    let r = backup_paths(&repo, std::slice::from_ref(&src), &opts, &seen).unwrap();
+    let s = &r.snapshot.summary;
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert!(seen.reports.load(Ordering::Relaxed) >= 1);
+    let (files, bytes, done) = seen.last.lock().unwrap().unwrap();
+    assert!(done);
+    assert_eq!((files, bytes), (s.files, s.total_bytes));
+    assert_eq!(files, seen.files_done.load(Ordering::Relaxed));
+
+    // Nothing shows totals: no walk ahead.
+    let quiet = Totals::default();
+    backup_paths(&repo, std::slice::from_ref(&src), &opts, &quiet).unwrap();
+    assert_eq!(quiet.reports.load(Ordering::Relaxed), 0);
+}

@@ -9,7 +9,8 @@ use serde_json::json;
 
 use crate::args::BackupArgs;
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
+use crate::progress_bar::Bar;
 use crate::EXIT_INCOMPLETE;
 
 /// `auto` and `fastest` (zstd 1: on 64 KiB chunks of SQL dumps both faster and smaller than
@@ -150,7 +151,8 @@ pub fn run(ctx: &Context, args: BackupArgs) -> Result<i32> {
     if verbose >= 1 {
         eprintln!("repository {}", repo.description());
     }
-    let bar = Bar::new(!ctx.quiet(), None).with_file_lines(verbose >= 2);
+    // Status lines on standard output with `--json` (as restic's), never a bar then.
+    let bar = Bar::backup(!ctx.quiet(), ctx.json(), stream_mode).with_file_lines(verbose >= 2);
     let name = args
         .stdin_filename
         .clone()

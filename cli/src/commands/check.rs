@@ -5,7 +5,8 @@ use cairn_repo::check::{check, Subset};
 
 use crate::args::CheckArgs;
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
+use crate::progress_bar::Bar;
 
 /// A problem is often the error of reading its object, whose text names the object already
 /// ("snapshot 1a2b...: contents do not match its name"); the object is then not repeated.
@@ -23,7 +24,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<i32> {
         (None, true) => Some(Subset::All),
         (None, false) => None,
     };
-    let bar = Bar::new(!ctx.quiet() && subset.is_some(), None);
+    let bar = Bar::phases(!ctx.quiet());
     let report = check(&repo, subset, &bar);
     bar.finish();
     let r = report?;

@@ -23,7 +23,8 @@ use serde_json::json;
 use crate::args::ForgetArgs;
 use crate::commands::snapshots::matches;
 use crate::context::Context;
-use crate::output::{outln, print_json, Bar};
+use crate::output::{outln, print_json};
+use crate::progress_bar::Bar;
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<jiff::SignedDuration>> {
     match v {
@@ -239,7 +240,7 @@ pub fn run(ctx: &Context, args: ForgetArgs) -> Result<i32> {
     } else {
         match &prune_opts {
             Some(opts) => {
-                let bar = Bar::new(!ctx.quiet(), None);
+                let bar = Bar::phases(!ctx.quiet());
                 let r = cairn_repo::prune::prune(&repo, opts, &bar);
                 bar.finish();
                 Some(r?)

@@ -7,8 +7,9 @@ use cairn_repo::archiver::BackupOptions;
 use cairn_repo::pg::basebackup::{self, BasebackupOptions};
 
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
 use crate::pg_args::{BasebackupArgs, Checkpoint, PgCommand};
+use crate::progress_bar::Bar;
 use crate::EXIT_INCOMPLETE;
 
 pub fn run(ctx: &Context, cmd: PgCommand) -> Result<i32> {

@@ -9,8 +9,9 @@ use anyhow::{bail, Result};
 use cairn_repo::pg::drill::{self, DrillOptions, DrillReport};
 
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
 use crate::pg_args::DrillArgs;
+use crate::progress_bar::Bar;
 use crate::EXIT_FAILURE;
 
 pub fn run(ctx: &Context, args: DrillArgs) -> Result<i32> {

@@ -12,8 +12,9 @@ use cairn_repo::pg::restore::{self as pgrestore, PgRestoreOptions};
 use cairn_repo::pg::target::{parse_time, Action, Target};
 
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
 use crate::pg_args::{RestoreArgs, TargetAction, TargetArgs};
+use crate::progress_bar::Bar;
 
 pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
     let target = target(&args.target)?;

@@ -7,7 +7,8 @@ use cairn_repo::prune::{prune, PruneOptions, PruneReport};
 use crate::args::{PruneArgs, PruneOpts};
 use crate::context::Context;
 use crate::output::human_time;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
+use crate::progress_bar::Bar;
 
 pub fn options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
     let max_unused = match o.max_unused.trim().strip_suffix('%') {
@@ -140,8 +141,8 @@ pub fn report(ctx: &Context, r: &PruneReport) -> Result<()> {
 pub fn run(ctx: &Context, args: PruneArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let opts = options(&args.opts, args.dry_run)?;
-    // A dry run repacks and deletes nothing, so it has no events to show: no bar.
-    let bar = Bar::new(!ctx.quiet() && !args.dry_run, None);
+    // Its phases: marking, repacking N of M, deleting N of M (a dry run only marks).
+    let bar = Bar::phases(!ctx.quiet());
     let r = prune(&repo, &opts, &bar);
     bar.finish();
     let r = r?;

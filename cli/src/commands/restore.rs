@@ -7,7 +7,8 @@ use serde_json::json;
 
 use crate::args::{OverwriteArg, RestoreArgs};
 use crate::context::Context;
-use crate::output::{human_bytes, outln, print_json, Bar};
+use crate::output::{human_bytes, outln, print_json};
+use crate::progress_bar::Bar;
 
 pub fn run(ctx: &Context, args: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;

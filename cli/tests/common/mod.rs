@@ -94,10 +94,13 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs with `--json` and expects success; returns the document printed, or the last
+    /// line (`backup --json` writes status lines before its summary when it takes over a
+    /// second).
     pub fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
+        last_json(self.ok(&a).as_bytes())
     }
 
     /// Runs and expects failure with `code`; returns stderr.
@@ -132,6 +135,15 @@ impl Env {
         std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
         src
     }
+}
+
+/// The JSON document of `out`, or of its last line when it has several (see [`Env::json`]).
+pub fn last_json(out: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(out);
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {text}"))
+    })
 }
 
 /// Where a backed-up absolute path lands below a restore target.

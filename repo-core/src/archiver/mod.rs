@@ -23,6 +23,7 @@
 
 mod files;
 pub(crate) mod pipeline;
+mod scan;
 pub(crate) mod stream;
 mod tree_walk;
 
@@ -374,18 +375,14 @@ pub fn backup_paths(
     }
     names.sort();
     names.dedup();
-    let mut a = Archiver::new(repo, opts, progress)?;
-    if opts.use_files_cache {
-        let parent = match opts.parent {
-            Some(p) => Some(p),
-            None => find_parent(repo, &opts.host, &names, SnapshotKind::Files)?,
-        };
-        if let Some(p) = parent {
-            a.previous = Some(repo.read_snapshot(&p)?.tree);
-        }
+    // The parent whose tree stands in for the files cache where it has no record.
+    let previous = match (opts.use_files_cache, opts.parent) {
+        (false, _) => None,
+        (true, Some(p)) => Some(p),
+        (true, None) => find_parent(repo, &opts.host, &names, SnapshotKind::Files)?,
     }
-    let root_tree = a.walk_roots(&trie)?;
-    let root = a.save_tree(root_tree)?;
+    .map(|p| repo.read_snapshot(&p).map(|s| s.tree))
+    .transpose()?;
     let meta = SnapshotMeta {
         kind: SnapshotKind::Files,
         paths: names,
@@ -393,5 +390,25 @@ pub fn backup_paths(
         pg: None,
         incomplete: false,
     };
-    a.commit(meta, root, started)
+    let save = || -> Result<BackupResult> {
+        let mut a = Archiver::new(repo, opts, progress)?;
+        a.previous = previous;
+        let root_tree = a.walk_roots(&trie)?;
+        let root = a.save_tree(root_tree)?;
+        a.commit(meta, root, started)
+    };
+    if !progress.wants_totals() {
+        return save();
+    }
+    // The walk ahead, for totals, beside the backup; stopped when the backup ends first.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Without the thread there are no totals, and nothing else is lost.
+        let _ = std::thread::Builder::new()
+            .name("cairn-scan".into())
+            .spawn_scoped(s, || scan::scan(&trie, opts, progress, &stop));
+        let result = save();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })
 }

@@ -30,7 +30,7 @@ use super::{Archiver, SMALL_FILE};
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind, Tree};
 use crate::id::Id;
-use crate::walk::{node_from_stat, read_link_at, read_xattrs, DirHandle, Stat};
+use crate::walk::{folder_left_out, node_from_stat, read_link_at, read_xattrs, DirHandle, Stat};
 
 /// How many of the innermost folders keep their descriptors open (besides the walk's
 /// root). Folders nested deeper than this cost an `openat` of `..` and an `fstat` each on
@@ -42,7 +42,7 @@ const HELD: usize = 64;
 #[derive(Default, Debug)]
 pub(super) struct Trie {
     pub(super) whole: bool,
-    children: BTreeMap<Vec<u8>, Trie>,
+    pub(super) children: BTreeMap<Vec<u8>, Trie>,
 }
 
 impl Trie {
@@ -64,7 +64,7 @@ impl Trie {
 }
 
 /// Where a folder's entries come from.
-enum Entries<'t> {
+pub(super) enum Entries<'t> {
     /// A folder read from disk: its names still to save, in byte order.
     Listed(std::vec::IntoIter<CString>),
     /// A folder above the backed-up paths: only the trie's children are saved.
@@ -73,14 +73,14 @@ enum Entries<'t> {
     Done,
 }
 
-enum Next<'t> {
+pub(super) enum Next<'t> {
     Entry(CString),
     /// A folder above backed-up paths, not saved whole.
     Between(CString, &'t Trie),
 }
 
 impl<'t> Entries<'t> {
-    fn next(&mut self) -> Option<std::result::Result<Next<'t>, Vec<u8>>> {
+    pub(super) fn next(&mut self) -> Option<std::result::Result<Next<'t>, Vec<u8>>> {
         match self {
             Entries::Listed(names) => names.next().map(|n| Ok(Next::Entry(n))),
             Entries::Roots(children) => children.next().map(|(name, child)| {
@@ -97,22 +97,22 @@ impl<'t> Entries<'t> {
 }
 
 /// A folder being saved.
-struct Frame<'t> {
+pub(super) struct Frame<'t> {
     /// Its node, which gets its subtree when all entries are saved; `None` for the root of
     /// the walk, whose tree is the snapshot's.
     node: Option<Node>,
     /// Its descriptor, while it is among the innermost folders.
-    dir: Option<DirHandle>,
+    pub(super) dir: Option<DirHandle>,
     /// What `fstatat` said when the walk entered it: a reopened descriptor must match.
-    stat: Stat,
+    pub(super) stat: Stat,
     /// It is above the backed-up paths and was opened following symlinks.
-    followed: bool,
+    pub(super) followed: bool,
     /// Its path is `Walk::path[..path_len]`.
-    path_len: usize,
+    pub(super) path_len: usize,
     /// The device of the backed-up root it is in (`--one-file-system`); `None` above the
     /// roots.
-    root_dev: Option<u64>,
-    entries: Entries<'t>,
+    pub(super) root_dev: Option<u64>,
+    pub(super) entries: Entries<'t>,
     tree: Tree,
     /// The parent snapshot's entries of this folder, sorted by name (empty when it had no
     /// such folder): files the files cache does not know are looked up here.
@@ -123,7 +123,12 @@ struct Frame<'t> {
 }
 
 impl<'t> Frame<'t> {
-    fn new(node: Option<Node>, dir: DirHandle, stat: Stat, path_len: usize) -> Frame<'t> {
+    pub(super) fn new(
+        node: Option<Node>,
+        dir: DirHandle,
+        stat: Stat,
+        path_len: usize,
+    ) -> Frame<'t> {
         Frame {
             node,
             dir: Some(dir),
@@ -159,12 +164,12 @@ fn previous_folder(previous: &[Node], name: &[u8]) -> Option<Id> {
         .and_then(|n| n.subtree)
 }
 
-fn as_path(bytes: &[u8]) -> &Path {
+pub(super) fn as_path(bytes: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(bytes))
 }
 
 /// Sets `path` to the entry `name` of the folder whose path is `path[..len]`.
-fn set_entry_path(path: &mut Vec<u8>, len: usize, name: &[u8]) {
+pub(super) fn set_entry_path(path: &mut Vec<u8>, len: usize, name: &[u8]) {
     path.truncate(len);
     if path.last() != Some(&b'/') {
         path.push(b'/');
@@ -174,7 +179,7 @@ fn set_entry_path(path: &mut Vec<u8>, len: usize, name: &[u8]) {
 
 /// The folder descriptor of the innermost frame, which always has one while it has entries
 /// to save.
-fn held(dir: &Option<DirHandle>) -> Result<&DirHandle> {
+pub(super) fn held(dir: &Option<DirHandle>) -> Result<&DirHandle> {
     dir.as_ref()
         .ok_or_else(|| Error::invalid("internal: the folder being saved has no descriptor"))
 }
@@ -325,15 +330,7 @@ impl Archiver<'_> {
                     }
                 };
                 if let Some(d) = &opened {
-                    let fd = d.fd().map_err(fd_error(path))?;
-                    for marker in &self.opts.excludes.if_present {
-                        if let Ok(m) = CString::new(marker.as_slice()) {
-                            if Stat::at(fd, &m).is_ok() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    if self.opts.excludes.caches && is_cache_folder(fd) {
+                    if folder_left_out(&self.opts.excludes, d.fd().map_err(fd_error(path))?) {
                         return Ok(());
                     }
                 }
@@ -435,30 +432,43 @@ impl Archiver<'_> {
     /// just finished, still open) or by name from the nearest folder still open. A folder
     /// that is not the one the walk entered has been moved: what remains of it is left out.
     fn reopen_parent(&mut self, stack: &mut [Frame<'_>], path: &[u8], child: Option<&DirHandle>) {
-        let Some(i) = stack.len().checked_sub(1) else {
-            return;
-        };
-        let want = stack[i].stat;
-        let follow = stack[i].followed;
-        let same = |d: DirHandle| -> Option<DirHandle> {
-            let st = Stat::of(d.fd().ok()?).ok()?;
-            st.same_object(&want).then_some(d)
-        };
-        let up = child
-            .and_then(|c| c.fd().ok())
-            .and_then(|c| DirHandle::pass_at(c, c"..", follow).ok())
-            .and_then(same);
-        let reopened = up.or_else(|| reopen_by_name(stack, path));
-        match reopened {
-            Some(d) => stack[i].dir = Some(d),
-            None => {
-                stack[i].entries = Entries::Done;
-                let folder = as_path(&path[..stack[i].path_len]);
-                self.warn(format!(
-                    "{}: moved while it was backed up; entries not yet saved are left out",
-                    folder.display()
-                ));
-            }
+        if let Some(len) = reopen_parent(stack, path, child) {
+            let folder = as_path(&path[..len]);
+            self.warn(format!(
+                "{}: moved while it was backed up; entries not yet saved are left out",
+                folder.display()
+            ));
+        }
+    }
+}
+
+/// Gives the innermost folder of `stack` its descriptor back (see
+/// [`Archiver::reopen_parent`]). When it was moved, nothing more is saved of it, and the
+/// length of its path is returned.
+pub(super) fn reopen_parent(
+    stack: &mut [Frame<'_>],
+    path: &[u8],
+    child: Option<&DirHandle>,
+) -> Option<usize> {
+    let i = stack.len().checked_sub(1)?;
+    let want = stack[i].stat;
+    let follow = stack[i].followed;
+    let same = |d: DirHandle| -> Option<DirHandle> {
+        let st = Stat::of(d.fd().ok()?).ok()?;
+        st.same_object(&want).then_some(d)
+    };
+    let up = child
+        .and_then(|c| c.fd().ok())
+        .and_then(|c| DirHandle::pass_at(c, c"..", follow).ok())
+        .and_then(same);
+    match up.or_else(|| reopen_by_name(stack, path)) {
+        Some(d) => {
+            stack[i].dir = Some(d);
+            None
+        }
+        None => {
+            stack[i].entries = Entries::Done;
+            Some(stack[i].path_len)
         }
     }
 }
@@ -487,23 +497,11 @@ fn reopen_by_name(stack: &[Frame<'_>], path: &[u8]) -> Option<DirHandle> {
 
 /// Enters a folder, letting go of the descriptor of the folder that leaves the innermost
 /// [`HELD`] (never the root's).
-fn push<'t>(stack: &mut Vec<Frame<'t>>, frame: Frame<'t>) {
+pub(super) fn push<'t>(stack: &mut Vec<Frame<'t>>, frame: Frame<'t>) {
     stack.push(frame);
     if let Some(k) = stack.len().checked_sub(HELD + 1) {
         if k >= 1 {
             stack[k].dir = None;
         }
     }
-}
-
-/// Whether the open folder `fd` holds a `CACHEDIR.TAG` file starting with the signature of
-/// the Cache Directory Tagging Specification (read without following a symlink).
-fn is_cache_folder(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    use std::io::Read;
-    let Ok(mut f) = crate::walk::open_file_at(fd, c"CACHEDIR.TAG") else {
-        return false;
-    };
-    let want = crate::excludes::CACHEDIR_SIGNATURE;
-    let mut head = vec![0u8; want.len()];
-    f.read_exact(&mut head).is_ok() && head == want
 }
