@@ -83,7 +83,14 @@ impl Client {
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).unwrap()
+        // A backup that runs a while streams status lines first; its summary is the last.
+        let out = self.ok(&all);
+        serde_json::from_str(
+            out.lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or_default(),
+        )
+        .unwrap()
     }
 }
 
@@ -205,7 +212,12 @@ fn cairn_works_through_the_server_and_an_append_only_user_deletes_nothing() {
     admin.ok(&["forget", "--keep-last", "1", "--prune"]);
     let status = running.wait_with_output().unwrap();
     assert!(status.status.success());
-    let saved: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let stdout = String::from_utf8(status.stdout).unwrap();
+    let last = stdout
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let saved: serde_json::Value = serde_json::from_str(last).unwrap();
     let stream_snapshot = saved["snapshot"].as_str().unwrap().to_string();
     admin.ok(&["check", "--read-data"]);
     let mut both = vec![1u8; 2_000_000];
