@@ -234,3 +234,44 @@ fn a_restore_stopped_by_ctrl_c_or_sigkill_finishes_when_run_again() {
         assert!(!target.join(MARKER).exists());
     }
 }
+
+/// The in-progress marker of an interrupted restore, as the first run writes it.
+fn leave_marker(target: &Path, id: &str) {
+    std::fs::write(
+        target.join(MARKER),
+        format!("a cairn restore into this folder was interrupted\nsnapshot {id}\n"),
+    )
+    .unwrap();
+}
+
+/// A first run restricted by `--include` checked only what it selected. A rerun of the same
+/// snapshot that selects more must not replace, unasked, an existing file the first run
+/// never looked at: without `--overwrite` that is a conflict, as without a marker.
+#[test]
+fn a_rerun_selecting_more_does_not_replace_files_the_first_run_never_checked() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    let out = restored(&target, &src);
+    // The user's own, edited copy of a.txt is in the target.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("a.txt"), "my own edits\n").unwrap();
+    // A restore of sub/ only, interrupted: its marker stays (a.txt was not selected, so not
+    // checked).
+    let sub = src.join("sub");
+    env.ok(&["restore", "latest", "--target", t, "--include", sub.to_str().unwrap()]);
+    leave_marker(&target, &id);
+
+    // The whole snapshot, without --overwrite: a.txt differs and was never checked.
+    let err = env.fails(&["restore", "latest", "--target", t], 1);
+    assert!(err.contains("a.txt"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "my own edits\n",
+        "a file the interrupted restore never checked was replaced without --overwrite"
+    );
+}
