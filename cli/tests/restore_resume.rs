@@ -275,3 +275,39 @@ fn a_rerun_selecting_more_does_not_replace_files_the_first_run_never_checked() {
         "a file the interrupted restore never checked was replaced without --overwrite"
     );
 }
+
+/// A file the interrupted run never wrote (its change time is older than the marker) is
+/// not known to be complete, whatever its size and modification time: `--overwrite
+/// if-changed` run to repair damaged files (same size, same times, other bytes) must still
+/// compare it when it finishes an interrupted run.
+#[test]
+fn a_rerun_compares_files_the_interrupted_run_did_not_write() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    // Damage that keeps size and times (a flipped bit on disk, an edit with `touch -r`).
+    let c = out.join("sub/c.txt");
+    let mtime = std::fs::metadata(&c).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&c).unwrap();
+    bytes[1000] = b'X';
+    std::fs::write(&c, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&c).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(20));
+    // `restore --overwrite if-changed` to repair it, interrupted before it reached c.txt.
+    leave_marker(&target, &id);
+
+    let r = env.json(&["restore", "latest", "--target", t, "--overwrite", "if-changed"]);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert!(
+        std::fs::read(&c).unwrap() == std::fs::read(src.join("sub/c.txt")).unwrap(),
+        "a damaged file was kept as complete: {r}"
+    );
+}
