@@ -311,3 +311,33 @@ fn a_rerun_compares_files_the_interrupted_run_did_not_write() {
         "a damaged file was kept as complete: {r}"
     );
 }
+
+/// Hard links the interrupted run did not make yet are made when it is finished: the
+/// paths of a group share one inode, as after an uninterrupted restore.
+#[test]
+fn a_rerun_links_the_rest_of_a_half_restored_hard_link_group() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    std::fs::write(src.join("h1"), "linked\n").unwrap();
+    std::fs::hard_link(src.join("h1"), src.join("h2")).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&out.join("h1")), ino(&out.join("h2")));
+    // Interrupted after h1, before h2 was linked to it.
+    std::fs::remove_file(out.join("h2")).unwrap();
+    leave_marker(&target, &id);
+
+    let r = env.json(&["restore", "latest", "--target", t]);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert_eq!(
+        ino(&out.join("h1")),
+        ino(&out.join("h2")),
+        "h2 was restored as a copy, not as a link to h1: {r}"
+    );
+}
