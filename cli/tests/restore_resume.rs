@@ -341,3 +341,29 @@ fn a_rerun_links_the_rest_of_a_half_restored_hard_link_group() {
         "h2 was restored as a copy, not as a link to h1: {r}"
     );
 }
+
+/// A snapshot may hold a file named like the marker at its top (a folder that held an
+/// interrupted restore was backed up, or the stdin name chosen). Restoring it must restore
+/// that file, not fail on it, nor delete it at the end.
+#[test]
+fn a_snapshot_holding_a_file_named_like_the_marker_restores_it() {
+    let env = Env::new();
+    env.init();
+    env.cmd()
+        .args(["backup", "--stdin", "--stdin-filename", MARKER])
+        .write_stdin("the snapshot's own file\n")
+        .assert()
+        .success();
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    let first = env.cmd().args(["restore", "latest", "--target", t]).output().unwrap();
+    let again = env.cmd().args(["restore", "latest", "--target", t]).output().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(target.join(MARKER)).ok().as_deref(),
+        Some("the snapshot's own file\n"),
+        "first run: {}; second run: {}",
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+}
