@@ -307,6 +307,9 @@ impl Restorer<'_> {
             if self.opts.overwrite != Overwrite::Always
                 && self.matches_existing(&dir, &name, node, st)?
             {
+                // Known as the group's first path now, so that its other paths decided
+                // before this batch is finished become links to it, not copies.
+                self.remember_link(&dir, &name, node);
                 return Ok(Action::Unchanged {
                     dir,
                     name,
