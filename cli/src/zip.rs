@@ -420,6 +420,40 @@ mod tests {
         assert!(unzip(&out, &["-l"]).contains(&size.to_string()));
     }
 
+    /// A reader of `n` bytes that do not compress (xorshift).
+    struct Noise(u64, u64);
+    impl Read for Noise {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(usize::try_from(self.0).unwrap_or(usize::MAX)) & !7;
+            let n = if n == 0 { buf.len().min(self.0 as usize) } else { n };
+            for chunk in buf[..n].chunks_mut(8) {
+                self.1 ^= self.1 << 13;
+                self.1 ^= self.1 >> 7;
+                self.1 ^= self.1 << 17;
+                chunk.copy_from_slice(&self.1.to_le_bytes()[..chunk.len()]);
+            }
+            self.0 -= n as u64;
+            Ok(n)
+        }
+    }
+
+    /// A file just under 4 GiB whose bytes do not compress deflates to a little more than
+    /// its size (stored blocks have headers): it must still be archived, as ZIP64 where its
+    /// compressed size needs it, not refused as a file that grew.
+    #[test]
+    fn an_incompressible_file_just_under_4_gib_is_archived() {
+        let size = U32_MAX - (64 << 10);
+        let mut z = ZipWriter::new(io::sink());
+        let e = Entry {
+            name: b"video.mp4",
+            kind: EntryKind::File { size },
+            mode: 0o644,
+            mtime: 1_700_000_000,
+        };
+        z.add(&e, &mut Noise(size, 0x9e37_79b9_7f4a_7c15)).unwrap();
+        z.finish().unwrap();
+    }
+
     #[test]
     fn an_archive_ends_with_its_directory() {
         let mut z = ZipWriter::new(Vec::new());
