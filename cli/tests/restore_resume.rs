@@ -367,3 +367,37 @@ fn a_snapshot_holding_a_file_named_like_the_marker_restores_it() {
     );
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
 }
+
+/// `--verify` promises every restored file was read back and matched the snapshot. When a
+/// rerun keeps a file by its size and modification time without reading it, that file was
+/// never checked: a damaged one (same size and times) must not pass as verified.
+#[test]
+fn a_verified_rerun_does_not_keep_files_unread() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    // The interrupted run wrote c.txt; it was damaged since, size and times kept.
+    leave_marker(&target, &id);
+    let c = out.join("sub/c.txt");
+    let mtime = std::fs::metadata(&c).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&c).unwrap();
+    bytes[1000] = b'X';
+    std::fs::write(&c, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&c).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+
+    let r = env.cmd().args(["--json", "restore", "latest", "--target", t, "--verify"]).output().unwrap();
+    let same = std::fs::read(&c).unwrap() == std::fs::read(src.join("sub/c.txt")).unwrap();
+    assert!(
+        same || !r.status.success(),
+        "a damaged file passed --verify: {}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+}
