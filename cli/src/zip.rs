@@ -431,7 +431,11 @@ mod tests {
     impl Read for Noise {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let n = buf.len().min(usize::try_from(self.0).unwrap_or(usize::MAX)) & !7;
-            let n = if n == 0 { buf.len().min(self.0 as usize) } else { n };
+            let n = if n == 0 {
+                buf.len().min(self.0 as usize)
+            } else {
+                n
+            };
             for chunk in buf[..n].chunks_mut(8) {
                 self.1 ^= self.1 << 13;
                 self.1 ^= self.1 >> 7;

@@ -383,18 +383,34 @@ fn dump_zip_of_odd_entries_is_read_back_exactly() {
         .args(["dump", "latest", src.to_str().unwrap(), "--archive", "zip"])
         .output()
         .unwrap();
-    assert!(zip.status.success(), "{}", String::from_utf8_lossy(&zip.stderr));
+    assert!(
+        zip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&zip.stderr)
+    );
     let file = env.path("odd.zip");
     std::fs::write(&file, &zip.stdout).unwrap();
-    let test = std::process::Command::new("unzip").arg("-t").arg(&file).output().unwrap();
-    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stdout));
+    let test = std::process::Command::new("unzip")
+        .arg("-t")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "{}",
+        String::from_utf8_lossy(&test.stdout)
+    );
     let py = std::process::Command::new("python3")
         .arg("-c")
         .arg("import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); bad = z.testzip(); assert bad is None, bad; print(len(z.infolist()))")
         .arg(&file)
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let x = env.path("x");
     let unzip = std::process::Command::new("unzip")
         .args(["-q", "-d"])
@@ -402,7 +418,11 @@ fn dump_zip_of_odd_entries_is_read_back_exactly() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(unzip.status.success(), "{}", String::from_utf8_lossy(&unzip.stderr));
+    assert!(
+        unzip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unzip.stderr)
+    );
     let base = x.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(base.join("empty")).unwrap(), b"");
     assert_eq!(
@@ -413,5 +433,8 @@ fn dump_zip_of_odd_entries_is_read_back_exactly() {
     let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().mtime();
     assert_eq!(mtime(&base.join("d/y1975")), 160_000_000, "a 1975 time");
     // Before 1970 only the DOS time (1980 at the earliest) is taken; never a time to come.
-    assert!(mtime(&base.join("d/old")) <= 315_532_800 + 86_400, "a 1966 time");
+    assert!(
+        mtime(&base.join("d/old")) <= 315_532_800 + 86_400,
+        "a 1966 time"
+    );
 }

@@ -263,7 +263,14 @@ fn a_rerun_selecting_more_does_not_replace_files_the_first_run_never_checked() {
     // A restore of sub/ only, interrupted: its marker stays (a.txt was not selected, so not
     // checked).
     let sub = src.join("sub");
-    env.ok(&["restore", "latest", "--target", t, "--include", sub.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--include",
+        sub.to_str().unwrap(),
+    ]);
     leave_marker(&target, &id);
 
     // The whole snapshot, without --overwrite: a.txt differs and was never checked.
@@ -304,7 +311,14 @@ fn a_rerun_compares_files_the_interrupted_run_did_not_write() {
     // `restore --overwrite if-changed` to repair it, interrupted before it reached c.txt.
     leave_marker(&target, &id);
 
-    let r = env.json(&["restore", "latest", "--target", t, "--overwrite", "if-changed"]);
+    let r = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-changed",
+    ]);
     assert_eq!(r["resumed"], true, "{r}");
     assert!(
         std::fs::read(&c).unwrap() == std::fs::read(src.join("sub/c.txt")).unwrap(),
@@ -356,8 +370,16 @@ fn a_snapshot_holding_a_file_named_like_the_marker_restores_it() {
         .success();
     let target = env.path("out");
     let t = target.to_str().unwrap();
-    let first = env.cmd().args(["restore", "latest", "--target", t]).output().unwrap();
-    let again = env.cmd().args(["restore", "latest", "--target", t]).output().unwrap();
+    let first = env
+        .cmd()
+        .args(["restore", "latest", "--target", t])
+        .output()
+        .unwrap();
+    let again = env
+        .cmd()
+        .args(["restore", "latest", "--target", t])
+        .output()
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(target.join(MARKER)).ok().as_deref(),
         Some("the snapshot's own file\n"),
@@ -365,7 +387,11 @@ fn a_snapshot_holding_a_file_named_like_the_marker_restores_it() {
         String::from_utf8_lossy(&first.stderr),
         String::from_utf8_lossy(&again.stderr)
     );
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
 }
 
 /// `--verify` promises every restored file was read back and matched the snapshot. When a
@@ -393,7 +419,11 @@ fn a_verified_rerun_does_not_keep_files_unread() {
     f.set_modified(mtime).unwrap();
     drop(f);
 
-    let r = env.cmd().args(["--json", "restore", "latest", "--target", t, "--verify"]).output().unwrap();
+    let r = env
+        .cmd()
+        .args(["--json", "restore", "latest", "--target", t, "--verify"])
+        .output()
+        .unwrap();
     let same = std::fs::read(&c).unwrap() == std::fs::read(src.join("sub/c.txt")).unwrap();
     assert!(
         same || !r.status.success(),
