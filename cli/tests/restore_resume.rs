@@ -431,3 +431,43 @@ fn a_verified_rerun_does_not_keep_files_unread() {
         String::from_utf8_lossy(&r.stdout)
     );
 }
+
+/// A rerun that restores only part of the snapshot (`--include`) finishes only that part:
+/// the marker must stay for the rest, or a partial file outside the part is left behind
+/// with nothing to say so, and a later full run takes it for a conflict.
+#[test]
+fn a_partial_rerun_keeps_the_marker_for_the_rest() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    // Interrupted while a.txt was being written.
+    leave_marker(&target, &id);
+    std::fs::write(out.join("a.txt"), "alp").unwrap();
+
+    let sub = src.join("sub");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--include",
+        sub.to_str().unwrap(),
+    ]);
+    let a = std::fs::read_to_string(out.join("a.txt")).unwrap();
+    assert!(
+        a == "alpha\n" || target.join(MARKER).exists(),
+        "a.txt is partial ({a:?}) and the marker is gone"
+    );
+    // Running the whole restore again finishes it.
+    env.ok(&["restore", "latest", "--target", t]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "alpha\n"
+    );
+}
