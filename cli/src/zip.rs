@@ -39,6 +39,9 @@ const NEEDS_45: u16 = 45;
 /// "Made by": Unix, 4.5 (so readers take the external attributes as a Unix mode).
 const MADE_BY_UNIX: u16 = (3 << 8) | 45;
 const U32_MAX: u64 = 0xFFFF_FFFF;
+/// How much larger than 4 GiB deflate may make a file of under 4 GiB (stored blocks add 5
+/// bytes per block of at most 64 KiB, about 0.01%; this leaves ample room).
+const DEFLATE_GROWTH: u64 = 16 << 20;
 /// Central directory kept in memory up to this many bytes, then in a temporary file.
 const SPILL_AT: usize = 8 << 20;
 
@@ -151,8 +154,11 @@ impl<W: Write> ZipWriter<W> {
             }
             EntryKind::Symlink { .. } => (0o120000, STORED),
         };
-        // Known to need ZIP64 before it is written: only a file whose size says so.
-        let zip64 = matches!(entry.kind, EntryKind::File { size } if size >= U32_MAX);
+        // Known to need ZIP64 before it is written: only a file whose size says so. Deflate
+        // can make incompressible data a little larger (stored blocks have headers), so a
+        // file just under 4 GiB may need it for its compressed size.
+        let zip64 =
+            matches!(entry.kind, EntryKind::File { size } if size >= U32_MAX - DEFLATE_GROWTH);
         let mut flags = FLAG_DESCRIPTOR;
         if std::str::from_utf8(&name).is_ok() {
             flags |= FLAG_UTF8;
@@ -418,6 +424,62 @@ mod tests {
         z.add(&e, &mut Zeros(size)).unwrap();
         let out = z.finish().unwrap();
         assert!(unzip(&out, &["-l"]).contains(&size.to_string()));
+    }
+
+    /// A reader of `n` bytes that do not compress (xorshift).
+    struct Noise(u64, u64);
+    impl Read for Noise {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(usize::try_from(self.0).unwrap_or(usize::MAX)) & !7;
+            let n = if n == 0 {
+                buf.len().min(self.0 as usize)
+            } else {
+                n
+            };
+            for chunk in buf[..n].chunks_mut(8) {
+                self.1 ^= self.1 << 13;
+                self.1 ^= self.1 >> 7;
+                self.1 ^= self.1 << 17;
+                chunk.copy_from_slice(&self.1.to_le_bytes()[..chunk.len()]);
+            }
+            self.0 -= n as u64;
+            Ok(n)
+        }
+    }
+
+    /// A file just under 4 GiB whose bytes do not compress deflates to a little more than
+    /// its size (stored blocks have headers): it must still be archived, as ZIP64 where its
+    /// compressed size needs it, not refused as a file that grew.
+    #[test]
+    fn an_incompressible_file_just_under_4_gib_is_archived() {
+        let size = U32_MAX - (64 << 10);
+        let mut z = ZipWriter::new(io::sink());
+        let e = Entry {
+            name: b"video.mp4",
+            kind: EntryKind::File { size },
+            mode: 0o644,
+            mtime: 1_700_000_000,
+        };
+        z.add(&e, &mut Noise(size, 0x9e37_79b9_7f4a_7c15)).unwrap();
+        z.finish().unwrap();
+    }
+
+    /// A compressible file just under 4 GiB is a ZIP64 entry in its local header (its size
+    /// could have deflated past 4 GiB) and an ordinary one in the central directory; unzip
+    /// tests it whole.
+    #[test]
+    fn a_compressible_file_just_under_4_gib_passes_unzip_t() {
+        let size = U32_MAX - (1 << 20);
+        let mut z = ZipWriter::new(Vec::new());
+        let e = Entry {
+            name: b"zeros",
+            kind: EntryKind::File { size },
+            mode: 0o600,
+            mtime: 1_700_000_000,
+        };
+        z.add(&e, &mut Zeros(size)).unwrap();
+        let out = z.finish().unwrap();
+        assert!(unzip(&out, &["-t"]).contains("No errors detected"));
     }
 
     #[test]

@@ -527,3 +527,56 @@ fn an_interrupted_restore_is_finished_by_running_it_again() {
     assert_eq!(marks(&back), vec![1]);
     assert_eq!(back.psql("select count(*) from pgbench_accounts"), "100000");
 }
+
+/// A restore killed after it wrote `pg_control` and the recovery settings but before it
+/// removed its marker leaves a cluster PostgreSQL starts. Once a server has run there (or
+/// still runs), running the restore again must not take the folder for its own unfinished
+/// work: it would replace files under a live server and keep the files the server wrote.
+#[test]
+fn a_marker_left_in_a_cluster_that_has_run_does_not_resume_over_it() {
+    let Some(_pg) = Pg::require() else { return };
+    let arc = PgArchive::new();
+    let work = postgres_tempdir();
+    let w = work.path();
+    let pg = archiving_cluster(&arc, &w.join("cluster"));
+    let base = arc.basebackup(&pg);
+    let id = base["snapshot"].as_str().unwrap().to_string();
+    mark(&pg, 1);
+    pg.switch_and_archive(ARCHIVED);
+    drop(pg);
+
+    let data = w.join("back");
+    let out = arc.restore(&data, &[]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    let mut back = Cluster::from_restored(
+        &data,
+        &RestoredOpts {
+            settings: vec![("archive_mode".to_string(), "off".to_string())],
+            env: arc.base_vars(),
+            ..RestoredOpts::default()
+        },
+    );
+    back.start();
+    back.wait_recovery_end(RECOVERY);
+    back.exec("insert into marks (n) values (2)");
+    // The marker the interrupted restore left (as its owner would have it).
+    let marker = data.join(".cairn-restore-in-progress");
+    std::fs::write(&marker, format!("interrupted\nsnapshot {id}\n")).unwrap();
+    let owner = std::fs::metadata(&data).unwrap();
+    std::os::unix::fs::chown(
+        &marker,
+        Some(std::os::unix::fs::MetadataExt::uid(&owner)),
+        Some(std::os::unix::fs::MetadataExt::gid(&owner)),
+    )
+    .unwrap();
+    assert!(data.join("postmaster.pid").exists());
+
+    let out = arc.restore(&data, &[]);
+    assert_eq!(
+        code(&out),
+        Some(1),
+        "a restore went over a running cluster: {}",
+        text(&out)
+    );
+    assert_eq!(marks(&back), vec![1, 2]);
+}

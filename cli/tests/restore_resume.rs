@@ -234,3 +234,240 @@ fn a_restore_stopped_by_ctrl_c_or_sigkill_finishes_when_run_again() {
         assert!(!target.join(MARKER).exists());
     }
 }
+
+/// The in-progress marker of an interrupted restore, as the first run writes it.
+fn leave_marker(target: &Path, id: &str) {
+    std::fs::write(
+        target.join(MARKER),
+        format!("a cairn restore into this folder was interrupted\nsnapshot {id}\n"),
+    )
+    .unwrap();
+}
+
+/// A first run restricted by `--include` checked only what it selected. A rerun of the same
+/// snapshot that selects more must not replace, unasked, an existing file the first run
+/// never looked at: without `--overwrite` that is a conflict, as without a marker.
+#[test]
+fn a_rerun_selecting_more_does_not_replace_files_the_first_run_never_checked() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    let out = restored(&target, &src);
+    // The user's own, edited copy of a.txt is in the target.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("a.txt"), "my own edits\n").unwrap();
+    // A restore of sub/ only, interrupted: its marker stays (a.txt was not selected, so not
+    // checked).
+    let sub = src.join("sub");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--include",
+        sub.to_str().unwrap(),
+    ]);
+    leave_marker(&target, &id);
+
+    // The whole snapshot, without --overwrite: a.txt differs and was never checked.
+    let err = env.fails(&["restore", "latest", "--target", t], 1);
+    assert!(err.contains("a.txt"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "my own edits\n",
+        "a file the interrupted restore never checked was replaced without --overwrite"
+    );
+}
+
+/// A file the interrupted run never wrote (its change time is older than the marker) is
+/// not known to be complete, whatever its size and modification time: `--overwrite
+/// if-changed` run to repair damaged files (same size, same times, other bytes) must still
+/// compare it when it finishes an interrupted run.
+#[test]
+fn a_rerun_compares_files_the_interrupted_run_did_not_write() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    // Damage that keeps size and times (a flipped bit on disk, an edit with `touch -r`).
+    let c = out.join("sub/c.txt");
+    let mtime = std::fs::metadata(&c).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&c).unwrap();
+    bytes[1000] = b'X';
+    std::fs::write(&c, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&c).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(20));
+    // `restore --overwrite if-changed` to repair it, interrupted before it reached c.txt.
+    leave_marker(&target, &id);
+
+    let r = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-changed",
+    ]);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert!(
+        std::fs::read(&c).unwrap() == std::fs::read(src.join("sub/c.txt")).unwrap(),
+        "a damaged file was kept as complete: {r}"
+    );
+}
+
+/// Hard links the interrupted run did not make yet are made when it is finished: the
+/// paths of a group share one inode, as after an uninterrupted restore.
+#[test]
+fn a_rerun_links_the_rest_of_a_half_restored_hard_link_group() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    std::fs::write(src.join("h1"), "linked\n").unwrap();
+    std::fs::hard_link(src.join("h1"), src.join("h2")).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&out.join("h1")), ino(&out.join("h2")));
+    // Interrupted after h1, before h2 was linked to it.
+    std::fs::remove_file(out.join("h2")).unwrap();
+    leave_marker(&target, &id);
+
+    let r = env.json(&["restore", "latest", "--target", t]);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert_eq!(
+        ino(&out.join("h1")),
+        ino(&out.join("h2")),
+        "h2 was restored as a copy, not as a link to h1: {r}"
+    );
+}
+
+/// A snapshot may hold a file named like the marker at its top (a folder that held an
+/// interrupted restore was backed up, or the stdin name chosen). Restoring it must restore
+/// that file, not fail on it, nor delete it at the end.
+#[test]
+fn a_snapshot_holding_a_file_named_like_the_marker_restores_it() {
+    let env = Env::new();
+    env.init();
+    env.cmd()
+        .args(["backup", "--stdin", "--stdin-filename", MARKER])
+        .write_stdin("the snapshot's own file\n")
+        .assert()
+        .success();
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    let first = env
+        .cmd()
+        .args(["restore", "latest", "--target", t])
+        .output()
+        .unwrap();
+    let again = env
+        .cmd()
+        .args(["restore", "latest", "--target", t])
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(target.join(MARKER)).ok().as_deref(),
+        Some("the snapshot's own file\n"),
+        "first run: {}; second run: {}",
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+}
+
+/// `--verify` promises every restored file was read back and matched the snapshot. When a
+/// rerun keeps a file by its size and modification time without reading it, that file was
+/// never checked: a damaged one (same size and times) must not pass as verified.
+#[test]
+fn a_verified_rerun_does_not_keep_files_unread() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    // The interrupted run wrote c.txt; it was damaged since, size and times kept.
+    leave_marker(&target, &id);
+    let c = out.join("sub/c.txt");
+    let mtime = std::fs::metadata(&c).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&c).unwrap();
+    bytes[1000] = b'X';
+    std::fs::write(&c, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&c).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+
+    let r = env
+        .cmd()
+        .args(["--json", "restore", "latest", "--target", t, "--verify"])
+        .output()
+        .unwrap();
+    let same = std::fs::read(&c).unwrap() == std::fs::read(src.join("sub/c.txt")).unwrap();
+    assert!(
+        same || !r.status.success(),
+        "a damaged file passed --verify: {}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+}
+
+/// A rerun that restores only part of the snapshot (`--include`) finishes only that part:
+/// the marker must stay for the rest, or a partial file outside the part is left behind
+/// with nothing to say so, and a later full run takes it for a conflict.
+#[test]
+fn a_partial_rerun_keeps_the_marker_for_the_rest() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(&env);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let out = restored(&target, &src);
+    // Interrupted while a.txt was being written.
+    leave_marker(&target, &id);
+    std::fs::write(out.join("a.txt"), "alp").unwrap();
+
+    let sub = src.join("sub");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--include",
+        sub.to_str().unwrap(),
+    ]);
+    let a = std::fs::read_to_string(out.join("a.txt")).unwrap();
+    assert!(
+        a == "alpha\n" || target.join(MARKER).exists(),
+        "a.txt is partial ({a:?}) and the marker is gone"
+    );
+    // Running the whole restore again finishes it.
+    env.ok(&["restore", "latest", "--target", t]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "alpha\n"
+    );
+}

@@ -187,7 +187,8 @@ impl Restorer<'_> {
             NodeKind::File => {
                 kind == SFlag::S_IFREG
                     && st.st_size as u64 == node.size
-                    && (self.resuming && completed_by_restore(st, node)
+                    // With `--verify` every file is read: a kept file is then checked too.
+                    && (self.resuming && !self.opts.verify && completed_by_restore(st, node)
                         || match open_regular(dir, name)? {
                             Some(f) => content_matches(self.repo, f, &dir.child(name), node)?,
                             None => false,
@@ -307,6 +308,9 @@ impl Restorer<'_> {
             if self.opts.overwrite != Overwrite::Always
                 && self.matches_existing(&dir, &name, node, st)?
             {
+                // Known as the group's first path now, so that its other paths decided
+                // before this batch is finished become links to it, not copies.
+                self.remember_link(&dir, &name, node);
                 return Ok(Action::Unchanged {
                     dir,
                     name,

@@ -13,7 +13,8 @@
 //! A file is complete once its times are applied: the restore writes them last, after the
 //! content, the owner, the mode and the extended attributes. So when resuming, a regular file
 //! whose size and modification time (to the nanosecond) equal the snapshot's is taken as
-//! complete without reading it; any other file is compared by content as usual.
+//! complete without reading it; any other file is compared by content as usual. With
+//! `--verify` no file is taken as complete unread.
 //!
 //! A marker naming another snapshot changes nothing: the restore then treats the target as
 //! any other non-empty folder, and a conflict error names the interrupted snapshot.
