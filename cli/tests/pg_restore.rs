@@ -460,15 +460,23 @@ fn an_interrupted_restore_is_finished_by_running_it_again() {
     drop(pg);
 
     let data = w.join("back");
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
     let out = arc.restore(&data, &[]);
     assert_eq!(code(&out), Some(0), "{}", text(&out));
     assert!(!data.join(".cairn-restore-in-progress").exists());
-    // Undo the end of it, as an interruption would have left it.
+    // Undo the end of it, as an interruption would have left it: the marker, dated from
+    // before the restore began (what the restore wrote is its own work).
     std::fs::write(
         data.join(".cairn-restore-in-progress"),
         format!("interrupted\nsnapshot {id}\n"),
     )
     .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(data.join(".cairn-restore-in-progress"))
+        .unwrap()
+        .set_modified(started)
+        .unwrap();
     let owner = std::fs::metadata(&data).unwrap();
     std::os::unix::fs::chown(
         data.join(".cairn-restore-in-progress"),

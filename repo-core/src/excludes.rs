@@ -28,6 +28,9 @@ pub struct Excludes {
     pub caches: bool,
     /// Leave out files larger than this many bytes.
     pub larger_than: Option<u64>,
+    /// The patterns as given (case-insensitive ones after a `(?i)`), to say what they chose:
+    /// a restore's in-progress marker records them.
+    pub patterns: Vec<String>,
 }
 
 /// Patterns split into those matched against whole paths and those matched against names.
@@ -104,10 +107,13 @@ impl Excludes {
             sets.add(p, true)?;
         }
         let (by_path, by_name) = sets.build()?;
+        let mut given: Vec<String> = patterns.to_vec();
+        given.extend(ipatterns.iter().map(|p| format!("(?i){p}")));
         Ok(Excludes {
             by_path,
             by_name,
             if_present: if_present.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            patterns: given,
             ..Excludes::default()
         })
     }

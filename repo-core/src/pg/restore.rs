@@ -128,7 +128,23 @@ fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<()> {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 match restorer::interrupted_restore(dir)? {
-                    Some(other) if other == *snapshot => return Ok(()),
+                    // A server that has run here (or runs) writes these; no base backup
+                    // holds them. Restoring under it would corrupt what it wrote.
+                    Some(other) if other == *snapshot => {
+                        return match ["postmaster.pid", "postmaster.opts"]
+                            .iter()
+                            .find(|f| dir.join(f).exists())
+                        {
+                            None => Ok(()),
+                            Some(f) => Err(Error::new(
+                                ErrorKind::AlreadyExists,
+                                format!(
+                                    "{} holds an interrupted restore, but PostgreSQL has run in it since ({f} is there): nothing was touched; move the folder aside and restore again",
+                                    dir.display()
+                                ),
+                            )),
+                        };
+                    }
                     Some(other) => {
                         return Err(Error::new(
                             ErrorKind::AlreadyExists,

@@ -168,6 +168,13 @@ pub(super) fn apply_fd(f: &File, shown: &Path, node: &Node, is_root: bool) -> Re
 
 impl Restorer<'_> {
     /// Whether the existing entry `name` of `dir` already equals `node`.
+    /// Whether an existing entry was made by the interrupted run this restore finishes: its
+    /// ctime is not older than that run's start (see `resume`).
+    pub(super) fn made_by_interrupted_run(&self, st: &FileStat) -> bool {
+        self.resuming
+            .is_some_and(|since| (st.st_ctime, st.st_ctime_nsec) >= since)
+    }
+
     pub(super) fn matches_existing(
         &self,
         dir: &DirFd,
@@ -188,7 +195,9 @@ impl Restorer<'_> {
                 kind == SFlag::S_IFREG
                     && st.st_size as u64 == node.size
                     // With `--verify` every file is read: a kept file is then checked too.
-                    && (self.resuming && !self.opts.verify && completed_by_restore(st, node)
+                    && (!self.opts.verify
+                        && self.made_by_interrupted_run(st)
+                        && completed_by_restore(st, node)
                         || match open_regular(dir, name)? {
                             Some(f) => content_matches(self.repo, f, &dir.child(name), node)?,
                             None => false,

@@ -121,8 +121,9 @@ impl Limits {
 struct Restorer<'a> {
     repo: &'a Repository,
     opts: &'a RestoreOptions,
-    /// Finishing an interrupted restore of the same snapshot (see [`resume`]).
-    resuming: bool,
+    /// Finishing an interrupted restore of the same snapshot, which started at this time
+    /// (see [`resume`]): entries with a ctime not older are its work.
+    resuming: Option<(i64, i64)>,
     progress: &'a dyn Progress,
     summary: RestoreSummary,
     /// The target folder's path, as given.
@@ -247,7 +248,11 @@ impl<'a> Restorer<'a> {
                     let replaceable = !(is_dir && node.kind != NodeKind::Dir);
                     // Whether it is the same matters only where it could not be replaced;
                     // comparing a file reads it whole.
-                    let must_match = self.opts.overwrite == Overwrite::Never || !replaceable;
+                    // Entries an interrupted run of this restore made are replaced whatever
+                    // `--overwrite` says; older ones it never checked follow it.
+                    let ours = self.made_by_interrupted_run(st);
+                    let must_match =
+                        (self.opts.overwrite == Overwrite::Never && !ours) || !replaceable;
                     if must_match && !self.matches_existing(&dir, &node.name, &node, st)? {
                         self.conflict_count += 1;
                         if self.conflicts.len() < 10 {
@@ -352,7 +357,7 @@ impl<'a> Restorer<'a> {
                 let created = if restore {
                     let parent = stack.dir()?;
                     let (dir, created) = dirs::ensure_dir(&parent, &node.name)?;
-                    if self.resuming && !created {
+                    if self.resuming.is_some() && !created {
                         resume::remove_temporaries(&dir)?;
                     }
                     stack.push_open(&node.name, dir)?;
@@ -417,20 +422,33 @@ pub fn restore(
     repo.sync_index()?;
     let snap = repo.read_snapshot(snapshot)?;
     let target_dir = dirs::open_target(target)?;
-    let interrupted = resume::read(&target_dir)?;
-    let resuming = interrupted == Some(*snapshot);
+    // A snapshot holding an entry of the marker's name at its top is restored without one.
+    let marked = !repo
+        .load_tree(&snap.tree)?
+        .nodes
+        .iter()
+        .any(|n| n.name == resume::MARKER.as_bytes());
+    let interrupted = if marked {
+        resume::read(&target_dir)?
+    } else {
+        None
+    };
+    let selection = resume::selection(
+        opts.include.as_ref().map_or(&[][..], |i| &i.patterns),
+        &opts.exclude.patterns,
+    );
+    let resuming = interrupted
+        .as_ref()
+        .filter(|m| m.snapshot == *snapshot)
+        .map(|m| m.since);
     let target_was_empty = std::fs::read_dir(target)
         .map_err(|e| io_err(target, e))?
         .next()
         .is_none();
-    let mut effective = opts.clone();
-    if resuming && effective.overwrite == Overwrite::Never {
-        effective.overwrite = Overwrite::IfChanged;
-    }
     let mut stack = DirStack::new(target_dir)?;
     let mut r = Restorer {
         repo,
-        opts: &effective,
+        opts,
         resuming,
         progress,
         summary: RestoreSummary::default(),
@@ -451,10 +469,10 @@ pub fn restore(
         } else {
             String::new()
         };
-        let other = match interrupted {
-            Some(other) if other != *snapshot => format!(
+        let other = match &interrupted {
+            Some(other) if other.snapshot != *snapshot => format!(
                 "; an interrupted restore of snapshot {} is in this folder, which restoring that snapshot again finishes",
-                other.short()
+                other.snapshot.short()
             ),
             _ => String::new(),
         };
@@ -469,11 +487,14 @@ pub fn restore(
     }
     // From here on the target changes: a restore that stops before the end leaves the
     // marker, and running it again finishes it.
-    resume::write(&r.root, snapshot)?;
-    if resuming {
+    // A rerun keeps the marker as it is: its time is when the interrupted run started.
+    if marked && resuming.is_none() {
+        resume::write(&r.root, snapshot, &selection)?;
+    }
+    if resuming.is_some() {
         resume::remove_temporaries(&r.root)?;
     }
-    r.summary.resumed = resuming;
+    r.summary.resumed = resuming.is_some();
     r.budget = EntryBudget::for_snapshot(&snap);
     r.restore_pass(
         &snap.tree,
@@ -482,7 +503,12 @@ pub fn restore(
         target_was_empty,
     )?;
     r.flush()?;
-    if !opts.keep_marker {
+    // Only a run that restored at least what the marker's run set out to restores it.
+    let covers = match &interrupted {
+        Some(m) if resuming.is_some() => selection.is_empty() || selection == m.selection,
+        _ => true,
+    };
+    if marked && covers && !opts.keep_marker {
         resume::remove(&r.root)?;
     }
     Ok(r.summary)
@@ -491,7 +517,7 @@ pub fn restore(
 /// The snapshot whose restore into `target` was interrupted, if any (its marker is there).
 pub fn interrupted_restore(target: &Path) -> Result<Option<Id>> {
     match dirs::open_existing_target(target)? {
-        Some(dir) => resume::read(&dir),
+        Some(dir) => Ok(resume::read(&dir)?.map(|m| m.snapshot)),
         None => Ok(None),
     }
 }

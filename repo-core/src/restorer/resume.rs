@@ -1,20 +1,28 @@
 //! Finishing an interrupted restore by running it again.
 //!
 //! Before a restore changes anything in its target it writes a marker file at the target's
-//! top, [`MARKER`], naming the snapshot; it removes the marker when everything is restored.
-//! A restore that is interrupted (Ctrl-C, `kill -9`, a full disk, power loss) leaves the
-//! marker behind. When the same snapshot is restored into the same target again, the marker
-//! tells the restore that every entry which differs from the snapshot is its own unfinished
-//! work, since the first run checked before writing anything that no existing entry
-//! conflicted. So the rerun replaces what differs (as `--overwrite if-changed` would) without
-//! being asked to, keeps what is complete, and removes the temporary files the first run
-//! left.
+//! top, [`MARKER`], naming the snapshot and what of it is restored (the `--include` and
+//! `--exclude` patterns); it removes the marker when everything is restored. A restore that
+//! is interrupted (Ctrl-C, `kill -9`, a full disk, power loss) leaves the marker behind.
+//!
+//! When the same snapshot is restored into the same target again, the marker's time (its
+//! mtime, from when the first run started; a rerun leaves the marker as it is) tells which
+//! entries that run made: those whose ctime is not older than the marker. Creating, renaming,
+//! writing and setting metadata all set an entry's ctime, and nobody can set it back. Those
+//! entries the rerun replaces where they differ from the snapshot, whatever `--overwrite`
+//! says; every older entry follows the usual `--overwrite` rules, since the first run may
+//! never have checked it (it may have restored less). The rerun also removes the temporary
+//! files the first run left.
 //!
 //! A file is complete once its times are applied: the restore writes them last, after the
 //! content, the owner, the mode and the extended attributes. So when resuming, a regular file
-//! whose size and modification time (to the nanosecond) equal the snapshot's is taken as
-//! complete without reading it; any other file is compared by content as usual. With
-//! `--verify` no file is taken as complete unread.
+//! the first run made whose size and modification time (to the nanosecond) equal the
+//! snapshot's is taken as complete without reading it; any other file is compared by content
+//! as usual. With `--verify` no file is taken as complete unread.
+//!
+//! The marker is removed only by a run that restores at least what the marker's run did:
+//! the whole snapshot, or the same patterns. A snapshot that itself holds an entry of the
+//! marker's name at its top is restored without a marker (and without resuming).
 //!
 //! A marker naming another snapshot changes nothing: the restore then treats the target as
 //! any other non-empty folder, and a conflict error names the interrupted snapshot.
@@ -41,8 +49,31 @@ const MAX_MARKER: u64 = 4096;
 /// What the marker's first line says, for a person who finds it.
 const HEADER: &str = "a cairn restore into this folder was interrupted; run it again to finish it";
 
-/// The snapshot an interrupted restore into `dir` was restoring, if its marker is there.
-pub(super) fn read(dir: &DirFd) -> Result<Option<Id>> {
+/// What a marker says of the interrupted restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Marker {
+    pub(super) snapshot: Id,
+    /// The patterns that chose what was restored (see [`selection`]).
+    pub(super) selection: String,
+    /// When the interrupted run started: the marker's mtime (seconds, nanoseconds).
+    pub(super) since: (i64, i64),
+}
+
+/// A restore's selection as a marker records it: empty for the whole snapshot.
+pub(super) fn selection(include: &[String], exclude: &[String]) -> String {
+    let mut out = String::new();
+    for (what, patterns) in [("include", include), ("exclude", exclude)] {
+        for p in patterns {
+            // Patterns are one line each; a newline in one is escaped so that it cannot
+            // make another line of the marker.
+            out.push_str(&format!("{what} {}\n", p.escape_default()));
+        }
+    }
+    out
+}
+
+/// The interrupted restore into `dir`, if its marker is there.
+pub(super) fn read(dir: &DirFd) -> Result<Option<Marker>> {
     let shown = dir.child(MARKER.as_bytes());
     let fd = match openat(
         dir.file.as_fd(),
@@ -54,6 +85,15 @@ pub(super) fn read(dir: &DirFd) -> Result<Option<Id>> {
         Err(nix::errno::Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(errno(&shown, e)),
     };
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| errno(&shown, e))?;
+    if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+        != nix::sys::stat::SFlag::S_IFREG
+    {
+        return Err(Error::corrupt(format!(
+            "{} is not a regular file; remove it if no restore is running",
+            shown.display()
+        )));
+    }
     let mut text = String::new();
     std::fs::File::from(fd)
         .take(MAX_MARKER)
@@ -63,8 +103,17 @@ pub(super) fn read(dir: &DirFd) -> Result<Option<Id>> {
         .lines()
         .find_map(|l| l.strip_prefix("snapshot "))
         .and_then(|hex| Id::from_hex(hex.trim()).ok());
+    let selection: String = text
+        .lines()
+        .filter(|l| l.starts_with("include ") || l.starts_with("exclude "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     match id {
-        Some(id) => Ok(Some(id)),
+        Some(snapshot) => Ok(Some(Marker {
+            snapshot,
+            selection,
+            since: (st.st_mtime, st.st_mtime_nsec),
+        })),
         None => Err(Error::corrupt(format!(
             "{} names no snapshot; remove it if no restore is running",
             shown.display()
@@ -72,8 +121,9 @@ pub(super) fn read(dir: &DirFd) -> Result<Option<Id>> {
     }
 }
 
-/// Writes the marker for a restore of `snapshot` into `dir` (replacing one that is there).
-pub(super) fn write(dir: &DirFd, snapshot: &Id) -> Result<()> {
+/// Writes the marker for a restore of `snapshot` (of what `selection` chooses) into `dir`,
+/// replacing one that is there.
+pub(super) fn write(dir: &DirFd, snapshot: &Id, selection: &str) -> Result<()> {
     let shown = dir.child(MARKER.as_bytes());
     let fd = openat(
         dir.file.as_fd(),
@@ -83,7 +133,7 @@ pub(super) fn write(dir: &DirFd, snapshot: &Id) -> Result<()> {
     )
     .map_err(|e| errno(&shown, e))?;
     std::fs::File::from(fd)
-        .write_all(format!("{HEADER}\nsnapshot {}\n", snapshot.to_hex()).as_bytes())
+        .write_all(format!("{HEADER}\nsnapshot {}\n{selection}", snapshot.to_hex()).as_bytes())
         .map_err(|e| io_err(&shown, e))
 }
 
