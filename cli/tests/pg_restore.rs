@@ -520,6 +520,17 @@ fn an_interrupted_restore_is_finished_by_running_it_again() {
     assert_eq!(code(&out), Some(0), "{}", text(&out));
     assert!(!data.join(".cairn-restore-in-progress").exists());
     assert!(data.join("recovery.signal").exists());
+    // The base backup's files, cut at page boundaries, verify as restored.
+    let plain = w.join("plain");
+    let out = arc.run(&[
+        "restore",
+        &id,
+        "--target",
+        plain.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("verified"), "{}", text(&out));
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert_eq!(auto.matches("restore_command").count(), 1, "{auto}");
     let mut back = Cluster::from_restored(

@@ -213,8 +213,11 @@ impl<'p> NewFile<'p> {
     }
 }
 
-/// Whether the local file has exactly the snapshot's content: it is chunked with the
-/// repository's chunker and the blob ids compared, so nothing but the local file is read.
+/// Whether the local file has exactly the snapshot's content: it is read blob by blob, each
+/// piece as long as the snapshot's blob there (its length from the index), and each piece's
+/// id compared with the snapshot's. So nothing but the local file is read, and it does not
+/// matter how the content was cut (base backups cut data files at page boundaries, not with
+/// the repository's chunker).
 pub fn file_matches(repo: &Repository, path: &Path, node: &Node) -> Result<bool> {
     let f = File::open(path).map_err(|e| io_err(path, e))?;
     content_matches(repo, f, path, node)
@@ -228,27 +231,44 @@ pub(super) fn content_matches(
     node: &Node,
 ) -> Result<bool> {
     let expected = repo.file_content(node)?;
-    let chunker = repo.chunker()?;
-    let mut s = cairn_chunker::StreamChunker::new(chunker);
-    let mut got = Vec::with_capacity(expected.len());
-    let mut buf = vec![0u8; 1 << 20];
+    let max = repo.max_blob(crate::id::BlobKind::Data);
+    let mut buf = Vec::new();
     let mut total = 0u64;
-    loop {
-        let n = match std::io::Read::read(&mut f, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(path, e)),
-        };
-        total += n as u64;
+    for id in &expected {
+        let len = u64::from(repo.locate(id)?.raw_length);
+        if len > max {
+            return Err(crate::error::Error::corrupt(format!(
+                "blob {id} claims {len} bytes, more than a data blob may hold ({max})"
+            )));
+        }
+        total = total.saturating_add(len);
         if total > node.size {
             return Ok(false);
         }
-        s.push(&buf[..n], |c| got.push(repo.blob_id(c)));
-        if got.len() > expected.len() || got.iter().zip(&expected).any(|(a, b)| a != b) {
+        buf.resize(len as usize, 0);
+        if !fill_exactly(&mut f, &mut buf).map_err(|e| io_err(path, e))? {
+            return Ok(false);
+        }
+        if repo.blob_id(&buf) != *id {
             return Ok(false);
         }
     }
-    s.finish(|c| got.push(repo.blob_id(c)));
-    Ok(got == expected)
+    // Nothing may follow the snapshot's content.
+    let mut probe = [0u8; 1];
+    let more = fill_exactly(&mut f, &mut probe).map_err(|e| io_err(path, e))?;
+    Ok(total == node.size && !more)
+}
+
+/// Fills `buf` from `f`; false when the file ends first.
+fn fill_exactly(f: &mut File, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        match std::io::Read::read(f, &mut buf[at..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
