@@ -426,10 +426,10 @@ fn repository_file_and_version() {
     assert!(env.ok(&["version"]).starts_with("cairn "));
 }
 
-/// `-p FILE` before the command is the password file, as restic's, and wins over
+/// `-p FILE` is the password file, as restic's, before or after the command, and wins over
 /// CAIRN_PASSWORD_FILE; in `pg basebackup` `-p` stays the PostgreSQL port.
 #[test]
-fn dash_p_is_the_password_file_before_the_command() {
+fn dash_p_is_the_password_file_except_in_pg_commands() {
     let env = Env::new();
     env.init();
     let repo = env.repo();
@@ -446,6 +446,18 @@ fn dash_p_is_the_password_file_before_the_command() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // After the command too, as restic users write it.
+    let out = env
+        .bare()
+        .args(["-r", repo.to_str().unwrap(), "snapshots", "-p"])
+        .arg(env.path("password"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(env.path("wrong"), "wrong horse\n").unwrap();
     let out = env
         .bare()
@@ -455,7 +467,7 @@ fn dash_p_is_the_password_file_before_the_command() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(12));
-    // After the command, -p is not the password file: in pg basebackup it is the port.
+    // In pg basebackup -p is the port.
     let out = env
         .bare()
         .args(["pg", "basebackup", "-p", "not-a-port"])
