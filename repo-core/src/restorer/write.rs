@@ -98,42 +98,86 @@ impl<'p> NewFile<'p> {
         })
     }
 
-    /// Appends one blob's plaintext.
-    fn append(&mut self, data: &[u8]) -> Result<()> {
-        if data.iter().all(|b| *b == 0) {
-            return self.skip(data.len());
+    /// Appends blobs to a staged file (one of at least `STAGE` bytes): the bytes are written
+    /// straight from the blobs, a vectored write per run of non-zero blobs up to each
+    /// multiple of `STAGE`; only what follows the last such multiple is copied, into
+    /// `staged`, to go first in the next write. All-zero blobs are holes.
+    fn append_staged(&mut self, blobs: &[&[u8]]) -> Result<()> {
+        let mut staged = self.staged.take().unwrap_or_default();
+        let result = self.append_staged_with(&mut staged, blobs);
+        self.staged = Some(staged);
+        result
+    }
+
+    fn append_staged_with(&mut self, staged: &mut Vec<u8>, blobs: &[&[u8]]) -> Result<()> {
+        // The bytes not yet written, in order: what was staged, then parts of blobs. They
+        // start at file offset `self.len - pending`.
+        let mut run: Vec<&[u8]> = Vec::with_capacity(blobs.len() + 1);
+        let carried = std::mem::take(staged);
+        if !carried.is_empty() {
+            run.push(&carried);
         }
-        self.hole_at_end = false;
-        self.len += data.len() as u64;
-        let Some(staged) = &mut self.staged else {
-            return self.f.write_all(data).map_err(|e| io_err(&self.shown, e));
-        };
-        staged.extend_from_slice(data);
-        let start = self.len - staged.len() as u64;
-        let boundary = (start / STAGE as u64 + 1) * STAGE as u64;
-        if self.len >= boundary {
-            let n = (boundary - start) as usize;
-            self.f
-                .write_all(&staged[..n])
-                .map_err(|e| io_err(&self.shown, e))?;
-            staged.drain(..n);
-            if boundary - self.written_back >= WRITEBACK_EVERY {
-                crate::sys::start_writeback(
-                    &self.f,
-                    self.written_back,
-                    boundary - self.written_back,
-                );
-                self.written_back = boundary;
+        let mut pending: u64 = carried.len() as u64;
+        for data in blobs {
+            if data.iter().all(|b| *b == 0) {
+                self.write_all_of(&run)?;
+                run.clear();
+                pending = 0;
+                self.f
+                    .seek(SeekFrom::Current(data.len() as i64))
+                    .map_err(|e| io_err(&self.shown, e))?;
+                self.len += data.len() as u64;
+                self.hole_at_end = true;
+                continue;
+            }
+            self.hole_at_end = false;
+            run.push(data);
+            pending += data.len() as u64;
+            self.len += data.len() as u64;
+            let start = self.len - pending;
+            let boundary = self.len / STAGE as u64 * STAGE as u64;
+            if boundary > start {
+                // Write up to the boundary; the rest of the last blob stays pending.
+                let keep = (self.len - boundary) as usize;
+                let last = run.pop().unwrap_or_default();
+                let (head, tail) = last.split_at(last.len() - keep);
+                run.push(head);
+                self.write_all_of(&run)?;
+                run.clear();
+                if !tail.is_empty() {
+                    run.push(tail);
+                }
+                pending = keep as u64;
+                if boundary - self.written_back >= WRITEBACK_EVERY {
+                    crate::sys::start_writeback(
+                        &self.f,
+                        self.written_back,
+                        boundary - self.written_back,
+                    );
+                    self.written_back = boundary;
+                }
             }
         }
+        // What follows the last boundary waits for the next blobs, in `staged`.
+        staged.clear();
+        for part in &run {
+            staged.extend_from_slice(part);
+        }
         Ok(())
+    }
+
+    /// Writes `parts` whole, in order, with vectored writes.
+    fn write_all_of(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let mut slices: Vec<std::io::IoSlice> =
+            parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        self.write_run(&mut slices)
     }
 
     /// Appends the whole content of a small file at once: each run of non-zero blobs is
     /// one vectored write, all-zero blobs are holes.
     pub(super) fn append_all(&mut self, blobs: &[&[u8]]) -> Result<()> {
         if self.staged.is_some() {
-            return blobs.iter().try_for_each(|b| self.append(b));
+            return self.append_staged(blobs);
         }
         let mut run: Vec<std::io::IoSlice> = Vec::with_capacity(blobs.len());
         for data in blobs {
