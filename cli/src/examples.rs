@@ -83,7 +83,7 @@ pub const PG_DRILL: &str = "Examples:
 
 /// Every example, for the test.
 #[cfg(test)]
-pub const ALL: &[&str] = &[
+const ALL: &[&str] = &[
     INIT,
     BACKUP,
     SNAPSHOTS,
@@ -101,3 +101,48 @@ pub const ALL: &[&str] = &[
     PG_RESTORE,
     PG_DRILL,
 ];
+
+#[cfg(test)]
+mod tests {
+    /// The examples in the help parse: an option renamed or removed fails here, not in a
+    /// user's shell.
+    #[test]
+    #[allow(clippy::panic)]
+    fn every_example_in_the_help_parses() {
+        use clap::Parser;
+        for text in super::ALL {
+            for line in text.lines().skip(1) {
+                let command = line.split("  #").next().unwrap_or_default();
+                let Some(at) = command.find("cairn ") else {
+                    panic!("an example without cairn: {line}");
+                };
+                // Up to a pipe into another program.
+                let command = command[at..].split(" | ").next().unwrap_or_default();
+                // Words as a shell splits them: 'quoted' ones kept whole.
+                let mut words: Vec<String> = Vec::new();
+                let (mut word, mut quoted, mut any) = (String::new(), false, false);
+                for c in command.chars() {
+                    match c {
+                        '\'' => (quoted, any) = (!quoted, true),
+                        c if c.is_whitespace() && !quoted => {
+                            if any {
+                                words.push(std::mem::take(&mut word));
+                            }
+                            any = false;
+                        }
+                        c => {
+                            word.push(c);
+                            any = true;
+                        }
+                    }
+                }
+                if any {
+                    words.push(word);
+                }
+                if let Err(e) = crate::args::Cli::try_parse_from(&words) {
+                    panic!("{line}: {e}");
+                }
+            }
+        }
+    }
+}

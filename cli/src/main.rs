@@ -26,6 +26,7 @@ mod password;
 mod pg_args;
 mod profile;
 mod progress_bar;
+mod restic_p;
 mod zip;
 
 use std::io::IsTerminal;
@@ -164,7 +165,7 @@ fn limit_malloc_arenas() {
 /// (promoting the cluster without the rest of the archive), so a restore_command it cannot
 /// even parse exits as one that cannot tell ([`commands::wal::fetch_unknown_exit`]).
 fn parse_args() -> args::Cli {
-    match args::Cli::try_parse_from(args::with_restic_p(std::env::args_os().collect())) {
+    match args::Cli::try_parse_from(restic_p::with_restic_p(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             let words: Vec<String> = std::env::args().skip(1).collect();

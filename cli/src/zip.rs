@@ -451,7 +451,7 @@ mod tests {
     /// its size (stored blocks have headers): it must still be archived, as ZIP64 where its
     /// compressed size needs it, not refused as a file that grew.
     #[test]
-    #[ignore = "deflates 4 GiB of random bytes (minutes); run with `cargo nextest run --run-ignored all -E 'test(just_under_4_gib)'`"]
+    #[ignore = "deflates 4 GiB of random bytes (minutes); run with `cargo nextest run -p cairn-cli --bin cairn --run-ignored all -E 'test(just_under_4_gib)'`"]
     fn an_incompressible_file_just_under_4_gib_is_archived() {
         let size = U32_MAX - (64 << 10);
         let mut z = ZipWriter::new(io::sink());

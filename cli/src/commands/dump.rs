@@ -166,14 +166,29 @@ fn write_entries<W: Write>(
     root_node: Option<&Node>,
     tree: Option<cairn_repo::Id>,
 ) -> Result<()> {
+    each_entry(repo, snap, path, root_node, tree, |p, node| {
+        append(repo, tar, p, node)
+    })
+}
+
+/// Calls `add` with the folder at `path` (its node, when it is not the root) and then every
+/// entry below it, depth first, stopping at the first error (`add`'s or the walk's).
+fn each_entry(
+    repo: &Repository,
+    snap: &cairn_repo::format::snapshot::Snapshot,
+    path: &[u8],
+    root_node: Option<&Node>,
+    tree: Option<cairn_repo::Id>,
+    mut add: impl FnMut(&[u8], &Node) -> Result<()>,
+) -> Result<()> {
     if let Some(n) = root_node {
-        append(repo, tar, path, n)?;
+        add(path, n)?;
     }
     let Some(tree) = tree else { return Ok(()) };
     let mut failure = None;
     let mut budget = EntryBudget::for_snapshot(snap);
     walk(repo, &tree, path, &mut budget, &mut |p, node| {
-        if let Err(e) = append(repo, tar, p, node) {
+        if let Err(e) = add(p, node) {
             failure = Some(e);
             return Err(cairn_repo::Error::new(
                 cairn_repo::ErrorKind::Io,
@@ -228,27 +243,9 @@ fn dump_zip(
         }
         Ok(())
     };
-    if let Some(n) = root_node {
-        add(&mut zip, path, n)?;
-    }
-    if let Some(tree) = tree {
-        let mut failure = None;
-        let mut budget = EntryBudget::for_snapshot(snap);
-        walk(repo, &tree, path, &mut budget, &mut |p, node| {
-            if let Err(e) = add(&mut zip, p, node) {
-                failure = Some(e);
-                return Err(cairn_repo::Error::new(
-                    cairn_repo::ErrorKind::Io,
-                    "dump stopped",
-                ));
-            }
-            Ok(true)
-        })
-        .or_else(|e| if failure.is_some() { Ok(()) } else { Err(e) })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-    }
+    each_entry(repo, snap, path, root_node, tree, |p, node| {
+        add(&mut zip, p, node)
+    })?;
     zip.finish()?.flush()?;
     Ok(0)
 }

@@ -152,14 +152,43 @@ impl Archiver<'_> {
     /// Whether a files-cache record still describes the file: same inode, size, mtime and
     /// ctime, and every blob it names still indexed (a prune may have removed some).
     fn reusable(&self, rec: &FileRecord, st: &Stat) -> Result<bool> {
-        let same = rec.inode == st.ino
-            && rec.size == st.size
-            && rec.mtime == (st.mtime.0, st.mtime.1)
-            && rec.ctime == (st.ctime.0, st.ctime.1);
-        if !same {
+        let seen = (rec.inode, rec.size, rec.mtime, rec.ctime);
+        self.still_describes(seen, &rec.content, &rec.content_lists, st)
+    }
+
+    /// Whether the parent snapshot's node of a file the files cache does not know still
+    /// describes it, by the same rule. (A files cache that is new, was removed, or lives
+    /// where backups run in throwaway containers then still spares reading what did not
+    /// change.)
+    fn reusable_previous(&self, prev: &Node, st: &Stat) -> Result<bool> {
+        let seen = (
+            prev.inode,
+            prev.size,
+            (prev.mtime.0, prev.mtime.1),
+            (prev.ctime.0, prev.ctime.1),
+        );
+        self.still_describes(seen, &prev.content, &prev.content_lists, st)
+    }
+
+    /// Whether a file seen as (inode, size, mtime, ctime) with this content is still so:
+    /// the same four now, and every blob named still indexed (a prune may have removed some).
+    fn still_describes(
+        &self,
+        seen: (u64, u64, (i64, u32), (i64, u32)),
+        content: &[Id],
+        content_lists: &[Id],
+        st: &Stat,
+    ) -> Result<bool> {
+        let now = (
+            st.ino,
+            st.size,
+            (st.mtime.0, st.mtime.1),
+            (st.ctime.0, st.ctime.1),
+        );
+        if seen != now {
             return Ok(false);
         }
-        for id in rec.content.iter().chain(rec.content_lists.iter()) {
+        for id in content.iter().chain(content_lists) {
             if !self.writer.contains(id)? {
                 return Ok(false);
             }
@@ -167,20 +196,13 @@ impl Archiver<'_> {
         Ok(true)
     }
 
-    /// Whether the parent snapshot's node of a file the files cache does not know still
-    /// describes it: same inode, size, mtime and ctime, and every blob it names still
-    /// indexed. (A files cache that is new, was removed, or lives where backups run in
-    /// throwaway containers then still spares reading what did not change.)
-    fn reusable_previous(&self, prev: &Node, st: &Stat) -> Result<bool> {
-        let record = FileRecord {
-            inode: prev.inode,
-            mtime: (prev.mtime.0, prev.mtime.1),
-            ctime: (prev.ctime.0, prev.ctime.1),
-            size: prev.size,
-            content: prev.content.clone(),
-            content_lists: prev.content_lists.clone(),
-        };
-        self.reusable(&record, st)
+    /// Queues a file's files-cache record, writing the queue when it is full.
+    fn record_file(&mut self, key: Vec<u8>, record: FileRecord) -> Result<()> {
+        self.file_records.push((key, record));
+        if self.file_records.len() >= FILES_CACHE_BATCH {
+            self.flush_file_records()?;
+        }
+        Ok(())
     }
 
     /// Accounts for a file about to be saved. Returns the node with its content when the
@@ -218,20 +240,15 @@ impl Archiver<'_> {
                 self.progress.bytes(st.size);
                 self.progress.file_done(path, FileStatus::Unchanged);
                 // Recorded, so that the next backup finds it in the files cache.
-                self.file_records.push((
-                    key,
-                    FileRecord {
-                        inode: st.ino,
-                        mtime: (st.mtime.0, st.mtime.1),
-                        ctime: (st.ctime.0, st.ctime.1),
-                        size: st.size,
-                        content: node.content.clone(),
-                        content_lists: node.content_lists.clone(),
-                    },
-                ));
-                if self.file_records.len() >= FILES_CACHE_BATCH {
-                    self.flush_file_records()?;
-                }
+                let record = FileRecord {
+                    inode: st.ino,
+                    mtime: (st.mtime.0, st.mtime.1),
+                    ctime: (st.ctime.0, st.ctime.1),
+                    size: st.size,
+                    content: node.content.clone(),
+                    content_lists: node.content_lists.clone(),
+                };
+                self.record_file(key, record)?;
                 return Ok(Ok(node));
             }
         }
@@ -323,20 +340,15 @@ impl Archiver<'_> {
             ));
         }
         if self.reader.is_some() && !changed {
-            self.file_records.push((
-                start.key,
-                FileRecord {
-                    inode: opened.ino,
-                    mtime: (opened.mtime.0, opened.mtime.1),
-                    ctime: (opened.ctime.0, opened.ctime.1),
-                    size: len,
-                    content: node.content.clone(),
-                    content_lists: node.content_lists.clone(),
-                },
-            ));
-            if self.file_records.len() >= FILES_CACHE_BATCH {
-                self.flush_file_records()?;
-            }
+            let record = FileRecord {
+                inode: opened.ino,
+                mtime: (opened.mtime.0, opened.mtime.1),
+                ctime: (opened.ctime.0, opened.ctime.1),
+                size: len,
+                content: node.content.clone(),
+                content_lists: node.content_lists.clone(),
+            };
+            self.record_file(start.key, record)?;
         }
         Ok(node)
     }

@@ -82,8 +82,9 @@ pub fn restore(
     if crate::sys::is_root() {
         check_owner_can_fetch(repo, &snapshot, &fetch_needs(&opts.command))?;
     }
-    prepare_dir(pgdata, &id)?;
-    remove_control_if_resuming(pgdata, &id)?;
+    if prepare_dir(pgdata, &id)? {
+        remove_control(pgdata)?;
+    }
 
     // The in-progress marker stays until the recovery settings are written too, so that a
     // restore interrupted at any step is finished by running it again.
@@ -123,7 +124,8 @@ pub fn restore(
 
 /// Creates `dir` (owner only, as PostgreSQL requires) or accepts it when empty, or when it
 /// holds an interrupted restore of the same base backup (which this one then finishes).
-fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<()> {
+/// Returns whether it finishes an interrupted restore.
+fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -135,7 +137,7 @@ fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<()> {
                             .iter()
                             .find(|f| dir.join(f).exists())
                         {
-                            None => Ok(()),
+                            None => Ok(true),
                             Some(f) => Err(Error::new(
                                 ErrorKind::AlreadyExists,
                                 format!(
@@ -167,12 +169,14 @@ fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<()> {
                 ));
             }
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
+                .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))?;
+            Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
+            .map(|()| false)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e)),
         Err(e) => Err(Error::io(format!("reading {}", dir.display()), e)),
     }
@@ -180,10 +184,7 @@ fn prepare_dir(dir: &Path, snapshot: &Id) -> Result<()> {
 
 /// When finishing an interrupted restore, removes a `pg_control` it may have written, so
 /// that the files restored now are all in place before it is.
-fn remove_control_if_resuming(pgdata: &Path, snapshot: &Id) -> Result<()> {
-    if restorer::interrupted_restore(pgdata)? != Some(*snapshot) {
-        return Ok(());
-    }
+fn remove_control(pgdata: &Path) -> Result<()> {
     let control = pgdata.join(PG_CONTROL.trim_start_matches('/'));
     match std::fs::remove_file(&control) {
         Ok(()) => Ok(()),
