@@ -16,6 +16,33 @@ fn snapshot_id(env: &Env) -> String {
     env.snapshot_ids().pop().unwrap()
 }
 
+/// A backup of the small source tree, restored whole into `out`.
+struct Restored {
+    src: PathBuf,
+    /// The snapshot's id.
+    id: String,
+    /// The restore's target.
+    target: PathBuf,
+    /// Where the source tree landed below it.
+    out: PathBuf,
+}
+
+fn backed_up_and_restored(env: &Env) -> Restored {
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let id = snapshot_id(env);
+    let target = env.path("out");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let out = restored(&target, &src);
+    Restored {
+        src,
+        id,
+        target,
+        out,
+    }
+}
+
 /// Every regular file below `dir`, relative to it, with its content.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -39,14 +66,13 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn an_unfinished_restore_is_finished_without_overwrite() {
     let env = Env::new();
-    env.init();
-    let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let id = snapshot_id(&env);
-    let target = env.path("out");
+    let Restored {
+        src,
+        id,
+        target,
+        out,
+    } = backed_up_and_restored(&env);
     let t = target.to_str().unwrap();
-    env.ok(&["restore", "latest", "--target", t]);
-    let out = restored(&target, &src);
     assert!(
         !target.join(MARKER).exists(),
         "a finished restore removes its marker"
@@ -290,14 +316,13 @@ fn a_rerun_selecting_more_does_not_replace_files_the_first_run_never_checked() {
 #[test]
 fn a_rerun_compares_files_the_interrupted_run_did_not_write() {
     let env = Env::new();
-    env.init();
-    let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let id = snapshot_id(&env);
-    let target = env.path("out");
+    let Restored {
+        src,
+        id,
+        target,
+        out,
+    } = backed_up_and_restored(&env);
     let t = target.to_str().unwrap();
-    env.ok(&["restore", "latest", "--target", t]);
-    let out = restored(&target, &src);
     // Damage that keeps size and times (a flipped bit on disk, an edit with `touch -r`).
     let c = out.join("sub/c.txt");
     let mtime = std::fs::metadata(&c).unwrap().modified().unwrap();
@@ -400,14 +425,13 @@ fn a_snapshot_holding_a_file_named_like_the_marker_restores_it() {
 #[test]
 fn a_verified_rerun_does_not_keep_files_unread() {
     let env = Env::new();
-    env.init();
-    let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let id = snapshot_id(&env);
-    let target = env.path("out");
+    let Restored {
+        src,
+        id,
+        target,
+        out,
+    } = backed_up_and_restored(&env);
     let t = target.to_str().unwrap();
-    env.ok(&["restore", "latest", "--target", t]);
-    let out = restored(&target, &src);
     // The interrupted run wrote c.txt; it was damaged since, size and times kept.
     leave_marker(&target, &id);
     let c = out.join("sub/c.txt");
@@ -438,14 +462,13 @@ fn a_verified_rerun_does_not_keep_files_unread() {
 #[test]
 fn a_partial_rerun_keeps_the_marker_for_the_rest() {
     let env = Env::new();
-    env.init();
-    let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let id = snapshot_id(&env);
-    let target = env.path("out");
+    let Restored {
+        src,
+        id,
+        target,
+        out,
+    } = backed_up_and_restored(&env);
     let t = target.to_str().unwrap();
-    env.ok(&["restore", "latest", "--target", t]);
-    let out = restored(&target, &src);
     // Interrupted while a.txt was being written.
     leave_marker(&target, &id);
     std::fs::write(out.join("a.txt"), "alp").unwrap();
