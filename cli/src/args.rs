@@ -127,6 +127,9 @@ pub enum Command {
     /// List the entries of a snapshot
     #[command(after_help = examples::LS)]
     Ls(LsArgs),
+    /// Mount the snapshots as a read-only file system (FUSE), until unmounted
+    #[command(after_help = examples::MOUNT)]
+    Mount(MountArgs),
     /// Find files by name in snapshots
     #[command(after_help = examples::FIND)]
     Find(FindArgs),
@@ -558,6 +561,20 @@ pub struct LsArgs {
     /// Show type, mode, size and time
     #[arg(short, long)]
     pub long: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An empty folder to mount on
+    pub mountpoint: std::path::PathBuf,
+    /// Let other users use the mount too (each is held to the files' recorded permissions)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Seconds after which the snapshot list is read again when a folder is used
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub refresh: u64,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }

@@ -26,6 +26,11 @@ pub const LS: &str = "Examples:
   cairn ls latest:/etc/nginx --long
   cairn ls 3f2a9c1b /srv/app";
 
+pub const MOUNT: &str = "Examples:
+  cairn mount /mnt/cairn  # until `fusermount3 -u /mnt/cairn`, `umount` or Ctrl-C
+  cairn mount /mnt/cairn --host web1 --tag daily
+  cairn mount /mnt/cairn --allow-other --refresh 10";
+
 pub const FIND: &str = "Examples:
   cairn find '*.conf'
   cairn find 'invoice-2026-*' --host web1 --json";
@@ -88,6 +93,7 @@ const ALL: &[&str] = &[
     BACKUP,
     SNAPSHOTS,
     LS,
+    MOUNT,
     FIND,
     DIFF,
     DUMP,

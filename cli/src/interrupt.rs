@@ -58,3 +58,32 @@ pub fn exit_130_on_signals(what: &'static str) -> bool {
     }
     true
 }
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread started after, for a
+/// command that waits for them itself ([`wait_for_signal`]). Call it before any thread
+/// starts.
+pub fn block_signals() {
+    let _ = stop_signals().thread_block();
+}
+
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// A channel that receives the first SIGINT, SIGTERM or SIGHUP (blocked before by
+/// [`block_signals`]).
+pub fn wait_for_signal() -> std::io::Result<std::sync::mpsc::Receiver<Signal>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("cairn-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = stop_signals().wait() {
+                let _ = tx.send(signal);
+            }
+        })?;
+    Ok(rx)
+}

@@ -21,6 +21,7 @@ mod config;
 mod context;
 mod examples;
 mod interrupt;
+mod mount;
 mod output;
 mod password;
 mod pg_args;
@@ -217,6 +218,8 @@ fn main() {
     // handles their signals itself, and a drill stops its own server on them.
     match &cli.command {
         args::Command::Wal(_) | args::Command::Pg(pg_args::PgCommand::Drill(_)) => {}
+        // A mount unmounts on them and exits 0.
+        args::Command::Mount(_) => interrupt::block_signals(),
         command => {
             interrupt::exit_130_on_signals(command_name(command));
         }
@@ -236,7 +239,11 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                // fuser's own warnings (an unmount from outside, requests a read-only
+                // mount does not answer) are not the user's concern.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(format!("{level},fuser=error"))
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(colour_on_stderr())

@@ -7,12 +7,14 @@
 pub use cairn_store::{backend, error, id, layout, location};
 
 pub mod archiver;
+pub mod blob_cache;
 pub mod cache;
 pub mod check;
 pub mod commit;
 pub mod content;
 pub mod crypto;
 pub mod excludes;
+pub mod file_reader;
 pub mod format;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

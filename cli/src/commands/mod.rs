@@ -13,6 +13,7 @@ mod init;
 mod key;
 mod leases;
 mod ls;
+mod mount;
 mod pg;
 mod pg_drill;
 mod pg_restore;
@@ -41,6 +42,7 @@ pub fn run(ctx: &Context, cmd: Command) -> Result<i32> {
         Command::Snapshots(a) => snapshots::run(ctx, a),
         Command::Ls(a) => ls::run(ctx, a),
         Command::Find(a) => find::run(ctx, a),
+        Command::Mount(a) => mount::run(ctx, a),
         Command::Diff(a) => diff::run(ctx, a),
         Command::Dump(a) => dump::run(ctx, a),
         Command::Restore(a) => restore::run(ctx, a),

@@ -296,6 +296,30 @@ impl Cache {
         Ok(cache)
     }
 
+    /// A private copy of this cache, for a process that reads for a long time (the mount):
+    /// redb allows one process per file, so holding the shared cache would send every other
+    /// command meanwhile to a temporary cache (a whole index load, and a backup without its
+    /// files cache). The copy starts from everything this cache knows, is updated by the
+    /// holder's own index syncs, and is removed when dropped.
+    pub fn private_copy(&self) -> Result<Cache> {
+        self.flush()?;
+        let temp = ScratchDir::new("cairn-cache")?;
+        let path = temp.path().join("cache.redb");
+        std::fs::copy(&self.path, &path)
+            .map_err(|e| Error::io(format!("copying the cache {}", self.path.display()), e))?;
+        make_private_file(&path)?;
+        let db = open_db(&path, TEMPORARY_CACHE_BYTES)?;
+        let cache = Cache {
+            db,
+            path,
+            undurable: AtomicUsize::new(0),
+            damaged: AtomicBool::new(false),
+            temp: Some(temp),
+        };
+        cache.init_tables()?;
+        Ok(cache)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

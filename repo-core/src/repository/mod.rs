@@ -429,6 +429,20 @@ impl Repository {
         self.cache.path()
     }
     /// Whether the cache is a temporary one (no cache folder, or it could not be used).
+    /// Moves this process to a private copy of its cache (see [`Cache::private_copy`]),
+    /// once the shared cache has the current index and snapshot manifests, so that the copy
+    /// starts complete and the shared file is free for other commands. A temporary cache
+    /// is private already and is kept.
+    pub fn use_private_cache(&mut self) -> Result<()> {
+        if self.cache.is_temporary() {
+            return Ok(());
+        }
+        self.sync_index()?;
+        self.snapshots()?;
+        self.cache = Arc::new(self.cache.private_copy()?);
+        Ok(())
+    }
+
     pub fn cache_is_temporary(&self) -> bool {
         self.cache.is_temporary()
     }

@@ -1,0 +1,570 @@
+//! The mount's file system: the layout's folders above the snapshots, and each snapshot's
+//! entries exactly as they were backed up, read-only.
+//!
+//! - Folders of the layout live one second in the kernel's cache and the snapshot list is
+//!   read again when one is used after `refresh` has passed, so new snapshots appear and
+//!   forgotten ones go without a remount. Entries inside snapshots never change and live an
+//!   hour; file content stays in the page cache between opens.
+//! - Reads go through one [`BlobCache`] with read-ahead ([`FileReader`]). A read that cannot
+//!   be served (a blob damaged, or deleted by a prune after its snapshot was forgotten)
+//!   fails with EIO and the reason is logged; it never returns other bytes.
+//! - Nothing takes a lock or lease: backups and prunes run as usual while mounted.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_repo::blob_cache::BlobCache;
+use cairn_repo::file_reader::FileReader;
+use cairn_repo::format::snapshot::Snapshot;
+use cairn_repo::format::tree::{Node, NodeKind, Time};
+use cairn_repo::{Id, Repository};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use super::inodes::{Inodes, Key, What};
+use super::layout::{join, Entry, Layout};
+use super::trees::{Trees, TREE_CACHE_BYTES};
+
+/// How long the kernel keeps the layout's entries and attributes.
+const FOLDER_TTL: Duration = Duration::from_secs(1);
+/// How long it keeps a snapshot's entries and attributes (they never change).
+const SNAPSHOT_TTL: Duration = Duration::from_secs(3600);
+/// Plaintext of decrypted blobs kept for reads.
+pub const BLOB_CACHE_BYTES: usize = 256 << 20;
+/// Read-ahead the kernel may do on its own, in bytes.
+const KERNEL_READ_AHEAD: u32 = 1 << 20;
+
+/// Lists the snapshots the mount shows (the caller's filter applied).
+pub type Lister = Box<dyn Fn(&Repository) -> cairn_repo::Result<Vec<(Id, Snapshot)>> + Send + Sync>;
+
+pub struct MountFs {
+    repo: Arc<Repository>,
+    lister: Lister,
+    layout: RwLock<Arc<Layout>>,
+    listed_at: Mutex<Instant>,
+    refresh: Duration,
+    inodes: Inodes,
+    trees: Trees,
+    blobs: Arc<BlobCache>,
+    files: Mutex<HashMap<u64, Arc<FileReader>>>,
+    folders: Mutex<HashMap<u64, Arc<Layout>>>,
+    next_handle: AtomicU64,
+    uid: u32,
+    gid: u32,
+    started: SystemTime,
+}
+
+/// A repository error as the errno a reader gets; the reason is logged.
+fn errno(what: &str, e: &cairn_repo::Error) -> Errno {
+    tracing::warn!("{what}: {e}");
+    Errno::EIO
+}
+
+fn system_time(t: Time) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(t.1));
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::from_secs(t.0 as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.0.unsigned_abs()) + nanos
+    }
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Chardev => FileType::CharDevice,
+        NodeKind::Blockdev => FileType::BlockDevice,
+        NodeKind::Socket => FileType::Socket,
+    }
+}
+
+/// A node's attributes as it was backed up.
+fn node_attr(ino: u64, n: &Node) -> FileAttr {
+    let size = match n.kind {
+        NodeKind::File => n.size,
+        NodeKind::Symlink => n.link_target.as_ref().map_or(0, |t| t.len() as u64),
+        _ => 0,
+    };
+    let mtime = system_time(n.mtime);
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: n.atime.map_or(mtime, system_time),
+        mtime,
+        ctime: system_time(n.ctime),
+        crtime: mtime,
+        kind: file_type(n.kind),
+        perm: (n.mode & 0o7777) as u16,
+        nlink: u32::try_from(n.links.max(1)).unwrap_or(u32::MAX),
+        uid: n.uid,
+        gid: n.gid,
+        rdev: n.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl MountFs {
+    pub fn new(
+        repo: Arc<Repository>,
+        lister: Lister,
+        refresh: Duration,
+    ) -> cairn_repo::Result<MountFs> {
+        let layout = Layout::build(&lister(&repo)?);
+        Ok(MountFs {
+            repo,
+            lister,
+            layout: RwLock::new(Arc::new(layout)),
+            listed_at: Mutex::new(Instant::now()),
+            refresh,
+            inodes: Inodes::new(),
+            trees: Trees::new(TREE_CACHE_BYTES),
+            blobs: BlobCache::new(BLOB_CACHE_BYTES),
+            files: Mutex::new(HashMap::new()),
+            folders: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            started: SystemTime::now(),
+        })
+    }
+
+    /// Snapshots shown now.
+    pub fn snapshot_count(&self) -> usize {
+        self.current().len()
+    }
+
+    fn current(&self) -> Arc<Layout> {
+        self.layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The layout, listed again first when `refresh` has passed since the last listing. One
+    /// caller lists; the others go on with the layout they have. A listing that fails keeps
+    /// the old layout (and is tried again after `refresh`).
+    fn layout(&self) -> Arc<Layout> {
+        let due = match self.listed_at.try_lock() {
+            Ok(mut at) if at.elapsed() >= self.refresh => {
+                *at = Instant::now();
+                true
+            }
+            _ => false,
+        };
+        if due {
+            match (self.lister)(&self.repo) {
+                Ok(list) => {
+                    let layout = Arc::new(Layout::build(&list));
+                    *self.layout.write().unwrap_or_else(|p| p.into_inner()) = layout;
+                }
+                Err(e) => tracing::warn!("listing the snapshots again failed: {e}"),
+            }
+        }
+        self.current()
+    }
+
+    fn folder_attr(&self, ino: u64, layout: &Layout) -> FileAttr {
+        let t = if layout.newest == (0, 0) {
+            self.started
+        } else {
+            system_time(Time(layout.newest.0, layout.newest.1))
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::Directory,
+            perm: 0o555,
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr(&self, ino: u64, what: &What) -> (FileAttr, Duration) {
+        match what {
+            What::Folder(_) => (self.folder_attr(ino, &self.layout()), FOLDER_TTL),
+            What::Link(target) => {
+                let mut a = self.folder_attr(ino, &self.current());
+                a.kind = FileType::Symlink;
+                a.perm = 0o777;
+                a.nlink = 1;
+                a.size = target.len() as u64;
+                (a, FOLDER_TTL)
+            }
+            What::SnapshotRoot { time, .. } => {
+                let mut a = self.folder_attr(ino, &self.current());
+                let t = system_time(Time(time.0, time.1));
+                (a.atime, a.mtime, a.ctime, a.crtime) = (t, t, t, t);
+                (a, SNAPSHOT_TTL)
+            }
+            What::Node { node, .. } => (node_attr(ino, node), SNAPSHOT_TTL),
+        }
+    }
+
+    /// The tree a folder inode lists: a snapshot root's or a folder node's.
+    fn tree_of(&self, what: &What) -> Option<Id> {
+        match what {
+            What::SnapshotRoot { tree, .. } => Some(*tree),
+            What::Node { node, .. } if node.kind == NodeKind::Dir => node.subtree,
+            _ => None,
+        }
+    }
+
+    /// The number of a snapshot's root folder for the entries below `ino`.
+    fn root_of(ino: u64, what: &What) -> u64 {
+        match what {
+            What::Node { root, .. } => *root,
+            _ => ino,
+        }
+    }
+
+    fn lookup_in(&self, parent: u64, name: &[u8]) -> Result<(u64, What), Errno> {
+        let (what, _) = self.inodes.get(parent).ok_or(Errno::ENOENT)?;
+        if let What::Folder(path) = &what {
+            let layout = self.layout();
+            let entry = layout.child(path, name).ok_or(Errno::ENOENT)?;
+            let child = match entry {
+                Entry::Dir => What::Folder(join(path, name)),
+                Entry::Link(target) => What::Link(target.clone()),
+                Entry::Snapshot(id) => {
+                    let facts = layout.snapshot(id).ok_or(Errno::ENOENT)?;
+                    What::SnapshotRoot {
+                        tree: facts.tree,
+                        time: facts.time,
+                    }
+                }
+            };
+            let ino = self
+                .inodes
+                .looked_up(Key::of(parent, name, None), parent, child.clone());
+            return Ok((ino, child));
+        }
+        let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
+        let tree = self
+            .trees
+            .get(&self.repo, &tree_id)
+            .map_err(|e| errno("reading a folder", &e))?;
+        let node = tree.find(name).ok_or(Errno::ENOENT)?;
+        let root = Self::root_of(parent, &what);
+        let key = Key::of(parent, name, Some((node, root)));
+        let child = What::Node {
+            node: Arc::new(node.clone()),
+            root,
+        };
+        let ino = self.inodes.looked_up(key, parent, child.clone());
+        Ok((ino, child))
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn node_of(&self, ino: u64) -> Result<Arc<Node>, Errno> {
+        match self.inodes.get(ino) {
+            Some((What::Node { node, .. }, _)) => Ok(node),
+            Some(_) => Err(Errno::ENODATA),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Lists a layout folder from `offset` (entries numbered from 1: `.`, `..`, then the
+    /// folder's entries).
+    fn list_folder(
+        &self,
+        ino: u64,
+        parent: u64,
+        path: &[u8],
+        layout: &Layout,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = layout.folder(path).unwrap_or_default();
+        let mut i = offset;
+        loop {
+            let full = match i {
+                0 => reply.add(INodeNo(ino), 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                _ => {
+                    let Some((name, entry)) = entries.get((i - 2) as usize) else {
+                        break;
+                    };
+                    let kind = match entry {
+                        Entry::Link(_) => FileType::Symlink,
+                        _ => FileType::Directory,
+                    };
+                    let n = self.inodes.number_of(&Key::of(ino, name, None));
+                    reply.add(INodeNo(n), i + 1, kind, OsStr::from_bytes(name))
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+}
+
+impl Filesystem for MountFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_readahead(KERNEL_READ_AHEAD) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_in(parent.0, name.as_bytes()) {
+            Ok((ino, what)) => {
+                let (attr, ttl) = self.attr(ino, &what);
+                reply.entry(&ttl, &attr, Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inodes.get(ino.0) {
+            Some((what, _)) => {
+                let (attr, ttl) = self.attr(ino.0, &what);
+                reply.attr(&ttl, &attr);
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inodes.get(ino.0) {
+            Some((What::Link(target), _)) => reply.data(&target),
+            Some((What::Node { node, .. }, _)) => match &node.link_target {
+                Some(t) if node.kind == NodeKind::Symlink => reply.data(t),
+                _ => reply.error(Errno::EINVAL),
+            },
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let node = match self.inodes.get(ino.0) {
+            Some((What::Node { node, .. }, _)) if node.kind == NodeKind::File => node,
+            Some(_) => return reply.error(Errno::EISDIR),
+            None => return reply.error(Errno::ENOENT),
+        };
+        match FileReader::open(&self.repo, &node) {
+            Ok(reader) => {
+                let fh = self.handle();
+                self.files
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(reader));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(errno(&format!("opening {}", node.name_lossy()), &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let reader = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(reader) = reader else {
+            return reply.error(Errno::EBADF);
+        };
+        match reader.read_at(&self.repo, &self.blobs, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("reading a file", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.handle();
+        if let Some((What::Folder(_), _)) = self.inodes.get(ino.0) {
+            // A layout folder is listed from one layout, however many calls the listing takes.
+            self.folders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, self.layout());
+        }
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some((what, parent)) = self.inodes.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if let What::Folder(path) = &what {
+            let layout = self
+                .folders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh.0)
+                .cloned()
+                .unwrap_or_else(|| self.layout());
+            return self.list_folder(ino.0, parent, path, &layout, offset, reply);
+        }
+        let Some(tree_id) = self.tree_of(&what) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let tree = match self.trees.get(&self.repo, &tree_id) {
+            Ok(t) => t,
+            Err(e) => return reply.error(errno("reading a folder", &e)),
+        };
+        let root = Self::root_of(ino.0, &what);
+        let mut i = offset;
+        loop {
+            let full = match i {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                _ => {
+                    let Some(node) = tree.nodes.get((i - 2) as usize) else {
+                        break;
+                    };
+                    let key = Key::of(ino.0, &node.name, Some((node, root)));
+                    let n = self.inodes.number_of(&key);
+                    reply.add(
+                        INodeNo(n),
+                        i + 1,
+                        file_type(node.kind),
+                        OsStr::from_bytes(&node.name),
+                    )
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, self.inodes.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let node = match self.node_of(ino.0) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(x) = node.xattrs.iter().find(|x| x.name == name.as_bytes()) else {
+            return reply.error(Errno::ENODATA);
+        };
+        if size == 0 {
+            reply.size(x.value.len() as u32);
+        } else if x.value.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&x.value);
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names: Vec<u8> = match self.node_of(ino.0) {
+            Ok(node) => node
+                .xattrs
+                .iter()
+                .flat_map(|x| x.name.iter().copied().chain([0]))
+                .collect(),
+            Err(e) if e == Errno::ENODATA => Vec::new(),
+            Err(e) => return reply.error(e),
+        };
+        if size == 0 {
+            reply.size(names.len() as u32);
+        } else if names.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&names);
+        }
+    }
+}

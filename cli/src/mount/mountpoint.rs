@@ -1,0 +1,199 @@
+//! The folder a mount goes on: checked before mounting, and cleaned up when a mount of ours
+//! was left behind by a process that was killed.
+//!
+//! A killed mount process leaves its mount in place with nobody answering it: every use of
+//! the folder fails with "Transport endpoint is not connected" (ENOTCONN). The next mount of
+//! the same folder detaches such a mount when the system's mount table lists it as ours (a
+//! FUSE file system whose source is `cairn:<repository id>`), then mounts as usual. Anything else mounted there, or a
+//! folder that is not empty, is refused.
+
+use std::io::ErrorKind as IoKind;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+
+/// The subtype our mounts ask for (`fuse.cairn` where the kernel shows it).
+pub const SUBTYPE: &str = "cairn";
+/// The start of our mounts' source in the mount table.
+pub const SOURCE_PREFIX: &str = "cairn:";
+
+/// A mount of the mount table: where, and whether it is one of ours.
+struct Mounted {
+    point: PathBuf,
+    ours: bool,
+    fs_type: String,
+}
+
+/// The mounts of `/proc/self/mountinfo`.
+fn mounts() -> Vec<Mounted> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = fields.get(4)?;
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let fs_type = fields.get(dash + 1)?;
+            let source = fields.get(dash + 2).copied().unwrap_or_default();
+            Some(Mounted {
+                point: PathBuf::from(unescape(point)),
+                ours: fs_type.starts_with("fuse") && source.starts_with(SOURCE_PREFIX),
+                fs_type: fs_type.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The mount table writes space, tab, newline and backslash as `\ooo` (octal).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The folder's absolute path, without following the folder itself (a dead mount cannot be
+/// looked at).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} cannot be mounted on", path.display()))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| anyhow!("mount point {}: {e}", path.display()))?;
+    Ok(parent.join(name))
+}
+
+/// Detaches the mount at `path` (lazily: files still open in it keep it until closed).
+pub fn detach(path: &Path) -> Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => return Ok(()),
+        Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => bail!("unmounting {}: {e}", path.display()),
+    }
+    // Not root: through the set-uid helper.
+    for helper in ["fusermount3", "fusermount"] {
+        if let Ok(status) = std::process::Command::new(helper)
+            .args(["-u", "-z"])
+            .arg(path)
+            .status()
+        {
+            if status.success() {
+                return Ok(());
+            }
+        }
+    }
+    bail!(
+        "{} could not be unmounted: run `fusermount3 -u -z {}`",
+        path.display(),
+        path.display()
+    )
+}
+
+/// Checks `path` for mounting and returns it absolute: an empty folder, or one with a dead
+/// mount of ours on it (which is detached first).
+pub fn prepare(path: &Path) -> Result<PathBuf> {
+    let path = absolute(path)?;
+    let listed = mounts().into_iter().find(|m| m.point == path);
+    match std::fs::metadata(&path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => match listed {
+            Some(m) if m.ours => {
+                detach(&path)?;
+                eprintln!(
+                    "{}: removed a mount left by a cairn mount that did not end cleanly",
+                    path.display()
+                );
+            }
+            _ => bail!(
+                "{} is a mount point that does not answer (not connected): unmount it with `fusermount3 -u -z {}`",
+                path.display(),
+                path.display()
+            ),
+        },
+        Err(e) if e.kind() == IoKind::NotFound => bail!(
+            "mount point {} does not exist: create an empty folder there",
+            path.display()
+        ),
+        Err(e) => bail!("mount point {}: {e}", path.display()),
+        Ok(m) if !m.is_dir() => bail!("mount point {} is not a folder", path.display()),
+        Ok(_) => {
+            if let Some(m) = listed {
+                bail!(
+                    "{} is already a mount point ({}){}",
+                    path.display(),
+                    m.fs_type,
+                    if m.ours {
+                        ": a cairn mount is running there"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    let mut entries =
+        std::fs::read_dir(&path).map_err(|e| anyhow!("mount point {}: {e}", path.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "mount point {} is not empty: mount on an empty folder",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Fails with what to install or enable when FUSE cannot be used here.
+pub fn require_fuse() -> Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!(
+            "FUSE is not available: /dev/fuse is missing (load the module with `modprobe fuse`; \
+             in a container, pass the device with `--device /dev/fuse`)"
+        );
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+    };
+    if !on_path("fusermount3") && !on_path("fusermount") {
+        bail!(
+            "FUSE is not available: fusermount3 is not installed (Debian and Ubuntu: \
+             `apt install fuse3`), and only root can mount without it"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_escapes_are_read() {
+        assert_eq!(unescape(r"/mnt/a\040b\134c"), "/mnt/a b\\c");
+        assert_eq!(unescape(r"/mnt/x\04"), r"/mnt/x\04");
+    }
+}
