@@ -115,42 +115,42 @@ pub fn detach(path: &Path) -> Result<()> {
 /// mount of ours on it (which is detached first).
 pub fn prepare(path: &Path) -> Result<PathBuf> {
     let path = absolute(path)?;
-    let listed = mounts().into_iter().find(|m| m.point == path);
-    match std::fs::metadata(&path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => match listed {
-            Some(m) if m.ours => {
+    if let Some(m) = mounts().into_iter().find(|m| m.point == path) {
+        // Attributes may still be cached by the kernel; listing always asks the file system.
+        let dead = matches!(std::fs::read_dir(&path),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        match (dead, m.ours) {
+            (true, true) => {
                 detach(&path)?;
                 eprintln!(
                     "{}: removed a mount left by a cairn mount that did not end cleanly",
                     path.display()
                 );
             }
-            _ => bail!(
+            (true, false) => bail!(
                 "{} is a mount point that does not answer (not connected): unmount it with `fusermount3 -u -z {}`",
                 path.display(),
                 path.display()
             ),
-        },
+            (false, true) => bail!(
+                "{} is already a mount point: a cairn mount is running there",
+                path.display()
+            ),
+            (false, false) => bail!(
+                "{} is already a mount point ({})",
+                path.display(),
+                m.fs_type
+            ),
+        }
+    }
+    match std::fs::metadata(&path) {
         Err(e) if e.kind() == IoKind::NotFound => bail!(
             "mount point {} does not exist: create an empty folder there",
             path.display()
         ),
         Err(e) => bail!("mount point {}: {e}", path.display()),
         Ok(m) if !m.is_dir() => bail!("mount point {} is not a folder", path.display()),
-        Ok(_) => {
-            if let Some(m) = listed {
-                bail!(
-                    "{} is already a mount point ({}){}",
-                    path.display(),
-                    m.fs_type,
-                    if m.ours {
-                        ": a cairn mount is running there"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
+        Ok(_) => {}
     }
     let mut entries =
         std::fs::read_dir(&path).map_err(|e| anyhow!("mount point {}: {e}", path.display()))?;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde_json::Value;
 
+pub mod mount;
 pub mod pg;
 pub mod pg_archive;
 pub mod profiles;

@@ -1,0 +1,469 @@
+//! `cairn mount` with real FUSE: the mounted snapshot against its source (content and
+//! metadata), reads at random offsets, snapshots appearing and going while mounted, the
+//! ways a mount ends, a killed mount cleaned up by the next one, refusals, and what a reader
+//! sees when a prune deletes data it still has open.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::mount::{fuse_available, is_mounted, wait_until, Mounted};
+use common::Env;
+
+/// Deterministic bytes (xorshift), so a failure can be reproduced.
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A tree with what a mount must show as it was: sizes from empty to several blobs, a
+/// sparse file, modes, owners, nanosecond times, hard links, symlinks (one dangling), a
+/// FIFO, a name that is not UTF-8, and extended attributes.
+fn rich_source(env: &Env) -> PathBuf {
+    let src = env.path("src");
+    let d = src.join("docs/deeper");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    std::fs::write(src.join("small.txt"), b"hello, mount\n").unwrap();
+    std::fs::write(src.join("docs/big.bin"), pseudo_random(7, 3 << 20)).unwrap();
+    std::fs::write(d.join("notes.md"), b"# notes\n").unwrap();
+    let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.write_at(b"tail", (5 << 20) - 4).unwrap();
+    sparse.write_at(b"head", 0).unwrap();
+    drop(sparse);
+    std::fs::write(src.join("secret"), b"mode 600\n").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::hard_link(src.join("small.txt"), src.join("docs/small-link.txt")).unwrap();
+    std::os::unix::fs::symlink("small.txt", src.join("to-small")).unwrap();
+    std::os::unix::fs::symlink("nowhere/at/all", src.join("dangling")).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    std::fs::write(src.join(OsStr::from_bytes(b"caf\xe9-latin1")), b"bytes\n").unwrap();
+    xattr::set(src.join("small.txt"), "user.origin", b"mount test").unwrap();
+    xattr::set(&d, "user.folder", b"x").unwrap();
+    std::os::unix::fs::chown(src.join("docs/big.bin"), Some(1234), Some(5678)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("docs/big.bin"))
+        .unwrap()
+        .set_times(
+            std::fs::FileTimes::new()
+                .set_modified(when)
+                .set_accessed(when),
+        )
+        .unwrap();
+    src
+}
+
+/// What a mount must reproduce of an entry.
+#[derive(Debug, PartialEq, Eq)]
+struct Shown {
+    kind: String,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+    links: u64,
+    target: Option<Vec<u8>>,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Every entry below `root` by relative path (bytes), with its facts; the contents of
+/// regular files are compared separately.
+fn entries(root: &Path) -> BTreeMap<Vec<u8>, Shown> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            let xattrs = if ft.is_symlink() {
+                BTreeMap::new()
+            } else {
+                xattr::list(&p)
+                    .unwrap()
+                    .map(|n| {
+                        let v = xattr::get(&p, &n).unwrap().unwrap_or_default();
+                        (n.as_bytes().to_vec(), v)
+                    })
+                    .collect()
+            };
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            out.insert(
+                rel,
+                Shown {
+                    kind: kind.into(),
+                    mode: m.mode() & 0o7777,
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    size: if ft.is_dir() { 0 } else { m.len() },
+                    mtime: (m.mtime(), m.mtime_nsec()),
+                    links: if ft.is_dir() { 0 } else { m.nlink() },
+                    target: std::fs::read_link(&p)
+                        .ok()
+                        .map(|t| t.as_os_str().as_bytes().to_vec()),
+                    xattrs,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The snapshot folder of `src` in a mount: `<snapshot>/<src without its leading />`.
+fn inside(snapshot: &Path, src: &Path) -> PathBuf {
+    snapshot.join(src.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn a_mounted_snapshot_shows_the_source_tree_exactly() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = rich_source(&env);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let latest = m.point.join("snapshots/latest");
+    let shown = inside(&latest, &src);
+
+    let want = entries(&src);
+    let got = entries(&shown);
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same names"
+    );
+    for (name, w) in &want {
+        assert_eq!(Some(w), got.get(name), "{}", String::from_utf8_lossy(name));
+        if w.kind == "file" {
+            let a = std::fs::read(src.join(OsStr::from_bytes(name))).unwrap();
+            let b = std::fs::read(shown.join(OsStr::from_bytes(name))).unwrap();
+            assert!(a == b, "content of {}", String::from_utf8_lossy(name));
+        }
+    }
+    // Hard links share one inode, as on the source.
+    let ino = |p: &str| std::fs::metadata(shown.join(p)).unwrap().ino();
+    assert_eq!(ino("small.txt"), ino("docs/small-link.txt"));
+    assert_ne!(ino("small.txt"), ino("secret"));
+
+    // Ranges at random offsets, against the source.
+    for name in ["docs/big.bin", "sparse.img"] {
+        let a = std::fs::File::open(src.join(name)).unwrap();
+        let b = std::fs::File::open(shown.join(name)).unwrap();
+        let size = a.metadata().unwrap().len();
+        let picks = pseudo_random(99, 400);
+        for pair in picks.chunks(4) {
+            let offset = u64::from(u16::from_le_bytes([pair[0], pair[1]])) * size / 65536;
+            let len = 1 + usize::from(u16::from_le_bytes([pair[2], pair[3]])) * 4;
+            let (mut x, mut y) = (vec![0u8; len], vec![0u8; len]);
+            let nx = a.read_at(&mut x, offset).unwrap();
+            let ny = b.read_at(&mut y, offset).unwrap();
+            assert_eq!(nx, ny, "{name} at {offset}+{len}");
+            assert!(x[..nx] == y[..ny], "{name} at {offset}+{len}");
+        }
+    }
+
+    // The other ways to the same snapshot.
+    let id = env.snapshot_ids().pop().unwrap();
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    for via in [format!("ids/{}", &id[..8]), format!("hosts/{host}/latest")] {
+        let p = inside(&m.point.join(via), &src).join("small.txt");
+        assert_eq!(std::fs::read(p).unwrap(), b"hello, mount\n");
+    }
+}
+
+#[test]
+fn the_mount_is_read_only() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let shown = inside(&m.point.join("snapshots/latest"), &src);
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    };
+    erofs(std::fs::write(shown.join("a.txt"), b"changed").map(|_| ()));
+    erofs(std::fs::write(shown.join("new"), b"new").map(|_| ()));
+    erofs(std::fs::create_dir(m.point.join("snapshots/new")));
+    erofs(std::fs::remove_file(shown.join("a.txt")));
+    erofs(xattr::set(shown.join("a.txt"), "user.x", b"y"));
+    assert_eq!(std::fs::read(shown.join("a.txt")).unwrap(), b"alpha\n");
+}
+
+#[test]
+fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    let names = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(m.point.join(dir))
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert_eq!(names("snapshots").len(), 2, "one snapshot and latest");
+    // Snapshots are named to the second: the next one must be in another second.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(src.join("a.txt"), "alpha, second version\n").unwrap();
+    let second = env.json(&["backup", "--tag", "later", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || names("snapshots").len() == 3),
+        "the new snapshot appears: {:?}",
+        names("snapshots")
+    );
+    assert!(names("ids").contains(&second[..8].to_string()));
+    assert_eq!(names("tags"), ["later"]);
+    let latest = inside(&m.point.join("snapshots/latest"), &src).join("a.txt");
+    assert_eq!(
+        std::fs::read_to_string(latest).unwrap(),
+        "alpha, second version\n",
+        "latest follows the newest snapshot"
+    );
+
+    env.ok(&["forget", &first]);
+    assert!(
+        wait_until(Duration::from_secs(20), || !names("ids")
+            .contains(&first[..8].to_string())),
+        "the forgotten snapshot goes: {:?}",
+        names("ids")
+    );
+    assert_eq!(names("snapshots").len(), 2);
+}
+
+#[test]
+fn unmounting_or_a_signal_ends_the_mount_with_exit_0() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    // fusermount3 -u from outside.
+    let point = env.path("mnt");
+    let mut m = Mounted::start(&env, &point, &[]);
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&point)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.stderr());
+    assert!(!is_mounted(&point));
+
+    // SIGTERM, and SIGINT while a file is open in the mount (busy: it is detached).
+    for (signal, busy) in [
+        (nix::sys::signal::Signal::SIGTERM, false),
+        (nix::sys::signal::Signal::SIGINT, true),
+    ] {
+        let mut m = Mounted::start(&env, &point, &[]);
+        let open = busy.then(|| {
+            std::fs::File::open(inside(&point.join("snapshots/latest"), &src).join("a.txt"))
+                .unwrap()
+        });
+        m.signal(signal);
+        assert_eq!(m.wait_exit().code(), Some(0), "{signal}: {}", m.stderr());
+        drop(open);
+        assert!(
+            wait_until(Duration::from_secs(10), || !is_mounted(&point)),
+            "{signal}: still mounted"
+        );
+        assert!(m.stderr().contains("unmounted"), "{}", m.stderr());
+    }
+}
+
+#[test]
+fn a_killed_mount_is_cleaned_up_by_the_next_mount_of_the_same_folder() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let point = env.path("mnt");
+    let mut dead = Mounted::start(&env, &point, &[]);
+    dead.kill();
+    assert!(
+        is_mounted(&point),
+        "a killed mount stays in the mount table"
+    );
+    let err = std::fs::read_dir(&point).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+
+    let m = Mounted::start(&env, &point, &[]);
+    assert!(
+        m.stderr().contains("removed a mount left by a cairn mount"),
+        "{}",
+        m.stderr()
+    );
+    let a = inside(&point.join("snapshots/latest"), &src).join("a.txt");
+    assert_eq!(std::fs::read(a).unwrap(), b"alpha\n");
+}
+
+#[test]
+fn a_folder_that_is_not_empty_or_already_mounted_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let full = env.path("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("file"), b"x").unwrap();
+    let err = env.fails(&["mount", full.to_str().unwrap()], 1);
+    assert!(err.contains("is not empty"), "{err}");
+    let err = env.fails(&["mount", env.path("missing").to_str().unwrap()], 1);
+    assert!(err.contains("does not exist"), "{err}");
+    let point = env.path("mnt");
+    let _m = Mounted::start(&env, &point, &[]);
+    let err = env.fails(&["mount", point.to_str().unwrap()], 1);
+    assert!(err.contains("a cairn mount is running there"), "{err}");
+}
+
+#[test]
+fn backups_and_prunes_run_beside_a_mount_with_their_own_cache() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let _m = Mounted::start(&env, &env.path("mnt"), &[]);
+    // The mount works from a private copy of the cache: a backup meanwhile still has the
+    // shared one (and with it the files cache), instead of a temporary one.
+    let out = env
+        .cmd()
+        .args(["-v", "backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("temporary cache"), "{err}");
+    env.ok(&["forget", "--keep-last", "1"]);
+    env.ok(&["prune"]);
+}
+
+#[test]
+fn a_read_of_data_a_prune_deleted_fails_with_an_error_never_other_bytes() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let doomed = env.path("doomed");
+    std::fs::create_dir_all(&doomed).unwrap();
+    let content = pseudo_random(3, 24 << 20);
+    std::fs::write(doomed.join("large.bin"), &content).unwrap();
+    let first = env.json(&["backup", doomed.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = env.source();
+    env.ok(&["backup", kept.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let file = inside(&m.point.join(format!("ids/{}", &first[..8])), &doomed).join("large.bin");
+    let f = std::fs::File::open(&file).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == content[..4096]);
+
+    // Forget the only snapshot holding the file, then prune twice: the first condemns its
+    // packs, the second deletes them (the mount holds no lease that would keep them).
+    env.ok(&["forget", &first]);
+    env.ok(&["prune"]);
+    env.ok(&["prune"]);
+
+    // Far from what was read and read ahead: the blobs are gone.
+    let mut tail = vec![0u8; 4096];
+    let at = 20 << 20;
+    match f.read_exact_at(&mut tail, at) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+        Ok(()) => panic!("a read of deleted data succeeded"),
+    }
+    assert!(m.stderr().contains("reading a file"), "{}", m.stderr());
+}
+
+#[test]
+fn a_folder_of_many_entries_is_listed_and_looked_up() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("many");
+    std::fs::create_dir_all(&src).unwrap();
+    const N: usize = 50_000;
+    for i in 0..N {
+        std::fs::File::create(src.join(format!("f{i:06}"))).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let shown = inside(&m.point.join("snapshots/latest"), &src);
+    assert_eq!(std::fs::read_dir(&shown).unwrap().count(), N);
+    assert!(std::fs::metadata(shown.join("f049999")).unwrap().is_file());
+    assert!(std::fs::metadata(shown.join("f050000")).is_err());
+}
