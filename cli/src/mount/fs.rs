@@ -20,12 +20,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_repo::blob_cache::BlobCache;
 use cairn_repo::file_reader::FileReader;
 use cairn_repo::format::snapshot::Snapshot;
-use cairn_repo::format::tree::{Node, NodeKind, Time};
+use cairn_repo::format::tree::{Node, NodeKind, Time, Tree};
 use cairn_repo::{Id, Repository};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::inodes::{Inodes, Key, What};
@@ -51,7 +51,7 @@ pub struct MountFs {
     listed_at: Mutex<Instant>,
     refresh: Duration,
     inodes: Inodes,
-    trees: Trees,
+    trees: Arc<Trees>,
     blobs: Arc<BlobCache>,
     files: Mutex<HashMap<u64, Arc<FileReader>>>,
     folders: Mutex<HashMap<u64, Arc<Layout>>>,
@@ -129,7 +129,7 @@ impl MountFs {
             listed_at: Mutex::new(Instant::now()),
             refresh,
             inodes: Inodes::new(),
-            trees: Trees::new(TREE_CACHE_BYTES),
+            trees: Arc::new(Trees::new(TREE_CACHE_BYTES)),
             blobs: BlobCache::new(BLOB_CACHE_BYTES),
             files: Mutex::new(HashMap::new()),
             folders: Mutex::new(HashMap::new()),
@@ -243,27 +243,14 @@ impl MountFs {
         if let What::Folder(path) = &what {
             let layout = self.layout();
             let entry = layout.child(path, name).ok_or(Errno::ENOENT)?;
-            let child = match entry {
-                Entry::Dir => What::Folder(join(path, name)),
-                Entry::Link(target) => What::Link(target.clone()),
-                Entry::Snapshot(id) => {
-                    let facts = layout.snapshot(id).ok_or(Errno::ENOENT)?;
-                    What::SnapshotRoot {
-                        tree: facts.tree,
-                        time: facts.time,
-                    }
-                }
-            };
+            let child = folder_child(&layout, path, name, entry).ok_or(Errno::ENOENT)?;
             let ino = self
                 .inodes
                 .looked_up(Key::of(parent, name, None), parent, child.clone());
             return Ok((ino, child));
         }
         let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
-        let tree = self
-            .trees
-            .get(&self.repo, &tree_id)
-            .map_err(|e| errno("reading a folder", &e))?;
+        let tree = self.tree(&tree_id)?;
         let node = tree.find(name).ok_or(Errno::ENOENT)?;
         let root = Self::root_of(parent, &what);
         let key = Key::of(parent, name, Some((node, root)));
@@ -273,6 +260,18 @@ impl MountFs {
         };
         let ino = self.inodes.looked_up(key, parent, child.clone());
         Ok((ino, child))
+    }
+
+    /// A folder's tree; on its first use, its subfolders are read ahead.
+    fn tree(&self, id: &Id) -> Result<Arc<Tree>, Errno> {
+        let (tree, first_use) = self
+            .trees
+            .open(&self.repo, id)
+            .map_err(|e| errno("reading a folder", &e))?;
+        if first_use {
+            self.trees.read_ahead(&self.repo, &tree);
+        }
+        Ok(tree)
     }
 
     fn handle(&self) -> u64 {
@@ -286,43 +285,91 @@ impl MountFs {
             None => Err(Errno::ENOENT),
         }
     }
+}
 
-    /// Lists a layout folder from `offset` (entries numbered from 1: `.`, `..`, then the
-    /// folder's entries).
-    fn list_folder(
-        &self,
-        ino: u64,
-        parent: u64,
-        path: &[u8],
-        layout: &Layout,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let entries = layout.folder(path).unwrap_or_default();
-        let mut i = offset;
-        loop {
-            let full = match i {
-                0 => reply.add(INodeNo(ino), 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
-                _ => {
-                    let Some((name, entry)) = entries.get((i - 2) as usize) else {
-                        break;
-                    };
-                    let kind = match entry {
-                        Entry::Link(_) => FileType::Symlink,
-                        _ => FileType::Directory,
-                    };
-                    let n = self.inodes.number_of(&Key::of(ino, name, None));
-                    reply.add(INodeNo(n), i + 1, kind, OsStr::from_bytes(name))
-                }
-            };
-            if full {
-                break;
-            }
-            i += 1;
+/// What a folder listing reads its entries from.
+enum Listing {
+    Folder { path: Vec<u8>, layout: Arc<Layout> },
+    Tree { tree: Arc<Tree>, root: u64 },
+}
+
+/// One entry of a listing.
+struct Listed {
+    name: Vec<u8>,
+    kind: FileType,
+    key: Key,
+    what: What,
+}
+
+impl MountFs {
+    /// The listing of folder `ino` (opened as `fh`) and its parent's number.
+    fn listing(&self, ino: u64, fh: u64) -> Result<(Listing, u64), Errno> {
+        let (what, parent) = self.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        if let What::Folder(path) = what {
+            // A layout folder is listed from the layout it was opened with, however many
+            // calls the listing takes.
+            let layout = self
+                .folders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh)
+                .cloned()
+                .unwrap_or_else(|| self.layout());
+            return Ok((Listing::Folder { path, layout }, parent));
         }
-        reply.ok();
+        let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
+        let tree = self.tree(&tree_id)?;
+        let root = Self::root_of(ino, &what);
+        Ok((Listing::Tree { tree, root }, parent))
     }
+
+    /// Entry `i` of a listing of folder `ino`.
+    fn listed(&self, ino: u64, listing: &Listing, i: u64) -> Option<Listed> {
+        let i = usize::try_from(i).ok()?;
+        match listing {
+            Listing::Folder { path, layout } => {
+                let (name, entry) = layout.folder(path)?.get(i)?;
+                let what = folder_child(layout, path, name, entry)?;
+                let kind = match entry {
+                    Entry::Link(_) => FileType::Symlink,
+                    _ => FileType::Directory,
+                };
+                Some(Listed {
+                    name: name.clone(),
+                    kind,
+                    key: Key::of(ino, name, None),
+                    what,
+                })
+            }
+            Listing::Tree { tree, root } => {
+                let node = tree.nodes.get(i)?;
+                Some(Listed {
+                    name: node.name.clone(),
+                    kind: file_type(node.kind),
+                    key: Key::of(ino, &node.name, Some((node, *root))),
+                    what: What::Node {
+                        node: Arc::new(node.clone()),
+                        root: *root,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// What the entry `name` of layout folder `path` is.
+fn folder_child(layout: &Layout, path: &[u8], name: &[u8], entry: &Entry) -> Option<What> {
+    Some(match entry {
+        Entry::Dir => What::Folder(join(path, name)),
+        Entry::Link(target) => What::Link(target.clone()),
+        Entry::Snapshot(id) => {
+            let facts = layout.snapshot(id)?;
+            What::SnapshotRoot {
+                tree: facts.tree,
+                time: facts.time,
+            }
+        }
+    })
 }
 
 impl Filesystem for MountFs {
@@ -330,6 +377,10 @@ impl Filesystem for MountFs {
         if let Err(nearest) = config.set_max_readahead(KERNEL_READ_AHEAD) {
             let _ = config.set_max_readahead(nearest);
         }
+        // Listings carry attributes, so a walk does not ask for each entry again (the
+        // kernel decides when a listing is worth it).
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -480,44 +531,79 @@ impl Filesystem for MountFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some((what, parent)) = self.inodes.get(ino.0) else {
-            return reply.error(Errno::ENOENT);
+        let (listing, parent) = match self.listing(ino.0, fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
-        if let What::Folder(path) = &what {
-            let layout = self
-                .folders
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh.0)
-                .cloned()
-                .unwrap_or_else(|| self.layout());
-            return self.list_folder(ino.0, parent, path, &layout, offset, reply);
-        }
-        let Some(tree_id) = self.tree_of(&what) else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let tree = match self.trees.get(&self.repo, &tree_id) {
-            Ok(t) => t,
-            Err(e) => return reply.error(errno("reading a folder", &e)),
-        };
-        let root = Self::root_of(ino.0, &what);
         let mut i = offset;
         loop {
             let full = match i {
                 0 => reply.add(ino, 1, FileType::Directory, "."),
                 1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
                 _ => {
-                    let Some(node) = tree.nodes.get((i - 2) as usize) else {
+                    let Some(entry) = self.listed(ino.0, &listing, i - 2) else {
                         break;
                     };
-                    let key = Key::of(ino.0, &node.name, Some((node, root)));
-                    let n = self.inodes.number_of(&key);
+                    let n = self.inodes.number_of(&entry.key);
                     reply.add(
                         INodeNo(n),
                         i + 1,
-                        file_type(node.kind),
-                        OsStr::from_bytes(&node.name),
+                        entry.kind,
+                        OsStr::from_bytes(&entry.name),
                     )
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    /// A listing with each entry's attributes: each entry listed counts as a lookup (the
+    /// kernel will forget it), except `.` and `..`.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (listing, parent) = match self.listing(ino.0, fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let mut i = offset;
+        loop {
+            let full = match i {
+                0 | 1 => {
+                    let (n, name) = if i == 0 { (ino.0, ".") } else { (parent, "..") };
+                    let what = self.inodes.get(n).map(|(w, _)| w);
+                    let what = what.unwrap_or(What::Folder(Vec::new()));
+                    let (attr, ttl) = self.attr(n, &what);
+                    reply.add(INodeNo(n), i + 1, name, &ttl, &attr, Generation(0))
+                }
+                _ => {
+                    let Some(entry) = self.listed(ino.0, &listing, i - 2) else {
+                        break;
+                    };
+                    let n = self.inodes.looked_up(entry.key, ino.0, entry.what.clone());
+                    let (attr, ttl) = self.attr(n, &entry.what);
+                    let full = reply.add(
+                        INodeNo(n),
+                        i + 1,
+                        OsStr::from_bytes(&entry.name),
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                    );
+                    if full {
+                        // Not sent: not a lookup.
+                        self.inodes.forget(n, 1);
+                    }
+                    full
                 }
             };
             if full {

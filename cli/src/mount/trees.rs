@@ -3,7 +3,10 @@
 //! the least recently used go first, and the one just loaded always stays.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
 
 use cairn_repo::format::tree::Tree;
 use cairn_repo::{Id, Repository, Result};
@@ -11,9 +14,23 @@ use cairn_repo::{Id, Repository, Result};
 /// Memory the decoded trees may take, by [`estimate`].
 pub const TREE_CACHE_BYTES: usize = 64 << 20;
 
+/// Subfolders of a folder read ahead when it is read (see [`Trees::read_ahead`]).
+const READ_AHEAD_FOLDERS: usize = 128;
+
+/// A decoded tree held in memory.
+struct Held {
+    tree: Arc<Tree>,
+    /// Clock value of its last use.
+    used: u64,
+    size: usize,
+    /// Whether a caller has had it (its subfolders were then read ahead); a tree read ahead
+    /// has not been, until the walk gets to it.
+    opened: bool,
+}
+
 #[derive(Default)]
 struct State {
-    trees: HashMap<Id, (Arc<Tree>, u64, usize)>,
+    trees: HashMap<Id, Held>,
     by_use: BTreeMap<u64, Id>,
     clock: u64,
     bytes: usize,
@@ -22,6 +39,8 @@ struct State {
 pub struct Trees {
     state: Mutex<State>,
     capacity: usize,
+    /// Set while a read-ahead runs: one at a time.
+    reading_ahead: AtomicBool,
 }
 
 /// About the memory a decoded tree takes.
@@ -45,22 +64,77 @@ impl Trees {
         Trees {
             state: Mutex::new(State::default()),
             capacity,
+            reading_ahead: AtomicBool::new(false),
+        }
+    }
+
+    fn holds(&self, id: &Id) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.trees.contains_key(id)
+    }
+
+    /// Whether the trees held leave room for as much again as `bytes`.
+    fn has_room(&self, bytes: usize) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.bytes.saturating_add(bytes) <= self.capacity / 2
+    }
+
+    /// Reads the subfolders of `tree` in the background, so that a walk that goes down into
+    /// them finds them read: a walk lists one folder after another, and each would
+    /// otherwise wait for its own read. At most [`READ_AHEAD_FOLDERS`], only one read-ahead
+    /// at a time, and only while the cache is less than half full, so that reading ahead
+    /// never pushes out what is in use.
+    pub fn read_ahead(self: &Arc<Self>, repo: &Arc<Repository>, tree: &Tree) {
+        let ids: Vec<Id> = tree
+            .nodes
+            .iter()
+            .filter_map(|n| n.subtree)
+            .filter(|id| !self.holds(id))
+            .take(READ_AHEAD_FOLDERS)
+            .collect();
+        if ids.is_empty() || !self.has_room(estimate(tree)) {
+            return;
+        }
+        if self.reading_ahead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (trees, repo) = (Arc::clone(self), Arc::clone(repo));
+        let spawned = std::thread::Builder::new()
+            .name("cairn-folders-ahead".into())
+            .spawn(move || {
+                ids.par_iter().for_each(|id| {
+                    if trees.has_room(0) {
+                        if let Err(e) = trees.fetch(&repo, id, false) {
+                            tracing::debug!("reading folder {id} ahead: {e}");
+                        }
+                    }
+                });
+                trees.reading_ahead.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.reading_ahead.store(false, Ordering::Release);
         }
     }
 
     /// The tree `id`, from memory or read now (two readers may both read a tree that is not
-    /// held; either copy is the same).
-    pub fn get(&self, repo: &Repository, id: &Id) -> Result<Arc<Tree>> {
+    /// held; either copy is the same), and whether this is its first use: a caller then reads
+    /// its subfolders ahead.
+    pub fn open(&self, repo: &Repository, id: &Id) -> Result<(Arc<Tree>, bool)> {
+        self.fetch(repo, id, true)
+    }
+
+    fn fetch(&self, repo: &Repository, id: &Id, open: bool) -> Result<(Arc<Tree>, bool)> {
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             s.clock += 1;
             let now = s.clock;
-            if let Some((tree, used, _)) = s.trees.get_mut(id) {
-                let (tree, old) = (tree.clone(), *used);
-                *used = now;
+            if let Some(held) = s.trees.get_mut(id) {
+                let (tree, old, first) = (held.tree.clone(), held.used, !held.opened && open);
+                held.used = now;
+                held.opened |= open;
                 s.by_use.remove(&old);
                 s.by_use.insert(now, *id);
-                return Ok(tree);
+                return Ok((tree, first));
             }
         }
         let tree = Arc::new(repo.load_tree(id)?);
@@ -68,9 +142,15 @@ impl Trees {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.clock += 1;
         let now = s.clock;
-        if let Some((_, used, size)) = s.trees.insert(*id, (tree.clone(), now, size)) {
-            s.by_use.remove(&used);
-            s.bytes -= size;
+        let held = Held {
+            tree: tree.clone(),
+            used: now,
+            size,
+            opened: open,
+        };
+        if let Some(old) = s.trees.insert(*id, held) {
+            s.by_use.remove(&old.used);
+            s.bytes -= old.size;
         }
         s.by_use.insert(now, *id);
         s.bytes += size;
@@ -78,10 +158,10 @@ impl Trees {
             let Some((_, oldest)) = s.by_use.pop_first() else {
                 break;
             };
-            if let Some((_, _, size)) = s.trees.remove(&oldest) {
-                s.bytes -= size;
+            if let Some(old) = s.trees.remove(&oldest) {
+                s.bytes -= old.size;
             }
         }
-        Ok(tree)
+        Ok((tree, open))
     }
 }
