@@ -467,3 +467,49 @@ fn a_folder_of_many_entries_is_listed_and_looked_up() {
     assert!(std::fs::metadata(shown.join("f049999")).unwrap().is_file());
     assert!(std::fs::metadata(shown.join("f050000")).is_err());
 }
+
+#[test]
+fn a_file_open_while_a_prune_repacks_its_blobs_is_still_read() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("both");
+    std::fs::create_dir_all(&src).unwrap();
+    // One backup of both files puts their blobs in the same packs; once the first is
+    // forgotten, those packs are partly used and a prune repacks them.
+    std::fs::write(src.join("a-doomed.bin"), pseudo_random(21, 8 << 20)).unwrap();
+    let kept = pseudo_random(22, 8 << 20);
+    std::fs::write(src.join("b-kept.bin"), &kept).unwrap();
+    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(src.join("a-doomed.bin")).unwrap();
+    let second = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let packs_before = common::packs(&env.repo());
+
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let file = inside(&m.point.join(format!("ids/{}", &second[..8])), &src).join("b-kept.bin");
+    let f = std::fs::File::open(&file).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == kept[..4096]);
+
+    env.ok(&["forget", &first]);
+    env.ok(&["prune", "--max-unused", "0"]);
+    env.ok(&["prune", "--max-unused", "0"]);
+    let packs_after = common::packs(&env.repo());
+    assert!(
+        packs_before.iter().any(|p| !packs_after.contains(p)),
+        "a pack the open file used was repacked and deleted"
+    );
+
+    let mut rest = vec![0u8; 2 << 20];
+    f.read_exact_at(&mut rest, 6 << 20).unwrap();
+    assert!(rest == kept[6 << 20..8 << 20], "the moved blobs are read");
+}
