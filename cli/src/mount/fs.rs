@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_repo::blob_cache::BlobCache;
 use cairn_repo::file_reader::FileReader;
 use cairn_repo::format::snapshot::Snapshot;
-use cairn_repo::format::tree::{Node, NodeKind, Time, Tree};
+use cairn_repo::format::tree::{Node, NodeKind, Time};
 use cairn_repo::{Id, Repository};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -30,7 +30,7 @@ use fuser::{
 
 use super::inodes::{Inodes, Key, What};
 use super::layout::{join, Entry, Layout};
-use super::trees::{Trees, TREE_CACHE_BYTES};
+use super::trees::{Folder, Trees, TREE_CACHE_BYTES};
 
 /// How long the kernel keeps the layout's entries and attributes.
 const FOLDER_TTL: Duration = Duration::from_secs(1);
@@ -255,7 +255,7 @@ impl MountFs {
         let root = Self::root_of(parent, &what);
         let key = Key::of(parent, name, Some((node, root)));
         let child = What::Node {
-            node: Arc::new(node.clone()),
+            node: Arc::clone(node),
             root,
         };
         let ino = self.inodes.looked_up(key, parent, child.clone());
@@ -263,7 +263,7 @@ impl MountFs {
     }
 
     /// A folder's tree; on its first use, its subfolders are read ahead.
-    fn tree(&self, id: &Id) -> Result<Arc<Tree>, Errno> {
+    fn tree(&self, id: &Id) -> Result<Arc<Folder>, Errno> {
         let (tree, first_use) = self
             .trees
             .open(&self.repo, id)
@@ -290,7 +290,7 @@ impl MountFs {
 /// What a folder listing reads its entries from.
 enum Listing {
     Folder { path: Vec<u8>, layout: Arc<Layout> },
-    Tree { tree: Arc<Tree>, root: u64 },
+    Tree { tree: Arc<Folder>, root: u64 },
 }
 
 /// One entry of a listing.
@@ -348,7 +348,7 @@ impl MountFs {
                     kind: file_type(node.kind),
                     key: Key::of(ino, &node.name, Some((node, *root))),
                     what: What::Node {
-                        node: Arc::new(node.clone()),
+                        node: Arc::clone(node),
                         root: *root,
                     },
                 })

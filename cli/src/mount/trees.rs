@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use cairn_repo::format::tree::Tree;
+use cairn_repo::format::tree::Node;
 use cairn_repo::{Id, Repository, Result};
 
 /// Memory the decoded trees may take, by [`estimate`].
@@ -17,9 +17,24 @@ pub const TREE_CACHE_BYTES: usize = 64 << 20;
 /// Subfolders of a folder read ahead when it is read (see [`Trees::read_ahead`]).
 const READ_AHEAD_FOLDERS: usize = 128;
 
-/// A decoded tree held in memory.
+/// A decoded folder: its entries sorted by name, each shared with the inodes that name it
+/// (so an entry the kernel holds is in memory once, whether or not its folder still is).
+pub struct Folder {
+    pub nodes: Vec<Arc<Node>>,
+}
+
+impl Folder {
+    pub fn find(&self, name: &[u8]) -> Option<&Arc<Node>> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+}
+
+/// A decoded folder held in memory.
 struct Held {
-    tree: Arc<Tree>,
+    tree: Arc<Folder>,
     /// Clock value of its last use.
     used: u64,
     size: usize,
@@ -44,7 +59,7 @@ pub struct Trees {
 }
 
 /// About the memory a decoded tree takes.
-fn estimate(tree: &Tree) -> usize {
+fn estimate(tree: &Folder) -> usize {
     tree.nodes
         .iter()
         .map(|n| {
@@ -84,7 +99,7 @@ impl Trees {
     /// otherwise wait for its own read. At most [`READ_AHEAD_FOLDERS`], only one read-ahead
     /// at a time, and only while the cache is less than half full, so that reading ahead
     /// never pushes out what is in use.
-    pub fn read_ahead(self: &Arc<Self>, repo: &Arc<Repository>, tree: &Tree) {
+    pub fn read_ahead(self: &Arc<Self>, repo: &Arc<Repository>, tree: &Folder) {
         let ids: Vec<Id> = tree
             .nodes
             .iter()
@@ -119,11 +134,11 @@ impl Trees {
     /// The tree `id`, from memory or read now (two readers may both read a tree that is not
     /// held; either copy is the same), and whether this is its first use: a caller then reads
     /// its subfolders ahead.
-    pub fn open(&self, repo: &Repository, id: &Id) -> Result<(Arc<Tree>, bool)> {
+    pub fn open(&self, repo: &Repository, id: &Id) -> Result<(Arc<Folder>, bool)> {
         self.fetch(repo, id, true)
     }
 
-    fn fetch(&self, repo: &Repository, id: &Id, open: bool) -> Result<(Arc<Tree>, bool)> {
+    fn fetch(&self, repo: &Repository, id: &Id, open: bool) -> Result<(Arc<Folder>, bool)> {
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             s.clock += 1;
@@ -137,7 +152,14 @@ impl Trees {
                 return Ok((tree, first));
             }
         }
-        let tree = Arc::new(repo.load_tree(id)?);
+        let tree = Arc::new(Folder {
+            nodes: repo
+                .load_tree(id)?
+                .nodes
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+        });
         let size = estimate(&tree);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.clock += 1;
