@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The `cairn` binary on an S3 repository (`s3:http://127.0.0.1:PORT/bucket/repo`), against
 //! a real S3-compatible server on loopback: init, backup, restore, check, prune beside a
-//! running backup, and what a user sees when the credentials are wrong.
+//! running backup, what a user sees when the credentials are wrong, and a mount.
 
 mod common;
 #[path = "../../repo-core/store/tests/s3_server/mod.rs"]
@@ -236,4 +236,33 @@ fn wrong_credentials_are_reported_clearly_and_at_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
     assert!(err.contains("bucket is missing"), "{err}");
+}
+
+#[test]
+fn a_snapshot_on_s3_is_mounted_and_read() {
+    if !common::mount::fuse_available() {
+        return;
+    }
+    let s3 = S3Env::new();
+    s3.init();
+    let src = s3.env.source();
+    s3.ok(&["backup", src.to_str().unwrap()]);
+    let point = s3.env.path("mnt");
+    let mut m =
+        common::mount::Mounted::start_with(s3.vars(SECRET_KEY), s3.env.dir.path(), &point, &[]);
+    let shown = point
+        .join("snapshots/latest")
+        .join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(shown.join("a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(
+        std::fs::read(shown.join("sub/c.txt")).unwrap(),
+        std::fs::read(src.join("sub/c.txt")).unwrap()
+    );
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&point)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.stderr());
 }

@@ -52,8 +52,13 @@ struct Client {
 
 impl Client {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .env_clear()
+        self.command().args(args).output().unwrap()
+    }
+
+    /// `cairn` with this client's repository, user and key.
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.dir)
             .env("CAIRN_REPOSITORY", &self.url)
@@ -64,10 +69,8 @@ impl Client {
             .env(
                 "CAIRN_CACHE_DIR",
                 self.dir.join(format!("cache-{}", self.user)),
-            )
-            .args(args)
-            .output()
-            .unwrap()
+            );
+        c
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -342,4 +345,89 @@ fn metrics_give_the_newest_snapshot_receive_time() {
     let server = Server::start(&storage, &["--users", users.to_str().unwrap()]);
     let again = gauge(&server).expect("the gauge read from storage after a restart");
     assert!(again.abs_diff(at) <= 1, "{again} vs {at}");
+}
+
+/// Whether real FUSE mounts can be tested here (root, /dev/fuse, fusermount3); a failure
+/// under CI, where scripts/test installs fuse3 and runs as root.
+fn fuse_available() -> bool {
+    let ok = nix::unistd::geteuid().is_root()
+        && Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "the mount test needs root, /dev/fuse and fusermount3 under CI"
+    );
+    ok
+}
+
+#[test]
+fn a_user_with_read_access_mounts_the_snapshots_through_the_server() {
+    let Some(bin) = cairn_binary() else { return };
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "admin", "full", Some("team"), "secret");
+    add_user(&users, "auditor", "read", Some("team"), "secret");
+    let server = Server::start(
+        &dir.path().join("storage"),
+        &["--users", users.to_str().unwrap()],
+    );
+    let url = format!("rest:http://{}/", server.addr);
+    let client = |user: &str| Client {
+        bin: bin.clone(),
+        dir: dir.path().to_path_buf(),
+        url: url.clone(),
+        user: user.to_string(),
+    };
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("report.txt"), "quarterly\n").unwrap();
+    std::fs::write(src.join("big"), vec![9u8; 3_000_000]).unwrap();
+    client("admin").ok(&["init"]);
+    client("admin").ok(&["backup", src.to_str().unwrap()]);
+
+    let point = dir.path().join("mnt");
+    std::fs::create_dir_all(&point).unwrap();
+    let log = dir.path().join("mount.err");
+    let mut child = client("auditor")
+        .command()
+        .arg("mount")
+        .arg(&point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = std::time::Instant::now();
+    while !stderr().contains(" mounted on ") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the mount ended: {}",
+            stderr()
+        );
+        assert!(start.elapsed().as_secs() < 60, "no mount: {}", stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let shown = point
+        .join("snapshots/latest")
+        .join(src.strip_prefix("/").unwrap());
+    let read = (
+        std::fs::read(shown.join("report.txt")),
+        std::fs::read(shown.join("big")),
+    );
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&point)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(read.0.unwrap(), b"quarterly\n");
+    assert_eq!(read.1.unwrap(), vec![9u8; 3_000_000]);
+    assert_eq!(status.code(), Some(0), "{}", stderr());
 }

@@ -1,6 +1,7 @@
 //! A real `cairn mount` for the mount tests: started as a child process, waited for in the
 //! mount table, and unmounted (or killed and cleaned up) when dropped.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -56,15 +57,26 @@ pub struct Mounted {
 impl Mounted {
     /// Runs `cairn mount POINT ARGS...` against `env`'s repository and waits for the mount.
     pub fn start(env: &Env, point: &Path, args: &[&str]) -> Mounted {
+        Mounted::start_with(env.cmd_vars(), env.dir.path(), point, args)
+    }
+
+    /// Runs `cairn mount POINT ARGS...` with the environment `vars` (repository and
+    /// credentials), its output in `logs`, and waits for the mount.
+    pub fn start_with(
+        vars: Vec<(OsString, OsString)>,
+        logs: &Path,
+        point: &Path,
+        args: &[&str],
+    ) -> Mounted {
         // A dead mount may be there already (the mount is to clean it up).
         let _ = std::fs::create_dir(point);
-        let log = env.path(&format!(
+        let log = logs.join(format!(
             "mount-{}.log",
             point.file_name().unwrap().to_string_lossy()
         ));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
             .env_clear()
-            .envs(env.cmd_vars())
+            .envs(vars)
             .arg("mount")
             .arg(point)
             .args(args)
