@@ -467,3 +467,44 @@ fn a_folder_of_many_entries_is_listed_and_looked_up() {
     assert!(std::fs::metadata(shown.join("f049999")).unwrap().is_file());
     assert!(std::fs::metadata(shown.join("f050000")).is_err());
 }
+
+#[test]
+fn folders_and_files_of_a_kept_snapshot_stay_readable_after_a_prune_repacks_them() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("repacked");
+    for dir in ["kept", "changed"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+        for i in 0..20 {
+            std::fs::write(src.join(dir).join(format!("f{i}")), format!("{dir} {i}")).unwrap();
+        }
+    }
+    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(src.join("changed/f0"), "changed").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let shown = inside(&m.point.join("snapshots/latest"), &src);
+    // Only the path down to the snapshot's folder is looked at before the prune.
+    assert!(std::fs::metadata(&shown).unwrap().is_dir());
+
+    // The first snapshot's own trees share packs with trees the second still uses: the
+    // prune repacks those and deletes the old packs, which the mount's index still names.
+    env.ok(&["forget", &first]);
+    env.ok(&["prune", "--max-unused", "0"]);
+
+    let names = std::fs::read_dir(shown.join("kept"))
+        .unwrap_or_else(|e| panic!("listing a repacked folder: {e}: {}", m.stderr()))
+        .map(|e| e.unwrap().file_name())
+        .collect::<Vec<_>>();
+    assert_eq!(names.len(), 20, "{names:?}");
+    assert_eq!(
+        std::fs::read(shown.join("kept/f3")).unwrap(),
+        b"kept 3".to_vec()
+    );
+}

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use cairn_repo::file_reader::with_fresh_index;
 use cairn_repo::format::tree::Tree;
 use cairn_repo::{Id, Repository, Result};
 
@@ -49,7 +50,8 @@ impl Trees {
     }
 
     /// The tree `id`, from memory or read now (two readers may both read a tree that is not
-    /// held; either copy is the same).
+    /// held; either copy is the same). The index is read again when the tree's pack is gone
+    /// (repacked by a prune since the mount read the index).
     pub fn get(&self, repo: &Repository, id: &Id) -> Result<Arc<Tree>> {
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -63,7 +65,7 @@ impl Trees {
                 return Ok(tree);
             }
         }
-        let tree = Arc::new(repo.load_tree(id)?);
+        let tree = Arc::new(with_fresh_index(repo, || repo.load_tree(id))?);
         let size = estimate(&tree);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.clock += 1;
