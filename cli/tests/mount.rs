@@ -247,6 +247,9 @@ fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
         .unwrap()
         .to_string();
     let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    // Looked up by path before it is forgotten: the kernel must not keep it for long.
+    let by_id = m.point.join(format!("ids/{}", &first[..8]));
+    assert!(std::fs::metadata(inside(&by_id, &src)).unwrap().is_dir());
     let names = |dir: &str| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(m.point.join(dir))
             .map(|r| {
@@ -287,6 +290,11 @@ fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
         names("ids")
     );
     assert_eq!(names("snapshots").len(), 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::metadata(&by_id)
+            .is_err()),
+        "the forgotten snapshot can still be reached by its path"
+    );
 }
 
 #[test]
