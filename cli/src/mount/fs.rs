@@ -2,10 +2,10 @@
 //! entries exactly as they were backed up, read-only.
 //!
 //! - Folders of the layout and the snapshot folders in them live one second in the kernel's
-//!   cache and the snapshot list is
-//!   read again when one is used after `refresh` has passed, so new snapshots appear and
-//!   forgotten ones go without a remount. Entries inside snapshots never change and live an
-//!   hour; file content stays in the page cache between opens.
+//!   cache and the snapshot list is read again when one is used after `refresh` has passed,
+//!   so new snapshots appear and forgotten ones go without a remount. Entries inside
+//!   snapshots never change and live an hour; file content stays in the page cache between
+//!   opens.
 //! - Reads go through one [`BlobCache`] with read-ahead ([`FileReader`]). A read that cannot
 //!   be served (a blob damaged, or deleted by a prune after its snapshot was forgotten)
 //!   fails with EIO and the reason is logged; it never returns other bytes.
