@@ -247,6 +247,9 @@ fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
         .unwrap()
         .to_string();
     let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    // Looked up by path before it is forgotten: the kernel must not keep it for long.
+    let by_id = m.point.join(format!("ids/{}", &first[..8]));
+    assert!(std::fs::metadata(inside(&by_id, &src)).unwrap().is_dir());
     let names = |dir: &str| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(m.point.join(dir))
             .map(|r| {
@@ -287,6 +290,11 @@ fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
         names("ids")
     );
     assert_eq!(names("snapshots").len(), 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::metadata(&by_id)
+            .is_err()),
+        "the forgotten snapshot can still be reached by its path"
+    );
 }
 
 #[test]
@@ -512,4 +520,45 @@ fn a_file_open_while_a_prune_repacks_its_blobs_is_still_read() {
     let mut rest = vec![0u8; 2 << 20];
     f.read_exact_at(&mut rest, 6 << 20).unwrap();
     assert!(rest == kept[6 << 20..8 << 20], "the moved blobs are read");
+}
+
+#[test]
+fn folders_and_files_of_a_kept_snapshot_stay_readable_after_a_prune_repacks_them() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("repacked");
+    for dir in ["kept", "changed"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+        for i in 0..20 {
+            std::fs::write(src.join(dir).join(format!("f{i}")), format!("{dir} {i}")).unwrap();
+        }
+    }
+    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(src.join("changed/f0"), "changed").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let shown = inside(&m.point.join("snapshots/latest"), &src);
+    // Only the path down to the snapshot's folder is looked at before the prune.
+    assert!(std::fs::metadata(&shown).unwrap().is_dir());
+
+    // The first snapshot's own trees share packs with trees the second still uses: the
+    // prune repacks those and deletes the old packs, which the mount's index still names.
+    env.ok(&["forget", &first]);
+    env.ok(&["prune", "--max-unused", "0"]);
+
+    let names = std::fs::read_dir(shown.join("kept"))
+        .unwrap_or_else(|e| panic!("listing a repacked folder: {e}: {}", m.stderr()))
+        .map(|e| e.unwrap().file_name())
+        .collect::<Vec<_>>();
+    assert_eq!(names.len(), 20, "{names:?}");
+    assert_eq!(
+        std::fs::read(shown.join("kept/f3")).unwrap(),
+        b"kept 3".to_vec()
+    );
 }

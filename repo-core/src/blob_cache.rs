@@ -88,6 +88,35 @@ impl State {
     }
 }
 
+/// The `Loading` marks of one fetch: removed, and the waiters woken, when it is dropped
+/// (blobs read by then are `Ready` and stay).
+struct Marks<'a> {
+    cache: &'a BlobCache,
+    ids: &'a [Id],
+}
+
+impl Drop for Marks<'_> {
+    fn drop(&mut self) {
+        let mut state = self.cache.lock();
+        for id in self.ids {
+            if matches!(state.slots.get(id), Some(Slot::Loading)) {
+                state.slots.remove(id);
+            }
+        }
+        drop(state);
+        self.cache.loaded.notify_all();
+    }
+}
+
+/// One running read-ahead, counted in `BlobCache::prefetching` until dropped.
+struct PrefetchSlot<'a>(&'a AtomicUsize);
+
+impl Drop for PrefetchSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The cache (module docs). Cheap to share: clone the `Arc`.
 pub struct BlobCache {
     state: Mutex<State>,
@@ -197,10 +226,11 @@ impl BlobCache {
         let spawned = std::thread::Builder::new()
             .name("cairn-read-ahead".into())
             .spawn(move || {
+                // The slot is given back however the fetch ends (a panic included).
+                let _slot = PrefetchSlot(&cache.prefetching);
                 if let Err(e) = cache.fetch(&repo, mine) {
                     tracing::debug!("read-ahead failed: {e}");
                 }
-                cache.prefetching.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
             // The marks were set for a fetch that will not run: clear them.
@@ -221,32 +251,27 @@ impl BlobCache {
     /// failure the marks of those not read are removed.
     fn fetch(&self, repo: &Repository, mine: Vec<(Id, BlobLocation)>) -> Result<Vec<(Id, Plain)>> {
         let ids: Vec<Id> = mine.iter().map(|(id, _)| *id).collect();
+        // Clears the marks and wakes the waiters however this fetch ends, a panic unwinding
+        // through the read included: a mark left behind would make every later reader of
+        // the blob wait forever.
+        let _marks = Marks {
+            cache: self,
+            ids: &ids,
+        };
         let runs = coalesce(mine, COALESCE_GAP);
         let read: Result<Vec<RunPlains>> = runs
             .par_iter()
             .map(|run| repo.read_run(BlobKind::Data, run))
             .collect();
+        let runs = read?;
         let mut state = self.lock();
-        let outcome = match read {
-            Ok(runs) => {
-                let mut out = Vec::with_capacity(ids.len());
-                for (id, data) in runs.into_iter().flatten() {
-                    let data = Arc::new(data);
-                    state.insert(id, data.clone(), self.capacity);
-                    out.push((id, data));
-                }
-                Ok(out)
-            }
-            Err(e) => Err(e),
-        };
-        for id in &ids {
-            if matches!(state.slots.get(id), Some(Slot::Loading)) {
-                state.slots.remove(id);
-            }
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, data) in runs.into_iter().flatten() {
+            let data = Arc::new(data);
+            state.insert(id, data.clone(), self.capacity);
+            out.push((id, data));
         }
-        drop(state);
-        self.loaded.notify_all();
-        outcome
+        Ok(out)
     }
 
     /// Waits until `id` is no longer being fetched: its plaintext, or `None` when the fetch
@@ -267,10 +292,29 @@ impl BlobCache {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     fn id(n: u8) -> Id {
         Id([n; 32])
+    }
+
+    #[test]
+    fn a_fetch_that_ends_by_unwinding_leaves_no_mark_to_wait_for() {
+        let cache = BlobCache::new(100);
+        cache.lock().slots.insert(id(1), Slot::Loading);
+        let ids = [id(1)];
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _marks = Marks {
+                cache: &cache,
+                ids: &ids,
+            };
+            panic!("a read that panics");
+        }));
+        assert!(unwound.is_err());
+        // Without the mark removed this would wait forever.
+        assert!(cache.wait_for(&id(1)).is_none());
+        assert!(cache.lock().slots.is_empty());
     }
 
     #[test]

@@ -52,8 +52,12 @@ impl FileReader {
                 node.name_lossy()
             )));
         }
-        let ids = repo.file_content(node)?;
-        let locations = locate_all(repo, &ids)?;
+        // Spilled content lists are tree blobs, which a prune may have repacked too.
+        let (ids, locations) = with_fresh_index(repo, || {
+            let ids = repo.file_content(node)?;
+            let locations = locate_all(repo, &ids)?;
+            Ok((ids, locations))
+        })?;
         let mut ends = Vec::with_capacity(ids.len());
         let mut end: u64 = 0;
         for loc in &locations {
@@ -178,6 +182,20 @@ impl FileReader {
                 .collect()
         };
         cache.prefetch(repo, &wanted);
+    }
+}
+
+/// Runs `read`, and once more after reading the index again when it fails with `NotFound`:
+/// a process that keeps its index for long (the mount) may hold locations in packs that a
+/// prune has since repacked and deleted. A blob that is still missing then is really gone.
+pub fn with_fresh_index<T>(repo: &Repository, read: impl Fn() -> Result<T>) -> Result<T> {
+    match read() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            tracing::debug!("{e}; reading the index again");
+            repo.sync_index()?;
+            read()
+        }
+        other => other,
     }
 }
 

@@ -1,10 +1,11 @@
 //! The mount's file system: the layout's folders above the snapshots, and each snapshot's
 //! entries exactly as they were backed up, read-only.
 //!
-//! - Folders of the layout live one second in the kernel's cache and the snapshot list is
-//!   read again when one is used after `refresh` has passed, so new snapshots appear and
-//!   forgotten ones go without a remount. Entries inside snapshots never change and live an
-//!   hour; file content stays in the page cache between opens.
+//! - Folders of the layout and the snapshot folders in them live one second in the kernel's
+//!   cache and the snapshot list is read again when one is used after `refresh` has passed,
+//!   so new snapshots appear and forgotten ones go without a remount. Entries inside
+//!   snapshots never change and live an hour; file content stays in the page cache between
+//!   opens.
 //! - Reads go through one [`BlobCache`] with read-ahead ([`FileReader`]). A read that cannot
 //!   be served (a blob damaged, or deleted by a prune after its snapshot was forgotten)
 //!   fails with EIO and the reason is logged; it never returns other bytes.
@@ -32,9 +33,9 @@ use super::inodes::{Inodes, Key, What};
 use super::layout::{join, Entry, Layout};
 use super::trees::{Folder, Trees, TREE_CACHE_BYTES};
 
-/// How long the kernel keeps the layout's entries and attributes.
+/// How long the kernel keeps the layout's entries and attributes (snapshot folders included).
 const FOLDER_TTL: Duration = Duration::from_secs(1);
-/// How long it keeps a snapshot's entries and attributes (they never change).
+/// How long it keeps the entries and attributes inside a snapshot (they never change).
 const SNAPSHOT_TTL: Duration = Duration::from_secs(3600);
 /// Plaintext of decrypted blobs kept for reads.
 pub const BLOB_CACHE_BYTES: usize = 256 << 20;
@@ -215,7 +216,10 @@ impl MountFs {
                 let mut a = self.folder_attr(ino, &self.current());
                 let t = system_time(Time(time.0, time.1));
                 (a.atime, a.mtime, a.ctime, a.crtime) = (t, t, t, t);
-                (a, SNAPSHOT_TTL)
+                // Its name is an entry of a layout folder, which goes when the snapshot is
+                // forgotten (or is renamed when another snapshot of the same second comes):
+                // the kernel keeps it only as long as the layout's other entries.
+                (a, FOLDER_TTL)
             }
             What::Node { node, .. } => (node_attr(ino, node), SNAPSHOT_TTL),
         }

@@ -29,6 +29,19 @@ fn mounts() -> Vec<Mounted> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
+    parse_mountinfo(&text)
+}
+
+/// Whether a mount table entry is one of our mounts: a FUSE file system of type `fuse` (as
+/// the kernel lists a mount made without a subtype helper) or `fuse.cairn`, whose source is
+/// `cairn:...`. Another FUSE file system's source may start alike (sshfs of a host named
+/// `cairn`: `fuse.sshfs`, `cairn:/srv`), and is not ours to detach.
+fn is_ours(fs_type: &str, source: &str) -> bool {
+    let fuse_type = fs_type == "fuse" || fs_type.strip_prefix("fuse.") == Some(SUBTYPE);
+    fuse_type && source.starts_with(SOURCE_PREFIX)
+}
+
+fn parse_mountinfo(text: &str) -> Vec<Mounted> {
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
@@ -38,7 +51,7 @@ fn mounts() -> Vec<Mounted> {
             let source = fields.get(dash + 2).copied().unwrap_or_default();
             Some(Mounted {
                 point: PathBuf::from(unescape(point)),
-                ours: fs_type.starts_with("fuse") && source.starts_with(SOURCE_PREFIX),
+                ours: is_ours(fs_type, source),
                 fs_type: fs_type.to_string(),
             })
         })
@@ -190,6 +203,27 @@ pub fn require_fuse() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_fuse_mounts_count_as_ours() {
+        let table = "46 27 0:40 / /mnt/a ro,nosuid - fuse cairn:1dca9de9aedc ro,user_id=0\n\
+                     47 27 0:41 / /mnt/b rw - fuse.sshfs cairn:/srv rw,user_id=0\n\
+                     48 27 0:42 / /mnt/c ro - fuse.cairn cairn:5b0393a5812e ro\n\
+                     49 27 0:43 / /mnt/d rw - fuseblk cairn:x rw\n";
+        let ours: Vec<(String, bool)> = parse_mountinfo(table)
+            .into_iter()
+            .map(|m| (m.point.display().to_string(), m.ours))
+            .collect();
+        assert_eq!(
+            ours,
+            [
+                ("/mnt/a".to_string(), true),
+                ("/mnt/b".to_string(), false),
+                ("/mnt/c".to_string(), true),
+                ("/mnt/d".to_string(), false),
+            ]
+        );
+    }
 
     #[test]
     fn mount_table_escapes_are_read() {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use cairn_repo::file_reader::with_fresh_index;
 use cairn_repo::format::tree::Node;
 use cairn_repo::{Id, Repository, Result};
 
@@ -133,7 +134,8 @@ impl Trees {
 
     /// The tree `id`, from memory or read now (two readers may both read a tree that is not
     /// held; either copy is the same), and whether this is its first use: a caller then reads
-    /// its subfolders ahead.
+    /// its subfolders ahead. The index is read again when the tree's pack is gone (repacked
+    /// by a prune since the mount read the index).
     pub fn open(&self, repo: &Repository, id: &Id) -> Result<(Arc<Folder>, bool)> {
         self.fetch(repo, id, true)
     }
@@ -153,8 +155,7 @@ impl Trees {
             }
         }
         let tree = Arc::new(Folder {
-            nodes: repo
-                .load_tree(id)?
+            nodes: with_fresh_index(repo, || repo.load_tree(id))?
                 .nodes
                 .into_iter()
                 .map(Arc::new)
