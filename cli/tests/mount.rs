@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/crafted.rs"]
+mod crafted;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -561,4 +563,30 @@ fn folders_and_files_of_a_kept_snapshot_stay_readable_after_a_prune_repacks_them
         std::fs::read(shown.join("kept/f3")).unwrap(),
         b"kept 3".to_vec()
     );
+}
+
+#[test]
+fn a_file_whose_entry_and_blobs_disagree_on_its_size_is_refused_not_cut() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let repo = crafted::open(&env);
+    repo.sync_index().unwrap();
+    let mut w = cairn_repo::writer::BlobWriter::new(&repo, 3);
+    let honest = crafted::file(&mut w, b"honest", b"eight b\n");
+    let mut liar = crafted::file(&mut w, b"liar", b"eight b\n");
+    liar.size = 100;
+    let root = crafted::save_tree(&mut w, vec![honest, liar]);
+    w.finish().unwrap();
+    crafted::commit(&repo, root, 2, 0);
+    drop(repo);
+
+    let m = Mounted::start(&env, &env.path("mnt"), &[]);
+    let snap = m.point.join("snapshots/latest");
+    assert_eq!(std::fs::read(snap.join("honest")).unwrap(), b"eight b\n");
+    let err = std::fs::read(snap.join("liar")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(m.stderr().contains("its entry says 100"), "{}", m.stderr());
 }

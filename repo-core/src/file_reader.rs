@@ -66,6 +66,15 @@ impl FileReader {
                 .ok_or_else(|| Error::corrupt("a file's blob lengths overflow"))?;
             ends.push(end);
         }
+        // A backup records the bytes it saved as the size; a node that says otherwise is
+        // damaged, and reading it would give a file cut short or padded.
+        if end != node.size {
+            return Err(Error::corrupt(format!(
+                "{:?}: its blobs hold {end} bytes but its entry says {}",
+                node.name_lossy(),
+                node.size
+            )));
+        }
         Ok(FileReader {
             ids,
             ends,
@@ -74,8 +83,8 @@ impl FileReader {
         })
     }
 
-    /// The length of the content, from its blobs (a node's `size` says the same for a
-    /// snapshot written by a sound backup).
+    /// The length of the content: what its blobs hold, which [`FileReader::open`] has
+    /// checked against the node's `size`.
     pub fn len(&self) -> u64 {
         self.ends.last().copied().unwrap_or(0)
     }

@@ -54,7 +54,11 @@ pub struct MountFs {
     inodes: Inodes,
     trees: Arc<Trees>,
     blobs: Arc<BlobCache>,
+    /// Open handles -> their file's reader.
     files: Mutex<HashMap<u64, Arc<FileReader>>>,
+    /// Inode -> the reader its open handles share, so that opening a file again does not
+    /// look its blobs up again (a large file has many).
+    readers: Mutex<HashMap<u64, std::sync::Weak<FileReader>>>,
     folders: Mutex<HashMap<u64, Arc<Layout>>>,
     next_handle: AtomicU64,
     uid: u32,
@@ -133,6 +137,7 @@ impl MountFs {
             trees: Arc::new(Trees::new(TREE_CACHE_BYTES)),
             blobs: BlobCache::new(BLOB_CACHE_BYTES),
             files: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
             folders: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             uid: nix::unistd::getuid().as_raw(),
@@ -433,17 +438,32 @@ impl Filesystem for MountFs {
             Some(_) => return reply.error(Errno::EISDIR),
             None => return reply.error(Errno::ENOENT),
         };
-        match FileReader::open(&self.repo, &node) {
-            Ok(reader) => {
-                let fh = self.handle();
-                self.files
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Arc::new(reader));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Err(e) => reply.error(errno(&format!("opening {}", node.name_lossy()), &e)),
-        }
+        let shared = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino.0)
+            .and_then(std::sync::Weak::upgrade);
+        let reader = match shared {
+            Some(reader) => reader,
+            None => match FileReader::open(&self.repo, &node) {
+                Ok(reader) => {
+                    let reader = Arc::new(reader);
+                    self.readers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(ino.0, Arc::downgrade(&reader));
+                    reader
+                }
+                Err(e) => return reply.error(errno(&format!("opening {}", node.name_lossy()), &e)),
+            },
+        };
+        let fh = self.handle();
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, reader);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -486,17 +506,25 @@ impl Filesystem for MountFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files
+        let reader = self
+            .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        // The last handle of the file: its reader goes.
+        if reader.is_some_and(|r| Arc::strong_count(&r) == 1) {
+            let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if readers.get(&ino.0).is_some_and(|w| w.strong_count() <= 1) {
+                readers.remove(&ino.0);
+            }
+        }
         reply.ok();
     }
 

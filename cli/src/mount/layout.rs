@@ -11,10 +11,10 @@
 //!
 //! `<time>` is the snapshot's time in UTC to the second (`2026-12-07T15:51:22Z`), so names
 //! sort in time order. Snapshots of one folder that share a second are named with their full
-//! time (nanoseconds), and any still alike get `-<short id>`: names are unique and do not
-//! depend on the order of the listing. `latest` is a relative link to the newest entry of
-//! its folder. Host and tag names become one path component: `/` and NUL become `_`, and an
-//! empty name, `.` or `..` is prefixed with `_`.
+//! time (nanoseconds), and any still alike get `-<id>`: names are unique and do not depend
+//! on the order of the listing. `latest` is a relative link to the newest entry of its
+//! folder. Host and tag names become one path component (see [`component`]): different
+//! names stay different folders.
 //!
 //! A layout is immutable; the file system swaps in a new one when it lists the snapshots
 //! again.
@@ -163,16 +163,46 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-/// A host or tag name as one path component (module docs).
+/// Longest host or tag folder name (the kernel's limit is 255 bytes).
+const MAX_COMPONENT: usize = 200;
+
+/// A host or tag name as one path component (module docs): `/`, NUL and `%` are written as
+/// `%2F`, `%00` and `%25`, so that different names stay different; an empty name, `.` and
+/// `..` get a leading `_`; a name longer than [`MAX_COMPONENT`] bytes is cut and
+/// ends with `~` and a hash of the whole name.
 fn component(name: &str) -> Vec<u8> {
-    let mut out: Vec<u8> = name
-        .bytes()
-        .map(|b| if b == b'/' || b == 0 { b'_' } else { b })
-        .collect();
+    let mut out = Vec::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'/' => out.extend_from_slice(b"%2F"),
+            0 => out.extend_from_slice(b"%00"),
+            b'%' => out.extend_from_slice(b"%25"),
+            _ => out.push(b),
+        }
+    }
     if out.is_empty() || out == b"." || out == b".." {
         out.insert(0, b'_');
     }
+    if out.len() > MAX_COMPONENT {
+        let hash = name_hash(name.as_bytes());
+        // Cut on a character boundary of the (UTF-8) name.
+        let mut cut = MAX_COMPONENT - hash.len() - 1;
+        while cut > 0 && (out[cut] & 0xC0) == 0x80 {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push(b'~');
+        out.extend_from_slice(hash.as_bytes());
+    }
     out
+}
+
+/// 16 hex digits naming `bytes`.
+fn name_hash(bytes: &[u8]) -> String {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    format!("{:016x}", h.finish())
 }
 
 fn time_of(s: &Snapshot) -> (i64, u32) {
@@ -339,7 +369,7 @@ mod tests {
             l.child(b"snapshots", b"latest"),
             Some(&Entry::Link(b"2026-12-03T10:00:00Z".to_vec()))
         );
-        assert_eq!(names(&l, "hosts"), ["db", "web_1"]);
+        assert_eq!(names(&l, "hosts"), ["db", "web%2F1"]);
         assert_eq!(names(&l, "tags/daily").len(), 3);
         assert_eq!(
             names(&l, "pg-basebackups"),
@@ -349,6 +379,20 @@ mod tests {
         assert_eq!(names(&l, "ids"), ["01010101", "02020202", "03030303"]);
         assert_eq!(l.len(), 3, "WAL snapshots are not shown");
         assert!(l.child(b"ids", b"04040404").is_none());
+    }
+
+    #[test]
+    fn host_and_tag_names_stay_distinct_and_within_the_name_limit() {
+        assert_eq!(component("web/1"), b"web%2F1");
+        assert_ne!(component("web/1"), component("web_1"));
+        assert_ne!(component("a%2Fb"), component("a/b"));
+        assert_eq!(component(""), b"_");
+        assert_eq!(component(".."), b"_..");
+        let long = "é".repeat(300);
+        let c = component(&long);
+        assert!(c.len() <= MAX_COMPONENT);
+        assert!(std::str::from_utf8(&c).is_ok());
+        assert_ne!(c, component(&"é".repeat(301)));
     }
 
     #[test]
