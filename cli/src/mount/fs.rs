@@ -38,7 +38,7 @@ const FOLDER_TTL: Duration = Duration::from_secs(1);
 /// How long it keeps the entries and attributes inside a snapshot (they never change).
 const SNAPSHOT_TTL: Duration = Duration::from_secs(3600);
 /// Plaintext of decrypted blobs kept for reads.
-pub const BLOB_CACHE_BYTES: usize = 256 << 20;
+pub const BLOB_CACHE_BYTES: usize = 128 << 20;
 /// Read-ahead the kernel may do on its own, in bytes.
 const KERNEL_READ_AHEAD: u32 = 1 << 20;
 
