@@ -255,7 +255,7 @@ impl MountFs {
             let child = folder_child(&layout, path, name, entry).ok_or(Errno::ENOENT)?;
             let ino = self
                 .inodes
-                .looked_up(Key::of(parent, name, None), parent, child.clone());
+                .looked_up(folder_key(parent, name, entry), parent, child.clone());
             return Ok((ino, child));
         }
         let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
@@ -346,7 +346,7 @@ impl MountFs {
                 Some(Listed {
                     name: name.clone(),
                     kind,
-                    key: Key::of(ino, name, None),
+                    key: folder_key(ino, name, entry),
                     what,
                 })
             }
@@ -363,6 +363,20 @@ impl MountFs {
                 })
             }
         }
+    }
+}
+
+/// The key of entry `name` of a layout folder. A link's key includes its target: the kernel
+/// caches link targets by inode, so `latest` pointing somewhere new must be a new inode.
+fn folder_key(parent: u64, name: &[u8], entry: &Entry) -> Key {
+    match entry {
+        Entry::Link(target) => {
+            let mut named = name.to_vec();
+            named.push(0);
+            named.extend_from_slice(target);
+            Key::of(parent, &named, None)
+        }
+        _ => Key::of(parent, name, None),
     }
 }
 
@@ -387,9 +401,16 @@ impl Filesystem for MountFs {
             let _ = config.set_max_readahead(nearest);
         }
         // Listings carry attributes, so a walk does not ask for each entry again (the
-        // kernel decides when a listing is worth it).
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // kernel decides when a listing is worth it); link targets may be cached (a link
+        // whose target changes is a new inode); lookups in one folder may run at once.
+        // Each on its own: a kernel without one still gets the others.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 
