@@ -590,3 +590,45 @@ fn a_file_whose_entry_and_blobs_disagree_on_its_size_is_refused_not_cut() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(m.stderr().contains("its entry says 100"), "{}", m.stderr());
 }
+
+#[test]
+fn dumps_have_a_folder_of_their_own_and_read_as_one_file() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let dump = pseudo_random(31, 1 << 20);
+    env.cmd()
+        .args([
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "app.sql",
+            "--tag",
+            "nightly",
+        ])
+        .write_stdin(dump.clone())
+        .assert()
+        .success();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &["--tag", "nightly"]);
+    assert_eq!(
+        std::fs::read(m.point.join("dumps/latest/app.sql")).unwrap(),
+        dump
+    );
+    // --tag shows only the dump: the tree's snapshot is not there.
+    assert_eq!(
+        std::fs::read_dir(m.point.join("snapshots"))
+            .unwrap()
+            .count(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_dir(m.point.join("pg-basebackups"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
