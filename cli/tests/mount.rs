@@ -152,15 +152,29 @@ fn inside(snapshot: &Path, src: &Path) -> PathBuf {
     snapshot.join(src.strip_prefix("/").unwrap())
 }
 
-#[test]
-fn a_mounted_snapshot_shows_the_source_tree_exactly() {
+/// A test's environment with a new repository, or `None` where real FUSE cannot be tested
+/// (a failure under CI).
+fn fuse_env() -> Option<Env> {
     if !fuse_available() {
-        return;
+        return None;
     }
     let env = Env::new();
     env.init();
+    Some(env)
+}
+
+/// Runs `cairn backup ARGS...` and returns the new snapshot's id.
+fn backup(env: &Env, args: &[&str]) -> String {
+    let mut all = vec!["backup"];
+    all.extend_from_slice(args);
+    env.json(&all)["snapshot_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_mounted_snapshot_shows_the_source_tree_exactly() {
+    let Some(env) = fuse_env() else { return };
     let src = rich_source(&env);
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let latest = m.point.join("snapshots/latest");
     let shown = inside(&latest, &src);
@@ -216,13 +230,9 @@ fn a_mounted_snapshot_shows_the_source_tree_exactly() {
 
 #[test]
 fn the_mount_is_read_only() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let shown = inside(&m.point.join("snapshots/latest"), &src);
     let erofs = |r: std::io::Result<()>| {
@@ -238,16 +248,9 @@ fn the_mount_is_read_only() {
 
 #[test]
 fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.source();
-    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = backup(&env, &[src.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
     // Looked up by path before it is forgotten: the kernel must not keep it for long.
     let by_id = m.point.join(format!("ids/{}", &first[..8]));
@@ -266,10 +269,7 @@ fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
     // Snapshots are named to the second: the next one must be in another second.
     std::thread::sleep(Duration::from_millis(1100));
     std::fs::write(src.join("a.txt"), "alpha, second version\n").unwrap();
-    let second = env.json(&["backup", "--tag", "later", src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = backup(&env, &["--tag", "later", src.to_str().unwrap()]);
     assert!(
         wait_until(Duration::from_secs(20), || names("snapshots").len() == 3),
         "the new snapshot appears: {:?}",
@@ -301,13 +301,9 @@ fn new_snapshots_appear_and_forgotten_ones_go_while_mounted() {
 
 #[test]
 fn unmounting_or_a_signal_ends_the_mount_with_exit_0() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
 
     // fusermount3 -u from outside.
     let point = env.path("mnt");
@@ -344,13 +340,9 @@ fn unmounting_or_a_signal_ends_the_mount_with_exit_0() {
 
 #[test]
 fn a_killed_mount_is_cleaned_up_by_the_next_mount_of_the_same_folder() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let point = env.path("mnt");
     let mut dead = Mounted::start(&env, &point, &[]);
     dead.kill();
@@ -373,13 +365,9 @@ fn a_killed_mount_is_cleaned_up_by_the_next_mount_of_the_same_folder() {
 
 #[test]
 fn a_folder_that_is_not_empty_or_already_mounted_is_refused() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let full = env.path("full");
     std::fs::create_dir_all(&full).unwrap();
     std::fs::write(full.join("file"), b"x").unwrap();
@@ -395,13 +383,9 @@ fn a_folder_that_is_not_empty_or_already_mounted_is_refused() {
 
 #[test]
 fn backups_and_prunes_run_beside_a_mount_with_their_own_cache() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let _m = Mounted::start(&env, &env.path("mnt"), &[]);
     // The mount works from a private copy of the cache: a backup meanwhile still has the
     // shared one (and with it the files cache), instead of a temporary one.
@@ -419,21 +403,14 @@ fn backups_and_prunes_run_beside_a_mount_with_their_own_cache() {
 
 #[test]
 fn a_read_of_data_a_prune_deleted_fails_with_an_error_never_other_bytes() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let doomed = env.path("doomed");
     std::fs::create_dir_all(&doomed).unwrap();
     let content = pseudo_random(3, 24 << 20);
     std::fs::write(doomed.join("large.bin"), &content).unwrap();
-    let first = env.json(&["backup", doomed.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = backup(&env, &[doomed.to_str().unwrap()]);
     let kept = env.source();
-    env.ok(&["backup", kept.to_str().unwrap()]);
+    backup(&env, &[kept.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let file = inside(&m.point.join(format!("ids/{}", &first[..8])), &doomed).join("large.bin");
     let f = std::fs::File::open(&file).unwrap();
@@ -459,18 +436,14 @@ fn a_read_of_data_a_prune_deleted_fails_with_an_error_never_other_bytes() {
 
 #[test]
 fn a_folder_of_many_entries_is_listed_and_looked_up() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.path("many");
     std::fs::create_dir_all(&src).unwrap();
     const N: usize = 50_000;
     for i in 0..N {
         std::fs::File::create(src.join(format!("f{i:06}"))).unwrap();
     }
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let shown = inside(&m.point.join("snapshots/latest"), &src);
     assert_eq!(std::fs::read_dir(&shown).unwrap().count(), N);
@@ -480,11 +453,7 @@ fn a_folder_of_many_entries_is_listed_and_looked_up() {
 
 #[test]
 fn a_file_open_while_a_prune_repacks_its_blobs_is_still_read() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.path("both");
     std::fs::create_dir_all(&src).unwrap();
     // One backup of both files puts their blobs in the same packs; once the first is
@@ -492,15 +461,9 @@ fn a_file_open_while_a_prune_repacks_its_blobs_is_still_read() {
     std::fs::write(src.join("a-doomed.bin"), pseudo_random(21, 8 << 20)).unwrap();
     let kept = pseudo_random(22, 8 << 20);
     std::fs::write(src.join("b-kept.bin"), &kept).unwrap();
-    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = backup(&env, &[src.to_str().unwrap()]);
     std::fs::remove_file(src.join("a-doomed.bin")).unwrap();
-    let second = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = backup(&env, &[src.to_str().unwrap()]);
     let packs_before = common::packs(&env.repo());
 
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
@@ -526,11 +489,7 @@ fn a_file_open_while_a_prune_repacks_its_blobs_is_still_read() {
 
 #[test]
 fn folders_and_files_of_a_kept_snapshot_stay_readable_after_a_prune_repacks_them() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let src = env.path("repacked");
     for dir in ["kept", "changed"] {
         std::fs::create_dir_all(src.join(dir)).unwrap();
@@ -538,12 +497,9 @@ fn folders_and_files_of_a_kept_snapshot_stay_readable_after_a_prune_repacks_them
             std::fs::write(src.join(dir).join(format!("f{i}")), format!("{dir} {i}")).unwrap();
         }
     }
-    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = backup(&env, &[src.to_str().unwrap()]);
     std::fs::write(src.join("changed/f0"), "changed").unwrap();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let shown = inside(&m.point.join("snapshots/latest"), &src);
     // Only the path down to the snapshot's folder is looked at before the prune.
@@ -567,11 +523,7 @@ fn folders_and_files_of_a_kept_snapshot_stay_readable_after_a_prune_repacks_them
 
 #[test]
 fn a_file_whose_entry_and_blobs_disagree_on_its_size_is_refused_not_cut() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let repo = crafted::open(&env);
     repo.sync_index().unwrap();
     let mut w = cairn_repo::writer::BlobWriter::new(&repo, 3);
@@ -593,11 +545,7 @@ fn a_file_whose_entry_and_blobs_disagree_on_its_size_is_refused_not_cut() {
 
 #[test]
 fn dumps_have_a_folder_of_their_own_and_read_as_one_file() {
-    if !fuse_available() {
-        return;
-    }
-    let env = Env::new();
-    env.init();
+    let Some(env) = fuse_env() else { return };
     let dump = pseudo_random(31, 1 << 20);
     env.cmd()
         .args([
@@ -612,7 +560,7 @@ fn dumps_have_a_folder_of_their_own_and_read_as_one_file() {
         .assert()
         .success();
     let src = env.source();
-    env.ok(&["backup", src.to_str().unwrap()]);
+    backup(&env, &[src.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &["--tag", "nightly"]);
     assert_eq!(
         std::fs::read(m.point.join("dumps/latest/app.sql")).unwrap(),

@@ -97,6 +97,29 @@ impl Client {
     }
 }
 
+/// A server of one tenant `team` with users `admin` (full access) and `user` with `access`,
+/// storing in `dir`; and a maker of clients as one of them.
+fn team_server(
+    bin: &Path,
+    dir: &Path,
+    user: &str,
+    access: &str,
+) -> (Server, impl Fn(&str) -> Client) {
+    let users = dir.join("users");
+    add_user(&users, "admin", "full", Some("team"), "secret");
+    add_user(&users, user, access, Some("team"), "secret");
+    let server = Server::start(&dir.join("storage"), &["--users", users.to_str().unwrap()]);
+    let url = format!("rest:http://{}/", server.addr);
+    let (bin, dir) = (bin.to_path_buf(), dir.to_path_buf());
+    let client = move |user: &str| Client {
+        bin: bin.clone(),
+        dir: dir.clone(),
+        url: url.clone(),
+        user: user.to_string(),
+    };
+    (server, client)
+}
+
 fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -121,20 +144,7 @@ fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn cairn_works_through_the_server_and_an_append_only_user_deletes_nothing() {
     let Some(bin) = cairn_binary() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    add_user(&users, "admin", "full", Some("team"), "secret");
-    add_user(&users, "host", "append", Some("team"), "secret");
-    let server = Server::start(
-        &dir.path().join("storage"),
-        &["--users", users.to_str().unwrap()],
-    );
-    let url = format!("rest:http://{}/", server.addr);
-    let client = |user: &str| Client {
-        bin: bin.clone(),
-        dir: dir.path().to_path_buf(),
-        url: url.clone(),
-        user: user.to_string(),
-    };
+    let (_server, client) = team_server(&bin, dir.path(), "host", "append");
     let (admin, host) = (client("admin"), client("host"));
 
     let src = dir.path().join("src");
@@ -188,16 +198,8 @@ fn cairn_works_through_the_server_and_an_append_only_user_deletes_nothing() {
         dir.path().display()
     );
     let running = {
-        let mut cmd = Command::new(&bin);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", dir.path())
-            .env("CAIRN_REPOSITORY", &url)
-            .env("CAIRN_REST_USERNAME", "host")
-            .env("CAIRN_REST_PASSWORD", "secret")
-            .env("CAIRN_TENANT", "team")
-            .env("CAIRN_KEY_FILE", dir.path().join("team.key"))
-            .env("CAIRN_CACHE_DIR", dir.path().join("cache-running"))
+        let mut cmd = host.command();
+        cmd.env("CAIRN_CACHE_DIR", dir.path().join("cache-running"))
             .args([
                 "--json",
                 "backup",
@@ -370,20 +372,7 @@ fn a_user_with_read_access_mounts_the_snapshots_through_the_server() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    add_user(&users, "admin", "full", Some("team"), "secret");
-    add_user(&users, "auditor", "read", Some("team"), "secret");
-    let server = Server::start(
-        &dir.path().join("storage"),
-        &["--users", users.to_str().unwrap()],
-    );
-    let url = format!("rest:http://{}/", server.addr);
-    let client = |user: &str| Client {
-        bin: bin.clone(),
-        dir: dir.path().to_path_buf(),
-        url: url.clone(),
-        user: user.to_string(),
-    };
+    let (_server, client) = team_server(&bin, dir.path(), "auditor", "read");
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("report.txt"), "quarterly\n").unwrap();

@@ -310,6 +310,12 @@ struct Listed {
     what: What,
 }
 
+/// What a listing gives at a position: `.` or `..`, or an entry.
+enum Slot {
+    Dot(&'static str),
+    Entry(Listed),
+}
+
 impl MountFs {
     /// The listing of folder `ino` (opened as `fh`) and its parent's number.
     fn listing(&self, ino: u64, fh: u64) -> Result<(Listing, u64), Errno> {
@@ -330,6 +336,34 @@ impl MountFs {
         let tree = self.tree(&tree_id)?;
         let root = Self::root_of(ino, &what);
         Ok((Listing::Tree { tree, root }, parent))
+    }
+
+    /// Calls `add(position, number, slot)` for folder `ino` from `offset` (positions count
+    /// from 0: `.`, `..`, then the entries) until it says the reply is full or the folder
+    /// ends. `number` is the inode of `.` or `..` (unused for entries).
+    fn each_entry(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Slot) -> bool,
+    ) -> Result<(), Errno> {
+        let (listing, parent) = self.listing(ino, fh)?;
+        let mut i = offset;
+        loop {
+            let slot = match i {
+                0 => (ino, Slot::Dot(".")),
+                1 => (parent, Slot::Dot("..")),
+                _ => match self.listed(ino, &listing, i - 2) {
+                    Some(entry) => (0, Slot::Entry(entry)),
+                    None => return Ok(()),
+                },
+            };
+            if add(i, slot.0, slot.1) {
+                return Ok(());
+            }
+            i += 1;
+        }
     }
 
     /// Entry `i` of a listing of folder `ino`.
@@ -584,34 +618,17 @@ impl Filesystem for MountFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (listing, parent) = match self.listing(ino.0, fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let mut i = offset;
-        loop {
-            let full = match i {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
-                _ => {
-                    let Some(entry) = self.listed(ino.0, &listing, i - 2) else {
-                        break;
-                    };
-                    let n = self.inodes.number_of(&entry.key);
-                    reply.add(
-                        INodeNo(n),
-                        i + 1,
-                        entry.kind,
-                        OsStr::from_bytes(&entry.name),
-                    )
-                }
-            };
-            if full {
-                break;
+        let listed = self.each_entry(ino.0, fh.0, offset, |i, n, entry| match entry {
+            Slot::Dot(name) => reply.add(INodeNo(n), i + 1, FileType::Directory, name),
+            Slot::Entry(e) => {
+                let n = self.inodes.number_of(&e.key);
+                reply.add(INodeNo(n), i + 1, e.kind, OsStr::from_bytes(&e.name))
             }
-            i += 1;
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     /// A listing with each entry's attributes: each entry listed counts as a lookup (the
@@ -624,47 +641,29 @@ impl Filesystem for MountFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (listing, parent) = match self.listing(ino.0, fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let mut i = offset;
-        loop {
-            let full = match i {
-                0 | 1 => {
-                    let (n, name) = if i == 0 { (ino.0, ".") } else { (parent, "..") };
-                    let what = self.inodes.get(n).map(|(w, _)| w);
-                    let what = what.unwrap_or(What::Folder(Vec::new()));
-                    let (attr, ttl) = self.attr(n, &what);
-                    reply.add(INodeNo(n), i + 1, name, &ttl, &attr, Generation(0))
-                }
-                _ => {
-                    let Some(entry) = self.listed(ino.0, &listing, i - 2) else {
-                        break;
-                    };
-                    let n = self.inodes.looked_up(entry.key, ino.0, entry.what.clone());
-                    let (attr, ttl) = self.attr(n, &entry.what);
-                    let full = reply.add(
-                        INodeNo(n),
-                        i + 1,
-                        OsStr::from_bytes(&entry.name),
-                        &ttl,
-                        &attr,
-                        Generation(0),
-                    );
-                    if full {
-                        // Not sent: not a lookup.
-                        self.inodes.forget(n, 1);
-                    }
-                    full
-                }
-            };
-            if full {
-                break;
+        let listed = self.each_entry(ino.0, fh.0, offset, |i, n, entry| match entry {
+            Slot::Dot(name) => {
+                let what = self.inodes.get(n).map(|(w, _)| w);
+                let what = what.unwrap_or(What::Folder(Vec::new()));
+                let (attr, ttl) = self.attr(n, &what);
+                reply.add(INodeNo(n), i + 1, name, &ttl, &attr, Generation(0))
             }
-            i += 1;
+            Slot::Entry(e) => {
+                let n = self.inodes.looked_up(e.key, ino.0, e.what.clone());
+                let (attr, ttl) = self.attr(n, &e.what);
+                let name = OsStr::from_bytes(&e.name);
+                let full = reply.add(INodeNo(n), i + 1, name, &ttl, &attr, Generation(0));
+                if full {
+                    // Not sent: not a lookup.
+                    self.inodes.forget(n, 1);
+                }
+                full
+            }
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -285,6 +285,11 @@ impl Cache {
             .set_cache_size(TEMPORARY_CACHE_BYTES)
             .create(&path)
             .map_err(|e| redb_err("creating cache", e))?;
+        Cache::in_scratch(db, path, temp)
+    }
+
+    /// A cache whose file lives in `temp`, removed with it.
+    fn in_scratch(db: Database, path: PathBuf, temp: ScratchDir) -> Result<Cache> {
         let cache = Cache {
             db,
             path,
@@ -309,15 +314,7 @@ impl Cache {
             .map_err(|e| Error::io(format!("copying the cache {}", self.path.display()), e))?;
         make_private_file(&path)?;
         let db = open_db(&path, TEMPORARY_CACHE_BYTES)?;
-        let cache = Cache {
-            db,
-            path,
-            undurable: AtomicUsize::new(0),
-            damaged: AtomicBool::new(false),
-            temp: Some(temp),
-        };
-        cache.init_tables()?;
-        Ok(cache)
+        Cache::in_scratch(db, path, temp)
     }
 
     pub fn path(&self) -> &Path {
