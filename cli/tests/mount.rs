@@ -308,13 +308,7 @@ fn unmounting_or_a_signal_ends_the_mount_with_exit_0() {
     // fusermount3 -u from outside.
     let point = env.path("mnt");
     let mut m = Mounted::start(&env, &point, &[]);
-    let st = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(&point)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.stderr());
+    m.unmount_from_outside();
     assert!(!is_mounted(&point));
 
     // SIGTERM, and SIGINT while a file is open in the mount (busy: it is detached).

@@ -258,11 +258,5 @@ fn a_snapshot_on_s3_is_mounted_and_read() {
         std::fs::read(shown.join("sub/c.txt")).unwrap(),
         std::fs::read(src.join("sub/c.txt")).unwrap()
     );
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&point)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.stderr());
+    m.unmount_from_outside();
 }

@@ -125,6 +125,18 @@ impl Mounted {
         status.unwrap()
     }
 
+    /// Unmounts with `fusermount3 -u`, as a user would from outside, and expects the mount
+    /// process to end with exit code 0.
+    pub fn unmount_from_outside(&mut self) {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.point)
+            .status()
+            .unwrap();
+        assert!(st.success(), "fusermount3 -u {}", self.point.display());
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.stderr());
+    }
+
     /// Sends `signal` to the mount process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
