@@ -574,3 +574,34 @@ fn dumps_have_a_folder_of_their_own_and_read_as_one_file() {
         0
     );
 }
+
+#[test]
+fn a_user_without_the_fuse_helper_is_told_what_to_install() {
+    let Some(env) = fuse_env() else { return };
+    // As root the mount needs no helper: run as nobody, with no fusermount3 on the PATH.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let point = env.path("mnt");
+    std::fs::create_dir(&point).unwrap();
+    std::os::unix::fs::chown(&point, Some(65534), Some(65534)).unwrap();
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("setpriv (util-linux)");
+    let out = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .arg("mount")
+        .arg(&point)
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .env("HOME", env.path("home"))
+        .env("CAIRN_REPOSITORY", env.repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fusermount3 is not installed") && err.contains("fuse3"),
+        "{err}"
+    );
+}
