@@ -632,3 +632,56 @@ fn dumps_have_a_folder_of_their_own_and_read_as_one_file() {
         0
     );
 }
+
+/// Two snapshots of one second are named with their nanoseconds; when one is forgotten the
+/// other takes the plain name again. What the kernel cached below the name (an hour, for
+/// entries inside a snapshot) must not outlive the snapshot it came from.
+#[test]
+fn a_snapshot_name_taken_by_another_snapshot_shows_the_new_snapshot() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    std::fs::write(src.join("a.txt"), "first\n").unwrap();
+    let first = env.json(&[
+        "backup",
+        "--time",
+        "2026-01-02T03:04:05.1Z",
+        src.to_str().unwrap(),
+    ])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    let plain = m.point.join("snapshots/2026-01-02T03:04:05Z");
+    let file = inside(&plain, &src).join("a.txt");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "first\n");
+
+    std::fs::write(src.join("a.txt"), "second\n").unwrap();
+    env.ok(&[
+        "backup",
+        "--time",
+        "2026-01-02T03:04:05.2Z",
+        src.to_str().unwrap(),
+    ]);
+    env.ok(&["forget", &first]);
+    // Only the listing is looked at meanwhile: the kernel keeps what it has below the name.
+    let listed = |want: &str| {
+        std::fs::read_dir(m.point.join("snapshots"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == want)
+    };
+    assert!(wait_until(Duration::from_secs(20), || listed(
+        "2026-01-02T03:04:05Z"
+    ) && !listed(
+        "2026-01-02T03:04:05.100000000Z"
+    )));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "second\n",
+        "the name now shows the second snapshot"
+    );
+}

@@ -366,18 +366,25 @@ impl MountFs {
     }
 }
 
-/// The key of entry `name` of a layout folder. A link's key includes its target: the kernel
-/// caches link targets by inode, so `latest` pointing somewhere new must be a new inode.
+/// The key of entry `name` of a layout folder. It includes what the name shows, so that a
+/// name showing something else is a new inode: the kernel caches link targets by inode
+/// (`latest` pointing somewhere new), and keeps what it looked up below a snapshot folder
+/// for [`SNAPSHOT_TTL`] (a time name taken over by another snapshot of the same second
+/// when the first is forgotten).
 fn folder_key(parent: u64, name: &[u8], entry: &Entry) -> Key {
+    let mut named = name.to_vec();
     match entry {
         Entry::Link(target) => {
-            let mut named = name.to_vec();
             named.push(0);
             named.extend_from_slice(target);
-            Key::of(parent, &named, None)
         }
-        _ => Key::of(parent, name, None),
+        Entry::Snapshot(id) => {
+            named.push(0);
+            named.extend_from_slice(id.to_hex().as_bytes());
+        }
+        Entry::Dir => {}
     }
+    Key::of(parent, &named, None)
 }
 
 /// What the entry `name` of layout folder `path` is.
