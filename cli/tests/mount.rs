@@ -685,3 +685,32 @@ fn a_snapshot_name_taken_by_another_snapshot_shows_the_new_snapshot() {
         "the name now shows the second snapshot"
     );
 }
+
+/// A program that keeps a folder open and reads it again (`rewinddir`) sees new snapshots,
+/// as one that opens it again does.
+#[test]
+fn a_folder_read_again_through_the_same_handle_shows_new_snapshots() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    let mut dir = nix::dir::Dir::open(
+        &m.point.join("snapshots"),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    // Each pass reads the handle from its start: the iterator rewinds it when dropped.
+    let mut names = || dir.iter().filter(|e| e.is_ok()).count();
+    assert_eq!(names(), 4, "., .., one snapshot and latest");
+    std::thread::sleep(Duration::from_millis(1100));
+    env.ok(&["backup", src.to_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(20), || names() == 5),
+        "the new snapshot appears through the handle"
+    );
+}

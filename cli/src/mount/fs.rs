@@ -311,19 +311,34 @@ struct Listed {
 }
 
 impl MountFs {
-    /// The listing of folder `ino` (opened as `fh`) and its parent's number.
-    fn listing(&self, ino: u64, fh: u64) -> Result<(Listing, u64), Errno> {
+    /// The listing of folder `ino` (opened as `fh`) from `offset`, and its parent's number.
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Listing, u64), Errno> {
         let (what, parent) = self.inodes.get(ino).ok_or(Errno::ENOENT)?;
         if let What::Folder(path) = what {
-            // A layout folder is listed from the layout it was opened with, however many
-            // calls the listing takes.
-            let layout = self
-                .folders
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh)
-                .cloned()
-                .unwrap_or_else(|| self.layout());
+            // A layout folder is listed from one layout, however many calls the listing
+            // takes; a listing from the start (the first, or one after a `rewinddir`) takes
+            // the current layout, so that a handle kept open sees new snapshots.
+            let held = match offset {
+                0 => None,
+                _ => self
+                    .folders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&fh)
+                    .cloned(),
+            };
+            let layout = match held {
+                Some(layout) => layout,
+                None => {
+                    // Listed (when due) before the lock is taken: listing reads the repository.
+                    let layout = self.layout();
+                    self.folders
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(fh, layout.clone());
+                    layout
+                }
+            };
             return Ok((Listing::Folder { path, layout }, parent));
         }
         let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
@@ -556,15 +571,9 @@ impl Filesystem for MountFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A layout folder's listing keeps its layout under this handle (see `listing`).
         let fh = self.handle();
-        if let Some((What::Folder(_), _)) = self.inodes.get(ino.0) {
-            // A layout folder is listed from one layout, however many calls the listing takes.
-            self.folders
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, self.layout());
-        }
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
@@ -591,7 +600,7 @@ impl Filesystem for MountFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (listing, parent) = match self.listing(ino.0, fh.0) {
+        let (listing, parent) = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
@@ -631,7 +640,7 @@ impl Filesystem for MountFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (listing, parent) = match self.listing(ino.0, fh.0) {
+        let (listing, parent) = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
