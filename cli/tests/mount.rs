@@ -605,3 +605,77 @@ fn a_user_without_the_fuse_helper_is_told_what_to_install() {
         "{err}"
     );
 }
+
+/// Two snapshots of one second are named with their nanoseconds; when one is forgotten the
+/// other takes the plain name again. What the kernel cached below the name (an hour, for
+/// entries inside a snapshot) must not outlive the snapshot it came from.
+#[test]
+fn a_snapshot_name_taken_by_another_snapshot_shows_the_new_snapshot() {
+    let Some(env) = fuse_env() else { return };
+    let src = env.source();
+    std::fs::write(src.join("a.txt"), "first\n").unwrap();
+    let first = env.json(&[
+        "backup",
+        "--time",
+        "2026-01-02T03:04:05.1Z",
+        src.to_str().unwrap(),
+    ])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    let plain = m.point.join("snapshots/2026-01-02T03:04:05Z");
+    let file = inside(&plain, &src).join("a.txt");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "first\n");
+
+    std::fs::write(src.join("a.txt"), "second\n").unwrap();
+    env.ok(&[
+        "backup",
+        "--time",
+        "2026-01-02T03:04:05.2Z",
+        src.to_str().unwrap(),
+    ]);
+    env.ok(&["forget", &first]);
+    // Only the listing is looked at meanwhile: the kernel keeps what it has below the name.
+    let listed = |want: &str| {
+        std::fs::read_dir(m.point.join("snapshots"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == want)
+    };
+    assert!(wait_until(Duration::from_secs(20), || listed(
+        "2026-01-02T03:04:05Z"
+    ) && !listed(
+        "2026-01-02T03:04:05.100000000Z"
+    )));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "second\n",
+        "the name now shows the second snapshot"
+    );
+}
+
+/// A program that keeps a folder open and reads it again (`rewinddir`) sees new snapshots,
+/// as one that opens it again does.
+#[test]
+fn a_folder_read_again_through_the_same_handle_shows_new_snapshots() {
+    let Some(env) = fuse_env() else { return };
+    let src = env.source();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let m = Mounted::start(&env, &env.path("mnt"), &["--refresh", "1"]);
+    let mut dir = nix::dir::Dir::open(
+        &m.point.join("snapshots"),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    // Each pass reads the handle from its start: the iterator rewinds it when dropped.
+    let mut names = || dir.iter().filter(|e| e.is_ok()).count();
+    assert_eq!(names(), 4, "., .., one snapshot and latest");
+    std::thread::sleep(Duration::from_millis(1100));
+    env.ok(&["backup", src.to_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(20), || names() == 5),
+        "the new snapshot appears through the handle"
+    );
+}

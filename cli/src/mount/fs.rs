@@ -317,19 +317,34 @@ enum Slot {
 }
 
 impl MountFs {
-    /// The listing of folder `ino` (opened as `fh`) and its parent's number.
-    fn listing(&self, ino: u64, fh: u64) -> Result<(Listing, u64), Errno> {
+    /// The listing of folder `ino` (opened as `fh`) from `offset`, and its parent's number.
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Listing, u64), Errno> {
         let (what, parent) = self.inodes.get(ino).ok_or(Errno::ENOENT)?;
         if let What::Folder(path) = what {
-            // A layout folder is listed from the layout it was opened with, however many
-            // calls the listing takes.
-            let layout = self
-                .folders
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh)
-                .cloned()
-                .unwrap_or_else(|| self.layout());
+            // A layout folder is listed from one layout, however many calls the listing
+            // takes; a listing from the start (the first, or one after a `rewinddir`) takes
+            // the current layout, so that a handle kept open sees new snapshots.
+            let held = match offset {
+                0 => None,
+                _ => self
+                    .folders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&fh)
+                    .cloned(),
+            };
+            let layout = match held {
+                Some(layout) => layout,
+                None => {
+                    // Listed (when due) before the lock is taken: listing reads the repository.
+                    let layout = self.layout();
+                    self.folders
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(fh, layout.clone());
+                    layout
+                }
+            };
             return Ok((Listing::Folder { path, layout }, parent));
         }
         let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
@@ -348,7 +363,7 @@ impl MountFs {
         offset: u64,
         mut add: impl FnMut(u64, u64, Slot) -> bool,
     ) -> Result<(), Errno> {
-        let (listing, parent) = self.listing(ino, fh)?;
+        let (listing, parent) = self.listing(ino, fh, offset)?;
         let mut i = offset;
         loop {
             let slot = match i {
@@ -400,18 +415,25 @@ impl MountFs {
     }
 }
 
-/// The key of entry `name` of a layout folder. A link's key includes its target: the kernel
-/// caches link targets by inode, so `latest` pointing somewhere new must be a new inode.
+/// The key of entry `name` of a layout folder. It includes what the name shows, so that a
+/// name showing something else is a new inode: the kernel caches link targets by inode
+/// (`latest` pointing somewhere new), and keeps what it looked up below a snapshot folder
+/// for [`SNAPSHOT_TTL`] (a time name taken over by another snapshot of the same second
+/// when the first is forgotten).
 fn folder_key(parent: u64, name: &[u8], entry: &Entry) -> Key {
+    let mut named = name.to_vec();
     match entry {
         Entry::Link(target) => {
-            let mut named = name.to_vec();
             named.push(0);
             named.extend_from_slice(target);
-            Key::of(parent, &named, None)
         }
-        _ => Key::of(parent, name, None),
+        Entry::Snapshot(id) => {
+            named.push(0);
+            named.extend_from_slice(id.to_hex().as_bytes());
+        }
+        Entry::Dir => {}
     }
+    Key::of(parent, &named, None)
 }
 
 /// What the entry `name` of layout folder `path` is.
@@ -583,15 +605,9 @@ impl Filesystem for MountFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A layout folder's listing keeps its layout under this handle (see `listing`).
         let fh = self.handle();
-        if let Some((What::Folder(_), _)) = self.inodes.get(ino.0) {
-            // A layout folder is listed from one layout, however many calls the listing takes.
-            self.folders
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, self.layout());
-        }
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
