@@ -59,7 +59,8 @@ pub struct MountFs {
     /// Inode -> the reader its open handles share, so that opening a file again does not
     /// look its blobs up again (a large file has many).
     readers: Mutex<HashMap<u64, std::sync::Weak<FileReader>>>,
-    folders: Mutex<HashMap<u64, Arc<Layout>>>,
+    /// Open folder handles -> what their listing reads (see `listing`).
+    listings: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
     uid: u32,
     gid: u32,
@@ -138,7 +139,7 @@ impl MountFs {
             blobs: BlobCache::new(BLOB_CACHE_BYTES),
             files: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
-            folders: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
@@ -297,6 +298,7 @@ impl MountFs {
 }
 
 /// What a folder listing reads its entries from.
+#[derive(Clone)]
 enum Listing {
     Folder { path: Vec<u8>, layout: Arc<Layout> },
     Tree { tree: Arc<Folder>, root: u64 },
@@ -320,37 +322,41 @@ impl MountFs {
     /// The listing of folder `ino` (opened as `fh`) from `offset`, and its parent's number.
     fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Listing, u64), Errno> {
         let (what, parent) = self.inodes.get(ino).ok_or(Errno::ENOENT)?;
-        if let What::Folder(path) = what {
-            // A layout folder is listed from one layout, however many calls the listing
-            // takes; a listing from the start (the first, or one after a `rewinddir`) takes
-            // the current layout, so that a handle kept open sees new snapshots.
-            let held = match offset {
-                0 => None,
-                _ => self
-                    .folders
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&fh)
-                    .cloned(),
-            };
-            let layout = match held {
-                Some(layout) => layout,
-                None => {
-                    // Listed (when due) before the lock is taken: listing reads the repository.
-                    let layout = self.layout();
-                    self.folders
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(fh, layout.clone());
-                    layout
-                }
-            };
-            return Ok((Listing::Folder { path, layout }, parent));
+        // A folder is listed from what its handle took at the start, however many calls the
+        // listing takes: one layout (names must not shift between pages), and one decoded
+        // tree (a large folder is not decoded again for each page, nor pushed out of the
+        // cache by another). A listing from the start (the first, or one after a
+        // `rewinddir`) takes them anew, so that a handle kept open sees new snapshots.
+        if offset != 0 {
+            let held = self
+                .listings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh)
+                .cloned();
+            if let Some(listing) = held {
+                return Ok((listing, parent));
+            }
         }
-        let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
-        let tree = self.tree(&tree_id)?;
-        let root = Self::root_of(ino, &what);
-        Ok((Listing::Tree { tree, root }, parent))
+        // Read (when due) before the lock is taken: both may read the repository.
+        let listing = match what {
+            What::Folder(path) => Listing::Folder {
+                path,
+                layout: self.layout(),
+            },
+            _ => {
+                let tree_id = self.tree_of(&what).ok_or(Errno::ENOTDIR)?;
+                Listing::Tree {
+                    tree: self.tree(&tree_id)?,
+                    root: Self::root_of(ino, &what),
+                }
+            }
+        };
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, listing.clone());
+        Ok((listing, parent))
     }
 
     /// Calls `add(position, number, slot)` for folder `ino` from `offset` (positions count
@@ -606,7 +612,7 @@ impl Filesystem for MountFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // A layout folder's listing keeps its layout under this handle (see `listing`).
+        // A folder's listing keeps what it reads under this handle (see `listing`).
         let fh = self.handle();
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
@@ -619,7 +625,7 @@ impl Filesystem for MountFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.folders
+        self.listings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);

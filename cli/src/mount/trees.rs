@@ -33,6 +33,15 @@ impl Folder {
     }
 }
 
+/// Clears a "running" flag when dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// A decoded folder held in memory.
 struct Held {
     tree: Arc<Folder>,
@@ -118,6 +127,8 @@ impl Trees {
         let spawned = std::thread::Builder::new()
             .name("cairn-folders-ahead".into())
             .spawn(move || {
+                // The flag is cleared however the read-ahead ends.
+                let _running = Running(&trees.reading_ahead);
                 ids.par_iter().for_each(|id| {
                     if trees.has_room(0) {
                         if let Err(e) = trees.fetch(&repo, id, false) {
@@ -125,7 +136,6 @@ impl Trees {
                         }
                     }
                 });
-                trees.reading_ahead.store(false, Ordering::Release);
             });
         if spawned.is_err() {
             self.reading_ahead.store(false, Ordering::Release);
