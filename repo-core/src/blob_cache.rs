@@ -142,11 +142,6 @@ impl BlobCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Plaintext bytes held now.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
-
     /// The plaintexts of `wanted`, in its order (an id may repeat). Blobs not cached are
     /// fetched now, neighbours of one pack with one read; blobs another reader is fetching
     /// are waited for.

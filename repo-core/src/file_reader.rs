@@ -53,7 +53,7 @@ impl FileReader {
             )));
         }
         // Spilled content lists are tree blobs, which a prune may have repacked too.
-        let (ids, locations) = with_fresh_index(repo, || {
+        let (ids, locations) = with_fresh_index(repo, |_| {
             let ids = repo.file_content(node)?;
             let locations = locate_all(repo, &ids)?;
             Ok((ids, locations))
@@ -110,15 +110,12 @@ impl FileReader {
         // the one holding byte `end - 1`.
         let first = self.ends.partition_point(|e| *e <= offset);
         let last = self.ends.partition_point(|e| *e < end);
-        let plains = match self.blobs(repo, cache, first, last) {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                tracing::debug!("{e}; reading the index again");
-                repo.sync_index()?;
+        let plains = with_fresh_index(repo, |again| {
+            if again {
                 *self.lock_locations() = locate_all(repo, &self.ids)?;
-                self.blobs(repo, cache, first, last)?
             }
-            other => other?,
-        };
+            self.blobs(repo, cache, first, last)
+        })?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (i, plain) in (first..=last).zip(plains) {
             let blob_start = if i == 0 { 0 } else { self.ends[i - 1] };
@@ -194,15 +191,16 @@ impl FileReader {
     }
 }
 
-/// Runs `read`, and once more after reading the index again when it fails with `NotFound`:
-/// a process that keeps its index for long (the mount) may hold locations in packs that a
-/// prune has since repacked and deleted. A blob that is still missing then is really gone.
-pub fn with_fresh_index<T>(repo: &Repository, read: impl Fn() -> Result<T>) -> Result<T> {
-    match read() {
+/// Runs `read(false)`, and `read(true)` after reading the index again when it fails with
+/// `NotFound`: a process that keeps its index for long (the mount) may hold locations in
+/// packs that a prune has since repacked and deleted, so the second call looks again what it
+/// had looked up. A blob that is still missing then is really gone.
+pub fn with_fresh_index<T>(repo: &Repository, read: impl Fn(bool) -> Result<T>) -> Result<T> {
+    match read(false) {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             tracing::debug!("{e}; reading the index again");
             repo.sync_index()?;
-            read()
+            read(true)
         }
         other => other,
     }

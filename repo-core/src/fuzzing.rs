@@ -373,7 +373,7 @@ mod tests {
     /// runs it as `CAIRN_FUZZ_SEEDS=DIR cargo test -p cairn-repo --lib -- --ignored --exact
     /// fuzzing::tests::write_fuzz_seeds`).
     #[test]
-    #[ignore = "writes files for scripts/fuzz, which runs it; needs CAIRN_FUZZ_SEEDS"]
+    #[ignore = "writes files for scripts/fuzz, which runs it (command above); needs CAIRN_FUZZ_SEEDS"]
     fn write_fuzz_seeds() {
         let dir = std::env::var_os("CAIRN_FUZZ_SEEDS").unwrap();
         write_seeds(std::path::Path::new(&dir)).unwrap();

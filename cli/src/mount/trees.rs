@@ -93,15 +93,10 @@ impl Trees {
         }
     }
 
-    fn holds(&self, id: &Id) -> bool {
+    /// Whether the trees held take at most half the cache.
+    fn under_half_full(&self) -> bool {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.trees.contains_key(id)
-    }
-
-    /// Whether the trees held leave room for as much again as `bytes`.
-    fn has_room(&self, bytes: usize) -> bool {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.bytes.saturating_add(bytes) <= self.capacity / 2
+        s.bytes <= self.capacity / 2
     }
 
     /// Reads the subfolders of `tree` in the background, so that a walk that goes down into
@@ -110,17 +105,19 @@ impl Trees {
     /// at a time, and only while the cache is less than half full, so that reading ahead
     /// never pushes out what is in use.
     pub fn read_ahead(self: &Arc<Self>, repo: &Arc<Repository>, tree: &Folder) {
-        let ids: Vec<Id> = tree
-            .nodes
-            .iter()
-            .filter_map(|n| n.subtree)
-            .filter(|id| !self.holds(id))
-            .take(READ_AHEAD_FOLDERS)
-            .collect();
-        if ids.is_empty() || !self.has_room(estimate(tree)) {
+        if self.reading_ahead.load(Ordering::Acquire) || !self.under_half_full() {
             return;
         }
-        if self.reading_ahead.swap(true, Ordering::AcqRel) {
+        let ids: Vec<Id> = {
+            let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            tree.nodes
+                .iter()
+                .filter_map(|n| n.subtree)
+                .filter(|id| !s.trees.contains_key(id))
+                .take(READ_AHEAD_FOLDERS)
+                .collect()
+        };
+        if ids.is_empty() || self.reading_ahead.swap(true, Ordering::AcqRel) {
             return;
         }
         let (trees, repo) = (Arc::clone(self), Arc::clone(repo));
@@ -130,7 +127,7 @@ impl Trees {
                 // The flag is cleared however the read-ahead ends.
                 let _running = Running(&trees.reading_ahead);
                 ids.par_iter().for_each(|id| {
-                    if trees.has_room(0) {
+                    if trees.under_half_full() {
                         if let Err(e) = trees.fetch(&repo, id, false) {
                             tracing::debug!("reading folder {id} ahead: {e}");
                         }
@@ -165,7 +162,7 @@ impl Trees {
             }
         }
         let tree = Arc::new(Folder {
-            nodes: with_fresh_index(repo, || repo.load_tree(id))?
+            nodes: with_fresh_index(repo, |_| repo.load_tree(id))?
                 .nodes
                 .into_iter()
                 .map(Arc::new)
