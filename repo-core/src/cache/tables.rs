@@ -38,6 +38,19 @@ impl Cache {
         })
     }
 
+    /// Where many blobs are, for readers ([`Cache::lookup_readable`] under one read
+    /// transaction: a restore looks up tens of thousands).
+    pub fn readable_reader(&self) -> Result<ReadableReader<'_>> {
+        self.guard(|| {
+            let tx = self.db.begin_read()?;
+            Ok(ReadableReader {
+                cache: self,
+                blobs: tx.open_table(BLOBS)?,
+                readable_only: tx.open_table(READABLE_ONLY)?,
+            })
+        })
+    }
+
     /// A reader for many lookups under one read transaction.
     pub fn reader(&self) -> Result<CacheReader<'_>> {
         self.guard(|| {
@@ -343,6 +356,24 @@ impl CacheReader<'_> {
         self.cache.guard(|| match self.files.get(path)? {
             Some(v) => Ok(from_cbor(checked(&FILES, path, v.value())?, "files cache").ok()),
             None => Ok(None),
+        })
+    }
+}
+
+/// [`Cache::lookup_readable`] for many blobs, under one read transaction.
+pub struct ReadableReader<'c> {
+    cache: &'c Cache,
+    blobs: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    readable_only: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl ReadableReader<'_> {
+    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        self.cache.guard(|| {
+            if let Some(loc) = Cache::get_location(&BLOBS, &self.blobs, id)? {
+                return Ok(Some(loc));
+            }
+            Cache::get_location(&READABLE_ONLY, &self.readable_only, id)
         })
     }
 }

@@ -5,7 +5,7 @@
 use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
 use crate::format::dictionary::{Dictionary, DictionarySource, NoDictionaries};
-use crate::format::{compress_into_with, decompress_blob, max_plaintext};
+use crate::format::{compress_into_with, decompress_blob, decompress_blob_into, max_plaintext};
 use crate::id::{BlobKind, Id};
 
 /// A blob ready to be appended to a pack.
@@ -102,6 +102,32 @@ pub fn open_in_place_bounded(
 ) -> Result<Vec<u8>> {
     let payload = keys.open_blob_in_place(kind, id, sealed)?;
     plaintext(keys, kind, id, payload, max, dicts)
+}
+
+/// Like [`open_in_place_bounded`], decoding the plaintext into `out`, whose length is the
+/// plaintext length the index claims (the caller has bounded it): a blob of any other length
+/// is corrupt, and `out` holds nothing trustworthy after an error.
+pub fn open_in_place_into(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &Id,
+    sealed: &mut [u8],
+    out: &mut [u8],
+    dicts: &dyn DictionarySource,
+) -> Result<()> {
+    let payload = keys.open_blob_in_place(kind, id, sealed)?;
+    let dicts = if kind == BlobKind::Data {
+        dicts
+    } else {
+        &NoDictionaries
+    };
+    decompress_blob_into(payload, out, &BlobName(id), dicts)?;
+    if keys.blob_id(out) != *id {
+        return Err(Error::corrupt(format!(
+            "blob {id}: content does not match its id"
+        )));
+    }
+    Ok(())
 }
 
 /// Decompresses an opened payload and checks the plaintext against the blob's id. Only a

@@ -149,17 +149,52 @@ pub(crate) fn decompress(
     size_of: impl Fn(&[u8]) -> Result<usize>,
     source: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    with_frame(rest, what, size_of, source, |d, frame, size| {
+        out = d.decompress(frame, size)?;
+        Ok(out.len())
+    })?;
+    Ok(out)
+}
+
+/// Like [`decompress`], into `out` (the caller has checked in `size_of` that the frame's
+/// size is `out`'s length); returns the bytes the frame held.
+pub(crate) fn decompress_into(
+    rest: &[u8],
+    out: &mut [u8],
+    what: &dyn std::fmt::Display,
+    size_of: impl Fn(&[u8]) -> Result<usize>,
+    source: &dyn DictionarySource,
+) -> Result<usize> {
+    with_frame(rest, what, size_of, source, |d, frame, _| {
+        d.decompress_to_buffer(frame, out)
+    })
+}
+
+/// Splits a format 2 payload into its dictionary and frame, checks the frame's size with
+/// `size_of`, and runs `decode` with this thread's decompression context holding that
+/// dictionary (loaded only when it is not the one the context already holds). Returns the
+/// bytes `decode` produced, which must be the frame's size.
+fn with_frame(
+    rest: &[u8],
+    what: &dyn std::fmt::Display,
+    size_of: impl Fn(&[u8]) -> Result<usize>,
+    source: &dyn DictionarySource,
+    decode: impl FnOnce(&mut zstd::bulk::Decompressor<'static>, &[u8], usize) -> std::io::Result<usize>,
+) -> Result<usize> {
     let (id, frame) = rest
         .split_at_checked(32)
         .ok_or_else(|| Error::corrupt(format!("{what}: dictionary payload too short")))?;
     let id =
         Id::from_slice(id).map_err(|_| Error::corrupt(format!("{what}: bad dictionary id")))?;
     let size = size_of(frame)?;
+    // Asked of the source every time, also when this thread's context already holds the
+    // dictionary: a source that allows none (metadata, dictionaries) must refuse.
     let dict = source
         .dictionary(&id)
         .map_err(|e| e.context(format!("{what}: its dictionary {id}")))?;
-    let out = DECOMPRESSOR
-        .with(|cell| -> std::io::Result<Vec<u8>> {
+    let n = DECOMPRESSOR
+        .with(|cell| -> std::io::Result<usize> {
             let mut slot = cell.borrow_mut();
             let d = match &mut *slot {
                 Some((have, d)) if *have == id => d,
@@ -168,15 +203,15 @@ pub(crate) fn decompress(
                     &mut slot.insert((id, d)).1
                 }
             };
-            d.decompress(frame, size)
+            decode(d, frame, size)
         })
         .map_err(|e| Error::corrupt(format!("{what}: zstd with dictionary {id}: {e}")))?;
-    if out.len() != size {
+    if n != size {
         return Err(Error::corrupt(format!(
             "{what}: zstd frame is shorter than it says"
         )));
     }
-    Ok(out)
+    Ok(n)
 }
 
 #[cfg(test)]

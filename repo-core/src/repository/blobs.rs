@@ -56,6 +56,16 @@ impl Repository {
         })
     }
 
+    /// [`Repository::locate`] for many blobs, looked up under one read transaction of the
+    /// cache (a restore looks up tens of thousands).
+    pub fn locator(&self) -> Result<Locator<'_>> {
+        self.ensure_index_synced()?;
+        Ok(Locator {
+            repo: self,
+            reader: self.cache.readable_reader()?,
+        })
+    }
+
     /// Reads and decodes a tree (validated: see [`Tree::decode`]).
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
         Tree::decode(&self.read_blob(BlobKind::Tree, id)?, id)
@@ -110,5 +120,23 @@ impl Repository {
             })?;
         }
         Ok(None)
+    }
+}
+
+/// Lookups of [`Repository::locator`].
+pub struct Locator<'r> {
+    repo: &'r Repository,
+    reader: crate::cache::ReadableReader<'r>,
+}
+
+impl Locator<'_> {
+    /// Where a blob is. One the cache's view does not hold goes through
+    /// [`Repository::locate`] itself (index sync, then one reload), so a blob of a snapshot
+    /// committed since is still found.
+    pub fn locate(&self, id: &Id) -> Result<BlobLocation> {
+        match self.reader.lookup(id)? {
+            Some(loc) => Ok(loc),
+            None => self.repo.locate(id),
+        }
     }
 }

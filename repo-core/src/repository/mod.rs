@@ -35,6 +35,7 @@ mod key_slots;
 mod reader;
 mod snapshots;
 
+pub use blobs::Locator;
 pub(crate) use index::store_index_file;
 pub use index::{IndexFileWriter, PackStats};
 pub use reader::{coalesce, BlobRun, PackBytes};

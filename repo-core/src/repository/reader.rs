@@ -33,6 +33,13 @@ impl BlobRun {
         &self.blobs
     }
 
+    /// The plaintext bytes the run's blobs claim together, `None` when the sum overflows.
+    pub fn plain_len(&self) -> Option<u64> {
+        self.blobs.iter().try_fold(0u64, |sum, (_, loc)| {
+            sum.checked_add(u64::from(loc.raw_length))
+        })
+    }
+
     /// The byte range of the pack the run covers, `None` when a claimed end overflows.
     fn range(&self) -> Option<(u64, u64)> {
         let start = self.blobs.first()?.1.offset;
@@ -69,6 +76,39 @@ pub fn coalesce(mut blobs: Vec<(Id, BlobLocation)>, gap: u64) -> Vec<BlobRun> {
         }
     }
     runs
+}
+
+/// Cuts the bytes a run covers (read from the run's first blob on) into each blob's sealed
+/// bytes. The run's blobs are in offset order and do not overlap: `coalesce` joins a blob
+/// only at or after the end of the one before.
+fn cut_run<'r, 'b>(
+    run: &'r BlobRun,
+    bytes: &'b mut [u8],
+) -> Result<Vec<(&'r Id, &'r BlobLocation, &'b mut [u8])>> {
+    let pack = run.pack;
+    let short = || Error::corrupt(format!("pack {pack}: short read"));
+    let overflow = || Error::corrupt(format!("pack {pack}: a blob's claimed end overflows"));
+    let mut pieces = Vec::with_capacity(run.blobs.len());
+    let mut rest = bytes;
+    let mut at = run.blobs.first().map_or(0, |(_, loc)| loc.offset);
+    for (id, loc) in &run.blobs {
+        let skip = loc
+            .offset
+            .checked_sub(at)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(short)?;
+        let (_, tail) = rest.split_at_mut_checked(skip).ok_or_else(short)?;
+        let (sealed, tail) = tail
+            .split_at_mut_checked(loc.length as usize)
+            .ok_or_else(short)?;
+        pieces.push((id, loc, sealed));
+        rest = tail;
+        at = loc
+            .offset
+            .checked_add(u64::from(loc.length))
+            .ok_or_else(overflow)?;
+    }
+    Ok(pieces)
 }
 
 impl Repository {
@@ -167,6 +207,61 @@ impl Repository {
     /// their plaintexts in the run's order. The blobs are wanted as `kind` (see
     /// [`Repository::read_bound`] for blobs stored as the other kind).
     pub fn read_run(&self, kind: BlobKind, run: &BlobRun) -> Result<Vec<(Id, Vec<u8>)>> {
+        let mut bytes = self.read_run_bytes(kind, run)?;
+        let pieces = cut_run(run, &mut bytes)?;
+        pieces
+            .into_par_iter()
+            .map(|(id, loc, sealed)| Ok((*id, self.open_sealed(kind, id, loc, sealed)?)))
+            .collect()
+    }
+
+    /// Like [`Repository::read_run`], decoding the blobs into `out` one after another in the
+    /// run's order, each taking the plaintext length its location claims
+    /// ([`BlobRun::plain_len`] is `out`'s length). Nothing is allocated per blob, which is
+    /// what a restore of many small blobs spends its time on otherwise. A blob whose
+    /// plaintext has another length is corrupt; after an error `out` holds nothing
+    /// trustworthy.
+    pub fn read_run_into(&self, kind: BlobKind, run: &BlobRun, out: &mut [u8]) -> Result<()> {
+        if run.plain_len() != Some(out.len() as u64) {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "pack {}: a run's blobs do not fill the {} bytes given for them",
+                    run.pack,
+                    out.len()
+                ),
+            ));
+        }
+        let mut bytes = self.read_run_bytes(kind, run)?;
+        let pieces = cut_run(run, &mut bytes)?;
+        let mut slots = Vec::with_capacity(pieces.len());
+        let mut rest = out;
+        for (id, loc, sealed) in pieces {
+            // `plain_len` summed these lengths to `out`'s length, so each split succeeds.
+            let (slot, tail) = rest
+                .split_at_mut_checked(loc.raw_length as usize)
+                .ok_or_else(|| Error::new(ErrorKind::Other, "run longer than its buffer"))?;
+            slots.push((id, loc, sealed, slot));
+            rest = tail;
+        }
+        slots
+            .into_par_iter()
+            .try_for_each(|(id, loc, sealed, slot)| {
+                let max = self.read_bound(kind, loc.kind);
+                if slot.len() as u64 > max {
+                    return Err(Error::corrupt(format!(
+                        "blob {id} claims {} bytes, more than the {max} it may hold",
+                        slot.len()
+                    )));
+                }
+                blob::open_in_place_into(&self.keys, loc.kind, id, sealed, slot, self)
+                    .map_err(|e| e.context(format!("pack {}", loc.pack)))
+            })
+    }
+
+    /// The sealed bytes a run covers, read with one ranged read once every blob's claims
+    /// are checked.
+    fn read_run_bytes(&self, kind: BlobKind, run: &BlobRun) -> Result<bytes::BytesMut> {
         for (id, loc) in &run.blobs {
             self.check_claim(kind, id, loc)?;
         }
@@ -178,35 +273,7 @@ impl Repository {
             .store
             .read_range(FileType::Pack, &pack.to_hex(), start, len)
             .map_err(|e| e.context(format!("pack {pack}")))?;
-        let mut bytes = writable(bytes);
-        // Cut the range into each blob's bytes (the run's blobs are in offset order and do
-        // not overlap: `coalesce` joins a blob only at or after the end of the one before),
-        // then open them in parallel.
-        let short = || Error::corrupt(format!("pack {pack}: short read"));
-        let mut pieces = Vec::with_capacity(run.blobs.len());
-        let mut rest: &mut [u8] = &mut bytes[..];
-        let mut at = start;
-        for (id, loc) in &run.blobs {
-            let skip = loc
-                .offset
-                .checked_sub(at)
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(short)?;
-            let (_, tail) = rest.split_at_mut_checked(skip).ok_or_else(short)?;
-            let (sealed, tail) = tail
-                .split_at_mut_checked(loc.length as usize)
-                .ok_or_else(short)?;
-            pieces.push((id, loc, sealed));
-            rest = tail;
-            at = loc
-                .offset
-                .checked_add(u64::from(loc.length))
-                .ok_or_else(overflow)?;
-        }
-        pieces
-            .into_par_iter()
-            .map(|(id, loc, sealed)| Ok((*id, self.open_sealed(kind, id, loc, sealed)?)))
-            .collect()
+        Ok(writable(bytes))
     }
 
     /// A pack's size and header entries, read from its tail.

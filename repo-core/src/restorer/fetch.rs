@@ -4,17 +4,19 @@
 //! [`NewFile`]s, which write them.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::PathBuf;
 
 use rayon::prelude::*;
 
 use super::dirs::DirFd;
 use super::write::NewFile;
+use crate::cache::BlobLocation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::tree::Node;
 use crate::id::{BlobKind, Id};
 use crate::progress::Progress;
-use crate::repository::{coalesce, Repository};
+use crate::repository::{coalesce, BlobRun, Repository};
 
 /// A new file to write: created as `name` in `dir` (its own name, or a temporary name when
 /// it replaces an entry), shown (in progress, warnings and errors) under its own name.
@@ -82,8 +84,10 @@ pub(super) fn write_files(
     };
     let write_small = || -> Vec<(usize, Result<u64>)> {
         let mut out = Vec::with_capacity(small.len());
+        // One buffer serves every group in turn.
+        let mut buf = Vec::new();
         for group in small_groups(files, &small, group_files) {
-            match write_small_group(repo, files, group, is_root, progress) {
+            match write_small_group(repo, files, group, is_root, progress, &mut buf) {
                 Ok(rs) => out.extend(group.iter().copied().zip(rs)),
                 Err(e) => out.extend(
                     group
@@ -125,8 +129,61 @@ fn small_groups<'s>(
     groups
 }
 
-/// A blob's id and plaintext.
-type Plain = (Id, Vec<u8>);
+/// Where each fetched blob's plaintext lies in the buffer it was decoded into.
+type Placed = HashMap<Id, Range<usize>>;
+
+/// Decodes the blobs of `runs` into `buf`, one after another (`buf` is replaced by a larger
+/// one when it is too short; what it held is overwritten, never read): each run is read with
+/// one ranged read, runs and their blobs are opened in parallel, and no blob gets an
+/// allocation of its own. Returns where each blob's plaintext is.
+fn fetch_runs(repo: &Repository, runs: &[BlobRun], buf: &mut Vec<u8>) -> Result<Placed> {
+    let too_long = || Error::corrupt("the blobs to fetch claim more bytes than memory can address");
+    let mut placed = HashMap::new();
+    let mut lens = Vec::with_capacity(runs.len());
+    let mut total = 0usize;
+    for run in runs {
+        let len = run
+            .plain_len()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(too_long)?;
+        for (id, loc) in run.blobs() {
+            let end = total
+                .checked_add(loc.raw_length as usize)
+                .ok_or_else(too_long)?;
+            placed.insert(*id, total..end);
+            total = end;
+        }
+        lens.push(len);
+    }
+    if buf.len() < total {
+        // A new zeroed buffer comes from the allocator's zeroed pages; growing the old
+        // one would write every new byte twice.
+        *buf = vec![0; total];
+    }
+    let mut slices = Vec::with_capacity(runs.len());
+    let mut rest = &mut buf[..total];
+    for len in lens {
+        let (slice, tail) = rest.split_at_mut_checked(len).ok_or_else(too_long)?;
+        slices.push(slice);
+        rest = tail;
+    }
+    runs.par_iter()
+        .zip(slices)
+        .try_for_each(|(run, slice)| repo.read_run_into(BlobKind::Data, run, slice))?;
+    Ok(placed)
+}
+
+/// The plaintexts of `ids` in order, from a buffer [`fetch_runs`] filled.
+fn placed_slices<'b>(buf: &'b [u8], placed: &Placed, ids: &[Id]) -> Result<Vec<&'b [u8]>> {
+    ids.iter()
+        .map(|id| {
+            placed
+                .get(id)
+                .and_then(|r| buf.get(r.clone()))
+                .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))
+        })
+        .collect()
+}
 
 fn write_small_group(
     repo: &Repository,
@@ -134,34 +191,28 @@ fn write_small_group(
     group: &[usize],
     is_root: bool,
     progress: &dyn Progress,
+    buf: &mut Vec<u8>,
 ) -> Result<Vec<Result<u64>>> {
     // Every distinct blob of the group with where it is, in runs of neighbouring blobs of
     // one pack.
-    let mut wanted: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
     let mut seen = HashSet::new();
-    for &i in group {
-        for id in &files[i].node.content {
-            if seen.insert(*id) {
-                wanted.push((*id, repo.locate(id)?));
-            }
-        }
-    }
-    let runs = coalesce(wanted, COALESCE_GAP);
+    let distinct = group
+        .iter()
+        .flat_map(|&i| files[i].node.content.iter())
+        .filter(|id| seen.insert(**id));
+    let locator = repo.locator()?;
+    let located = distinct
+        .map(|id| Ok((*id, locator.locate(id)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let runs = coalesce(located, COALESCE_GAP);
     // The group's files are created on one thread while the others fetch its blobs:
     // creating entries takes their folder's lock, so creating them in parallel only spins.
     let create_all = || -> Vec<Result<NewFile<'_>>> {
         group.iter().map(|&i| NewFile::create(&files[i])).collect()
     };
-    let fetch_all = || -> Vec<Result<Vec<Plain>>> {
-        runs.par_iter()
-            .map(|run| repo.read_run(BlobKind::Data, run))
-            .collect()
-    };
-    let (created, fetched) = rayon::join(create_all, fetch_all);
-    let mut blobs: HashMap<Id, Vec<u8>> = HashMap::new();
-    for f in fetched {
-        blobs.extend(f?);
-    }
+    let (created, placed) = rayon::join(create_all, || fetch_runs(repo, &runs, buf));
+    let placed = placed?;
+    let buf: &[u8] = buf;
     Ok(group
         .par_iter()
         .zip(created)
@@ -169,14 +220,7 @@ fn write_small_group(
             let node = files[i].node;
             let mut out = out?;
             progress.file(&out.shown);
-            let mut content = Vec::with_capacity(node.content.len());
-            for id in &node.content {
-                let data = blobs
-                    .get(id)
-                    .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
-                content.push(data.as_slice());
-            }
-            out.append_all(&content)?;
+            out.append_all(&placed_slices(buf, &placed, &node.content)?)?;
             progress.bytes(out.len);
             out.finish(node, is_root)
         })
@@ -208,31 +252,31 @@ pub(super) fn write_content<'p>(
     progress.file(&shown);
     let mut out = NewFile::create(job)?;
     let ids = repo.file_content(node)?;
-    let fetch =
-        |start: usize| fetch_window(repo, &ids, start).map_err(|e| e.context(shown.display()));
+    let fetch = |start: usize, buf: &mut Vec<u8>| {
+        fetch_window(repo, &ids, start, buf).map_err(|e| e.context(shown.display()))
+    };
+    // Two buffers take turns: one is written out while the next window is decoded into
+    // the other.
+    let (mut current, mut spare) = (Vec::new(), Vec::new());
     let mut next = if ids.is_empty() {
         None
     } else {
-        Some(fetch(0)?)
+        Some(fetch(0, &mut current)?)
     };
     let mut start = 0;
-    while let Some((end, blobs)) = next.take() {
+    while let Some((end, placed)) = next.take() {
+        let window = &ids[start..end];
         let write = |out: &mut NewFile<'p>| -> Result<()> {
-            let mut slices: Vec<&[u8]> = Vec::with_capacity(end - start);
-            for id in &ids[start..end] {
-                let data = blobs
-                    .get(id)
-                    .ok_or_else(|| Error::not_found(format!("blob {id} was not fetched")))?;
-                slices.push(data.as_slice());
-            }
+            let slices = placed_slices(&current, &placed, window)?;
             out.append_all(&slices)?;
             progress.bytes(slices.iter().map(|b| b.len() as u64).sum());
             Ok(())
         };
         if end < ids.len() {
-            let (written, fetched) = rayon::join(|| write(&mut out), || fetch(end));
+            let (written, fetched) = rayon::join(|| write(&mut out), || fetch(end, &mut spare));
             written?;
             next = Some(fetched?);
+            std::mem::swap(&mut current, &mut spare);
         } else {
             write(&mut out)?;
         }
@@ -241,14 +285,17 @@ pub(super) fn write_content<'p>(
     Ok(out)
 }
 
-/// The blobs of the window of `ids` that starts at `start`: in file order up to the byte or
-/// count bound (at least one); returns where the window ends and its blobs by id.
+/// Decodes the window of `ids` that starts at `start` into `buf`: in file order up to the
+/// byte or count bound (at least one blob); returns where the window ends and where each
+/// of its blobs is in `buf`.
 fn fetch_window(
     repo: &Repository,
     ids: &[Id],
     start: usize,
-) -> Result<(usize, HashMap<Id, Vec<u8>>)> {
-    let mut wanted: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
+    buf: &mut Vec<u8>,
+) -> Result<(usize, Placed)> {
+    let locator = repo.locator()?;
+    let mut wanted: Vec<(Id, BlobLocation)> = Vec::new();
     let mut seen = HashSet::new();
     let mut stored = 0u64;
     let mut end = start;
@@ -257,7 +304,7 @@ fn fetch_window(
     {
         let id = ids[end];
         if seen.insert(id) {
-            let loc = repo.locate(&id)?;
+            let loc = locator.locate(&id)?;
             // Memory holds a window's sealed bytes while reading and its plaintext after.
             let held = loc.length.max(loc.raw_length);
             stored = stored.saturating_add(u64::from(held));
@@ -266,23 +313,15 @@ fn fetch_window(
         end += 1;
     }
     let runs = split_runs(coalesce(wanted, COALESCE_GAP), RUN_BYTES);
-    let fetched: Vec<Result<Vec<Plain>>> = runs
-        .par_iter()
-        .map(|run| repo.read_run(BlobKind::Data, run))
-        .collect();
-    let mut blobs: HashMap<Id, Vec<u8>> = HashMap::with_capacity(seen.len());
-    for f in fetched {
-        blobs.extend(f?);
-    }
-    Ok((end, blobs))
+    Ok((end, fetch_runs(repo, &runs, buf)?))
 }
 
 /// Splits runs longer than `max` stored bytes into shorter ones (each keeps at least one
 /// blob), so that one large run does not serialise a window.
-fn split_runs(runs: Vec<crate::repository::BlobRun>, max: u64) -> Vec<crate::repository::BlobRun> {
+fn split_runs(runs: Vec<BlobRun>, max: u64) -> Vec<BlobRun> {
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
-        let mut part: Vec<(Id, crate::cache::BlobLocation)> = Vec::new();
+        let mut part: Vec<(Id, BlobLocation)> = Vec::new();
         let mut bytes = 0u64;
         for (id, loc) in run.blobs().iter().cloned() {
             if !part.is_empty() && bytes.saturating_add(u64::from(loc.length)) > max {
