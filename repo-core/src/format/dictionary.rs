@@ -94,9 +94,15 @@ thread_local! {
     /// a dictionary costs more than compressing a page with it.
     static COMPRESSOR: RefCell<Option<(i32, Id, zstd::bulk::Compressor<'static>)>> =
         const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<(Id, zstd::bulk::Decompressor<'static>)>> =
-        const { RefCell::new(None) };
+    /// Decompression contexts with the last few dictionaries loaded: a restore after a
+    /// dictionary was retrained meets pages of the old and the new one side by side, and
+    /// loading a dictionary for each page would cost more than decoding it.
+    static DECOMPRESSORS: RefCell<Vec<(Id, zstd::bulk::Decompressor<'static>)>> =
+        const { RefCell::new(Vec::new()) };
 }
+
+/// Dictionaries each thread keeps loaded for decompression.
+const DECOMPRESSORS_KEPT: usize = 4;
 
 fn io_err(e: std::io::Error) -> Error {
     Error::io("zstd with a dictionary", e)
@@ -193,17 +199,21 @@ fn with_frame(
     let dict = source
         .dictionary(&id)
         .map_err(|e| e.context(format!("{what}: its dictionary {id}")))?;
-    let n = DECOMPRESSOR
+    let n = DECOMPRESSORS
         .with(|cell| -> std::io::Result<usize> {
-            let mut slot = cell.borrow_mut();
-            let d = match &mut *slot {
-                Some((have, d)) if *have == id => d,
-                _ => {
+            let mut held = cell.borrow_mut();
+            let at = match held.iter().position(|(have, _)| *have == id) {
+                Some(at) => at,
+                None => {
                     let d = zstd::bulk::Decompressor::with_dictionary(&dict.bytes)?;
-                    &mut slot.insert((id, d)).1
+                    if held.len() >= DECOMPRESSORS_KEPT {
+                        held.remove(0);
+                    }
+                    held.push((id, d));
+                    held.len() - 1
                 }
             };
-            decode(d, frame, size)
+            decode(&mut held[at].1, frame, size)
         })
         .map_err(|e| Error::corrupt(format!("{what}: zstd with dictionary {id}: {e}")))?;
     if n != size {
