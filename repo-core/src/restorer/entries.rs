@@ -235,6 +235,7 @@ impl Restorer<'_> {
             .collect();
         let written = write_files(
             self.repo,
+            &self.buffers,
             &jobs,
             self.limits.group_files,
             self.is_root,
@@ -503,7 +504,8 @@ impl Restorer<'_> {
                     node,
                 };
                 self.summary.bytes_written +=
-                    write_content(self.repo, &job, self.progress)?.finish(node, self.is_root)?;
+                    write_content(self.repo, &self.buffers, &job, self.progress)?
+                        .finish(node, self.is_root)?;
                 Ok(())
             }
             NodeKind::Symlink => {

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -33,6 +34,34 @@ impl FileJob<'_> {
     }
 }
 
+/// Decoding buffers kept between the files and batches of one restore, so that each is
+/// faulted into memory once rather than for every file: a new buffer of a window's size is
+/// fresh pages, whose first touch costs the kernel more than decoding into them.
+#[derive(Debug, Default)]
+pub(super) struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept: two per large file being written on each of two threads. They are no more
+/// than the restore holds at its busiest anyway.
+const BUFFERS_KEPT: usize = 4;
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut kept) = self.0.lock() {
+            if kept.len() < BUFFERS_KEPT {
+                kept.push(buf);
+            }
+        }
+    }
+}
+
 /// Files of at most this many blobs are "small": their blobs are fetched together with those
 /// of the other small files of the folder, in coalesced reads.
 const SMALL_FILE_BLOBS: usize = 4;
@@ -48,6 +77,7 @@ const COALESCE_GAP: u64 = 256 << 10;
 /// and then written. Returns the bytes written per file, in order.
 pub(super) fn write_files(
     repo: &Repository,
+    buffers: &Buffers,
     files: &[FileJob<'_>],
     group_files: usize,
     is_root: bool,
@@ -76,7 +106,7 @@ pub(super) fn write_files(
             .par_iter()
             .map(|&i| {
                 let job = &files[i];
-                let written = write_content(repo, job, progress)
+                let written = write_content(repo, buffers, job, progress)
                     .and_then(|out| out.finish(job.node, is_root));
                 (i, written)
             })
@@ -85,7 +115,7 @@ pub(super) fn write_files(
     let write_small = || -> Vec<(usize, Result<u64>)> {
         let mut out = Vec::with_capacity(small.len());
         // One buffer serves every group in turn.
-        let mut buf = Vec::new();
+        let mut buf = buffers.take();
         for group in small_groups(files, &small, group_files) {
             match write_small_group(repo, files, group, is_root, progress, &mut buf) {
                 Ok(rs) => out.extend(group.iter().copied().zip(rs)),
@@ -96,6 +126,7 @@ pub(super) fn write_files(
                 ),
             }
         }
+        buffers.give(buf);
         out
     };
     let (large_results, small_results) = rayon::join(write_large, write_small);
@@ -244,6 +275,7 @@ const RUN_BYTES: u64 = 2 << 20;
 /// reported by `write` itself.
 pub(super) fn write_content<'p>(
     repo: &Repository,
+    buffers: &Buffers,
     job: &FileJob<'p>,
     progress: &dyn Progress,
 ) -> Result<NewFile<'p>> {
@@ -257,7 +289,7 @@ pub(super) fn write_content<'p>(
     };
     // Two buffers take turns: one is written out while the next window is decoded into
     // the other.
-    let (mut current, mut spare) = (Vec::new(), Vec::new());
+    let (mut current, mut spare) = (buffers.take(), buffers.take());
     let mut next = if ids.is_empty() {
         None
     } else {
@@ -282,6 +314,8 @@ pub(super) fn write_content<'p>(
         }
         start = end;
     }
+    buffers.give(current);
+    buffers.give(spare);
     Ok(out)
 }
 

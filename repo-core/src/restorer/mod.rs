@@ -139,6 +139,8 @@ struct Restorer<'a> {
     batch: Batch,
     limits: Limits,
     budget: EntryBudget,
+    /// Decoding buffers reused by every batch.
+    buffers: fetch::Buffers,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -461,6 +463,7 @@ pub fn restore(
         batch: Batch::default(),
         limits: Limits::from_rlimit(),
         budget: EntryBudget::for_snapshot(&snap),
+        buffers: fetch::Buffers::default(),
     };
     r.check_pass(&snap.tree, &mut stack)?;
     if r.conflict_count > 0 {
