@@ -5,7 +5,9 @@
 use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
 use crate::format::dictionary::{Dictionary, DictionarySource, NoDictionaries};
-use crate::format::{compress_into_with, decompress_blob, decompress_blob_into, max_plaintext};
+use crate::format::{
+    compress_data_into, compress_into_with, decompress_blob, decompress_blob_into, max_plaintext,
+};
 use crate::id::{BlobKind, Id};
 
 /// A blob ready to be appended to a pack.
@@ -52,7 +54,11 @@ pub fn seal_with(
     let mut bytes =
         Vec::with_capacity(crypto::OVERHEAD + 1 + zstd::zstd_safe::compress_bound(plaintext.len()));
     bytes.resize(crypto::NONCE_LEN, 0);
-    compress_into_with(plaintext, level, dict, &mut bytes)?;
+    if kind == BlobKind::Data {
+        compress_data_into(plaintext, level, dict, &mut bytes)?;
+    } else {
+        compress_into_with(plaintext, level, dict, &mut bytes)?;
+    }
     keys.seal_blob_in_place(kind, &id, &mut bytes)?;
     Ok(SealedBlob {
         kind,

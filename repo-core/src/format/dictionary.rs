@@ -202,18 +202,22 @@ fn with_frame(
     let n = DECOMPRESSORS
         .with(|cell| -> std::io::Result<usize> {
             let mut held = cell.borrow_mut();
-            let at = match held.iter().position(|(have, _)| *have == id) {
-                Some(at) => at,
+            // Least recently used last out: a hit moves to the back.
+            match held.iter().position(|(have, _)| *have == id) {
+                Some(at) => {
+                    let d = held.remove(at);
+                    held.push(d);
+                }
                 None => {
                     let d = zstd::bulk::Decompressor::with_dictionary(&dict.bytes)?;
                     if held.len() >= DECOMPRESSORS_KEPT {
                         held.remove(0);
                     }
                     held.push((id, d));
-                    held.len() - 1
                 }
-            };
-            decode(&mut held[at].1, frame, size)
+            }
+            let last = held.len() - 1;
+            decode(&mut held[last].1, frame, size)
         })
         .map_err(|e| Error::corrupt(format!("{what}: zstd with dictionary {id}: {e}")))?;
     if n != size {
@@ -291,6 +295,35 @@ mod tests {
             without.len()
         );
         assert_eq!(decompress_blob(&with, 8192, &"t", &source).unwrap(), p);
+    }
+
+    /// Decoding into place works with a dictionary too, refuses a wrong length, and still
+    /// asks the source each time: a payload where no dictionary may be used is refused even
+    /// right after this thread decoded one with that dictionary. Six dictionaries in turn on
+    /// one thread (more than it keeps loaded) all decode.
+    #[test]
+    fn dictionary_payloads_decode_into_place_and_only_where_allowed() {
+        use crate::format::decompress_blob_into;
+        let base = trained();
+        let dicts: Vec<Arc<Dictionary>> = (0..6u8)
+            .map(|n| Arc::new(Dictionary::new(Id([n + 1; 32]), base.bytes().to_vec())))
+            .collect();
+        let source = Source(dicts.iter().map(|d| (*d.id(), d.clone())).collect());
+        for round in 0..2 {
+            for (n, dict) in dicts.iter().enumerate() {
+                let p = page(2000 + n as u32 + round);
+                let with = compress_with(&p, 3, Some(dict)).unwrap();
+                let mut out = vec![0u8; p.len()];
+                decompress_blob_into(&with, &mut out, &"t", &source).unwrap();
+                assert_eq!(out, p);
+                let mut short = vec![0u8; p.len() - 1];
+                let e = decompress_blob_into(&with, &mut short, &"blob x", &source).unwrap_err();
+                assert!(e.to_string().contains("index entry says"), "{e}");
+                let e =
+                    decompress_blob_into(&with, &mut out, &"meta", &NoDictionaries).unwrap_err();
+                assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{e}");
+            }
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ thread_local! {
 }
 
 /// Data blobs of at most this many bytes are compressed twice: at the level asked for and
-/// at [`FAST_LEVEL`] (see [`compress_into_with`]).
+/// at [`FAST_LEVEL`] (see [`compress_data_into`]).
 pub const SMALL_BLOB: usize = 16 << 10;
 /// A negative zstd level: literals are stored as they are, not Huffman-coded. Decoding
 /// such a frame builds no Huffman table, which for a small blob is much of its decoding
@@ -101,7 +101,9 @@ fn zstd_into(plaintext: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result
             None => {
                 let mut c = zstd::bulk::Compressor::new(level)?;
                 c.include_contentsize(true)?;
-                if held.len() >= 2 {
+                // A writer uses its data level, the fast level and level 3 (trees and
+                // metadata): room for all three, so none is rebuilt for every blob.
+                if held.len() >= 3 {
                     held.remove(0);
                 }
                 held.push((level, c));
@@ -131,6 +133,29 @@ pub fn compress_into_with(
     dict: Option<&Dictionary>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    compress_payload(plaintext, level, dict, false, out)
+}
+
+/// Like [`compress_into_with`], for a data blob: one of at most [`SMALL_BLOB`] bytes
+/// compressed without a dictionary keeps the [`FAST_LEVEL`] frame when that costs at most
+/// [`FAST_SLACK`] bytes more (reading it then builds no Huffman table). Trees and metadata
+/// do not: they are read far less often than they would grow.
+pub fn compress_data_into(
+    plaintext: &[u8],
+    level: i32,
+    dict: Option<&Dictionary>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    compress_payload(plaintext, level, dict, true, out)
+}
+
+fn compress_payload(
+    plaintext: &[u8],
+    level: i32,
+    dict: Option<&Dictionary>,
+    fast_small: bool,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let start = out.len();
     if let (Some(dict), true) = (dict, level != 0 && plaintext.len() >= 64) {
         if dictionary::compress_into(plaintext, level, dict, out)? {
@@ -143,7 +168,7 @@ pub fn compress_into_with(
         let n = zstd_into(plaintext, level, out).map_err(|e| Error::io("zstd", e))?;
         // Incompressible data is stored raw: it restores faster and is no bigger.
         if n + 1 < plaintext.len() {
-            if plaintext.len() <= SMALL_BLOB && level > FAST_LEVEL {
+            if fast_small && plaintext.len() <= SMALL_BLOB && level > FAST_LEVEL {
                 // The fast frame goes after the first and replaces it when it is kept.
                 let first = out.len();
                 out.reserve(bound);
@@ -349,8 +374,15 @@ mod tests {
         // Repetitive text: both frames are tiny and the fast one is kept.
         let page = b"row 0000000001 | filler                    \n".repeat(180);
         let normal = frame(&page, 3).len();
-        let chosen = compress(&page, 3).unwrap();
+        let data = |p: &[u8]| {
+            let mut out = Vec::new();
+            compress_data_into(p, 3, None, &mut out).unwrap();
+            out
+        };
+        let chosen = data(&page);
         assert_eq!(chosen, frame(&page, FAST_LEVEL), "{normal} bytes otherwise");
+        // Metadata and trees keep the frame of their level.
+        assert_eq!(compress(&page, 3).unwrap(), frame(&page, 3));
         assert!(chosen.len() <= normal + FAST_SLACK);
         // Text of skewed random letters: Huffman coding saves far more than the slack.
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -362,7 +394,7 @@ mod tests {
                 b"eeeeeeeetttaaoinshrdlu"[(x % 22) as usize]
             })
             .collect();
-        let chosen = compress(&skewed, 3).unwrap();
+        let chosen = data(&skewed);
         let fast = frame(&skewed, FAST_LEVEL);
         assert!(
             chosen.len() + FAST_SLACK < fast.len(),
@@ -397,7 +429,7 @@ mod tests {
             assert_eq!(decompress(&c, "x").unwrap(), blob);
         }
         for p in [&page[..], &skewed[..]] {
-            let c = compress(p, 3).unwrap();
+            let c = data(p);
             assert!(c.len() <= p.len());
             assert_eq!(decompress(&c, "x").unwrap(), p);
         }

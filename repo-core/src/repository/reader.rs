@@ -240,7 +240,12 @@ impl Repository {
             // `plain_len` summed these lengths to `out`'s length, so each split succeeds.
             let (slot, tail) = rest
                 .split_at_mut_checked(loc.raw_length as usize)
-                .ok_or_else(|| Error::new(ErrorKind::Other, "run longer than its buffer"))?;
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Other,
+                        format!("pack {}: a run is longer than its buffer", run.pack),
+                    )
+                })?;
             slots.push((id, loc, sealed, slot));
             rest = tail;
         }
@@ -259,12 +264,19 @@ impl Repository {
             })
     }
 
-    /// The sealed bytes a run covers, read with one ranged read once every blob's claims
-    /// are checked.
-    fn read_run_bytes(&self, kind: BlobKind, run: &BlobRun) -> Result<bytes::BytesMut> {
+    /// Refuses a run any of whose blobs claims more than a blob asked for as `kind` may hold
+    /// in this repository; a caller that allocates for a run's plaintext checks this first.
+    pub fn check_run(&self, kind: BlobKind, run: &BlobRun) -> Result<()> {
         for (id, loc) in &run.blobs {
             self.check_claim(kind, id, loc)?;
         }
+        Ok(())
+    }
+
+    /// The sealed bytes a run covers, read with one ranged read once every blob's claims
+    /// are checked.
+    fn read_run_bytes(&self, kind: BlobKind, run: &BlobRun) -> Result<bytes::BytesMut> {
+        self.check_run(kind, run)?;
         let pack = run.pack;
         let overflow = || Error::corrupt(format!("pack {pack}: a blob's claimed end overflows"));
         let (start, end) = run.range().ok_or_else(overflow)?;

@@ -41,8 +41,10 @@ impl FileJob<'_> {
 pub(super) struct Buffers(Mutex<Vec<Vec<u8>>>);
 
 /// Buffers kept: two per large file being written on each of two threads. They are no more
-/// than the restore holds at its busiest anyway.
+/// than the restore holds at its busiest anyway...
 const BUFFERS_KEPT: usize = 4;
+/// ... and none larger than a window or a group of small files needs.
+const BUFFER_KEPT_MAX: usize = 2 * SMALL_GROUP_BYTES as usize;
 
 impl Buffers {
     fn take(&self) -> Vec<u8> {
@@ -54,6 +56,9 @@ impl Buffers {
     }
 
     fn give(&self, buf: Vec<u8>) {
+        if buf.len() > BUFFER_KEPT_MAX {
+            return;
+        }
         if let Ok(mut kept) = self.0.lock() {
             if kept.len() < BUFFERS_KEPT {
                 kept.push(buf);
@@ -167,34 +172,57 @@ type Placed = HashMap<Id, Range<usize>>;
 /// one when it is too short; what it held is overwritten, never read): each run is read with
 /// one ranged read, runs and their blobs are opened in parallel, and no blob gets an
 /// allocation of its own. Returns where each blob's plaintext is.
-fn fetch_runs(repo: &Repository, runs: &[BlobRun], buf: &mut Vec<u8>) -> Result<Placed> {
-    let too_long = || Error::corrupt("the blobs to fetch claim more bytes than memory can address");
-    let mut placed = HashMap::new();
-    let mut lens = Vec::with_capacity(runs.len());
-    let mut total = 0usize;
+///
+/// Nothing is allocated before every blob's claimed size is checked against the
+/// repository's bound, and the claims together must not exceed `limit` (what the caller's
+/// files or window can hold): a damaged index cannot make a restore allocate more.
+fn fetch_runs(
+    repo: &Repository,
+    runs: &[BlobRun],
+    limit: u64,
+    buf: &mut Vec<u8>,
+) -> Result<Placed> {
     for run in runs {
-        let len = run
-            .plain_len()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(too_long)?;
+        repo.check_run(BlobKind::Data, run)?;
+    }
+    let claimed = runs
+        .iter()
+        .try_fold(0u64, |sum, run| sum.checked_add(run.plain_len()?));
+    let total = match claimed {
+        Some(n) if n <= limit => usize::try_from(n).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Error::corrupt(format!(
+            "the index claims more plaintext for {} blobs than the {limit} bytes of the files they make",
+            runs.iter().map(|r| r.blobs().len()).sum::<usize>()
+        ))
+    })?;
+    let mut placed = HashMap::new();
+    let mut at = 0usize;
+    let mut lens = Vec::with_capacity(runs.len());
+    for run in runs {
+        let start = at;
         for (id, loc) in run.blobs() {
-            let end = total
-                .checked_add(loc.raw_length as usize)
-                .ok_or_else(too_long)?;
-            placed.insert(*id, total..end);
-            total = end;
+            // Within `total`, which was summed from these lengths without overflow.
+            let end = at + loc.raw_length as usize;
+            placed.insert(*id, at..end);
+            at = end;
         }
-        lens.push(len);
+        lens.push(at - start);
     }
     if buf.len() < total {
-        // A new zeroed buffer comes from the allocator's zeroed pages; growing the old
-        // one would write every new byte twice.
+        // The old buffer goes first, then a new zeroed one comes from the allocator's zeroed
+        // pages (growing the old one would write every new byte twice).
+        *buf = Vec::new();
         *buf = vec![0; total];
     }
     let mut slices = Vec::with_capacity(runs.len());
     let mut rest = &mut buf[..total];
     for len in lens {
-        let (slice, tail) = rest.split_at_mut_checked(len).ok_or_else(too_long)?;
+        let (slice, tail) = rest
+            .split_at_mut_checked(len)
+            .ok_or_else(|| Error::new(ErrorKind::Other, "runs longer than their buffer"))?;
         slices.push(slice);
         rest = tail;
     }
@@ -235,13 +263,20 @@ fn write_small_group(
     let located = distinct
         .map(|id| Ok((*id, locator.locate(id)?)))
         .collect::<Result<Vec<_>>>()?;
+    // The cache's read transaction ends before packs are read and files written.
+    drop(locator);
     let runs = coalesce(located, COALESCE_GAP);
+    // The group's distinct blobs hold at most its files' bytes (with room to spare, so that
+    // a snapshot whose sizes and blobs disagree is still restored as it always was).
+    let limit = group.iter().fold(SMALL_GROUP_BYTES, |sum, &i| {
+        sum.saturating_add(files[i].node.size)
+    });
     // The group's files are created on one thread while the others fetch its blobs:
     // creating entries takes their folder's lock, so creating them in parallel only spins.
     let create_all = || -> Vec<Result<NewFile<'_>>> {
         group.iter().map(|&i| NewFile::create(&files[i])).collect()
     };
-    let (created, placed) = rayon::join(create_all, || fetch_runs(repo, &runs, buf));
+    let (created, placed) = rayon::join(create_all, || fetch_runs(repo, &runs, limit, buf));
     let placed = placed?;
     let buf: &[u8] = buf;
     Ok(group
@@ -346,8 +381,11 @@ fn fetch_window(
         }
         end += 1;
     }
+    // The cache's read transaction ends before packs are read.
+    drop(locator);
     let runs = split_runs(coalesce(wanted, COALESCE_GAP), RUN_BYTES);
-    Ok((end, fetch_runs(repo, &runs, buf)?))
+    // `stored` counted each blob's larger size, so it bounds the window's plaintext.
+    Ok((end, fetch_runs(repo, &runs, stored, buf)?))
 }
 
 /// Splits runs longer than `max` stored bytes into shorter ones (each keeps at least one
