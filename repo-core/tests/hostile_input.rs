@@ -378,17 +378,16 @@ fn a_data_blob_larger_than_the_chunker_maximum_is_refused() {
     assert_eq!(repo.read_blob(BlobKind::Data, &sid).unwrap(), small);
 }
 
-/// A restore decodes each blob straight into the place its index entry's plaintext length
-/// gives it. An entry claiming another length than the blob holds (a damaged or forged
-/// index) is refused as corrupt, never written short or long; honest entries read into
-/// place.
-#[test]
-fn a_run_whose_index_lies_about_plaintext_lengths_is_refused() {
-    use cairn_repo::repository::coalesce;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = init(dir.path(), "default", "pw");
+/// Three compressible blobs stored in one pack, under an index whose middle entry's
+/// plaintext length is off by `delta`; returns their plaintexts, ids and the run that reads
+/// them.
+fn stored_run(
+    repo: &Repository,
+    first: u8,
+    delta: i64,
+) -> (Vec<Vec<u8>>, Vec<Id>, cairn_repo::repository::BlobRun) {
     let keys = repo.keys_for_tests();
-    let plains: Vec<Vec<u8>> = (0..3u8)
+    let plains: Vec<Vec<u8>> = (first..first + 3)
         .map(|n| format!("page {n} ").repeat(300).into_bytes())
         .collect();
     let mut b = PackBuilder::new(BlobKind::Data, 1 << 20);
@@ -400,53 +399,46 @@ fn a_run_whose_index_lies_about_plaintext_lengths_is_refused() {
         ids.push(id);
     }
     let finished = b.finish(keys).unwrap();
-    store_pack(&repo, finished.bytes, finished.entries);
+    let mut entries = finished.entries;
+    entries[1].raw_length = (i64::from(entries[1].raw_length) + delta) as u32;
+    store_pack(repo, finished.bytes, entries);
     repo.sync_index().unwrap();
     let located: Vec<_> = ids
         .iter()
         .map(|id| (*id, repo.locate(id).unwrap()))
         .collect();
-    let runs = coalesce(located, 1 << 20);
+    let mut runs = cairn_repo::repository::coalesce(located, 1 << 20);
     assert_eq!(runs.len(), 1);
+    (plains, ids, runs.remove(0))
+}
+
+/// A restore decodes each blob straight into the place its index entry's plaintext length
+/// gives it. An entry claiming another length than the blob holds (a damaged or forged
+/// index) is refused as corrupt, never written short or long; honest entries read into
+/// place.
+#[test]
+fn a_run_whose_index_lies_about_plaintext_lengths_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path(), "default", "pw");
+    let (plains, _, run) = stored_run(&repo, 0, 0);
     let total: usize = plains.iter().map(Vec::len).sum();
     let mut out = vec![0u8; total];
-    repo.read_run_into(BlobKind::Data, &runs[0], &mut out)
-        .unwrap();
+    repo.read_run_into(BlobKind::Data, &run, &mut out).unwrap();
     assert_eq!(out, plains.concat());
     // A buffer that does not match the run's claims is refused before anything is read.
     let mut short = vec![0u8; total - 1];
     assert!(repo
-        .read_run_into(BlobKind::Data, &runs[0], &mut short)
+        .read_run_into(BlobKind::Data, &run, &mut short)
         .is_err());
 
     // Other blobs, under an index whose middle entry claims one byte less or more than the
     // blob holds.
-    for (n, delta) in [(10u8, -1i64), (20, 1)] {
-        let plains: Vec<Vec<u8>> = (n..n + 3)
-            .map(|n| format!("page {n} ").repeat(300).into_bytes())
-            .collect();
-        let mut b = PackBuilder::new(BlobKind::Data, 1 << 20);
-        let mut ids = Vec::new();
-        for p in &plains {
-            let id = keys.blob_id(p);
-            b.add(&blob::seal(keys, BlobKind::Data, id, p, 3).unwrap())
-                .unwrap();
-            ids.push(id);
-        }
-        let finished = b.finish(keys).unwrap();
-        let mut entries = finished.entries;
-        entries[1].raw_length = (i64::from(entries[1].raw_length) + delta) as u32;
-        store_pack(&repo, finished.bytes, entries);
-        repo.sync_index().unwrap();
-        let located: Vec<_> = ids
-            .iter()
-            .map(|id| (*id, repo.locate(id).unwrap()))
-            .collect();
-        let runs = coalesce(located, 1 << 20);
+    for (first, delta) in [(10u8, -1i64), (20, 1)] {
+        let (plains, ids, run) = stored_run(&repo, first, delta);
         let claimed = (plains.iter().map(Vec::len).sum::<usize>() as i64 + delta) as usize;
         let mut out = vec![0u8; claimed];
         let e = repo
-            .read_run_into(BlobKind::Data, &runs[0], &mut out)
+            .read_run_into(BlobKind::Data, &run, &mut out)
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         assert!(e.to_string().contains("index entry says"), "{e}");
