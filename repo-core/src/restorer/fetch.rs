@@ -1,7 +1,8 @@
 //! Fetching restored files' contents: large files in parallel windows of blobs, small files
 //! in groups whose blobs are read with one ranged read per run of neighbouring blobs in a
-//! pack. Every blob is read through the repository's blob reader; the bytes go to
-//! [`NewFile`]s, which write them.
+//! pack. Every blob is read through the repository's blob reader, which decodes a window's or
+//! a group's blobs into one buffer (kept for the whole restore), each at the place its index
+//! entry's length gives it; the bytes go to [`NewFile`]s, which write them.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
