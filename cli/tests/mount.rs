@@ -148,6 +148,16 @@ fn entries(root: &Path) -> BTreeMap<Vec<u8>, Shown> {
 }
 
 /// The snapshot folder of `src` in a mount: `<snapshot>/<src without its leading />`.
+/// Opens a file in the mount and checks that its first bytes are `head`; the file stays
+/// open for the rest of a test (reads after a prune).
+fn open_reading_head(file: &Path, head: &[u8]) -> std::fs::File {
+    let f = std::fs::File::open(file).unwrap();
+    let mut read = vec![0u8; head.len()];
+    f.read_exact_at(&mut read, 0).unwrap();
+    assert!(read == head);
+    f
+}
+
 fn inside(snapshot: &Path, src: &Path) -> PathBuf {
     snapshot.join(src.strip_prefix("/").unwrap())
 }
@@ -407,10 +417,7 @@ fn a_read_of_data_a_prune_deleted_fails_with_an_error_never_other_bytes() {
     backup(&env, &[kept.to_str().unwrap()]);
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let file = inside(&m.point.join(format!("ids/{}", &first[..8])), &doomed).join("large.bin");
-    let f = std::fs::File::open(&file).unwrap();
-    let mut head = vec![0u8; 4096];
-    f.read_exact_at(&mut head, 0).unwrap();
-    assert!(head == content[..4096]);
+    let f = open_reading_head(&file, &content[..4096]);
 
     // Forget the only snapshot holding the file, then prune twice: the first condemns its
     // packs, the second deletes them (the mount holds no lease that would keep them).
@@ -462,10 +469,7 @@ fn a_file_open_while_a_prune_repacks_its_blobs_is_still_read() {
 
     let m = Mounted::start(&env, &env.path("mnt"), &[]);
     let file = inside(&m.point.join(format!("ids/{}", &second[..8])), &src).join("b-kept.bin");
-    let f = std::fs::File::open(&file).unwrap();
-    let mut head = vec![0u8; 4096];
-    f.read_exact_at(&mut head, 0).unwrap();
-    assert!(head == kept[..4096]);
+    let f = open_reading_head(&file, &kept[..4096]);
 
     env.ok(&["forget", &first]);
     env.ok(&["prune", "--max-unused", "0"]);

@@ -53,7 +53,7 @@ mod records;
 mod tables;
 
 pub use records::{index_locations, BlobLocation, BlobTable, BlobTotals, FileRecord, LOCATION_LEN};
-pub use tables::{CacheReader, ReadableReader};
+pub use tables::CacheReader;
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 

@@ -38,19 +38,6 @@ impl Cache {
         })
     }
 
-    /// Where many blobs are, for readers ([`Cache::lookup_readable`] under one read
-    /// transaction: a restore looks up tens of thousands).
-    pub fn readable_reader(&self) -> Result<ReadableReader<'_>> {
-        self.guard(|| {
-            let tx = self.db.begin_read()?;
-            Ok(ReadableReader {
-                cache: self,
-                blobs: tx.open_table(BLOBS)?,
-                readable_only: tx.open_table(READABLE_ONLY)?,
-            })
-        })
-    }
-
     /// A reader for many lookups under one read transaction.
     pub fn reader(&self) -> Result<CacheReader<'_>> {
         self.guard(|| {
@@ -58,6 +45,7 @@ impl Cache {
             Ok(CacheReader {
                 cache: self,
                 blobs: tx.open_table(BLOBS)?,
+                readable_only: tx.open_table(READABLE_ONLY)?,
                 files: tx.open_table(FILES)?,
             })
         })
@@ -338,10 +326,12 @@ impl Cache {
     }
 }
 
-/// Many lookups under one read transaction (a consistent view).
+/// Many lookups under one read transaction (a consistent view): a backup's files cache
+/// and deduplication, a restore's tens of thousands of blob locations.
 pub struct CacheReader<'c> {
     cache: &'c Cache,
     blobs: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    readable_only: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     files: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
@@ -352,28 +342,20 @@ impl CacheReader<'_> {
             .guard(|| Cache::get_location(&BLOBS, &self.blobs, id))
     }
 
-    pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
-        self.cache.guard(|| match self.files.get(path)? {
-            Some(v) => Ok(from_cbor(checked(&FILES, path, v.value())?, "files cache").ok()),
-            None => Ok(None),
-        })
-    }
-}
-
-/// [`Cache::lookup_readable`] for many blobs, under one read transaction.
-pub struct ReadableReader<'c> {
-    cache: &'c Cache,
-    blobs: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    readable_only: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-}
-
-impl ReadableReader<'_> {
-    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+    /// Where a blob is, for readers (see [`Cache::lookup_readable`]).
+    pub fn lookup_readable(&self, id: &Id) -> Result<Option<BlobLocation>> {
         self.cache.guard(|| {
             if let Some(loc) = Cache::get_location(&BLOBS, &self.blobs, id)? {
                 return Ok(Some(loc));
             }
             Cache::get_location(&READABLE_ONLY, &self.readable_only, id)
+        })
+    }
+
+    pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
+        self.cache.guard(|| match self.files.get(path)? {
+            Some(v) => Ok(from_cbor(checked(&FILES, path, v.value())?, "files cache").ok()),
+            None => Ok(None),
         })
     }
 }

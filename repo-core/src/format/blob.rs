@@ -5,9 +5,7 @@
 use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
 use crate::format::dictionary::{Dictionary, DictionarySource, NoDictionaries};
-use crate::format::{
-    compress_data_into, compress_into_with, decompress_blob, decompress_blob_into, max_plaintext,
-};
+use crate::format::{compress_payload, decompress_blob, decompress_blob_into, max_plaintext};
 use crate::id::{BlobKind, Id};
 
 /// A blob ready to be appended to a pack.
@@ -54,11 +52,8 @@ pub fn seal_with(
     let mut bytes =
         Vec::with_capacity(crypto::OVERHEAD + 1 + zstd::zstd_safe::compress_bound(plaintext.len()));
     bytes.resize(crypto::NONCE_LEN, 0);
-    if kind == BlobKind::Data {
-        compress_data_into(plaintext, level, dict, &mut bytes)?;
-    } else {
-        compress_into_with(plaintext, level, dict, &mut bytes)?;
-    }
+    // Only data blobs take the fast frame of a small blob (see `compress_payload`).
+    compress_payload(plaintext, level, dict, kind == BlobKind::Data, &mut bytes)?;
     keys.seal_blob_in_place(kind, &id, &mut bytes)?;
     Ok(SealedBlob {
         kind,
@@ -122,22 +117,11 @@ pub fn open_in_place_into(
     dicts: &dyn DictionarySource,
 ) -> Result<()> {
     let payload = keys.open_blob_in_place(kind, id, sealed)?;
-    let dicts = if kind == BlobKind::Data {
-        dicts
-    } else {
-        &NoDictionaries
-    };
-    decompress_blob_into(payload, out, &BlobName(id), dicts)?;
-    if keys.blob_id(out) != *id {
-        return Err(Error::corrupt(format!(
-            "blob {id}: content does not match its id"
-        )));
-    }
-    Ok(())
+    decompress_blob_into(payload, out, &BlobName(id), allowed(kind, dicts))?;
+    check_id(keys, id, out)
 }
 
-/// Decompresses an opened payload and checks the plaintext against the blob's id. Only a
-/// data blob may name a dictionary.
+/// Decompresses an opened payload and checks the plaintext against the blob's id.
 fn plaintext(
     keys: &Keys,
     kind: BlobKind,
@@ -146,18 +130,29 @@ fn plaintext(
     max: u64,
     dicts: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
-    let dicts = if kind == BlobKind::Data {
+    let plain = decompress_blob(payload, max, &BlobName(id), allowed(kind, dicts))?;
+    check_id(keys, id, &plain)?;
+    Ok(plain)
+}
+
+/// The dictionaries a blob of `kind` may name: only a data blob may name one.
+fn allowed(kind: BlobKind, dicts: &dyn DictionarySource) -> &dyn DictionarySource {
+    if kind == BlobKind::Data {
         dicts
     } else {
         &NoDictionaries
-    };
-    let plain = decompress_blob(payload, max, &BlobName(id), dicts)?;
-    if keys.blob_id(&plain) != *id {
+    }
+}
+
+/// A plaintext whose keyed hash is not the blob's id is corrupt: a blob filed under the
+/// wrong id (or by another tenant's key) is caught, not returned.
+fn check_id(keys: &Keys, id: &Id, plain: &[u8]) -> Result<()> {
+    if keys.blob_id(plain) != *id {
         return Err(Error::corrupt(format!(
             "blob {id}: content does not match its id"
         )));
     }
-    Ok(plain)
+    Ok(())
 }
 
 /// "blob <id>", for errors: formatted only when one is reported.

@@ -147,46 +147,17 @@ pub(crate) fn compress_into(
     Ok(false)
 }
 
-/// Decompresses what follows the format byte of a format 2 payload: the dictionary id and a
-/// frame of `size` bytes (read and bounded by the caller from the frame's header).
-pub(crate) fn decompress(
-    rest: &[u8],
-    what: &dyn std::fmt::Display,
-    size_of: impl Fn(&[u8]) -> Result<usize>,
-    source: &dyn DictionarySource,
-) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    with_frame(rest, what, size_of, source, |d, frame, size| {
-        out = d.decompress(frame, size)?;
-        Ok(out.len())
-    })?;
-    Ok(out)
-}
-
-/// Like [`decompress`], into `out` (the caller has checked in `size_of` that the frame's
-/// size is `out`'s length); returns the bytes the frame held.
+/// Decodes what follows the format byte of a format 2 payload (the dictionary id and a
+/// frame) into `out`, with this thread's decompression context holding that dictionary
+/// (loaded only when it is not one the thread keeps). `size_of` checks the frame's stated
+/// size against `out` before anything is decoded; returns the bytes the frame held, which
+/// must be that size.
 pub(crate) fn decompress_into(
     rest: &[u8],
     out: &mut [u8],
     what: &dyn std::fmt::Display,
     size_of: impl Fn(&[u8]) -> Result<usize>,
     source: &dyn DictionarySource,
-) -> Result<usize> {
-    with_frame(rest, what, size_of, source, |d, frame, _| {
-        d.decompress_to_buffer(frame, out)
-    })
-}
-
-/// Splits a format 2 payload into its dictionary and frame, checks the frame's size with
-/// `size_of`, and runs `decode` with this thread's decompression context holding that
-/// dictionary (loaded only when it is not the one the context already holds). Returns the
-/// bytes `decode` produced, which must be the frame's size.
-fn with_frame(
-    rest: &[u8],
-    what: &dyn std::fmt::Display,
-    size_of: impl Fn(&[u8]) -> Result<usize>,
-    source: &dyn DictionarySource,
-    decode: impl FnOnce(&mut zstd::bulk::Decompressor<'static>, &[u8], usize) -> std::io::Result<usize>,
 ) -> Result<usize> {
     let (id, frame) = rest
         .split_at_checked(32)
@@ -217,7 +188,7 @@ fn with_frame(
                 }
             }
             let last = held.len() - 1;
-            decode(&mut held[last].1, frame, size)
+            held[last].1.decompress_to_buffer(frame, out)
         })
         .map_err(|e| Error::corrupt(format!("{what}: zstd with dictionary {id}: {e}")))?;
     if n != size {

@@ -81,7 +81,7 @@ thread_local! {
 }
 
 /// Data blobs of at most this many bytes are compressed twice: at the level asked for and
-/// at [`FAST_LEVEL`] (see [`compress_data_into`]).
+/// at [`FAST_LEVEL`] (see [`compress_payload`]).
 pub const SMALL_BLOB: usize = 16 << 10;
 /// A negative zstd level: literals are stored as they are, not Huffman-coded. Decoding
 /// such a frame builds no Huffman table, which for a small blob is much of its decoding
@@ -136,20 +136,12 @@ pub fn compress_into_with(
     compress_payload(plaintext, level, dict, false, out)
 }
 
-/// Like [`compress_into_with`], for a data blob: one of at most [`SMALL_BLOB`] bytes
-/// compressed without a dictionary keeps the [`FAST_LEVEL`] frame when that costs at most
-/// [`FAST_SLACK`] bytes more (reading it then builds no Huffman table). Trees and metadata
-/// do not: they are read far less often than they would grow.
-pub fn compress_data_into(
-    plaintext: &[u8],
-    level: i32,
-    dict: Option<&Dictionary>,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    compress_payload(plaintext, level, dict, true, out)
-}
-
-fn compress_payload(
+/// Appends the format byte and the payload (see [`compress_into_with`]). With
+/// `fast_small` (data blobs), a plaintext of at most [`SMALL_BLOB`] bytes compressed without a
+/// dictionary keeps the [`FAST_LEVEL`] frame when that costs at most [`FAST_SLACK`] bytes more
+/// (reading it then builds no Huffman table). Trees and metadata do not: they are read far
+/// less often than they would grow.
+pub(crate) fn compress_payload(
     plaintext: &[u8],
     level: i32,
     dict: Option<&Dictionary>,
@@ -232,44 +224,35 @@ pub fn decompress_bounded(payload: &[u8], max: u64, what: &str) -> Result<Vec<u8
 
 /// Like [`decompress_bounded`], finding the dictionaries of format 2 payloads in `source`.
 /// `what` names the payload in errors; it is formatted only when there is one (a restore
-/// opens tens of thousands of blobs).
+/// opens tens of thousands of blobs). The plaintext's size is read from the payload and
+/// bounded first; then it is decoded as [`decompress_blob_into`] decodes.
 pub fn decompress_blob(
     payload: &[u8],
     max: u64,
     what: &dyn std::fmt::Display,
     source: &dyn DictionarySource,
 ) -> Result<Vec<u8>> {
+    let mut out = vec![0; plaintext_size(payload, max, what)?];
+    decompress_blob_into(payload, &mut out, what, source)?;
+    Ok(out)
+}
+
+/// The plaintext size a payload states (a zstd frame's header, or a stored payload's own
+/// length), refused above `max` before anything is allocated for it.
+fn plaintext_size(payload: &[u8], max: u64, what: &dyn std::fmt::Display) -> Result<usize> {
     match payload.split_first() {
-        Some((&dictionary::FORMAT, rest)) => {
-            dictionary::decompress(rest, what, |frame| frame_size(frame, max, what), source)
-        }
-        Some((0, rest)) => {
-            if rest.len() as u64 > max {
-                return Err(Error::corrupt(format!(
-                    "{what}: {} bytes, more than the {max} allowed",
-                    rest.len()
-                )));
-            }
-            Ok(rest.to_vec())
-        }
-        Some((1, rest)) => {
-            let size = frame_size(rest, max, what)?;
-            let out = DECOMPRESSOR
-                .with(|cell| match &mut *cell.borrow_mut() {
-                    Some(d) => d.decompress(rest, size),
-                    slot => {
-                        let d = slot.insert(zstd::bulk::Decompressor::new()?);
-                        d.decompress(rest, size)
-                    }
-                })
-                .map_err(|e| Error::corrupt(format!("{what}: zstd: {e}")))?;
-            if out.len() != size {
-                return Err(Error::corrupt(format!(
-                    "{what}: zstd frame is shorter than it says"
-                )));
-            }
-            Ok(out)
-        }
+        Some((&dictionary::FORMAT, rest)) => match rest.get(32..) {
+            Some(frame) => frame_size(frame, max, what),
+            None => Err(Error::corrupt(format!(
+                "{what}: dictionary payload too short"
+            ))),
+        },
+        Some((0, rest)) if rest.len() as u64 > max => Err(Error::corrupt(format!(
+            "{what}: {} bytes, more than the {max} allowed",
+            rest.len()
+        ))),
+        Some((0, rest)) => Ok(rest.len()),
+        Some((1, rest)) => frame_size(rest, max, what),
         Some((b, _)) => Err(Error::corrupt(format!(
             "{what}: unknown payload format {b}"
         ))),
@@ -376,7 +359,7 @@ mod tests {
         let normal = frame(&page, 3).len();
         let data = |p: &[u8]| {
             let mut out = Vec::new();
-            compress_data_into(p, 3, None, &mut out).unwrap();
+            compress_payload(p, 3, None, true, &mut out).unwrap();
             out
         };
         let chosen = data(&page);

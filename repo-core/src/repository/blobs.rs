@@ -62,7 +62,7 @@ impl Repository {
         self.ensure_index_synced()?;
         Ok(Locator {
             repo: self,
-            reader: self.cache.readable_reader()?,
+            reader: self.cache.reader()?,
         })
     }
 
@@ -126,7 +126,7 @@ impl Repository {
 /// Lookups of [`Repository::locator`].
 pub struct Locator<'r> {
     repo: &'r Repository,
-    reader: crate::cache::ReadableReader<'r>,
+    reader: crate::cache::CacheReader<'r>,
 }
 
 impl Locator<'_> {
@@ -134,7 +134,7 @@ impl Locator<'_> {
     /// [`Repository::locate`] itself (index sync, then one reload), so a blob of a snapshot
     /// committed since is still found.
     pub fn locate(&self, id: &Id) -> Result<BlobLocation> {
-        match self.reader.lookup(id)? {
+        match self.reader.lookup_readable(id)? {
             Some(loc) => Ok(loc),
             None => self.repo.locate(id),
         }
