@@ -445,3 +445,63 @@ fn a_run_whose_index_lies_about_plaintext_lengths_is_refused() {
         assert!(e.to_string().contains(&ids[1].to_string()), "{e}");
     }
 }
+
+/// A restore sizes one buffer for a group of small files from their blobs' claimed lengths.
+/// An index whose claims are each within the repository's bound but together far more than
+/// the files hold is refused before that buffer is allocated, and no file of the group is
+/// left behind.
+#[test]
+fn claims_far_beyond_what_the_files_hold_are_refused_before_allocating() {
+    use cairn_repo::archiver::backup_paths;
+    use cairn_repo::restorer::{restore, RestoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(
+        &Location::Local(dir.path().join("repo")),
+        "default",
+        &Credentials::Password(b"pw".to_vec()),
+        &InitOptions {
+            kdf: CHEAP,
+            ..Default::default()
+        },
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let keys = repo.keys_for_tests();
+    let max = repo.max_blob(BlobKind::Data);
+    // Enough files that their claims pass the group's room (its files' sizes and 32 MiB).
+    let n = usize::try_from((32 << 20) / max + 2).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut b = PackBuilder::new(BlobKind::Data, 1 << 20);
+    for i in 0..n {
+        let content = format!("small file {i}\n").into_bytes();
+        std::fs::write(src.join(format!("f{i}")), &content).unwrap();
+        let id = keys.blob_id(&content);
+        b.add(&blob::seal(keys, BlobKind::Data, id, &content, 3).unwrap())
+            .unwrap();
+    }
+    let finished = b.finish(keys).unwrap();
+    let mut entries = finished.entries;
+    for e in &mut entries {
+        e.raw_length = u32::try_from(max).unwrap();
+    }
+    store_pack(&repo, finished.bytes, entries);
+    repo.sync_index().unwrap();
+    // The backup deduplicates its files against the lying entries.
+    let r = backup_paths(
+        &repo,
+        std::slice::from_ref(&src),
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let e = restore(&repo, &r.id, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("claims more plaintext"), "{e}");
+    let restored = out.join(src.strip_prefix("/").unwrap());
+    let left: Vec<_> = std::fs::read_dir(&restored)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
