@@ -2,6 +2,8 @@
 //! Backups of trees deeper than any path can name, and of files that change while they are
 //! read.
 
+mod common;
+
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,13 +55,7 @@ fn a_tree_nested_10000_folders_deep_is_backed_up_whole() {
     random_tree(&normal, 9, 60).unwrap();
     let repo = repo(dir.path());
 
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r = common::backup(&repo, &src);
     assert!(!r.snapshot.incomplete, "{:?}", r.warnings);
     assert_eq!(
         r.snapshot.summary.dirs as usize,
@@ -90,13 +86,7 @@ fn a_tree_nested_10000_folders_deep_is_backed_up_whole() {
     assert_eq!(content, b"at the bottom\n");
 
     // The tree beside it: the same subtree as a backup of it alone, which restores exactly.
-    let alone = backup_paths(
-        &repo,
-        std::slice::from_ref(&normal),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let alone = common::backup(&repo, &normal);
     assert_eq!(
         node_at(&repo, &r.snapshot.tree, &normal).subtree,
         node_at(&repo, &alone.snapshot.tree, &normal).subtree
@@ -202,13 +192,7 @@ fn a_file_growing_while_it_is_read_is_saved_at_its_size_when_opened() {
     assert!(!r.snapshot.incomplete);
 
     // Not recorded as unchanged: the next backup reads it again, whole this time.
-    let again = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let again = common::backup(&repo, &src);
     assert_eq!(again.snapshot.summary.files_unmodified, 0);
     assert_eq!(
         node_at(&repo, &again.snapshot.tree, &file).size,

@@ -8,7 +8,7 @@ use common::*;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions};
+use cairn_repo::archiver::{backup_stream, BackupOptions};
 use cairn_repo::progress::NoProgress;
 use cairn_repo::prune::{prune, PruneOptions};
 use cairn_repo::snapshot_edit::forget;
@@ -189,13 +189,7 @@ fn backups_of_changing_data_alongside_a_prune_loop() {
                 .unwrap();
                 let copy = dirp.join(format!("expected-{w}-{round}"));
                 cairn_repo::testing::copy_tree(&src, &copy).unwrap();
-                let r = backup_paths(
-                    &repo,
-                    std::slice::from_ref(&src),
-                    &BackupOptions::default(),
-                    &NoProgress,
-                )
-                .unwrap();
+                let r = common::backup(&repo, &src);
                 expected.push((r.id, copy));
             }
             expected

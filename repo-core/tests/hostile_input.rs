@@ -4,6 +4,8 @@
 //! claim more than a blob may hold. Each is reported as what it is, and none stalls or
 //! panics a reader.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -452,7 +454,6 @@ fn a_run_whose_index_lies_about_plaintext_lengths_is_refused() {
 /// left behind.
 #[test]
 fn claims_far_beyond_what_the_files_hold_are_refused_before_allocating() {
-    use cairn_repo::archiver::backup_paths;
     use cairn_repo::restorer::{restore, RestoreOptions};
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::init(
@@ -488,13 +489,7 @@ fn claims_far_beyond_what_the_files_hold_are_refused_before_allocating() {
     store_pack(&repo, finished.bytes, entries);
     repo.sync_index().unwrap();
     // The backup deduplicates its files against the lying entries.
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r = common::backup(&repo, &src);
     let out = dir.path().join("out");
     let e = restore(&repo, &r.id, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");

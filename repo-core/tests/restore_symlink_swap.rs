@@ -3,11 +3,12 @@
 //! symlink to an outside folder mid-restore (as another user who can write to the target
 //! could) sends nothing outside and changes nothing there.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn_repo::archiver::{backup_paths, BackupOptions};
 use cairn_repo::crypto::MasterKey;
 use cairn_repo::progress::{NoProgress, Progress};
 use cairn_repo::restorer::{restore, Overwrite, RestoreOptions};
@@ -89,13 +90,7 @@ fn restore_never_follows_a_folder_swapped_for_a_symlink() {
     std::fs::write(folder.join("small"), b"small\n").unwrap();
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
     let repo = small_repo(dir.path());
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r = common::backup(&repo, &src);
 
     let outside = outside_folder(dir.path());
     let target = dir.path().join("target");
@@ -127,13 +122,7 @@ fn restore_replaces_a_planted_symlink_instead_of_following_it() {
     std::fs::write(src.join("d/f"), b"f\n").unwrap();
     std::fs::set_permissions(src.join("d"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let repo = small_repo(dir.path());
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r = common::backup(&repo, &src);
 
     let outside = outside_folder(dir.path());
     let target = dir.path().join("target");

@@ -2,6 +2,8 @@
 //! Backup then restore of random trees gives back the same tree, metadata included; and
 //! streams round-trip byte for byte.
 
+mod common;
+
 use std::path::Path;
 
 use cairn_repo::archiver::{backup_paths, backup_stream, BackupOptions};
@@ -41,13 +43,7 @@ fn round_trip(seed: u64) {
     let src = dir.path().join("src");
     random_tree(&src, seed, 40).unwrap();
     let repo = small_repo(dir.path());
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r = common::backup(&repo, &src);
     assert!(!r.snapshot.incomplete, "{:?}", r.warnings);
     let out = dir.path().join("out");
     restore(
@@ -65,13 +61,7 @@ fn round_trip(seed: u64) {
     compare_trees(&src, &restored).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
 
     // A second backup reads nothing unchanged and restores the same.
-    let r2 = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r2 = common::backup(&repo, &src);
     assert_eq!(
         r2.snapshot.summary.bytes_read, 0,
         "seed {seed}: unchanged files were read again"
@@ -307,13 +297,7 @@ fn special_files_round_trip() {
         .unwrap();
     }
     let repo = small_repo(dir.path());
-    let r = backup_paths(
-        &repo,
-        std::slice::from_ref(&src),
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let r = common::backup(&repo, &src);
     assert!(!r.snapshot.incomplete);
     let out = dir.path().join("out");
     restore(&repo, &r.id, &out, &RestoreOptions::default(), &NoProgress).unwrap();

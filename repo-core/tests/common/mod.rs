@@ -17,6 +17,17 @@ use cairn_repo::format::config::ChunkerConfig;
 use cairn_repo::progress::NoProgress;
 use cairn_repo::{Credentials, Id, InitOptions, Location, OpenOptions, Repository};
 
+/// Backs up `src` with the default options and no progress; the test fails if it fails.
+pub fn backup(repo: &Repository, src: &Path) -> cairn_repo::archiver::BackupResult {
+    cairn_repo::archiver::backup_paths(
+        repo,
+        std::slice::from_ref(&src.to_path_buf()),
+        &cairn_repo::archiver::BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+}
+
 pub fn init(dir: &Path) -> MasterKey {
     let key = MasterKey::generate().unwrap();
     let opts = InitOptions {
