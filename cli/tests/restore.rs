@@ -135,6 +135,58 @@ fn include_and_exclude() {
     assert!(!o3.join("a.txt").exists());
 }
 
+/// `--include` enters only the folders on the way to what it names: a file is restored even
+/// when the packs holding another folder's listing are gone.
+#[test]
+fn include_reads_only_the_folders_on_its_way() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("other")).unwrap();
+    std::fs::write(src.join("other/g.txt"), "elsewhere\n").unwrap();
+    // The folder `other` first on its own: its listing goes into this backup's packs and
+    // the next backup reuses it.
+    env.ok(&["backup", src.join("other").to_str().unwrap()]);
+    let first = common::packs(&env.repo());
+    std::fs::create_dir_all(src.join("keep")).unwrap();
+    std::fs::write(src.join("keep/f.txt"), "wanted\n").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    for pack in &first {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let target = env.path("out");
+    let keep = format!("{}/keep", src.display());
+    env.ok(&[
+        "--no-cache",
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        &keep,
+    ]);
+    let out = restored(&target, &src);
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep/f.txt")).unwrap(),
+        "wanted\n"
+    );
+    assert!(!out.join("other").exists());
+    // What the lost packs held is still reported as lost.
+    let other = format!("{}/other", src.display());
+    env.fails(
+        &[
+            "--no-cache",
+            "restore",
+            "latest",
+            "--target",
+            env.path("out2").to_str().unwrap(),
+            "--include",
+            &other,
+        ],
+        1,
+    );
+}
+
 /// A disk that fills during restore: as root a real 2 MiB tmpfs (ENOSPC), otherwise a file
 /// size limit (EFBIG, the same code path). The error names the file, no partial file is left
 /// under a real name (nor a temporary one), and a later restore with space completes.

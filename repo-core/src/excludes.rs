@@ -31,6 +31,40 @@ pub struct Excludes {
     /// The patterns as given (case-insensitive ones after a `(?i)`), to say what they chose:
     /// a restore's in-progress marker records them.
     pub patterns: Vec<String>,
+    /// Where the patterns can match, for [`Excludes::may_match_below`].
+    reach: Reach,
+}
+
+/// Where a set of patterns can match: below any folder, or only on or below the literal
+/// leading folders of each pattern matched against whole paths.
+#[derive(Debug, Clone, Default)]
+struct Reach {
+    /// Some pattern may match at any depth (a name pattern, a case-insensitive path
+    /// pattern, or a path pattern that does not start with `/`).
+    anywhere: bool,
+    /// Each absolute path pattern's leading components up to the first one with a
+    /// wildcard, and whether the whole pattern is that literal path.
+    prefixes: Vec<(PathBuf, bool)>,
+}
+
+impl Reach {
+    fn add(&mut self, pattern: &str, case_insensitive: bool) {
+        if case_insensitive || !pattern.contains('/') || !pattern.starts_with('/') {
+            self.anywhere = true;
+            return;
+        }
+        let wild = |c: &str| c.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        let mut prefix = PathBuf::from("/");
+        let mut literal = true;
+        for component in pattern.split('/').filter(|c| !c.is_empty()) {
+            if wild(component) {
+                literal = false;
+                break;
+            }
+            prefix.push(component);
+        }
+        self.prefixes.push((prefix, literal));
+    }
 }
 
 /// Patterns split into those matched against whole paths and those matched against names.
@@ -39,6 +73,7 @@ struct Sets {
     by_name: GlobSetBuilder,
     paths: usize,
     names: usize,
+    reach: Reach,
 }
 
 impl Sets {
@@ -48,6 +83,7 @@ impl Sets {
             by_name: GlobSetBuilder::new(),
             paths: 0,
             names: 0,
+            reach: Reach::default(),
         }
     }
 
@@ -57,6 +93,7 @@ impl Sets {
             return Ok(());
         }
         let trimmed = p.trim_end_matches('/');
+        self.reach.add(trimmed, case_insensitive);
         let glob: Glob = GlobBuilder::new(trimmed)
             .case_insensitive(case_insensitive)
             .build()
@@ -71,7 +108,7 @@ impl Sets {
         Ok(())
     }
 
-    fn build(self) -> Result<(Option<GlobSet>, Option<GlobSet>)> {
+    fn build(self) -> Result<(Option<GlobSet>, Option<GlobSet>, Reach)> {
         let build = |b: GlobSetBuilder, n: usize| -> Result<Option<GlobSet>> {
             if n == 0 {
                 return Ok(None);
@@ -83,6 +120,7 @@ impl Sets {
         Ok((
             build(self.by_path, self.paths)?,
             build(self.by_name, self.names)?,
+            self.reach,
         ))
     }
 }
@@ -106,7 +144,7 @@ impl Excludes {
         for p in ipatterns {
             sets.add(p, true)?;
         }
-        let (by_path, by_name) = sets.build()?;
+        let (by_path, by_name, reach) = sets.build()?;
         let mut given: Vec<String> = patterns.to_vec();
         given.extend(ipatterns.iter().map(|p| format!("(?i){p}")));
         Ok(Excludes {
@@ -114,6 +152,7 @@ impl Excludes {
             by_name,
             if_present: if_present.iter().map(|s| s.as_bytes().to_vec()).collect(),
             patterns: given,
+            reach,
             ..Excludes::default()
         })
     }
@@ -135,6 +174,24 @@ impl Excludes {
             .or_else(|_| std::path::absolute(path))
             .unwrap_or_else(|_| path.to_path_buf());
         self.own.push(path);
+    }
+
+    /// Whether anything strictly below folder `dir` (an absolute path) may match. `false` only
+    /// when no pattern can match there, whatever the folder holds: a restore with
+    /// `--include` does not enter such a folder.
+    pub fn may_match_below(&self, dir: &Path) -> bool {
+        self.reach.anywhere
+            || self.own.iter().any(|o| o.starts_with(dir) && o != dir)
+            || self
+                .reach
+                .prefixes
+                .iter()
+                .any(|(prefix, literal)| match literal {
+                    // Only the path itself matches: it must lie below `dir`.
+                    true => prefix.starts_with(dir) && prefix != dir,
+                    // A wildcard after the prefix may match at any depth below it.
+                    false => prefix.starts_with(dir) || dir.starts_with(prefix),
+                })
     }
 
     pub fn excluded(&self, path: &Path) -> bool {
@@ -177,6 +234,39 @@ mod tests {
         assert!(!ex.excluded(Path::new("/data/keep/x")));
         assert!(!ex.excluded(Path::new("/a/tmp")));
         assert!(!ex.excluded(Path::new("/a/b/X.TMP")));
+    }
+
+    #[test]
+    fn folders_no_pattern_can_reach_are_told() {
+        let inc = Excludes::new(&["/global/pg_control".into(), "/srv/*/docs".into()], &[]).unwrap();
+        for dir in ["/", "/global", "/srv", "/srv/a", "/srv/a/docs/x"] {
+            assert!(inc.may_match_below(Path::new(dir)), "{dir}");
+        }
+        for dir in [
+            "/global/pg_control",
+            "/glob",
+            "/globalx",
+            "/base",
+            "/base/5",
+            "/srvx",
+        ] {
+            assert!(!inc.may_match_below(Path::new(dir)), "{dir}");
+        }
+        // Name patterns, case-insensitive and relative ones match at any depth.
+        for pattern in ["pg_control", "data/x"] {
+            let inc = Excludes::new(&[pattern.into()], &[]).unwrap();
+            assert!(inc.may_match_below(Path::new("/base/5")), "{pattern}");
+        }
+        let inc =
+            Excludes::with_case_insensitive(&[], &["/Global/PG_CONTROL".into()], &[]).unwrap();
+        assert!(inc.may_match_below(Path::new("/global")));
+        assert!(inc.may_match_below(Path::new("/base")));
+        // A bracket, brace, question mark or escape ends the literal prefix too.
+        for pattern in ["/a/[bc]/d", "/a/{b,c}/d", "/a/?/d", "/a/\\b/d"] {
+            let inc = Excludes::new(&[pattern.into()], &[]).unwrap();
+            assert!(inc.may_match_below(Path::new("/a/b")), "{pattern}");
+            assert!(!inc.may_match_below(Path::new("/z")), "{pattern}");
+        }
     }
 
     #[test]

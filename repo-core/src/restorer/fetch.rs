@@ -301,7 +301,7 @@ const FETCH_WINDOW_BYTES: u64 = 16 << 20;
 const FETCH_WINDOW_BLOBS: usize = 1024;
 /// A run read in one request holds at most this many stored bytes, so that a window's runs
 /// are fetched and opened in parallel.
-const RUN_BYTES: u64 = 2 << 20;
+const RUN_BYTES: u64 = 1 << 20;
 
 /// Writes a file's content to `path` (a new file), fetching blobs in windows (one ranged read
 /// per run of neighbouring blobs in a pack, runs in parallel, blobs opened in parallel) and
@@ -397,11 +397,12 @@ fn split_runs(runs: Vec<BlobRun>, max: u64) -> Vec<BlobRun> {
         let mut part: Vec<(Id, BlobLocation)> = Vec::new();
         let mut bytes = 0u64;
         for (id, loc) in run.blobs().iter().cloned() {
-            if !part.is_empty() && bytes.saturating_add(u64::from(loc.length)) > max {
+            let held = u64::from(loc.length.max(loc.raw_length));
+            if !part.is_empty() && bytes.saturating_add(held) > max {
                 out.extend(coalesce(std::mem::take(&mut part), COALESCE_GAP));
                 bytes = 0;
             }
-            bytes = bytes.saturating_add(u64::from(loc.length));
+            bytes = bytes.saturating_add(held);
             part.push((id, loc));
         }
         if !part.is_empty() {

@@ -215,8 +215,10 @@ impl<'a> Restorer<'a> {
         match &self.opts.include {
             None => (true, true),
             Some(inc) => {
+                // A folder no pattern can reach below is not entered: restoring one file
+                // of a large snapshot reads only the folders on its way.
                 let hit = ancestor_selected || inc.excluded(snap_path);
-                (hit, true)
+                (hit, hit || inc.may_match_below(snap_path))
             }
         }
     }

@@ -15,11 +15,11 @@
 //! data binds what the message is (blob kind and id, or object type), so a sealed object
 //! cannot be passed off as another.
 
-use chacha20poly1305::aead::{Aead, AeadInOut, Payload};
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+mod xchacha;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::id::{BlobKind, Id};
+use xchacha::XChaCha20Poly1305;
 
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
@@ -68,8 +68,7 @@ impl std::fmt::Debug for Keys {
 }
 
 fn aead(key: [u8; 32]) -> Result<XChaCha20Poly1305> {
-    XChaCha20Poly1305::new_from_slice(&key)
-        .map_err(|_| Error::new(ErrorKind::Other, "AEAD key length"))
+    Ok(XChaCha20Poly1305::new(key))
 }
 
 /// The context strings of the sub-keys (see the module documentation). Part of format 1.
@@ -179,9 +178,7 @@ pub(crate) fn seal_in_place(
     let mut nonce = [0u8; NONCE_LEN];
     crate::sys::fill_random(&mut nonce)?;
     buf[..NONCE_LEN].copy_from_slice(&nonce);
-    let tag = cipher
-        .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())
-        .map_err(|_| Error::new(ErrorKind::Other, "encryption failed"))?;
+    let tag = cipher.seal_in_place(&nonce, aad, &mut buf[NONCE_LEN..])?;
     buf.extend_from_slice(&tag);
     Ok(())
 }
@@ -206,16 +203,13 @@ pub(crate) fn open_in_place<'b>(
     let mut t = [0u8; TAG_LEN];
     t.copy_from_slice(tag);
     cipher
-        .decrypt_inout_detached(
-            &XNonce::from(n),
-            aad,
-            (&mut *ct).into(),
-            &chacha20poly1305::Tag::from(t),
-        )
-        .map_err(|_| {
-            Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
-        })?;
+        .open_in_place(&n, aad, ct, &t)
+        .map_err(|_| unauthentic())?;
     Ok(ct)
+}
+
+fn unauthentic() -> Error {
+    Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
 }
 
 pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
@@ -225,14 +219,17 @@ pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Res
             sealed.len()
         )));
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(nonce);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag);
+    let mut buf = ct.to_vec();
     cipher
-        .decrypt(&XNonce::from(n), Payload { msg: ct, aad })
-        .map_err(|_| {
-            Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
-        })
+        .open_in_place(&n, aad, &mut buf, &t)
+        .map_err(|_| unauthentic())?;
+    Ok(buf)
 }
 
 /// Seals with a one-off key (key slots wrap the master key this way).
@@ -248,6 +245,7 @@ pub(crate) fn open_with(key: [u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn seal_open_and_tamper() {
