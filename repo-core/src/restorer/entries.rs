@@ -79,7 +79,7 @@ pub(super) struct Batch {
 /// A batch is flushed once it holds this many entries or folders ...
 const BATCH_ENTRIES: usize = 2048;
 /// ... or this much file content (or refers to `Limits::batch_dirs` folders).
-const BATCH_BYTES: u64 = 1 << 30;
+const BATCH_BYTES: u64 = 128 << 20;
 
 impl Batch {
     pub(super) fn is_full(&self, limits: &Limits) -> bool {

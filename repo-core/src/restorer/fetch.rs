@@ -68,9 +68,14 @@ impl Buffers {
     }
 }
 
-/// Files of at most this many blobs are "small": their blobs are fetched together with those
-/// of the other small files of the folder, in coalesced reads.
+/// Files of at most this many blobs, or of at most [`SMALL_FILE_BYTES`], are "small": their
+/// blobs are fetched together with those of the other small files of the batch, in
+/// coalesced reads, and the files are created on one thread while the blobs are fetched.
+/// A data directory's catalogs are files of a few 8 KiB pages, each page a blob: fetched
+/// one file at a time, each paid for a window of its own and their creation contended for
+/// their folder's lock.
 const SMALL_FILE_BLOBS: usize = 4;
+const SMALL_FILE_BYTES: u64 = 1 << 20;
 /// Plaintext held at once for a group of small files.
 const SMALL_GROUP_BYTES: u64 = 32 << 20;
 /// Two blobs of one pack are fetched by one read when the gap between them is at most this.
@@ -93,8 +98,8 @@ pub(super) fn write_files(
     let mut small: Vec<usize> = Vec::new();
     for (i, FileJob { node, .. }) in files.iter().enumerate() {
         if node.content_lists.is_empty()
-            && node.content.len() <= SMALL_FILE_BLOBS
             && node.size <= SMALL_GROUP_BYTES
+            && (node.content.len() <= SMALL_FILE_BLOBS || node.size <= SMALL_FILE_BYTES)
         {
             small.push(i);
         }
@@ -299,8 +304,9 @@ fn write_small_group(
 const FETCH_WINDOW_BYTES: u64 = 16 << 20;
 /// ... and at most this many blobs.
 const FETCH_WINDOW_BLOBS: usize = 1024;
-/// A run read in one request holds at most this many stored bytes, so that a window's runs
-/// are fetched and opened in parallel.
+/// A run read in one request holds at most this many bytes, stored or decoded (whichever is
+/// larger), so that a window's runs are fetched and opened in parallel: a window of pages
+/// that compress twentyfold would otherwise be one run, decoded on one thread.
 const RUN_BYTES: u64 = 1 << 20;
 
 /// Writes a file's content to `path` (a new file), fetching blobs in windows (one ranged read
@@ -389,8 +395,9 @@ fn fetch_window(
     Ok((end, fetch_runs(repo, &runs, stored, buf)?))
 }
 
-/// Splits runs longer than `max` stored bytes into shorter ones (each keeps at least one
-/// blob), so that one large run does not serialise a window.
+/// Splits runs holding more than `max` bytes (stored or decoded, whichever is larger) into
+/// shorter ones (each keeps at least one blob), so that one large run does not serialise a
+/// window.
 fn split_runs(runs: Vec<BlobRun>, max: u64) -> Vec<BlobRun> {
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
