@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Throughput of the per-byte work of a backup: chunking, blob ids, compress + seal.
+//! Throughput of the per-byte work of a backup (chunking, blob ids, compress + seal) and of
+//! a restore's per-blob work on a database page (open: decrypt, decompress, check the id).
 
 use cairn_chunker::{split, Chunker, Params};
 use cairn_repo::crypto::{Keys, MasterKey};
@@ -51,6 +52,31 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // A restore opens one blob per 8 KiB page of a base backup: the fixed cost per blob
+    // (cipher set-up, frame header, id hash) weighs as much as the bytes.
+    let mut g = c.benchmark_group("page");
+    let page = sql(8192);
+    let id = keys.blob_id(&page);
+    let sealed = blob::seal(&keys, BlobKind::Data, id, &page, 3).unwrap();
+    g.throughput(Throughput::Bytes(page.len() as u64));
+    g.bench_function(format!("open 8 KiB page ({} B sealed)", sealed.bytes.len()), |b| {
+        let mut work = sealed.bytes.clone();
+        let mut out = vec![0u8; page.len()];
+        b.iter(|| {
+            work.copy_from_slice(&sealed.bytes);
+            blob::open_in_place_into(
+                &keys,
+                BlobKind::Data,
+                &id,
+                &mut work,
+                &mut out,
+                &cairn_repo::format::dictionary::NoDictionaries,
+            )
+            .unwrap();
+        })
+    });
     g.finish();
 }
 
