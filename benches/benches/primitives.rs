@@ -61,22 +61,25 @@ fn benches(c: &mut Criterion) {
     let id = keys.blob_id(&page);
     let sealed = blob::seal(&keys, BlobKind::Data, id, &page, 3).unwrap();
     g.throughput(Throughput::Bytes(page.len() as u64));
-    g.bench_function(format!("open 8 KiB page ({} B sealed)", sealed.bytes.len()), |b| {
-        let mut work = sealed.bytes.clone();
-        let mut out = vec![0u8; page.len()];
-        b.iter(|| {
-            work.copy_from_slice(&sealed.bytes);
-            blob::open_in_place_into(
-                &keys,
-                BlobKind::Data,
-                &id,
-                &mut work,
-                &mut out,
-                &cairn_repo::format::dictionary::NoDictionaries,
-            )
-            .unwrap();
-        })
-    });
+    g.bench_function(
+        format!("open 8 KiB page ({} B sealed)", sealed.bytes.len()),
+        |b| {
+            let mut work = sealed.bytes.clone();
+            let mut out = vec![0u8; page.len()];
+            b.iter(|| {
+                work.copy_from_slice(&sealed.bytes);
+                blob::open_in_place_into(
+                    &keys,
+                    BlobKind::Data,
+                    &id,
+                    &mut work,
+                    &mut out,
+                    &cairn_repo::format::dictionary::NoDictionaries,
+                )
+                .unwrap();
+            })
+        },
+    );
     g.finish();
 }
 

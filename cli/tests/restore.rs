@@ -154,17 +154,24 @@ fn include_reads_only_the_folders_on_its_way() {
     for pack in &first {
         std::fs::remove_file(pack).unwrap();
     }
+    // `restore latest --include SRC/<folder>` into a new target, with no cache.
+    let args = |target: &str, folder: &str| -> Vec<String> {
+        [
+            "--no-cache",
+            "restore",
+            "latest",
+            "--target",
+            target,
+            "--include",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("{}/{folder}", src.display())])
+        .collect()
+    };
     let target = env.path("out");
-    let keep = format!("{}/keep", src.display());
-    env.ok(&[
-        "--no-cache",
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--include",
-        &keep,
-    ]);
+    let keep = args(target.to_str().unwrap(), "keep");
+    env.ok(&keep.iter().map(String::as_str).collect::<Vec<_>>());
     let out = restored(&target, &src);
     assert_eq!(
         std::fs::read_to_string(out.join("keep/f.txt")).unwrap(),
@@ -172,19 +179,8 @@ fn include_reads_only_the_folders_on_its_way() {
     );
     assert!(!out.join("other").exists());
     // What the lost packs held is still reported as lost.
-    let other = format!("{}/other", src.display());
-    env.fails(
-        &[
-            "--no-cache",
-            "restore",
-            "latest",
-            "--target",
-            env.path("out2").to_str().unwrap(),
-            "--include",
-            &other,
-        ],
-        1,
-    );
+    let other = args(env.path("out2").to_str().unwrap(), "other");
+    env.fails(&other.iter().map(String::as_str).collect::<Vec<_>>(), 1);
 }
 
 /// A disk that fills during restore: as root a real 2 MiB tmpfs (ENOSPC), otherwise a file

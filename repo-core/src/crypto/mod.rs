@@ -190,46 +190,41 @@ pub(crate) fn open_in_place<'b>(
     aad: &[u8],
     sealed: &'b mut [u8],
 ) -> Result<&'b [u8]> {
-    if sealed.len() < OVERHEAD {
-        return Err(Error::corrupt(format!(
-            "sealed message of {} bytes is shorter than the {OVERHEAD}-byte envelope",
-            sealed.len()
-        )));
-    }
-    let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-    let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-    let mut n = [0u8; NONCE_LEN];
-    n.copy_from_slice(nonce);
-    let mut t = [0u8; TAG_LEN];
-    t.copy_from_slice(tag);
+    let (nonce, tag) = envelope(sealed)?;
+    let end = sealed.len() - TAG_LEN;
+    let ct = &mut sealed[NONCE_LEN..end];
     cipher
-        .open_in_place(&n, aad, ct, &t)
+        .open_in_place(&nonce, aad, ct, &tag)
         .map_err(|_| unauthentic())?;
     Ok(ct)
 }
 
-fn unauthentic() -> Error {
-    Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
+pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    let (nonce, tag) = envelope(sealed)?;
+    let mut buf = sealed[NONCE_LEN..sealed.len() - TAG_LEN].to_vec();
+    cipher
+        .open_in_place(&nonce, aad, &mut buf, &tag)
+        .map_err(|_| unauthentic())?;
+    Ok(buf)
 }
 
-pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+/// The nonce and tag of a sealed message, once it is known to be long enough to hold both.
+fn envelope(sealed: &[u8]) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN])> {
     if sealed.len() < OVERHEAD {
         return Err(Error::corrupt(format!(
             "sealed message of {} bytes is shorter than the {OVERHEAD}-byte envelope",
             sealed.len()
         )));
     }
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut n = [0u8; NONCE_LEN];
-    n.copy_from_slice(nonce);
-    let mut t = [0u8; TAG_LEN];
-    t.copy_from_slice(tag);
-    let mut buf = ct.to_vec();
-    cipher
-        .open_in_place(&n, aad, &mut buf, &t)
-        .map_err(|_| unauthentic())?;
-    Ok(buf)
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&sealed[sealed.len() - TAG_LEN..]);
+    Ok((nonce, tag))
+}
+
+fn unauthentic() -> Error {
+    Error::corrupt("authentication failed (the bytes were changed, or the key is wrong)")
 }
 
 /// Seals with a one-off key (key slots wrap the master key this way).
