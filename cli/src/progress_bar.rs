@@ -286,37 +286,27 @@ impl Progress for Bar {
 }
 
 /// The ticker: redraws the line every [`TICK`] and writes a status line every
-/// [`STATUS_EVERY`], until the sender goes away; then writes a last status line, so that a
-/// backup shorter than a second still reports its final counts before its summary.
+/// [`STATUS_EVERY`], until the sender goes away.
 fn tick(rx: &mpsc::Receiver<()>, bar: Option<&ProgressBar>, state: &State, json_status: bool) {
     let mut last_status = Instant::now();
     loop {
         match rx.recv_timeout(TICK) {
             Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if json_status {
-                    write_status(state);
-                }
-                return;
-            }
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         if let Some(b) = bar {
             b.set_message(state.line());
         }
         if json_status && last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
-            write_status(state);
+            let mut line = state.status().to_string();
+            line.push('\n');
+            // One write of a whole line under the lock: never torn or interleaved. A closed
+            // output only loses status lines; the summary reports it.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         }
     }
-}
-
-/// Writes one status line in one write of the whole line under the lock: never torn or
-/// interleaved. A closed output only loses status lines; the summary reports it.
-fn write_status(state: &State) {
-    let mut line = state.status().to_string();
-    line.push('\n');
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Seconds as `m:ss`, or `h:mm:ss` from an hour.
