@@ -67,10 +67,6 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-fn aead(key: [u8; 32]) -> Result<XChaCha20Poly1305> {
-    Ok(XChaCha20Poly1305::new(key))
-}
-
 /// The context strings of the sub-keys (see the module documentation). Part of format 1.
 pub(crate) const CHUNK_ID_CONTEXT: &str = "cairn 2026 chunk-id key v1";
 pub(crate) const CHUNKER_SEED_CONTEXT: &str = "cairn 2026 chunker seed v1";
@@ -96,8 +92,8 @@ impl Keys {
         Ok(Keys {
             chunk_id,
             chunker_seed,
-            data: aead(data)?,
-            meta: aead(meta)?,
+            data: XChaCha20Poly1305::new(data),
+            meta: XChaCha20Poly1305::new(meta),
         })
     }
 
@@ -229,11 +225,11 @@ fn unauthentic() -> Error {
 
 /// Seals with a one-off key (key slots wrap the master key this way).
 pub(crate) fn seal_with(key: [u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-    seal(&aead(key)?, aad, plaintext)
+    seal(&XChaCha20Poly1305::new(key), aad, plaintext)
 }
 
 pub(crate) fn open_with(key: [u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    open(&aead(key)?, aad, sealed)
+    open(&XChaCha20Poly1305::new(key), aad, sealed)
 }
 
 #[cfg(test)]
