@@ -49,7 +49,8 @@ struct Reach {
 
 impl Reach {
     fn add(&mut self, pattern: &str, case_insensitive: bool) {
-        if case_insensitive || !pattern.contains('/') || !pattern.starts_with('/') {
+        // A name pattern has no `/` at all, so it does not start with one either.
+        if case_insensitive || !pattern.starts_with('/') {
             self.anywhere = true;
             return;
         }

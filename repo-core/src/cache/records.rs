@@ -21,6 +21,12 @@ pub struct BlobLocation {
 pub const LOCATION_LEN: usize = 49;
 
 impl BlobLocation {
+    /// Memory a reader holds for the blob at its peak: its sealed bytes while reading, its
+    /// plaintext after, whichever is larger.
+    pub fn held(&self) -> u64 {
+        u64::from(self.length.max(self.raw_length))
+    }
+
     pub(crate) fn encode(&self) -> [u8; LOCATION_LEN] {
         let mut b = [0u8; LOCATION_LEN];
         b[0] = self.kind.as_u8();

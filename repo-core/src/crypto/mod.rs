@@ -270,4 +270,31 @@ mod tests {
         assert_ne!(other.blob_id(b"hello"), id);
         assert_ne!(other.chunker_seed(), keys.chunker_seed());
     }
+
+    /// A message too short to hold a nonce and a tag is refused as corrupt, by both open
+    /// paths, before anything is sliced.
+    #[test]
+    fn a_message_shorter_than_its_envelope_is_corrupt() {
+        let keys = Keys::derive(&MasterKey::from_bytes([7; 32])).unwrap();
+        let id = keys.blob_id(b"x");
+        for len in [0, 1, NONCE_LEN, OVERHEAD - 1] {
+            let mut short = vec![0u8; len];
+            let e = keys.open_blob(BlobKind::Data, &id, &short).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains("shorter than"), "{e}");
+            let e = keys
+                .open_blob_in_place(BlobKind::Data, &id, &mut short)
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        }
+        // The envelope alone is an empty message: it opens only with its tag.
+        let mut empty = vec![0u8; NONCE_LEN];
+        keys.seal_blob_in_place(BlobKind::Data, &id, &mut empty)
+            .unwrap();
+        assert_eq!(empty.len(), OVERHEAD);
+        assert!(keys
+            .open_blob(BlobKind::Data, &id, &empty)
+            .unwrap()
+            .is_empty());
+    }
 }

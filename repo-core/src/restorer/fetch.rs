@@ -382,8 +382,7 @@ fn fetch_window(
         if seen.insert(id) {
             let loc = locator.locate(&id)?;
             // Memory holds a window's sealed bytes while reading and its plaintext after.
-            let held = loc.length.max(loc.raw_length);
-            stored = stored.saturating_add(u64::from(held));
+            stored = stored.saturating_add(loc.held());
             wanted.push((id, loc));
         }
         end += 1;
@@ -404,7 +403,7 @@ fn split_runs(runs: Vec<BlobRun>, max: u64) -> Vec<BlobRun> {
         let mut part: Vec<(Id, BlobLocation)> = Vec::new();
         let mut bytes = 0u64;
         for (id, loc) in run.blobs().iter().cloned() {
-            let held = u64::from(loc.length.max(loc.raw_length));
+            let held = loc.held();
             if !part.is_empty() && bytes.saturating_add(held) > max {
                 out.extend(coalesce(std::mem::take(&mut part), COALESCE_GAP));
                 bytes = 0;
